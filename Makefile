@@ -1,0 +1,38 @@
+# Tessera task entry points. CI runs `.ci/run`, which calls `make lint test`.
+CARGO ?= cargo
+VENV  ?= target/venv
+PY     = $(VENV)/bin/python
+
+.PHONY: all test lint fmt check bench venv clean
+
+all: test
+
+## test: the whole suite (unit, integration, vectors, property and interop tests)
+test: venv
+	TESSERA_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+check:
+	$(CARGO) check --workspace --all-targets
+
+## bench: criterion benchmarks (core)
+bench:
+	$(CARGO) bench -p tessera-core --bench verify
+
+## venv: Python peers for interop tests (pymacaroons, PyJWT), from PyPI
+venv: $(VENV)/.ok
+$(VENV)/.ok: tests/interop/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+	touch $@
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,464 @@
+//! The first-party caveat language: `name arg...`, UTF-8, single spaces.
+//!
+//! | caveat | holds when |
+//! |---|---|
+//! | `time-before <RFC3339>` | request time < T |
+//! | `time-after <RFC3339>` | request time >= T |
+//! | `allow <op>...` | the request operation is one of them |
+//! | `resource <name>...` | the request resource equals one, or one ends in `/*` and is its prefix |
+//! | `client-ip <net>...` | the client address is in one of the networks (a bare address is one host) |
+//!
+//! Anything else is unknown and fails closed unless the application registered a checker.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::id::{KeyId, TokenId};
+
+/// Names of the built-in predicates.
+pub const BUILTIN: [&str; 5] = ["time-before", "time-after", "allow", "resource", "client-ip"];
+
+/// What a request asks for: the verifier checks every caveat against it.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// When the request happens.
+    pub time: OffsetDateTime,
+    /// The operation, e.g. `read`.
+    pub operation: Option<String>,
+    /// The resource, e.g. `issues/42`.
+    pub resource: Option<String>,
+    /// The client's address (IPv4-mapped IPv6 addresses are stored as IPv4).
+    pub client_ip: Option<IpAddr>,
+    /// Application-defined fields, for registered checkers.
+    pub extras: BTreeMap<String, String>,
+}
+
+impl Context {
+    /// A context at the given time with nothing else set.
+    pub fn at(time: OffsetDateTime) -> Self {
+        Context { time, operation: None, resource: None, client_ip: None, extras: BTreeMap::new() }
+    }
+
+    /// A context at the current time.
+    pub fn now() -> Self {
+        Self::at(OffsetDateTime::now_utc())
+    }
+
+    /// Set the operation.
+    pub fn operation(mut self, op: impl Into<String>) -> Self {
+        self.operation = Some(op.into());
+        self
+    }
+
+    /// Set the resource.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    /// Set the client address.
+    pub fn client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(canonical_ip(ip));
+        self
+    }
+
+    /// Set an application-defined field.
+    pub fn extra(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extras.insert(key.into(), value.into());
+        self
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A parsed first-party caveat.
+#[derive(Clone, Debug)]
+pub enum Predicate<'a> {
+    /// `time-before T`
+    TimeBefore(OffsetDateTime),
+    /// `time-after T`
+    TimeAfter(OffsetDateTime),
+    /// `allow op...` (the arguments, space separated)
+    Allow(&'a str),
+    /// `resource name...`
+    Resource(&'a str),
+    /// `client-ip net...`
+    ClientIp(&'a str),
+    /// Any other predicate: application-defined (the whole caveat text).
+    Other(&'a str),
+}
+
+fn malformed(text: &str, reason: impl Into<String>) -> Error {
+    Error::MalformedCaveat { caveat: text.to_owned(), reason: reason.into() }
+}
+
+fn args(text: &str, name: &str, rest: &str) -> Result<()> {
+    if rest.is_empty() {
+        return Err(malformed(text, format!("{name} needs at least one argument")));
+    }
+    if rest.split(' ').any(str::is_empty) {
+        return Err(malformed(text, "arguments are separated by single spaces"));
+    }
+    Ok(())
+}
+
+fn parse_time(text: &str, arg: &str) -> Result<OffsetDateTime> {
+    if arg.contains(' ') {
+        return Err(malformed(text, "takes exactly one RFC 3339 time"));
+    }
+    OffsetDateTime::parse(arg, &Rfc3339)
+        .map_err(|_| malformed(text, "time must be RFC 3339, e.g. 2030-01-01T00:00:00Z"))
+}
+
+/// Parse a network or a bare address (one host).
+pub fn parse_net(arg: &str) -> Option<IpNet> {
+    if let Ok(net) = arg.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    arg.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+impl<'a> Predicate<'a> {
+    /// Parse a caveat id. Non-UTF-8 caveats are unknown; built-in names with bad arguments are
+    /// malformed.
+    pub fn parse(cid: &'a [u8]) -> Result<Predicate<'a>> {
+        let text = std::str::from_utf8(cid)
+            .map_err(|_| Error::UnknownCaveat(String::from_utf8_lossy(cid).into_owned()))?;
+        let (name, rest) = text.split_once(' ').unwrap_or((text, ""));
+        Ok(match name {
+            "time-before" => Predicate::TimeBefore(parse_time(text, rest)?),
+            "time-after" => Predicate::TimeAfter(parse_time(text, rest)?),
+            "allow" => {
+                args(text, name, rest)?;
+                Predicate::Allow(rest)
+            }
+            "resource" => {
+                args(text, name, rest)?;
+                Predicate::Resource(rest)
+            }
+            "client-ip" => {
+                args(text, name, rest)?;
+                if let Some(bad) = rest.split(' ').find(|a| parse_net(a).is_none()) {
+                    return Err(malformed(text, format!("\"{bad}\" is not an IP address or network")));
+                }
+                Predicate::ClientIp(rest)
+            }
+            _ => Predicate::Other(text),
+        })
+    }
+
+    /// Check a built-in predicate against a request; `Err` carries the reason it does not hold.
+    /// [`Predicate::Other`] never holds here (the verifier consults registered checkers).
+    pub fn check(&self, ctx: &Context) -> Result<(), String> {
+        match self {
+            Predicate::TimeBefore(t) if ctx.time < *t => Ok(()),
+            Predicate::TimeBefore(_) => Err("token has expired".into()),
+            Predicate::TimeAfter(t) if ctx.time >= *t => Ok(()),
+            Predicate::TimeAfter(_) => Err("token is not valid yet".into()),
+            Predicate::Allow(ops) => match &ctx.operation {
+                Some(op) if ops.split(' ').any(|a| a == op) => Ok(()),
+                Some(op) => Err(format!("operation \"{op}\" is not allowed")),
+                None => Err("request names no operation".into()),
+            },
+            Predicate::Resource(names) => match &ctx.resource {
+                Some(r) if names.split(' ').any(|p| resource_matches(p, r)) => Ok(()),
+                Some(r) => Err(format!("resource \"{r}\" is not allowed")),
+                None => Err("request names no resource".into()),
+            },
+            Predicate::ClientIp(nets) => match ctx.client_ip {
+                Some(ip) if nets.split(' ').filter_map(parse_net).any(|n| n.contains(&ip)) => Ok(()),
+                Some(ip) => Err(format!("client address {ip} is not allowed")),
+                None => Err("client address is unknown".into()),
+            },
+            Predicate::Other(_) => Err("no checker for this caveat".into()),
+        }
+    }
+}
+
+/// Check that a caveat may be added: not empty, within limits, and well-formed if built-in.
+pub(crate) fn validate(cid: &[u8]) -> Result<()> {
+    if cid.is_empty() {
+        return Err(Error::MalformedCaveat { caveat: String::new(), reason: "caveat is empty".into() });
+    }
+    Predicate::parse(cid).map(|_| ())
+}
+
+/// Does `resource` match `pattern`? Equal names match; a pattern ending in `/*` matches every
+/// resource under that prefix, except paths with `.` or `..` segments below it (fails closed).
+pub fn resource_matches(pattern: &str, resource: &str) -> bool {
+    if let Some(prefix) = pattern.strip_suffix('*').filter(|p| p.ends_with('/')) {
+        return resource
+            .strip_prefix(prefix)
+            .is_some_and(|tail| !tail.split('/').any(|s| s == "." || s == ".."));
+    }
+    pattern == resource
+}
+
+/// The meet of two resource patterns: what both allow, as a pattern, if anything.
+fn meet_resource<'a>(a: &'a str, b: &'a str) -> Option<&'a str> {
+    let prefix = |p: &'a str| p.strip_suffix('*').filter(|p| p.ends_with('/'));
+    match (prefix(a), prefix(b)) {
+        (None, None) => (a == b).then_some(a),
+        (Some(_), None) => resource_matches(a, b).then_some(b),
+        (None, Some(_)) => resource_matches(b, a).then_some(a),
+        (Some(pa), Some(pb)) if pa.starts_with(pb) => Some(a),
+        (Some(pa), Some(pb)) if pb.starts_with(pa) => Some(b),
+        _ => None,
+    }
+}
+
+fn meet_net(a: &IpNet, b: &IpNet) -> Option<IpNet> {
+    if a.contains(b) {
+        Some(*b)
+    } else if b.contains(a) {
+        Some(*a)
+    } else {
+        None
+    }
+}
+
+/// The effective restrictions of a verified token: every caveat folded together.
+///
+/// `None` for a set means unrestricted; `Some(empty)` means nothing is allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restrictions {
+    /// Key that signed the token (Tessera identifiers only).
+    pub kid: Option<KeyId>,
+    /// Token family (Tessera identifiers only).
+    pub tid: Option<TokenId>,
+    /// Whom the token speaks for (Tessera identifiers only).
+    pub subject: Option<String>,
+    /// Latest `time-after`.
+    pub not_before: Option<OffsetDateTime>,
+    /// Earliest `time-before`.
+    pub expires: Option<OffsetDateTime>,
+    /// Intersection of every `allow`.
+    pub operations: Option<Vec<String>>,
+    /// Intersection of every `resource` (names and `/*` patterns).
+    pub resources: Option<Vec<String>>,
+    /// Intersection of every `client-ip`.
+    pub networks: Option<Vec<IpNet>>,
+    /// Application-defined caveats that registered checkers accepted.
+    pub other: Vec<String>,
+}
+
+impl Restrictions {
+    /// Fold one more caveat in.
+    pub fn add(&mut self, p: &Predicate<'_>) {
+        match p {
+            Predicate::TimeBefore(t) => {
+                self.expires = Some(self.expires.map_or(*t, |e| e.min(*t)));
+            }
+            Predicate::TimeAfter(t) => {
+                self.not_before = Some(self.not_before.map_or(*t, |n| n.max(*t)));
+            }
+            Predicate::Allow(ops) => {
+                let new: Vec<String> = ops.split(' ').map(str::to_owned).collect();
+                self.operations = Some(match self.operations.take() {
+                    None => dedup(new),
+                    Some(old) => old.into_iter().filter(|o| new.contains(o)).collect(),
+                });
+            }
+            Predicate::Resource(names) => {
+                let new: Vec<&str> = names.split(' ').collect();
+                self.resources = Some(match self.resources.take() {
+                    None => dedup(new.iter().map(|s| s.to_string()).collect()),
+                    Some(old) => dedup(
+                        old.iter()
+                            .flat_map(|a| new.iter().filter_map(move |b| meet_resource(a, b)))
+                            .map(str::to_owned)
+                            .collect(),
+                    ),
+                });
+            }
+            Predicate::ClientIp(nets) => {
+                let new: Vec<IpNet> = nets.split(' ').filter_map(parse_net).collect();
+                self.networks = Some(match self.networks.take() {
+                    None => dedup(new),
+                    Some(old) => {
+                        dedup(old.iter().flat_map(|a| new.iter().filter_map(|b| meet_net(a, b))).collect())
+                    }
+                });
+            }
+            Predicate::Other(text) => self.other.push((*text).to_owned()),
+        }
+    }
+
+    /// Check a request against the folded restrictions (used for JWT envelopes, whose `cap`
+    /// claim carries them). Application-defined caveats are not re-checked here.
+    pub fn check(&self, ctx: &Context) -> Result<()> {
+        let unmet = |what: &str, reason: String| Err(Error::CaveatNotMet { caveat: what.to_owned(), reason });
+        if let Some(e) = self.expires {
+            if ctx.time >= e {
+                return unmet("exp", "token has expired".into());
+            }
+        }
+        if let Some(n) = self.not_before {
+            if ctx.time < n {
+                return unmet("nbf", "token is not valid yet".into());
+            }
+        }
+        if let Some(ops) = &self.operations {
+            match &ctx.operation {
+                Some(op) if ops.contains(op) => {}
+                Some(op) => return unmet("allow", format!("operation \"{op}\" is not allowed")),
+                None => return unmet("allow", "request names no operation".into()),
+            }
+        }
+        if let Some(rs) = &self.resources {
+            match &ctx.resource {
+                Some(r) if rs.iter().any(|p| resource_matches(p, r)) => {}
+                Some(r) => return unmet("resource", format!("resource \"{r}\" is not allowed")),
+                None => return unmet("resource", "request names no resource".into()),
+            }
+        }
+        if let Some(nets) = &self.networks {
+            match ctx.client_ip {
+                Some(ip) if nets.iter().any(|n| n.contains(&ip)) => {}
+                Some(ip) => return unmet("client-ip", format!("client address {ip} is not allowed")),
+                None => return unmet("client-ip", "client address is unknown".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dedup<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn ctx() -> Context {
+        Context::at(datetime!(2027-06-01 0:00 UTC))
+            .operation("read")
+            .resource("issues/42")
+            .client_ip("10.1.2.3".parse().unwrap())
+    }
+
+    fn holds(caveat: &str, ctx: &Context) -> bool {
+        Predicate::parse(caveat.as_bytes()).unwrap().check(ctx).is_ok()
+    }
+
+    #[test]
+    fn builtins_hold_and_fail() {
+        let c = ctx();
+        for (cav, ok) in [
+            ("time-before 2030-01-01T00:00:00Z", true),
+            ("time-before 2027-06-01T00:00:00Z", false),
+            ("time-after 2027-06-01T00:00:00Z", true),
+            ("time-after 2027-06-01T00:00:01Z", false),
+            ("time-before 2027-06-01T02:00:00+02:00", false),
+            ("allow read", true),
+            ("allow write read", true),
+            ("allow write", false),
+            ("resource issues/42", true),
+            ("resource issues/*", true),
+            ("resource issues/4", false),
+            ("resource issues", false),
+            ("resource other/* issues/42", true),
+            ("resource *", false),
+            ("client-ip 10.0.0.0/8", true),
+            ("client-ip 10.1.2.3", true),
+            ("client-ip 10.1.2.4", false),
+            ("client-ip 192.168.0.0/16 10.1.0.0/16", true),
+            ("client-ip ::1", false),
+        ] {
+            assert_eq!(holds(cav, &c), ok, "{cav}");
+        }
+    }
+
+    #[test]
+    fn missing_context_fails_closed() {
+        let c = Context::at(datetime!(2027-06-01 0:00 UTC));
+        for cav in ["allow read", "resource issues/42", "client-ip 10.0.0.0/8"] {
+            assert!(!holds(cav, &c), "{cav}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_client_is_treated_as_ipv4() {
+        let c = Context::now().client_ip("::ffff:10.1.2.3".parse().unwrap());
+        assert!(holds("client-ip 10.0.0.0/8", &c));
+    }
+
+    #[test]
+    fn wildcard_refuses_dot_segments() {
+        assert!(resource_matches("issues/*", "issues/42/comments"));
+        assert!(!resource_matches("issues/*", "issues/../admin"));
+        assert!(!resource_matches("issues/*", "issues/./x"));
+        assert!(!resource_matches("issues/*", "issuesX/1"));
+    }
+
+    #[test]
+    fn malformed_builtins_are_errors() {
+        for cav in [
+            "time-before",
+            "time-before tomorrow",
+            "time-before 2030-01-01T00:00:00Z 2031-01-01T00:00:00Z",
+            "allow",
+            "allow  read",
+            "allow read ",
+            "resource",
+            "client-ip 10.0.0.0/33",
+            "client-ip example.com",
+        ] {
+            assert!(matches!(Predicate::parse(cav.as_bytes()), Err(Error::MalformedCaveat { .. })), "{cav}");
+        }
+        assert!(matches!(Predicate::parse(b"\xff\xfe"), Err(Error::UnknownCaveat(_))));
+        assert!(matches!(Predicate::parse(b"account = 42"), Ok(Predicate::Other("account = 42"))));
+    }
+
+    fn fold(caveats: &[&str]) -> Restrictions {
+        let mut r = Restrictions::default();
+        for c in caveats {
+            r.add(&Predicate::parse(c.as_bytes()).unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn restrictions_intersect() {
+        let r = fold(&[
+            "allow read write",
+            "allow read delete",
+            "resource issues/* wiki/*",
+            "resource issues/42 issues/7/* docs/x",
+            "client-ip 10.0.0.0/8 192.168.1.0/24",
+            "client-ip 10.1.0.0/16",
+            "time-before 2030-01-01T00:00:00Z",
+            "time-before 2029-01-01T00:00:00Z",
+            "time-after 2026-01-01T00:00:00Z",
+        ]);
+        assert_eq!(r.operations, Some(vec!["read".to_owned()]));
+        assert_eq!(r.resources, Some(vec!["issues/42".to_owned(), "issues/7/*".to_owned()]));
+        assert_eq!(r.networks, Some(vec!["10.1.0.0/16".parse().unwrap()]));
+        assert_eq!(r.expires, Some(datetime!(2029-01-01 0:00 UTC)));
+        assert_eq!(r.not_before, Some(datetime!(2026-01-01 0:00 UTC)));
+        let c = ctx();
+        assert!(r.check(&c).is_ok());
+        assert!(r.check(&c.clone().operation("write")).is_err());
+        let disjoint = fold(&["allow read", "allow write"]);
+        assert_eq!(disjoint.operations, Some(vec![]));
+        assert!(disjoint.check(&ctx()).is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! JWT envelopes: a verified token's effective restrictions as an HS256 compact JWS.
+//!
+//! Header `{"alg":"HS256","typ":"JWT","kid":..}`; claims `iss`, `sub`, `jti` (= tid), `iat`,
+//! `exp` (never later than the token's earliest `time-before`, and at most the configured TTL),
+//! `nbf` (the latest `time-after`), and `cap` with the effective `allow`, `resource` and
+//! `client-ip` sets (absent = unrestricted). The key is `H(secret[kid], "tessera/jwt/v1")`.
+//!
+//! Decoding pins the algorithm to HS256 (`none` and everything else are refused), checks the
+//! signature in constant time, then `iss`, `exp`, `nbf` and `cap` against a request context.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::caveat::{parse_net, Context, Restrictions};
+use crate::crypto::{self, Tag};
+use crate::error::{Error, Result};
+use crate::format::{decode_base64, encode_base64};
+use crate::id::KeyId;
+use crate::limits::MAX_ENVELOPE_TEXT;
+use crate::verify::Verified;
+
+/// The per-kid HS256 key. Debug prints `[redacted]`; zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct EnvelopeKey(Tag);
+
+impl EnvelopeKey {
+    pub(crate) fn from_tag(tag: Tag) -> Self {
+        EnvelopeKey(tag)
+    }
+
+    /// The key bytes, for handing to a JWT library in tests or a JWT-only service.
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EnvelopeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvelopeKey([redacted])")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    alg: String,
+    typ: Option<String>,
+    kid: String,
+}
+
+/// The effective restrictions carried in the `cap` claim; `None` = unrestricted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cap {
+    /// Allowed operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Allowed resources (names and `/*` patterns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Vec<String>>,
+    /// Allowed client networks.
+    #[serde(rename = "client-ip", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<Vec<String>>,
+}
+
+/// The claims of an envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject.
+    pub sub: String,
+    /// Token id (hex), shared by every attenuation of the token.
+    pub jti: String,
+    /// Issued at (seconds since the epoch).
+    pub iat: i64,
+    /// Expiry (seconds since the epoch).
+    pub exp: i64,
+    /// Not before (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Effective restrictions.
+    pub cap: Cap,
+}
+
+/// Emit an envelope for a verified Tessera token at time `now`, valid for at most `ttl`.
+///
+/// Refuses foreign tokens (no subject or tid) and tokens with application-defined caveats, which
+/// a JWT could not enforce.
+pub fn issue(
+    verified: &Verified<'_>,
+    key: &EnvelopeKey,
+    issuer: &str,
+    now: OffsetDateTime,
+    ttl: Duration,
+) -> Result<String> {
+    let r = verified.restrictions();
+    let (Some(kid), Some(tid), Some(sub)) = (r.kid, r.tid, r.subject.clone()) else {
+        return Err(Error::Envelope("only Tessera tokens (with kid, tid and subject) have envelopes".into()));
+    };
+    if !r.other.is_empty() {
+        return Err(Error::Envelope(format!(
+            "token has application-defined caveats a JWT cannot enforce: {}",
+            r.other.join(", ")
+        )));
+    }
+    let mut exp = (now + ttl).unix_timestamp();
+    if let Some(e) = r.expires {
+        // exp is exclusive in both: a time-before T becomes exp <= T (rounded down to seconds).
+        exp = exp.min(e.unix_timestamp());
+    }
+    if exp <= now.unix_timestamp() {
+        return Err(Error::Envelope("token expires before the envelope could be used".into()));
+    }
+    let claims = Claims {
+        iss: issuer.to_owned(),
+        sub,
+        jti: tid.to_string(),
+        iat: now.unix_timestamp(),
+        exp,
+        // Round up so the envelope never starts before the token does.
+        nbf: r.not_before.map(|t| t.unix_timestamp() + i64::from(t.nanosecond() > 0)),
+        cap: Cap {
+            allow: r.operations,
+            resource: r.resources,
+            client_ip: r.networks.map(|n| n.iter().map(|n| n.to_string()).collect()),
+        },
+    };
+    let header = Header { alg: "HS256".into(), typ: Some("JWT".into()), kid: kid.to_string() };
+    let signing_input = format!(
+        "{}.{}",
+        encode_base64(to_json(&header).as_bytes()),
+        encode_base64(to_json(&claims).as_bytes())
+    );
+    let sig = crypto::hs256_sign(key.expose_secret(), signing_input.as_bytes());
+    Ok(format!("{signing_input}.{}", encode_base64(&sig)))
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    // Serializing plain structs of strings and integers cannot fail.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Envelope(msg.into())
+}
+
+/// Decode and check an envelope: algorithm pinned to HS256, signature, issuer, time, and `cap`
+/// against the request context. `key_for` returns the envelope key of a kid (or `None`).
+pub fn decode(
+    jwt: &str,
+    key_for: impl Fn(&KeyId) -> Option<EnvelopeKey>,
+    issuer: &str,
+    ctx: &Context,
+) -> Result<Claims> {
+    if jwt.len() > MAX_ENVELOPE_TEXT {
+        return Err(Error::TooLarge { what: "envelope", size: jwt.len(), limit: MAX_ENVELOPE_TEXT });
+    }
+    let mut parts = jwt.trim_ascii().split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("not a compact JWS (three dot-separated parts)"));
+    };
+    let header: Header =
+        serde_json::from_slice(&decode_base64(h).map_err(|_| bad("header is not base64url"))?)
+            .map_err(|_| bad("header is not valid JSON"))?;
+    if header.alg != "HS256" {
+        return Err(bad(format!("algorithm \"{}\" is not allowed; only HS256", header.alg)));
+    }
+    if header.typ.as_deref().is_some_and(|t| t != "JWT") {
+        return Err(bad("typ must be JWT"));
+    }
+    let kid: KeyId = header.kid.parse().map_err(|_| bad("kid is not a Tessera key id"))?;
+    let key = key_for(&kid).ok_or(Error::UnknownKey(kid))?;
+    let sig = decode_base64(s).map_err(|_| bad("signature is not base64url"))?;
+    let signing_input = &jwt.trim_ascii()[..h.len() + 1 + p.len()];
+    if !crypto::hs256_verify(key.expose_secret(), signing_input.as_bytes(), &sig) {
+        return Err(Error::InvalidSignature);
+    }
+    let claims: Claims =
+        serde_json::from_slice(&decode_base64(p).map_err(|_| bad("claims are not base64url"))?)
+            .map_err(|_| bad("claims are not valid JSON"))?;
+    if claims.iss != issuer {
+        return Err(bad(format!("issuer \"{}\" is not trusted", claims.iss)));
+    }
+    let time = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|_| bad("timestamp out of range"));
+    let networks = match &claims.cap.client_ip {
+        None => None,
+        Some(nets) => Some(
+            nets.iter()
+                .map(|n| parse_net(n).ok_or_else(|| bad(format!("\"{n}\" is not a network"))))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    let r = Restrictions {
+        expires: Some(time(claims.exp)?),
+        not_before: claims.nbf.map(time).transpose()?,
+        operations: claims.cap.allow.clone(),
+        resources: claims.cap.resource.clone(),
+        networks,
+        ..Restrictions::default()
+    };
+    r.check(ctx)?;
+    Ok(claims)
+}

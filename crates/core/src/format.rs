@@ -377,7 +377,12 @@ fn text_or_b64(plain: Option<String>, b64: Option<String>, what: &'static str) -
 }
 
 fn decode_json(text: &str) -> Result<Token> {
-    let j: JsonToken = serde_json::from_str(text).map_err(|_| Error::Malformed("not a V2 JSON token"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| Error::Malformed("token is not valid JSON"))?;
+    if value.get("identifier").is_some() {
+        return decode_json_v1(value);
+    }
+    let j: JsonToken = serde_json::from_value(value).map_err(|_| Error::Malformed("not a V2 JSON token"))?;
     if j.v.is_some_and(|v| v != 2) {
         return Err(Error::Malformed("unsupported JSON token version"));
     }
@@ -405,6 +410,51 @@ fn decode_json(text: &str) -> Result<Token> {
         })
         .collect();
     build(j.l.as_deref(), &id, &caveats, &sig)
+}
+
+/// pymacaroons' V1 JSON: `{"location", "identifier", "caveats": [{"cid", "vid", "cl"}], "signature"}`
+/// with the signature in hex and VIDs in base64url.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonV1 {
+    location: Option<String>,
+    identifier: String,
+    #[serde(default)]
+    caveats: Vec<JsonV1Caveat>,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonV1Caveat {
+    cid: String,
+    vid: Option<String>,
+    cl: Option<String>,
+}
+
+fn decode_json_v1(value: serde_json::Value) -> Result<Token> {
+    let j: JsonV1 = serde_json::from_value(value).map_err(|_| Error::Malformed("not a V1 JSON token"))?;
+    if j.caveats.len() > MAX_CAVEATS {
+        return Err(Error::TooLarge { what: "caveat count", size: j.caveats.len(), limit: MAX_CAVEATS });
+    }
+    let sig = crate::id::parse_hex::<32>(&j.signature)
+        .ok_or(Error::Malformed("signature is not 32 bytes of hex"))?;
+    let vids = j
+        .caveats
+        .iter()
+        .map(|c| c.vid.as_deref().map(decode_base64).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let mut caveats = Vec::with_capacity(j.caveats.len());
+    for (c, vid) in j.caveats.iter().zip(&vids) {
+        caveats.push(match vid {
+            Some(vid) => {
+                Caveat::ThirdParty { location: c.cl.as_deref().unwrap_or(""), id: c.cid.as_bytes(), vid }
+            }
+            None if c.cl.is_some() => return Err(Error::Malformed("first-party caveat with a location")),
+            None => Caveat::FirstParty(c.cid.as_bytes()),
+        });
+    }
+    build(j.location.as_deref().filter(|l| !l.is_empty()), j.identifier.as_bytes(), &caveats, &sig)
 }
 
 fn put_bytes(map: &mut serde_json::Map<String, serde_json::Value>, key: &str, bytes: &[u8]) {

@@ -386,6 +386,8 @@ fn garbage_is_malformed() {
         r#"{"v":1,"i":"x","s64":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
         r#"{"i":"x","s64":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","extra":1}"#,
         r#"{"i":"x","c":[{"i":"a","l":"loc"}],"s64":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
+        r#"{"identifier":"x","signature":"zz"}"#,
+        r#"{"identifier":"x","signature":"00","caveats":[{"cid":"a","cl":"l"}]}"#,
         "AA",
         "Ag",
         "MDAwMA",

@@ -9,8 +9,8 @@ all: test
 
 ## test: the whole suite (unit, integration, vectors, property and interop tests)
 test: venv
-	TESSERA_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+	TESSERA_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets --exclude tessera-peers
+	$(CARGO) test --workspace --doc --exclude tessera-peers
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -25,7 +25,7 @@ check:
 
 ## bench: criterion benchmarks (core)
 bench:
-	$(CARGO) bench -p tessera-core --bench verify
+	$(CARGO) bench -p tessera-peers --bench verify
 
 ## venv: Python peers for interop tests (pymacaroons, PyJWT), from PyPI
 venv: $(VENV)/.ok

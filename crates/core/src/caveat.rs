@@ -106,7 +106,7 @@ fn args(text: &str, name: &str, rest: &str) -> Result<()> {
     if rest.is_empty() {
         return Err(malformed(text, format!("{name} needs at least one argument")));
     }
-    if rest.split(' ').any(str::is_empty) {
+    if rest.starts_with(' ') || rest.ends_with(' ') || rest.contains("  ") {
         return Err(malformed(text, "arguments are separated by single spaces"));
     }
     Ok(())
@@ -130,7 +130,8 @@ pub fn parse_net(arg: &str) -> Option<IpNet> {
 
 impl<'a> Predicate<'a> {
     /// Parse a caveat id. Non-UTF-8 caveats are unknown; built-in names with bad arguments are
-    /// malformed.
+    /// malformed. (`client-ip` networks are parsed by [`Predicate::check`], in the same pass that
+    /// matches them, or all at once by [`Predicate::validate`].)
     pub fn parse(cid: &'a [u8]) -> Result<Predicate<'a>> {
         let text = std::str::from_utf8(cid)
             .map_err(|_| Error::UnknownCaveat(String::from_utf8_lossy(cid).into_owned()))?;
@@ -148,18 +149,46 @@ impl<'a> Predicate<'a> {
             }
             "client-ip" => {
                 args(text, name, rest)?;
-                if let Some(bad) = rest.split(' ').find(|a| parse_net(a).is_none()) {
-                    return Err(malformed(text, format!("\"{bad}\" is not an IP address or network")));
-                }
                 Predicate::ClientIp(rest)
             }
             _ => Predicate::Other(text),
         })
     }
 
-    /// Check a built-in predicate against a request; `Err` carries the reason it does not hold.
+    /// Parse and fully validate (every `client-ip` network), as attenuation does.
+    pub fn validate(cid: &'a [u8]) -> Result<Predicate<'a>> {
+        let p = Self::parse(cid)?;
+        if let Predicate::ClientIp(nets) = p {
+            if let Some(bad) = nets.split(' ').find(|a| parse_net(a).is_none()) {
+                let text = String::from_utf8_lossy(cid);
+                return Err(malformed(&text, format!("\"{bad}\" is not an IP address or network")));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Check a built-in predicate against a request.
     /// [`Predicate::Other`] never holds here (the verifier consults registered checkers).
-    pub fn check(&self, ctx: &Context) -> Result<(), String> {
+    pub fn check(&self, ctx: &Context) -> Result<(), Failure> {
+        if let Predicate::ClientIp(nets) = self {
+            // One pass: every network must parse, and one must contain the client.
+            let mut hit = false;
+            for arg in nets.split(' ') {
+                let net = parse_net(arg).ok_or_else(|| {
+                    Failure::Malformed(format!("\"{arg}\" is not an IP address or network"))
+                })?;
+                hit |= ctx.client_ip.is_some_and(|ip| net.contains(&ip));
+            }
+            return match ctx.client_ip {
+                _ if hit => Ok(()),
+                Some(ip) => Err(Failure::Unmet(format!("client address {ip} is not allowed"))),
+                None => Err(Failure::Unmet("client address is unknown".into())),
+            };
+        }
+        self.check_unmet(ctx).map_err(Failure::Unmet)
+    }
+
+    fn check_unmet(&self, ctx: &Context) -> Result<(), String> {
         match self {
             Predicate::TimeBefore(t) if ctx.time < *t => Ok(()),
             Predicate::TimeBefore(_) => Err("token has expired".into()),
@@ -175,14 +204,18 @@ impl<'a> Predicate<'a> {
                 Some(r) => Err(format!("resource \"{r}\" is not allowed")),
                 None => Err("request names no resource".into()),
             },
-            Predicate::ClientIp(nets) => match ctx.client_ip {
-                Some(ip) if nets.split(' ').filter_map(parse_net).any(|n| n.contains(&ip)) => Ok(()),
-                Some(ip) => Err(format!("client address {ip} is not allowed")),
-                None => Err("client address is unknown".into()),
-            },
-            Predicate::Other(_) => Err("no checker for this caveat".into()),
+            Predicate::ClientIp(_) | Predicate::Other(_) => Err("no checker for this caveat".into()),
         }
     }
+}
+
+/// Why a built-in caveat does not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Well-formed, but the request does not satisfy it.
+    Unmet(String),
+    /// An argument does not parse.
+    Malformed(String),
 }
 
 /// Check that a caveat may be added: not empty, within limits, and well-formed if built-in.
@@ -190,7 +223,7 @@ pub(crate) fn validate(cid: &[u8]) -> Result<()> {
     if cid.is_empty() {
         return Err(Error::MalformedCaveat { caveat: String::new(), reason: "caveat is empty".into() });
     }
-    Predicate::parse(cid).map(|_| ())
+    Predicate::validate(cid).map(|_| ())
 }
 
 /// Does `resource` match `pattern`? Equal names match; a pattern ending in `/*` matches every
@@ -414,6 +447,7 @@ mod tests {
         for cav in [
             "time-before",
             "time-before tomorrow",
+            "time-before  2030-01-01T00:00:00Z",
             "time-before 2030-01-01T00:00:00Z 2031-01-01T00:00:00Z",
             "allow",
             "allow  read",
@@ -422,8 +456,14 @@ mod tests {
             "client-ip 10.0.0.0/33",
             "client-ip example.com",
         ] {
-            assert!(matches!(Predicate::parse(cav.as_bytes()), Err(Error::MalformedCaveat { .. })), "{cav}");
+            assert!(
+                matches!(Predicate::validate(cav.as_bytes()), Err(Error::MalformedCaveat { .. })),
+                "{cav}"
+            );
         }
+        // check() rejects a bad network even when another one matches.
+        let p = Predicate::parse(b"client-ip 10.0.0.0/8 nonsense").unwrap();
+        assert!(matches!(p.check(&ctx()), Err(Failure::Malformed(_))));
         assert!(matches!(Predicate::parse(b"\xff\xfe"), Err(Error::UnknownCaveat(_))));
         assert!(matches!(Predicate::parse(b"account = 42"), Ok(Predicate::Other("account = 42"))));
     }

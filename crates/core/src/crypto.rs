@@ -125,9 +125,23 @@ pub const MIN_KEY_LEN: usize = 32;
 
 /// A secret key: a service root key, a third-party caveat key, or a per-token key.
 ///
-/// At least 32 bytes. No `Copy`, no equality, `Debug` prints `[redacted]`, zeroized on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct RootKey(Box<[u8]>);
+/// At least 32 bytes. No `Copy`, no equality, `Debug` prints `[redacted]`, zeroized on drop
+/// (the cached keyed HMAC state too: hmac/sha2 are built with their `zeroize` feature).
+#[derive(Clone)]
+pub struct RootKey {
+    bytes: Box<[u8]>,
+    /// HMAC state keyed with `bytes`, computed on first use: every per-token key and envelope key
+    /// of a root key then costs two SHA-256 compressions instead of four.
+    keyed: OnceLock<HmacSha256>,
+}
+
+impl Drop for RootKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for RootKey {}
 
 impl RootKey {
     /// Wrap secret bytes; refuses keys shorter than 32 bytes.
@@ -135,7 +149,7 @@ impl RootKey {
         if bytes.len() < MIN_KEY_LEN {
             return Err(Error::KeyTooShort(bytes.len()));
         }
-        Ok(RootKey(bytes.into()))
+        Ok(RootKey { bytes: bytes.into(), keyed: OnceLock::new() })
     }
 
     /// A fresh random 32-byte key from the operating system.
@@ -146,22 +160,57 @@ impl RootKey {
 
     /// The secret bytes (for sealing them at rest; never log them).
     pub fn expose_secret(&self) -> &[u8] {
-        &self.0
+        &self.bytes
+    }
+
+    fn keyed(&self) -> HmacSha256 {
+        self.keyed.get_or_init(|| mac(&self.bytes)).clone()
     }
 
     /// The per-token root key `H(secret, "tessera/token/v1" ‖ tid)`.
-    pub fn token_key(&self, tid: &TokenId) -> RootKey {
-        let k = Zeroizing::new(hmac2(&self.0, b"tessera/token/v1", tid.as_bytes()));
-        RootKey(k.as_slice().into())
+    pub fn token_key(&self, tid: &TokenId) -> TokenKey {
+        let mut m = self.keyed();
+        m.update(b"tessera/token/v1");
+        m.update(tid.as_bytes());
+        TokenKey(Zeroizing::new(finish(m)))
     }
 
     /// The per-kid JWT envelope key `H(secret, "tessera/jwt/v1")`.
     pub fn envelope_key(&self) -> crate::envelope::EnvelopeKey {
-        crate::envelope::EnvelopeKey::from_tag(hmac(&self.0, b"tessera/jwt/v1"))
+        let mut m = self.keyed();
+        m.update(b"tessera/jwt/v1");
+        crate::envelope::EnvelopeKey::from_tag(finish(m))
     }
 
     pub(crate) fn derived(&self) -> Zeroizing<Tag> {
-        Zeroizing::new(derive(&self.0))
+        Zeroizing::new(derive(&self.bytes))
+    }
+}
+
+/// The per-token root key of one token family (`RootKey::token_key`): 32 bytes, redacted in
+/// `Debug`, zeroized on drop. Handing it out lets a holder verify (and mint) that family only.
+#[derive(Clone)]
+pub struct TokenKey(Zeroizing<Tag>);
+
+impl TokenKey {
+    /// The key bytes (for a standard macaroon library, which verifies with this as root key).
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// As a [`RootKey`], e.g. to verify with [`crate::Verifier::verify_with_key`].
+    pub fn to_root_key(&self) -> RootKey {
+        RootKey { bytes: self.0.as_slice().into(), keyed: OnceLock::new() }
+    }
+
+    pub(crate) fn derived(&self) -> Zeroizing<Tag> {
+        Zeroizing::new(derive(self.0.as_slice()))
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey([redacted])")
     }
 }
 

@@ -34,10 +34,12 @@ pub(crate) fn encode_base64(bytes: &[u8]) -> String {
 }
 
 /// Base64 in either alphabet, with or without padding (not both alphabets at once).
+/// The canonical URL-safe alphabet is tried first, so the common case scans the text once.
 pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>> {
-    let standard = text.bytes().any(|b| b == b'+' || b == b'/');
-    let engine = if standard { &STD_ANY_PAD } else { &URL_ANY_PAD };
-    engine.decode(text).map_err(|_| Error::Malformed("not valid base64"))
+    URL_ANY_PAD
+        .decode(text)
+        .or_else(|_| STD_ANY_PAD.decode(text))
+        .map_err(|_| Error::Malformed("not valid base64"))
 }
 
 /// Token text in any accepted form.
@@ -91,7 +93,15 @@ impl Reader<'_> {
     }
 
     /// A minimal LEB128 varint of at most 3 bytes (every legal value is below 2^21).
+    #[inline]
     fn varint(&mut self) -> Result<usize> {
+        // Fast path: one byte (every type and most lengths).
+        if let Some(&b) = self.b.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as usize);
+            }
+        }
         let mut value = 0usize;
         for i in 0..3 {
             let b = self.byte()?;
@@ -162,7 +172,7 @@ fn decode_v2(buf: Vec<u8>) -> Result<Token> {
     if let Some(l) = &head.location {
         r.utf8(l)?;
     }
-    let mut caveats = Vec::new();
+    let mut caveats = Vec::with_capacity(8);
     loop {
         if *r.b.get(r.pos).ok_or(Error::Malformed("token is truncated"))? == EOS {
             r.pos += 1;

@@ -36,7 +36,7 @@ mod token;
 mod verify;
 
 pub use caveat::{Context, Predicate, Restrictions};
-pub use crypto::{RootKey, MIN_KEY_LEN, VID_LEN};
+pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};
 pub use id::{Identifier, KeyId, TokenId, MAX_SUBJECT};
 pub use token::{Caveat, Token};

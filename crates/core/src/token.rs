@@ -67,7 +67,9 @@ impl Token {
     /// Mint a Tessera token: the identifier carries kid, tid and subject, and the root key of the
     /// chain is the per-token key `H(secret, "tessera/token/v1" ‖ tid)`.
     pub fn mint_tessera(location: Option<&str>, secret: &RootKey, id: &Identifier) -> Result<Token> {
-        Token::mint(location, &secret.token_key(&id.tid), &id.encode())
+        let identifier = id.encode();
+        let sig = crypto::hmac(&*secret.token_key(&id.tid).derived(), &identifier);
+        format::build(location, &identifier, &[], &sig)
     }
 
     /// Parse token text: V2 binary in base64 (either alphabet, padded or not), V2 JSON, or V1.

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use crate::caveat::{Context, Predicate, Restrictions};
-use crate::crypto::{self, RootKey, Tag};
+use crate::caveat::{Context, Failure, Predicate, Restrictions};
+use crate::crypto::{self, RootKey, Tag, TokenKey};
 use crate::error::{Error, Result};
 use crate::id::{Identifier, KeyId, TokenId};
 use crate::limits::{MAX_DISCHARGES, MAX_DISCHARGE_DEPTH};
@@ -13,7 +13,7 @@ use crate::token::{Caveat, Token};
 pub trait KeyProvider {
     /// The per-token root key for `tid` under `kid` (see [`RootKey::token_key`]), or `None` when
     /// the key is unknown or revoked.
-    fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<RootKey>;
+    fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey>;
 
     /// Whether the token family `tid` has been revoked. Checked after the signature.
     fn is_revoked(&self, _tid: &TokenId) -> bool {
@@ -40,7 +40,7 @@ impl StaticKeys {
 }
 
 impl KeyProvider for StaticKeys {
-    fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<RootKey> {
+    fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey> {
         self.keys.get(kid).map(|k| k.token_key(tid))
     }
 }
@@ -157,7 +157,7 @@ impl<'k> Verifier<'k> {
         let keys = self.keys.ok_or(Error::ForeignIdentifier)?;
         let (kid, tid) = Identifier::peek(token.identifier()).ok_or(Error::ForeignIdentifier)?;
         let key = keys.token_key(&kid, &tid).ok_or(Error::UnknownKey(kid))?;
-        let verified = self.verify_with_key(token, &key, discharges, ctx)?;
+        let verified = self.verify_derived(token, &key.derived(), discharges, ctx)?;
         if keys.is_revoked(&tid) {
             return Err(Error::Revoked);
         }
@@ -172,6 +172,16 @@ impl<'k> Verifier<'k> {
         discharges: &'t [Token],
         ctx: &Context,
     ) -> Result<Verified<'t>> {
+        self.verify_derived(token, &root_key.derived(), discharges, ctx)
+    }
+
+    fn verify_derived<'t>(
+        &self,
+        token: &'t Token,
+        derived: &Tag,
+        discharges: &'t [Token],
+        ctx: &Context,
+    ) -> Result<Verified<'t>> {
         if discharges.len() > MAX_DISCHARGES {
             return Err(Error::TooLarge {
                 what: "discharge count",
@@ -180,7 +190,7 @@ impl<'k> Verifier<'k> {
             });
         }
         let mut run = Run { verifier: self, ctx, discharges, used: 0, root_sig: *token.sig(), pending: None };
-        let sig = run.chain(token, &root_key.derived(), 0)?;
+        let sig = run.chain(token, derived, 0)?;
         if !crypto::tags_equal(&sig, token.sig()) {
             return Err(Error::InvalidSignature);
         }
@@ -203,9 +213,12 @@ impl<'k> Verifier<'k> {
                     Err(Error::UnknownCaveat(text.to_owned()))
                 }
             }
-            p => p.check(ctx).map_err(|reason| Error::CaveatNotMet {
-                caveat: String::from_utf8_lossy(cid).into_owned(),
-                reason,
+            p => p.check(ctx).map_err(|failure| {
+                let caveat = String::from_utf8_lossy(cid).into_owned();
+                match failure {
+                    Failure::Unmet(reason) => Error::CaveatNotMet { caveat, reason },
+                    Failure::Malformed(reason) => Error::MalformedCaveat { caveat, reason },
+                }
             }),
         }
     }

@@ -51,7 +51,7 @@ const CAVEATS: [&str; 5] = [
 
 struct Setup {
     keys: StaticKeys,
-    token_key: RootKey,
+    token_key: tessera_core::TokenKey,
     token: Token,
     secret: RootKey,
     kid: KeyId,
@@ -96,7 +96,7 @@ fn pymacaroons_verifies_our_tokens_with_a_bound_discharge() {
     exact.push("time-before 2029-01-01T00:00:00Z");
     let req = json!({
         "token": root.encode(),
-        "key_hex": key_hex(&s.token_key),
+        "key_hex": hex::encode(s.token_key.expose_secret()),
         "discharges": [bound.encode()],
         "exact": exact,
     });
@@ -117,7 +117,7 @@ fn pymacaroons_verifies_our_tokens_with_a_bound_discharge() {
     // And the JSON form of our token is read by the peer too.
     let json_req = json!({
         "token": root.to_json(),
-        "key_hex": key_hex(&s.token_key),
+        "key_hex": hex::encode(s.token_key.expose_secret()),
         "discharges": [bound.encode()],
         "exact": exact,
     });

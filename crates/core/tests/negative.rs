@@ -159,7 +159,7 @@ fn revoked_token_family_is_rejected_after_the_signature() {
         asked: Cell<bool>,
     }
     impl KeyProvider for Revoking<'_> {
-        fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<RootKey> {
+        fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<tessera_core::TokenKey> {
             self.inner.token_key(kid, tid)
         }
         fn is_revoked(&self, tid: &TokenId) -> bool {

@@ -1,0 +1,170 @@
+//! Verify, attenuate and envelope benchmarks, with the floor and a peer measured in the same run.
+//!
+//! - `verify/text/N`: decode token text + parse + chain + caveat checks, N caveats (ours).
+//! - `floor/chain/5`: the bare HMAC-SHA256 chain of the same 5-caveat token with the hmac crate
+//!   (derive + 6 HMACs + constant-time compare), as DESIGN.md defines the floor.
+//! - `floor/chain+token_key/5`: the same plus the per-token key derivation a Tessera token needs.
+//! - `peer/macaroon_crate/5`: the `macaroon` crate deserializing and verifying the same token.
+//! - `attenuate/text`, `envelope/issue`, `envelope/decode`.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tessera_core::{envelope, Context, Identifier, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
+use time::macros::datetime;
+use time::Duration;
+
+const KINDS: [&str; 5] = [
+    "allow read",
+    "resource issues/42",
+    "time-after 2026-01-01T00:00:00Z",
+    "time-before 2030-01-01T00:00:00Z",
+    "client-ip 10.0.0.0/8",
+];
+
+struct Setup {
+    secret: RootKey,
+    kid: KeyId,
+    tid: TokenId,
+    keys: StaticKeys,
+}
+
+fn setup() -> Setup {
+    let secret = RootKey::new(&[0x5a; 32]).expect("key");
+    let kid = KeyId::from_bytes([1; 8]);
+    let tid = TokenId::from_bytes([2; 16]);
+    let mut keys = StaticKeys::new();
+    keys.insert(kid, secret.clone());
+    Setup { secret, kid, tid, keys }
+}
+
+fn token(s: &Setup, n: usize) -> Token {
+    let id = Identifier::new(s.kid, s.tid, "alice").expect("id");
+    let mut t = Token::mint_tessera(Some("https://tessera.example"), &s.secret, &id).expect("mint");
+    for i in 0..n {
+        t = t.attenuate(KINDS[i % KINDS.len()]).expect("attenuate");
+    }
+    t
+}
+
+fn ctx() -> Context {
+    Context::at(datetime!(2027-06-01 0:00 UTC))
+        .operation("read")
+        .resource("issues/42")
+        .client_ip("10.1.2.3".parse().expect("ip"))
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn h(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key).expect("hmac");
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+/// The bare chain: derive + HMAC over id and each caveat + constant-time compare.
+fn floor_chain(root: &[u8], id: &[u8], caveats: &[&[u8]], sig: &[u8; 32]) -> bool {
+    let mut s = h(&h(b"macaroons-key-generator", root), id);
+    for c in caveats {
+        s = h(&s, c);
+    }
+    s.ct_eq(sig).into()
+}
+
+fn benches(c: &mut Criterion) {
+    let s = setup();
+    let ctx = ctx();
+    let verifier = Verifier::with_keys(&s.keys);
+
+    let mut g = c.benchmark_group("verify");
+    for n in [1usize, 5, 20] {
+        let text = token(&s, n).encode();
+        assert!(verifier.verify(&Token::decode(&text).expect("decode"), &[], &ctx).is_ok());
+        g.bench_function(format!("text/{n}"), |b| {
+            b.iter(|| {
+                let t = Token::decode(black_box(&text)).expect("decode");
+                verifier.verify(&t, &[], &ctx).map(|_| ()).expect("verify")
+            })
+        });
+    }
+    g.finish();
+
+    // The same 5-caveat token for the floor and the peer.
+    let t5 = token(&s, 5);
+    let text5 = t5.encode();
+    let token_key = s.secret.token_key(&s.tid);
+    let id = t5.identifier().to_vec();
+    let sig = *t5.signature();
+    let cavs: Vec<&[u8]> = KINDS.iter().map(|k| k.as_bytes()).collect();
+    assert!(floor_chain(token_key.expose_secret(), &id, &cavs, &sig));
+
+    let mut g = c.benchmark_group("floor");
+    g.bench_function("chain/5", |b| {
+        b.iter(|| floor_chain(black_box(token_key.expose_secret()), &id, &cavs, &sig))
+    });
+    let mut tid_input = b"tessera/token/v1".to_vec();
+    tid_input.extend_from_slice(s.tid.as_bytes());
+    g.bench_function("chain+token_key/5", |b| {
+        b.iter(|| {
+            let k = h(black_box(s.secret.expose_secret()), &tid_input);
+            floor_chain(&k, &id, &cavs, &sig)
+        })
+    });
+    g.finish();
+
+    macaroon::initialize().expect("sodium init");
+    let mkey = macaroon::MacaroonKey::generate(token_key.expose_secret());
+    let mut mv = macaroon::Verifier::default();
+    for k in KINDS {
+        mv.satisfy_exact(k.into());
+    }
+    let m = macaroon::Macaroon::deserialize(&text5).expect("peer reads our token");
+    mv.verify(&m, &mkey, vec![]).expect("peer verifies our token");
+    let mut g = c.benchmark_group("peer");
+    g.bench_function("macaroon_crate/5", |b| {
+        b.iter(|| {
+            let m = macaroon::Macaroon::deserialize(black_box(&text5)).expect("decode");
+            mv.verify(&m, &mkey, vec![]).expect("verify")
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("attenuate");
+    g.bench_function("text", |b| {
+        b.iter(|| {
+            Token::decode(black_box(&text5)).and_then(|t| t.attenuate("allow read")).map(|t| t.encode())
+        })
+    });
+    g.finish();
+
+    let ekey = s.secret.envelope_key();
+    let now = datetime!(2027-06-01 0:00 UTC);
+    let verified = verifier.verify(&t5, &[], &ctx).expect("verify");
+    let jwt = envelope::issue(&verified, &ekey, "https://tessera.example", now, Duration::minutes(5))
+        .expect("issue");
+    let kid = s.kid;
+    let mut g = c.benchmark_group("envelope");
+    g.bench_function("issue", |b| {
+        b.iter(|| envelope::issue(&verified, &ekey, "https://tessera.example", now, Duration::minutes(5)))
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            envelope::decode(
+                black_box(&jwt),
+                |k| (*k == kid).then(|| ekey.clone()),
+                "https://tessera.example",
+                &ctx,
+            )
+            .expect("decode")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(verify, benches);
+criterion_main!(verify);

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: all test lint fmt check bench venv clean
+.PHONY: all test lint fmt check bench bench-core bench-store crash venv clean
 
 all: test
 
@@ -24,8 +24,13 @@ check:
 	$(CARGO) check --workspace --all-targets
 
 ## bench: criterion benchmarks (core)
-bench:
+bench: bench-core bench-store
+
+bench-core:
 	$(CARGO) bench -p tessera-peers --bench verify
+
+bench-store:
+	$(CARGO) bench -p tessera-store --bench store
 
 ## venv: Python peers for interop tests (pymacaroons, PyJWT), from PyPI
 venv: $(VENV)/.ok
@@ -36,3 +41,7 @@ $(VENV)/.ok: tests/interop/requirements.txt
 
 clean:
 	$(CARGO) clean
+
+## crash: SIGKILL soak of the store (300 kills instead of the 20 in make test)
+crash:
+	CRASH_ROUNDS=300 $(CARGO) test -p tessera-store --test crash

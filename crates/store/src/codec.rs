@@ -1,0 +1,209 @@
+//! The one codec: every stored value is CBOR (ciborium) of a struct defined here.
+//!
+//! Keys of tables are fixed-size byte arrays (kid: 8, tid: 16), `(subject, tid)` tuples for the
+//! subject index, and `u64` sequence numbers for the revocation log; values are these records.
+
+use serde::{Deserialize, Serialize};
+use tessera_core::{KeyId, TokenId};
+
+use crate::error::{Error, Result};
+
+/// Schema version this build writes; a database with a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The state of a root key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Signs new tokens (exactly one key at a time) and verifies.
+    Active,
+    /// Verifies tokens it signed; signs nothing new.
+    Retired,
+    /// Neither signs nor verifies: every token it signed is dead.
+    Revoked,
+}
+
+/// Metadata of a root key (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: KeyId,
+    /// Current state.
+    pub state: KeyState,
+    /// Creation time (seconds since the epoch).
+    pub created: i64,
+    /// When it stopped being active, if it did.
+    pub retired_at: Option<i64>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// A minted token's record. Records are never deleted, so token ids are never reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Token family id.
+    pub tid: TokenId,
+    /// Key that signed it.
+    pub kid: KeyId,
+    /// Whom it speaks for.
+    pub subject: String,
+    /// Free text shown to the owner.
+    pub description: String,
+    /// Creation time (seconds since the epoch).
+    pub created: i64,
+    /// Expiry (its `time-before`), if any.
+    pub expires: Option<i64>,
+    /// The caveats it was minted with (a summary of its restrictions).
+    pub caveats: Vec<String>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// What to record for a freshly minted token.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    /// Token family id (from the token's identifier).
+    pub tid: TokenId,
+    /// Key that signed it.
+    pub kid: KeyId,
+    /// Whom it speaks for.
+    pub subject: String,
+    /// Free text, at most [`MAX_DESCRIPTION`] bytes.
+    pub description: String,
+    /// Expiry, if any.
+    pub expires: Option<i64>,
+    /// The caveats it was minted with, at most [`MAX_CAVEAT_SUMMARY`] bytes in all.
+    pub caveats: Vec<String>,
+}
+
+/// Maximum description length, in bytes.
+pub const MAX_DESCRIPTION: usize = 1024;
+/// Maximum total length of a record's caveat summary, in bytes.
+pub const MAX_CAVEAT_SUMMARY: usize = 4096;
+
+/// What a revocation log entry revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevocationTarget {
+    /// A token family (the token and every attenuation of it).
+    Token(TokenId),
+    /// A root key (every token it signed).
+    Key(KeyId),
+}
+
+/// One entry of the append-only revocation log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// Sequence number, increasing from 1.
+    pub seq: u64,
+    /// When (seconds since the epoch).
+    pub at: i64,
+    /// What.
+    pub target: RevocationTarget,
+}
+
+// ---- stored forms ---------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredKey {
+    #[serde(with = "bytes")]
+    pub(crate) sealed: Vec<u8>,
+    pub(crate) state: KeyState,
+    pub(crate) created: i64,
+    pub(crate) retired_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredToken {
+    pub(crate) kid: [u8; 8],
+    pub(crate) subject: String,
+    pub(crate) description: String,
+    pub(crate) created: i64,
+    pub(crate) expires: Option<i64>,
+    pub(crate) caveats: Vec<String>,
+    pub(crate) revoked_at: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredRevocation {
+    pub(crate) at: i64,
+    pub(crate) target: StoredTarget,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredTarget {
+    Token([u8; 16]),
+    Key([u8; 8]),
+}
+
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let v = ciborium::value::Value::deserialize(d)?;
+        match v {
+            ciborium::value::Value::Bytes(b) => Ok(b),
+            _ => Err(serde::de::Error::custom("expected bytes")),
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    // Serializing these plain structs into a Vec cannot fail.
+    let _ = ciborium::into_writer(v, &mut out);
+    out
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    ciborium::from_reader(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+impl StoredToken {
+    pub(crate) fn into_record(self, tid: TokenId) -> TokenRecord {
+        TokenRecord {
+            tid,
+            kid: KeyId::from_bytes(self.kid),
+            subject: self.subject,
+            description: self.description,
+            created: self.created,
+            expires: self.expires,
+            caveats: self.caveats,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+impl StoredKey {
+    pub(crate) fn info(&self, kid: KeyId) -> KeyInfo {
+        KeyInfo {
+            kid,
+            state: self.state,
+            created: self.created,
+            retired_at: self.retired_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+impl From<RevocationTarget> for StoredTarget {
+    fn from(t: RevocationTarget) -> Self {
+        match t {
+            RevocationTarget::Token(tid) => StoredTarget::Token(*tid.as_bytes()),
+            RevocationTarget::Key(kid) => StoredTarget::Key(*kid.as_bytes()),
+        }
+    }
+}
+
+impl From<StoredTarget> for RevocationTarget {
+    fn from(t: StoredTarget) -> Self {
+        match t {
+            StoredTarget::Token(b) => RevocationTarget::Token(TokenId::from_bytes(b)),
+            StoredTarget::Key(b) => RevocationTarget::Key(KeyId::from_bytes(b)),
+        }
+    }
+}

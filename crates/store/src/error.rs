@@ -1,0 +1,96 @@
+//! The one error type of `tessera-store`.
+
+use tessera_core::{KeyId, TokenId};
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the key store can refuse or fail at. Refusals change nothing on disk.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The master key does not open this database's sealed check value.
+    #[error("wrong master key: it does not open this database (check TESSERA_MASTER_KEY or the key file)")]
+    WrongMasterKey,
+
+    /// The master key file or value is not 32 bytes of hex.
+    #[error("master key must be 64 hex digits (32 bytes): {0}")]
+    BadMasterKey(String),
+
+    /// The master key file is readable by group or others.
+    #[error("master key file {0} is readable by other users: chmod 600 it")]
+    MasterKeyPermissions(String),
+
+    /// The database was written by a newer Tessera.
+    #[error("database schema version {found} is newer than this Tessera understands ({supported}): upgrade Tessera")]
+    NewerSchema {
+        /// Version found on disk.
+        found: u32,
+        /// Version this build writes.
+        supported: u32,
+    },
+
+    /// A secret is shorter than 32 bytes.
+    #[error("secret is too short: {0} bytes, at least 32 are required")]
+    KeyTooShort(usize),
+
+    /// No key with this id.
+    #[error("unknown key id {0}")]
+    UnknownKey(KeyId),
+
+    /// The key has been revoked and can neither sign nor verify.
+    #[error("key {0} is revoked")]
+    KeyRevoked(KeyId),
+
+    /// There is no active key to sign with (all revoked, or none created yet): rotate.
+    #[error("no active signing key: create one with a key rotation")]
+    NoActiveKey,
+
+    /// No token record with this id.
+    #[error("unknown token id {0}")]
+    UnknownToken(TokenId),
+
+    /// A token record with this id exists already (ids are never reused).
+    #[error("token id {0} is already recorded")]
+    DuplicateToken(TokenId),
+
+    /// A field is over its documented limit.
+    #[error("{what} is too long: {size} > {limit} bytes")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A stored value does not decode (corruption or a foreign file).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+
+    /// The storage engine failed (I/O, lock held by another process, ...).
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+
+    /// Reading or writing the master key file failed.
+    #[error("master key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// The store's writer has stopped (the store is shutting down).
+    #[error("store is closed")]
+    Closed,
+
+    /// The operating system random number generator failed.
+    #[error("random number generator failed")]
+    Random,
+}
+
+pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> Error {
+    Error::Storage(e.into())
+}

@@ -1,0 +1,259 @@
+//! Store behaviour: persistence, rotation, master key, schema, concurrency, bad input, and the
+//! store as a core `KeyProvider`.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use tessera_core::{Context, Error as CoreError, Identifier, KeyId, Token, TokenId, Verifier};
+use tessera_store::{
+    Error, KeyState, MasterKey, NewToken, RevocationTarget, Store, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
+};
+
+fn db(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("data/tessera.redb")
+}
+
+fn master() -> MasterKey {
+    MasterKey::from_bytes([7; 32])
+}
+
+fn new_token(kid: KeyId, subject: &str) -> NewToken {
+    NewToken {
+        tid: TokenId::generate().unwrap(),
+        kid,
+        subject: subject.into(),
+        description: format!("token of {subject}"),
+        expires: Some(1_900_000_000),
+        caveats: vec!["allow read".into()],
+    }
+}
+
+fn mint(store: &Store, subject: &str) -> (Token, TokenId) {
+    let (kid, secret) = store.active_key().unwrap();
+    let tid = TokenId::generate().unwrap();
+    let token = Token::mint_tessera(None, &secret, &Identifier::new(kid, tid, subject).unwrap()).unwrap();
+    store.record_token(NewToken { tid, ..new_token(kid, subject) }).unwrap();
+    (token, tid)
+}
+
+fn verify(store: &Store, t: &Token) -> Result<(), CoreError> {
+    Verifier::with_keys(store).verify(t, &[], &Context::now()).map(|_| ())
+}
+
+#[test]
+fn everything_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, tid, revoked_tid, kid) = {
+        let store = Store::open(db(&dir), master()).unwrap();
+        let k = store.rotate().unwrap();
+        let (token, tid) = mint(&store, "alice");
+        let (_, revoked_tid) = mint(&store, "alice");
+        store.revoke_token(revoked_tid).unwrap().unwrap();
+        (token, tid, revoked_tid, k.kid)
+    };
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert_eq!(store.active_key().unwrap().0, kid);
+    verify(&store, &token).unwrap();
+    let records = store.tokens_of("alice").unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(store.token(&tid).unwrap().unwrap().description, "token of alice");
+    assert!(store.is_token_revoked(&revoked_tid), "revocation set rebuilt at open");
+    assert!(!store.is_token_revoked(&tid));
+    assert!(store.token(&revoked_tid).unwrap().unwrap().revoked_at.is_some());
+    let log = store.revocations_after(0, 100).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].target, RevocationTarget::Token(revoked_tid));
+}
+
+#[test]
+fn rotation_one_signs_retired_verify_revoked_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert!(store.active_key().is_none());
+    let k1 = store.rotate().unwrap();
+    let (t1, _) = mint(&store, "alice");
+    let k2 = store.rotate().unwrap();
+    assert_eq!(store.active_key().unwrap().0, k2.kid);
+    let keys = store.list_keys().unwrap();
+    let state = |kid| keys.iter().find(|k| k.kid == kid).unwrap().state;
+    assert_eq!(state(k1.kid), KeyState::Retired);
+    assert_eq!(state(k2.kid), KeyState::Active);
+    assert_eq!(keys.iter().filter(|k| k.state == KeyState::Active).count(), 1);
+    verify(&store, &t1).unwrap();
+
+    // Revoking the retired key kills its tokens and stops records under it.
+    let rev = store.revoke_key(k1.kid).unwrap().unwrap();
+    assert_eq!(rev.target, RevocationTarget::Key(k1.kid));
+    assert_eq!(verify(&store, &t1), Err(CoreError::UnknownKey(k1.kid)));
+    assert!(matches!(store.record_token(new_token(k1.kid, "bob")), Err(Error::KeyRevoked(_))));
+    assert_eq!(store.revoke_key(k1.kid).unwrap(), None, "revoking twice changes nothing");
+
+    // Revoking the active key leaves nothing to sign with until the next rotation.
+    store.revoke_key(k2.kid).unwrap();
+    assert!(store.active_key().is_none());
+    let k3 = store.rotate().unwrap();
+    assert_eq!(store.active_key().unwrap().0, k3.kid);
+    drop(store);
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert_eq!(store.active_key().unwrap().0, k3.kid);
+    assert_eq!(verify(&store, &t1), Err(CoreError::UnknownKey(k1.kid)));
+}
+
+#[test]
+fn imported_secrets_are_checked_and_verify_only_unless_activated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert!(matches!(store.import_key(&[1; 31], true), Err(Error::KeyTooShort(31))));
+    assert!(store.list_keys().unwrap().is_empty(), "nothing written");
+    let k = store.import_key(&[1; 40], false).unwrap();
+    assert_eq!(k.state, KeyState::Retired);
+    assert!(store.active_key().is_none());
+    assert!(store.verifying_key(&k.kid).is_some());
+}
+
+/// Everything the store holds, as text (keys, records, revocations).
+fn snapshot(path: &Path) -> String {
+    let store = Store::open(path, master()).unwrap();
+    format!(
+        "{:?}\n{:?}\n{:?}",
+        store.list_keys().unwrap(),
+        store.tokens_of("alice").unwrap(),
+        store.revocations_after(0, 1000).unwrap()
+    )
+}
+
+#[test]
+fn wrong_master_key_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(db(&dir), master()).unwrap();
+        store.rotate().unwrap();
+        mint(&store, "alice");
+    }
+    let before = snapshot(&db(&dir));
+    let err = Store::open(db(&dir), MasterKey::from_bytes([8; 32])).unwrap_err();
+    assert!(matches!(err, Error::WrongMasterKey), "{err}");
+    assert!(err.to_string().contains("wrong master key"));
+    assert!(snapshot(&db(&dir)) == before, "the wrong key changed stored data");
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert_eq!(store.tokens_of("alice").unwrap().len(), 1);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(db(&dir), master()).unwrap());
+    {
+        let raw = redb::Database::create(db(&dir)).unwrap();
+        let txn = raw.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut meta = txn.open_table(def).unwrap();
+            let mut v = Vec::new();
+            ciborium::into_writer(&99u32, &mut v).unwrap();
+            meta.insert("schema", v.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Store::open(db(&dir), master()).unwrap_err();
+    assert!(matches!(err, Error::NewerSchema { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn bad_inputs_are_refused_without_partial_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    let k = store.rotate().unwrap();
+    let unknown = KeyId::from_bytes([9; 8]);
+    assert!(matches!(store.record_token(new_token(unknown, "alice")), Err(Error::UnknownKey(_))));
+
+    let first = new_token(k.kid, "alice");
+    store.record_token(first.clone()).unwrap();
+    let dup = NewToken { subject: "mallory".into(), description: "overwrite".into(), ..first.clone() };
+    assert!(matches!(store.record_token(dup), Err(Error::DuplicateToken(_))));
+    assert_eq!(store.token(&first.tid).unwrap().unwrap().subject, "alice", "record unchanged");
+    assert!(store.tokens_of("mallory").unwrap().is_empty(), "no index entry written");
+
+    let long = NewToken { description: "x".repeat(MAX_DESCRIPTION + 1), ..new_token(k.kid, "alice") };
+    let tid = long.tid;
+    assert!(matches!(store.record_token(long), Err(Error::TooLarge { what: "description", .. })));
+    assert!(store.token(&tid).unwrap().is_none());
+    let many = NewToken { caveats: vec!["y".repeat(MAX_CAVEAT_SUMMARY + 1)], ..new_token(k.kid, "alice") };
+    assert!(matches!(store.record_token(many), Err(Error::TooLarge { .. })));
+    let sub = NewToken { subject: "s".repeat(300), ..new_token(k.kid, "alice") };
+    assert!(matches!(store.record_token(sub), Err(Error::TooLarge { what: "subject", .. })));
+
+    assert!(matches!(store.revoke_token(TokenId::from_bytes([1; 16])), Err(Error::UnknownToken(_))));
+    assert!(matches!(store.revoke_key(unknown), Err(Error::UnknownKey(_))));
+    assert!(store.revocations_after(0, 10).unwrap().is_empty(), "refusals log nothing");
+    assert_eq!(store.tokens_of("alice").unwrap().len(), 1);
+}
+
+#[test]
+fn revocation_log_is_ordered_pollable_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    store.rotate().unwrap();
+    let tids: Vec<TokenId> = (0..5).map(|_| mint(&store, "alice").1).collect();
+    for tid in &tids {
+        store.revoke_token(*tid).unwrap().unwrap();
+    }
+    assert_eq!(store.revoke_token(tids[0]).unwrap(), None, "second revocation is a no-op");
+    let all = store.revocations_after(0, 100).unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    let tail = store.revocations_after(3, 100).unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(store.revocations_after(0, 2).unwrap().len(), 2);
+    assert!(store.revocations_after(5, 100).unwrap().is_empty());
+}
+
+#[test]
+fn revoked_tokens_fail_verification_with_all_attenuations() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    store.rotate().unwrap();
+    let (token, tid) = mint(&store, "alice");
+    let narrow = token.attenuate("allow read").unwrap();
+    verify(&store, &narrow).unwrap_err(); // no operation in the context: unmet, not revoked
+    let ctx = Context::now().operation("read");
+    Verifier::with_keys(&store).verify(&narrow, &[], &ctx).unwrap();
+    store.revoke_token(tid).unwrap();
+    assert_eq!(verify(&store, &token), Err(CoreError::Revoked));
+    let r = Verifier::with_keys(&store).verify(&narrow, &[], &ctx).map(|_| ());
+    assert_eq!(r, Err(CoreError::Revoked));
+}
+
+#[test]
+fn concurrent_writers_from_many_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    let kid = store.rotate().unwrap().kid;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut tids = Vec::new();
+                for _ in 0..40 {
+                    let n = new_token(kid, &format!("user{t}"));
+                    tids.push(n.tid);
+                    store.record_token(n).unwrap();
+                }
+                store.revoke_token(tids[0]).unwrap();
+                tids
+            })
+        })
+        .collect();
+    let tids: Vec<TokenId> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert_eq!(tids.len(), 320);
+    for t in 0..8 {
+        assert_eq!(store.tokens_of(&format!("user{t}")).unwrap().len(), 40);
+    }
+    assert_eq!(store.revocations_after(0, 100).unwrap().len(), 8);
+    drop(store);
+    let store = Store::open(db(&dir), master()).unwrap();
+    for tid in &tids {
+        assert!(store.token(tid).unwrap().is_some());
+    }
+    assert_eq!(store.revoked_count(), 8);
+}

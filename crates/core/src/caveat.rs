@@ -36,12 +36,30 @@ pub struct Context {
     pub client_ip: Option<IpAddr>,
     /// Application-defined fields, for registered checkers.
     pub extras: BTreeMap<String, String>,
+    /// When true, `allow`, `resource` and `client-ip` caveats are validated but not checked
+    /// against this context: they are only returned in the [`Restrictions`]. Time caveats and
+    /// application caveats are still checked. For JWT envelopes, whose `cap` claim carries the
+    /// deferred restrictions to the service that enforces them. Never use it to authorize a request.
+    pub defer_scope: bool,
 }
 
 impl Context {
     /// A context at the given time with nothing else set.
     pub fn at(time: OffsetDateTime) -> Self {
-        Context { time, operation: None, resource: None, client_ip: None, extras: BTreeMap::new() }
+        Context {
+            time,
+            operation: None,
+            resource: None,
+            client_ip: None,
+            extras: BTreeMap::new(),
+            defer_scope: false,
+        }
+    }
+
+    /// A context that checks time and application caveats only and defers `allow`, `resource`
+    /// and `client-ip` to the caller (see [`Context::defer_scope`]).
+    pub fn deferring_scope(time: OffsetDateTime) -> Self {
+        Context { defer_scope: true, ..Self::at(time) }
     }
 
     /// A context at the current time.
@@ -170,6 +188,16 @@ impl<'a> Predicate<'a> {
     /// Check a built-in predicate against a request.
     /// [`Predicate::Other`] never holds here (the verifier consults registered checkers).
     pub fn check(&self, ctx: &Context) -> Result<(), Failure> {
+        if ctx.defer_scope {
+            if let Predicate::ClientIp(nets) = self {
+                if let Some(bad) = nets.split(' ').find(|a| parse_net(a).is_none()) {
+                    return Err(Failure::Malformed(format!("\"{bad}\" is not an IP address or network")));
+                }
+            }
+            if matches!(self, Predicate::Allow(_) | Predicate::Resource(_) | Predicate::ClientIp(_)) {
+                return Ok(());
+            }
+        }
         if let Predicate::ClientIp(nets) = self {
             // One pass: every network must parse, and one must contain the client.
             let mut hit = false;
@@ -426,6 +454,17 @@ mod tests {
         for cav in ["allow read", "resource issues/42", "client-ip 10.0.0.0/8"] {
             assert!(!holds(cav, &c), "{cav}");
         }
+    }
+
+    #[test]
+    fn deferred_scope_checks_only_time_and_validity() {
+        let c = Context::deferring_scope(datetime!(2027-06-01 0:00 UTC));
+        assert!(holds("allow write", &c));
+        assert!(holds("resource elsewhere", &c));
+        assert!(holds("client-ip 192.168.0.0/16", &c));
+        assert!(!holds("time-before 2027-01-01T00:00:00Z", &c));
+        let p = Predicate::parse(b"client-ip nonsense").unwrap();
+        assert!(matches!(p.check(&c), Err(Failure::Malformed(_))));
     }
 
     #[test]

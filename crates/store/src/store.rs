@@ -160,7 +160,7 @@ impl Store {
         }
     }
 
-    /// Metadata of every key (never secrets), oldest first.
+    /// Metadata of every key (never secrets), by creation time (seconds; ties by key id).
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let txn = self.inner.db.begin_read().map_err(storage)?;
         let table = txn.open_table(KEYS).map_err(storage)?;

@@ -1,0 +1,441 @@
+//! The HTTP endpoints. Shapes are documented in `docs/API.md` and `docs/openapi.yaml`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tessera_core::{envelope, Context, KeyId, Restrictions, Token, TokenId, Verifier};
+use tessera_store::{KeyInfo, KeyState, Revocation, RevocationTarget, TokenRecord};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::auth::authorize;
+use crate::metrics::Metrics;
+use crate::mint::{first_party_caveats, mint, MintSpec};
+use crate::problem::ApiError;
+use crate::{ticket, AppState};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+fn rfc3339(t: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(t).ok().and_then(|t| t.format(&Rfc3339).ok())
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| ApiError::bad_request(format!("\"{s}\" is not an RFC 3339 time")))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    web::block(f).await.map_err(ApiError::internal)?
+}
+
+fn decode_token(text: &str) -> Result<Token> {
+    Token::decode(text).map_err(ApiError::from)
+}
+
+fn decode_all(texts: &[String]) -> Result<Vec<Token>> {
+    if texts.len() > tessera_core::limits::MAX_DISCHARGES {
+        return Err(ApiError::too_large(format!(
+            "at most {} discharges",
+            tessera_core::limits::MAX_DISCHARGES
+        )));
+    }
+    texts.iter().map(|t| decode_token(t)).collect()
+}
+
+/// One word per argument: caveat arguments are separated by single spaces.
+fn words(what: &str, items: &[String]) -> Result<String> {
+    if items.is_empty() {
+        return Err(ApiError::bad_request(format!("{what} must not be empty (omit it for no restriction)")));
+    }
+    if let Some(bad) = items.iter().find(|i| i.is_empty() || i.chars().any(char::is_whitespace)) {
+        return Err(ApiError::bad_request(format!("{what} entry \"{bad}\" must be one non-empty word")));
+    }
+    Ok(items.join(" "))
+}
+
+// ---- health and metrics --------------------------------------------------------------------
+
+pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let active = state.store.active_key().is_some();
+    HttpResponse::Ok().json(json!({"status": "ok", "active_key": active}))
+}
+
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(state.store.revoked_count()))
+}
+
+// ---- mint ------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MintRequest {
+    subject: Option<String>,
+    #[serde(default)]
+    description: String,
+    ttl: Option<String>,
+    operations: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
+    client_ips: Option<Vec<String>>,
+    #[serde(default)]
+    revocable: bool,
+}
+
+#[derive(Serialize)]
+struct TokenView {
+    tid: String,
+    kid: String,
+    subject: String,
+    description: String,
+    created: Option<String>,
+    expires: Option<String>,
+    caveats: Vec<String>,
+    revoked: bool,
+    revoked_at: Option<String>,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(r: TokenRecord) -> Self {
+        TokenView {
+            tid: r.tid.to_string(),
+            kid: r.kid.to_string(),
+            subject: r.subject,
+            description: r.description,
+            created: rfc3339(r.created),
+            expires: r.expires.and_then(rfc3339),
+            caveats: r.caveats,
+            revoked: r.revoked_at.is_some(),
+            revoked_at: r.revoked_at.and_then(rfc3339),
+        }
+    }
+}
+
+pub(crate) async fn mint_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<MintRequest>,
+) -> Result<HttpResponse> {
+    let body = body.into_inner();
+    if let Some(s) = &body.subject {
+        if s.is_empty() || s.len() > tessera_core::MAX_SUBJECT || s.chars().any(char::is_control) {
+            return Err(ApiError::bad_request("subject must be 1 to 256 bytes without control characters"));
+        }
+    }
+    let (caller, subject) = authorize(&state, &req, "tokens.mint", body.subject.as_deref())?;
+    let ttl = match &body.ttl {
+        None => state.config.default_ttl,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("ttl \"{t}\": {e} (use e.g. 30m, 6h, 7d)")))?,
+    };
+    if ttl > state.config.max_ttl || ttl.is_zero() {
+        return Err(ApiError::bad_request(format!(
+            "ttl must be positive and at most {}",
+            humantime::format_duration(state.config.max_ttl)
+        )));
+    }
+    // The new token never carries more authority than the caller's: it inherits its caveats.
+    let mut caveats = first_party_caveats(&caller.token);
+    if let Some(ops) = &body.operations {
+        caveats.push(format!("allow {}", words("operations", ops)?));
+    }
+    if let Some(rs) = &body.resources {
+        caveats.push(format!("resource {}", words("resources", rs)?));
+    }
+    if let Some(ips) = &body.client_ips {
+        caveats.push(format!("client-ip {}", words("client_ips", ips)?));
+    }
+    for c in &caveats {
+        tessera_core::Predicate::validate(c.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let expires = OffsetDateTime::now_utc() + ttl;
+    let spec = MintSpec {
+        subject,
+        description: body.description,
+        caveats,
+        expires: Some(expires),
+        revocable: body.revocable,
+    };
+    if spec.description.len() > tessera_store::MAX_DESCRIPTION {
+        return Err(ApiError::bad_request(format!(
+            "description is over {} bytes",
+            tessera_store::MAX_DESCRIPTION
+        )));
+    }
+    let st = state.clone();
+    let minted = blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
+    Metrics::inc(&state.metrics.tokens_minted);
+    let view = TokenView::from(minted.record);
+    Ok(HttpResponse::Created().json(json!({
+        "token": minted.token.encode(),
+        "tid": view.tid,
+        "kid": view.kid,
+        "subject": view.subject,
+        "expires": view.expires,
+        "caveats": view.caveats,
+        "revocable": body.revocable,
+    })))
+}
+
+// ---- list and revoke ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    subject: Option<String>,
+}
+
+pub(crate) async fn list_tokens(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse> {
+    let (_, subject) = authorize(&state, &req, "tokens.list", query.subject.as_deref())?;
+    let st = state.clone();
+    let records = blocking(move || st.store.tokens_of(&subject).map_err(ApiError::from)).await?;
+    let tokens: Vec<TokenView> = records.into_iter().map(TokenView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "tokens": tokens })))
+}
+
+fn parse_tid(s: &str) -> Result<TokenId> {
+    s.parse().map_err(|_| ApiError::bad_request("token id must be 32 hex digits"))
+}
+
+pub(crate) async fn revoke_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let tid = parse_tid(&path)?;
+    let st = state.clone();
+    let record = blocking(move || st.store.token(&tid).map_err(ApiError::from))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no token {tid}")))?;
+    authorize(&state, &req, "tokens.revoke", Some(&record.subject))?;
+    let st = state.clone();
+    let entry = blocking(move || st.store.revoke_token(tid).map_err(ApiError::from)).await?;
+    if entry.is_some() {
+        Metrics::inc(&state.metrics.tokens_revoked);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "tid": tid.to_string(),
+        "revoked": true,
+        "already_revoked": entry.is_none(),
+        "seq": entry.map(|e| e.seq),
+    })))
+}
+
+// ---- verify ---------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestContext {
+    operation: Option<String>,
+    resource: Option<String>,
+    client_ip: Option<String>,
+    time: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerifyRequest {
+    token: String,
+    #[serde(default)]
+    discharges: Vec<String>,
+    #[serde(default)]
+    context: RequestContext,
+}
+
+fn context(c: &RequestContext) -> Result<Context> {
+    let time = match &c.time {
+        Some(t) => parse_time(t)?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let mut ctx = Context::at(time);
+    ctx.operation = c.operation.clone();
+    ctx.resource = c.resource.clone();
+    if let Some(ip) = &c.client_ip {
+        let ip = ip.parse().map_err(|_| ApiError::bad_request(format!("\"{ip}\" is not an IP address")))?;
+        ctx = ctx.client_ip(ip);
+    }
+    Ok(ctx)
+}
+
+pub(crate) fn restrictions_json(r: &Restrictions) -> serde_json::Value {
+    let t = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
+    json!({
+        "not_before": t(r.not_before),
+        "expires": t(r.expires),
+        "operations": r.operations,
+        "resources": r.resources,
+        "client_ips": r.networks.as_ref().map(|n| n.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    })
+}
+
+pub(crate) async fn verify(
+    state: web::Data<AppState>,
+    body: web::Json<VerifyRequest>,
+) -> Result<HttpResponse> {
+    let token = decode_token(&body.token)?;
+    let discharges = decode_all(&body.discharges)?;
+    let ctx = context(&body.context)?;
+    match Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx) {
+        Ok(v) => {
+            Metrics::inc(&state.metrics.verify_allowed);
+            let r = v.restrictions();
+            Ok(HttpResponse::Ok().json(json!({
+                "valid": true,
+                "subject": r.subject,
+                "tid": r.tid.map(|t| t.to_string()),
+                "kid": r.kid.map(|k| k.to_string()),
+                "restrictions": restrictions_json(&r),
+            })))
+        }
+        Err(e) => {
+            Metrics::inc(&state.metrics.verify_denied);
+            Err(e.into())
+        }
+    }
+}
+
+// ---- discharge ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DischargeRequest {
+    ticket: String,
+}
+
+pub(crate) async fn discharge(
+    state: web::Data<AppState>,
+    body: web::Json<DischargeRequest>,
+) -> Result<HttpResponse> {
+    let raw = crate::b64_decode(&body.ticket)
+        .ok_or_else(|| ApiError::bad_request("ticket must be the caveat id in base64url"))?;
+    let kid = ticket::kid_of(&raw).ok_or_else(|| ApiError::bad_request("not a Tessera discharge ticket"))?;
+    let secret = state
+        .store
+        .verifying_key(&kid)
+        .ok_or_else(|| ApiError::forbidden(format!("key {kid} is revoked or unknown")))?;
+    let t = ticket::open(&raw, &secret).ok_or_else(|| ApiError::bad_request("ticket does not open"))?;
+    if t.condition != ticket::NOT_REVOKED {
+        return Err(ApiError::bad_request(format!("unknown ticket condition \"{}\"", t.condition)));
+    }
+    if state.store.is_token_revoked(&t.tid) {
+        return Err(ApiError::forbidden(format!("token {} is revoked", t.tid)));
+    }
+    let expires = (OffsetDateTime::now_utc() + state.config.discharge_ttl)
+        .replace_nanosecond(0)
+        .map_err(ApiError::internal)?;
+    let d = Token::discharge(Some(&state.discharge_location), &t.caveat_key, &raw)?
+        .attenuate(&format!("time-before {}", expires.format(&Rfc3339).map_err(ApiError::internal)?))?;
+    Metrics::inc(&state.metrics.discharges_issued);
+    Ok(HttpResponse::Ok().json(json!({
+        "discharge": d.encode(),
+        "expires": expires.format(&Rfc3339).ok(),
+        "tid": t.tid.to_string(),
+        "kid": t.kid.to_string(),
+    })))
+}
+
+// ---- JWT exchange ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtRequest {
+    token: String,
+    #[serde(default)]
+    discharges: Vec<String>,
+}
+
+pub(crate) async fn jwt(state: web::Data<AppState>, body: web::Json<JwtRequest>) -> Result<HttpResponse> {
+    let token = decode_token(&body.token)?;
+    let discharges = decode_all(&body.discharges)?;
+    let now = OffsetDateTime::now_utc();
+    // Time, signature, discharges and revocation are checked now; allow/resource/client-ip are
+    // carried in the envelope's cap claim for the JWT-only service to enforce.
+    let verified =
+        Verifier::with_keys(&state.store).verify(&token, &discharges, &Context::deferring_scope(now))?;
+    let kid = verified.restrictions().kid.ok_or_else(|| ApiError::unauthorized("not a Tessera token"))?;
+    let key = state.store.verifying_key(&kid).ok_or(ApiError::unauthorized("key is revoked"))?;
+    let ttl = time::Duration::try_from(state.config.jwt_ttl).map_err(ApiError::internal)?;
+    let jwt = envelope::issue(&verified, &key.envelope_key(), &state.issuer, now, ttl)?;
+    Metrics::inc(&state.metrics.envelopes_issued);
+    Ok(HttpResponse::Ok().json(json!({ "jwt": jwt, "issuer": state.issuer, "kid": kid.to_string() })))
+}
+
+// ---- keys -----------------------------------------------------------------------------------
+
+fn key_view(k: &KeyInfo) -> serde_json::Value {
+    json!({
+        "kid": k.kid.to_string(),
+        "state": match k.state { KeyState::Active => "active", KeyState::Retired => "retired", KeyState::Revoked => "revoked" },
+        "created": rfc3339(k.created),
+        "retired_at": k.retired_at.and_then(rfc3339),
+        "revoked_at": k.revoked_at.and_then(rfc3339),
+    })
+}
+
+pub(crate) async fn list_keys(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
+    authorize(&state, &req, "keys.list", None)?;
+    let st = state.clone();
+    let keys = blocking(move || st.store.list_keys().map_err(ApiError::from)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "keys": keys.iter().map(key_view).collect::<Vec<_>>() })))
+}
+
+pub(crate) async fn rotate_keys(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
+    authorize(&state, &req, "keys.rotate", None)?;
+    let st = state.clone();
+    let key = blocking(move || st.store.rotate().map_err(ApiError::from)).await?;
+    Metrics::inc(&state.metrics.keys_rotated);
+    Ok(HttpResponse::Created().json(key_view(&key)))
+}
+
+pub(crate) async fn envelope_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let kid: KeyId = path.parse().map_err(|_| ApiError::bad_request("key id must be 16 hex digits"))?;
+    authorize(&state, &req, "keys.envelope", None)?;
+    let key =
+        state.store.verifying_key(&kid).ok_or_else(|| ApiError::not_found(format!("no usable key {kid}")))?;
+    let hex: String = key.envelope_key().expose_secret().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(HttpResponse::Ok()
+        .json(json!({ "kid": kid.to_string(), "alg": "HS256", "key_hex": hex, "issuer": state.issuer })))
+}
+
+// ---- revocation feed ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+fn revocation_view(r: &Revocation) -> serde_json::Value {
+    let (kind, id) = match r.target {
+        RevocationTarget::Token(tid) => ("token", tid.to_string()),
+        RevocationTarget::Key(kid) => ("key", kid.to_string()),
+    };
+    json!({ "seq": r.seq, "at": rfc3339(r.at), "kind": kind, "id": id })
+}
+
+pub(crate) async fn revocations(
+    state: web::Data<AppState>,
+    query: web::Query<FeedQuery>,
+) -> Result<HttpResponse> {
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    let after = query.after;
+    let st = state.clone();
+    let entries = blocking(move || st.store.revocations_after(after, limit).map_err(ApiError::from)).await?;
+    let last = entries.last().map_or(after, |e| e.seq);
+    Ok(HttpResponse::build(StatusCode::OK).json(json!({
+        "revocations": entries.iter().map(revocation_view).collect::<Vec<_>>(),
+        "last_seq": last,
+    })))
+}

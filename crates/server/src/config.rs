@@ -1,0 +1,122 @@
+//! Configuration: flags and `TESSERA_*` environment variables, with safe defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
+}
+
+/// Everything the service can be told. `tessera serve` and `tessera-server` share these flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address to listen on (loopback by default; port 0 picks a free port).
+    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Directory for the database and, unless set otherwise, the master key file.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Master key file (created 0600 on first start); `TESSERA_MASTER_KEY` (hex) takes precedence.
+    #[arg(long, env = "TESSERA_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Public base URL of this service: the location of minted tokens and of the discharge
+    /// endpoint in revocable tokens. Default: http://<listen address>.
+    #[arg(long, env = "TESSERA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// `iss` of JWT envelopes. Default: the public URL.
+    #[arg(long, env = "TESSERA_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// Subject of the administrator, who may act for any subject and manage keys.
+    #[arg(long, env = "TESSERA_ADMIN_SUBJECT", default_value = "admin")]
+    pub admin_subject: String,
+
+    /// Also write the first-start admin token to this file (mode 0600).
+    #[arg(long, env = "TESSERA_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Lifetime of minted tokens when the request names none.
+    #[arg(long, env = "TESSERA_DEFAULT_TTL", default_value = "24h", value_parser = duration)]
+    pub default_ttl: Duration,
+
+    /// Longest lifetime a mint request may ask for.
+    #[arg(long, env = "TESSERA_MAX_TTL", default_value = "90d", value_parser = duration)]
+    pub max_ttl: Duration,
+
+    /// Lifetime of discharges (how long a revocation may take to bite revocable tokens).
+    #[arg(long, env = "TESSERA_DISCHARGE_TTL", default_value = "5m", value_parser = duration)]
+    pub discharge_ttl: Duration,
+
+    /// Longest lifetime of a JWT envelope.
+    #[arg(long, env = "TESSERA_JWT_TTL", default_value = "5m", value_parser = duration)]
+    pub jwt_ttl: Duration,
+
+    /// Requests per second allowed per client address on /v1 (burst: twice that); 0 = no limit.
+    #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, env = "TESSERA_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+
+    /// Networks of reverse proxies whose X-Forwarded-For is trusted (repeatable, or comma-separated).
+    #[arg(long = "trusted-proxy", env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "TESSERA_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Defaults for a data directory (tests, embedding).
+    pub fn for_data_dir(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.into(),
+            master_key_file: None,
+            public_url: None,
+            issuer: None,
+            admin_subject: "admin".into(),
+            admin_token_file: None,
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(90 * 24 * 3600),
+            discharge_ttl: Duration::from_secs(300),
+            jwt_ttl: Duration::from_secs(300),
+            rate_limit: 100,
+            body_limit: 64 * 1024,
+            trusted_proxies: Vec::new(),
+            workers: None,
+        }
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("tessera.redb")
+    }
+
+    /// The master key file.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    /// Public base URL without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The issuer of envelopes.
+    pub fn issuer(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| self.public_url())
+    }
+}

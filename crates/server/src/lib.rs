@@ -1,0 +1,295 @@
+//! Tessera HTTP service on actix-web: mint, verify, discharge, revoke, list, key rotation, JWT
+//! exchange, revocation feed, health and metrics.
+//!
+//! [`app`] builds the application for a shared [`AppState`], so tests run it in-process;
+//! [`run`] serves it until SIGINT/SIGTERM (in-flight requests finish first).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod api;
+mod auth;
+mod config;
+mod limit;
+mod metrics;
+mod mint;
+mod problem;
+mod ticket;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::{web, App, HttpServer, ResponseError};
+use base64::Engine as _;
+use tessera_store::{MasterKey, Store};
+
+pub use auth::{client_ip, DISCHARGE_HEADER};
+pub use config::Config;
+pub use limit::RateLimiter;
+pub use metrics::Metrics;
+pub use mint::{mint, MintSpec, Minted};
+pub use problem::ApiError;
+
+/// Every route served: (method, path). The OpenAPI document must list exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("post", "/v1/tokens"),
+    ("get", "/v1/tokens"),
+    ("post", "/v1/tokens/{tid}/revoke"),
+    ("post", "/v1/verify"),
+    ("post", "/v1/discharge"),
+    ("post", "/v1/jwt"),
+    ("get", "/v1/keys"),
+    ("post", "/v1/keys/rotate"),
+    ("get", "/v1/keys/{kid}/envelope-key"),
+    ("get", "/v1/revocations"),
+];
+
+/// Errors that stop the service from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key store refused to open or failed.
+    #[error(transparent)]
+    Store(#[from] tessera_store::Error),
+    /// Minting the first admin token failed.
+    #[error("could not mint the admin token: {0}")]
+    Mint(String),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared state of the service.
+#[derive(Debug)]
+pub struct AppState {
+    /// The key store.
+    pub store: Store,
+    /// The configuration.
+    pub config: Config,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Per-client rate limiter.
+    pub limiter: RateLimiter,
+    /// Location written into minted tokens (the public URL).
+    pub location: String,
+    /// Location of the discharge endpoint (in revocable tokens).
+    pub discharge_location: String,
+    /// `iss` of envelopes.
+    pub issuer: String,
+}
+
+/// The state, and the admin token when this start created the first key.
+pub struct Opened {
+    /// Shared state.
+    pub state: web::Data<AppState>,
+    /// The admin token, shown once.
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    /// Open the store (creating master key and database on first start). On first start, create
+    /// the first root key and an admin token.
+    pub fn open(config: Config) -> Result<Opened, Error> {
+        let (master, _) = MasterKey::from_env_or_file(&config.master_key_path())?;
+        let store = Store::open(config.db_path(), master)?;
+        let first_start = store.list_keys()?.is_empty();
+        let location = config.public_url();
+        let state = AppState {
+            discharge_location: format!("{location}/v1/discharge"),
+            issuer: config.issuer(),
+            location,
+            limiter: RateLimiter::new(config.rate_limit),
+            metrics: Metrics::default(),
+            store,
+            config,
+        };
+        let admin_token = if first_start {
+            state.store.rotate()?;
+            Some(mint_admin_token(&state.store, &state.location, &state.config.admin_subject)?)
+        } else {
+            None
+        };
+        Ok(Opened { state: web::Data::new(state), admin_token })
+    }
+}
+
+/// Mint (and record) an admin token: subject = the admin subject, no caveats, no expiry.
+/// Used on first start, and by `tessera admin-token` to replace a lost one.
+pub fn mint_admin_token(store: &Store, location: &str, admin_subject: &str) -> Result<String, Error> {
+    let spec = MintSpec {
+        subject: admin_subject.to_owned(),
+        description: "admin token".into(),
+        caveats: Vec::new(),
+        expires: None,
+        revocable: false,
+    };
+    let minted = mint(store, location, "", spec).map_err(|e| Error::Mint(e.to_string()))?;
+    Ok(minted.token.encode())
+}
+
+pub(crate) fn b64_decode(text: &str) -> Option<Vec<u8>> {
+    let t = text.trim().trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).ok()
+}
+
+fn json_error(err: JsonPayloadError) -> actix_web::Error {
+    let e = match &err {
+        JsonPayloadError::OverflowKnownLength { length, limit } => {
+            ApiError::too_large(format!("body of {length} bytes is over the limit of {limit}"))
+        }
+        JsonPayloadError::Overflow { limit } => {
+            ApiError::too_large(format!("body is over the limit of {limit} bytes"))
+        }
+        JsonPayloadError::ContentType => ApiError::unsupported_media(),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid JSON body: {e}")),
+        other => ApiError::bad_request(other.to_string()),
+    };
+    e.into()
+}
+
+fn query_error(err: QueryPayloadError) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid query: {err}")).into()
+}
+
+async fn not_found() -> actix_web::HttpResponse {
+    ApiError::not_found("no such endpoint; see docs/API.md").error_response()
+}
+
+async fn method_not_allowed() -> actix_web::HttpResponse {
+    ApiError::method_not_allowed().error_response()
+}
+
+/// Rate limiting (on /v1) and response counting, around every request.
+async fn guard(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    if let Some(state) = &state {
+        let limited = req.path().starts_with("/v1/")
+            && auth::client_ip(req.request(), &state.config.trusted_proxies)
+                .is_some_and(|ip| !state.limiter.allow(ip));
+        if limited {
+            state.metrics.observe(429);
+            return Ok(req.into_response(ApiError::rate_limited().error_response()));
+        }
+    }
+    let res = next.call(req).await?.map_into_boxed_body();
+    if let Some(state) = state {
+        state.metrics.observe(res.status().as_u16());
+    }
+    Ok(res)
+}
+
+/// The application: routes, limits, error shapes, rate limiting and metrics.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.config.body_limit;
+    let resource = |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    App::new()
+        .app_data(state)
+        .app_data(web::JsonConfig::default().limit(limit).error_handler(|e, _| json_error(e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e)))
+        .app_data(web::PayloadConfig::default().limit(limit))
+        .wrap(actix_web::middleware::from_fn(guard))
+        .service(resource("/health").route(web::get().to(api::health)))
+        .service(resource("/metrics").route(web::get().to(api::metrics)))
+        .service(
+            resource("/v1/tokens")
+                .route(web::post().to(api::mint_token))
+                .route(web::get().to(api::list_tokens)),
+        )
+        .service(resource("/v1/tokens/{tid}/revoke").route(web::post().to(api::revoke_token)))
+        .service(resource("/v1/verify").route(web::post().to(api::verify)))
+        .service(resource("/v1/discharge").route(web::post().to(api::discharge)))
+        .service(resource("/v1/jwt").route(web::post().to(api::jwt)))
+        .service(resource("/v1/keys").route(web::get().to(api::list_keys)))
+        .service(resource("/v1/keys/rotate").route(web::post().to(api::rotate_keys)))
+        .service(resource("/v1/keys/{kid}/envelope-key").route(web::get().to(api::envelope_key)))
+        .service(resource("/v1/revocations").route(web::get().to(api::revocations)))
+        .default_service(web::to(not_found))
+}
+
+/// Serve until SIGINT/SIGTERM. Prints the admin token on first start (once), and the bound
+/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used).
+pub fn run(mut config: Config) -> Result<(), Error> {
+    let listener = std::net::TcpListener::bind(&config.listen)?;
+    let addr: SocketAddr = listener.local_addr()?;
+    if config.public_url.is_none() {
+        config.public_url = Some(format!("http://{addr}"));
+    }
+    let workers =
+        config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    eprintln!(
+        "tessera: config: listen={addr} data_dir={} db={} master_key={} public_url={} issuer={} admin_subject={} \
+         default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} workers={workers}",
+        config.data_dir.display(),
+        config.db_path().display(),
+        if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_some() {
+            "(from TESSERA_MASTER_KEY)".to_owned()
+        } else {
+            config.master_key_path().display().to_string()
+        },
+        config.public_url(),
+        config.issuer(),
+        config.admin_subject,
+        humantime::format_duration(config.default_ttl),
+        humantime::format_duration(config.max_ttl),
+        humantime::format_duration(config.discharge_ttl),
+        humantime::format_duration(config.jwt_ttl),
+        config.rate_limit,
+        config.body_limit,
+        config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    );
+    let admin_file = config.admin_token_file.clone();
+    let opened = AppState::open(config)?;
+    if let Some(token) = &opened.admin_token {
+        println!("Tessera admin token (shown once; keep it secret):\n{token}");
+        if let Some(path) = admin_file {
+            write_private(&path, token)?;
+            println!("(also written to {})", path.display());
+        }
+    }
+    println!("tessera listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let state = opened.state;
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || app(state.clone()))
+            .workers(workers)
+            .shutdown_timeout(30)
+            .listen(listener)?
+            .run()
+            .await
+    })?;
+    eprintln!("tessera: stopped");
+    Ok(())
+}
+
+/// Write a secret to a new file with mode 0600.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

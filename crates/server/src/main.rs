@@ -1,0 +1,22 @@
+//! `tessera-server`: the Tessera HTTP service (also available as `tessera serve`).
+
+use clap::Parser;
+
+/// Tessera capability token service.
+#[derive(Parser)]
+#[command(name = "tessera-server", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: tessera_server::Config,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match tessera_server::run(cli.config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

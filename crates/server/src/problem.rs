@@ -1,0 +1,153 @@
+//! Errors as `application/problem+json` (RFC 9457). Client errors keep their message; internal
+//! errors are logged and answered with a generic 500.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+    caveat: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caveat: Option<&'a str>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.title, self.detail)
+    }
+}
+
+impl ApiError {
+    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        ApiError { status, title, detail: detail.into(), caveat: None }
+    }
+    /// 400.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed request", detail)
+    }
+    /// 401.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "missing or invalid credential", detail)
+    }
+    /// 403.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "not allowed", detail)
+    }
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not found", detail)
+    }
+    /// 405.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            "see docs/API.md for the methods of this path",
+        )
+    }
+    /// 413.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request too large", detail)
+    }
+    /// 415.
+    pub fn unsupported_media() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported media type",
+            "send Content-Type: application/json",
+        )
+    }
+    /// 429.
+    pub fn rate_limited() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limited",
+            "too many requests from this client; slow down",
+        )
+    }
+    /// 503.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+    /// 500: logs the cause, answers generically.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        eprintln!("tessera: internal error: {cause}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "the service failed; see its log")
+    }
+    fn with_caveat(mut self, caveat: String) -> Self {
+        self.caveat = Some(caveat);
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let body = Problem {
+            kind: "about:blank",
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            caveat: self.caveat.as_deref(),
+        };
+        let mut res = HttpResponse::build(self.status);
+        res.content_type("application/problem+json");
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        res.body(serde_json::to_string(&body).unwrap_or_default())
+    }
+}
+
+impl From<tessera_core::Error> for ApiError {
+    fn from(e: tessera_core::Error) -> Self {
+        use tessera_core::Error as E;
+        let detail = e.to_string();
+        match e {
+            E::CaveatNotMet { caveat, .. } => Self::forbidden(detail).with_caveat(caveat),
+            E::UnknownCaveat(caveat) => Self::forbidden(detail).with_caveat(caveat),
+            E::MissingDischarge { .. } => Self::forbidden(detail),
+            E::TooLarge { .. } => Self::too_large(detail),
+            E::InvalidSignature | E::ForeignIdentifier | E::UnknownKey(_) | E::Revoked => {
+                Self::unauthorized(detail)
+            }
+            E::Random => Self::internal(detail),
+            _ => Self::bad_request(detail),
+        }
+    }
+}
+
+impl From<tessera_store::Error> for ApiError {
+    fn from(e: tessera_store::Error) -> Self {
+        use tessera_store::Error as E;
+        match e {
+            E::UnknownToken(_) => Self::not_found(e.to_string()),
+            E::UnknownKey(_) => Self::not_found(e.to_string()),
+            E::TooLarge { .. } => Self::bad_request(e.to_string()),
+            E::DuplicateToken(_) | E::KeyRevoked(_) | E::NoActiveKey => Self::unavailable(e.to_string()),
+            other => Self::internal(other),
+        }
+    }
+}

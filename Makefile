@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: all test lint fmt check bench bench-core bench-store crash venv clean
+.PHONY: all test lint fmt check bench bench-core bench-store bench-http crash venv clean
 
 all: test
 
@@ -41,6 +41,10 @@ $(VENV)/.ok: tests/interop/requirements.txt
 
 clean:
 	$(CARGO) clean
+
+## bench-http: wrk load test of verify and mint against a constant actix endpoint (release build)
+bench-http:
+	scripts/bench-http.sh
 
 ## crash: SIGKILL soak of the store (300 kills instead of the 20 in make test)
 crash:

@@ -14,10 +14,15 @@ const TID_LEN: usize = 16;
 pub const MAX_SUBJECT: usize = 256;
 
 fn hex_fmt(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 2 * TID_LEN];
+    let out = &mut buf[..2 * bytes.len()];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 15) as usize];
     }
-    Ok(())
+    // Only ASCII hex digits were written.
+    f.write_str(std::str::from_utf8(out).unwrap_or_default())
 }
 
 pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {

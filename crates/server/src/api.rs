@@ -10,7 +10,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::auth::authorize;
-use crate::metrics::Metrics;
 use crate::mint::{first_party_caveats, mint, MintSpec};
 use crate::problem::ApiError;
 use crate::{ticket, AppState};
@@ -166,7 +165,7 @@ pub(crate) async fn mint_token(
     }
     let st = state.clone();
     let minted = blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
-    Metrics::inc(&state.metrics.tokens_minted);
+    state.metrics.tokens_minted.inc();
     let view = TokenView::from(minted.record);
     Ok(HttpResponse::Created().json(json!({
         "token": minted.token.encode(),
@@ -217,7 +216,7 @@ pub(crate) async fn revoke_token(
     let st = state.clone();
     let entry = blocking(move || st.store.revoke_token(tid).map_err(ApiError::from)).await?;
     if entry.is_some() {
-        Metrics::inc(&state.metrics.tokens_revoked);
+        state.metrics.tokens_revoked.inc();
     }
     Ok(HttpResponse::Ok().json(json!({
         "tid": tid.to_string(),
@@ -248,14 +247,14 @@ pub(crate) struct VerifyRequest {
     context: RequestContext,
 }
 
-fn context(c: &RequestContext) -> Result<Context> {
+fn context(c: RequestContext) -> Result<Context> {
     let time = match &c.time {
         Some(t) => parse_time(t)?,
         None => OffsetDateTime::now_utc(),
     };
     let mut ctx = Context::at(time);
-    ctx.operation = c.operation.clone();
-    ctx.resource = c.resource.clone();
+    ctx.operation = c.operation;
+    ctx.resource = c.resource;
     if let Some(ip) = &c.client_ip {
         let ip = ip.parse().map_err(|_| ApiError::bad_request(format!("\"{ip}\" is not an IP address")))?;
         ctx = ctx.client_ip(ip);
@@ -263,38 +262,64 @@ fn context(c: &RequestContext) -> Result<Context> {
     Ok(ctx)
 }
 
-pub(crate) fn restrictions_json(r: &Restrictions) -> serde_json::Value {
-    let t = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
-    json!({
-        "not_before": t(r.not_before),
-        "expires": t(r.expires),
-        "operations": r.operations,
-        "resources": r.resources,
-        "client_ips": r.networks.as_ref().map(|n| n.iter().map(ToString::to_string).collect::<Vec<_>>()),
-    })
+#[derive(Serialize)]
+pub(crate) struct RestrictionsView<'a> {
+    not_before: Option<String>,
+    expires: Option<String>,
+    operations: Option<&'a [String]>,
+    resources: Option<&'a [String]>,
+    client_ips: Option<Vec<String>>,
 }
 
-pub(crate) async fn verify(
-    state: web::Data<AppState>,
-    body: web::Json<VerifyRequest>,
-) -> Result<HttpResponse> {
+impl<'a> RestrictionsView<'a> {
+    pub(crate) fn new(r: &'a Restrictions) -> Self {
+        let t = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
+        RestrictionsView {
+            not_before: t(r.not_before),
+            expires: t(r.expires),
+            operations: r.operations.as_deref(),
+            resources: r.resources.as_deref(),
+            client_ips: r.networks.as_ref().map(|n| n.iter().map(ToString::to_string).collect()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Verified<'a> {
+    valid: bool,
+    subject: Option<&'a str>,
+    tid: Option<String>,
+    kid: Option<String>,
+    restrictions: RestrictionsView<'a>,
+}
+
+/// The state, borrowed from the request (no reference-count traffic on the hot path).
+fn state_of(req: &HttpRequest) -> Result<&AppState> {
+    req.app_data::<web::Data<AppState>>().map(|d| &***d).ok_or_else(|| ApiError::internal("no app state"))
+}
+
+pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
+    let state = state_of(&req)?;
+    let body = body.into_inner();
     let token = decode_token(&body.token)?;
     let discharges = decode_all(&body.discharges)?;
-    let ctx = context(&body.context)?;
+    let ctx = context(body.context)?;
     match Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx) {
         Ok(v) => {
-            Metrics::inc(&state.metrics.verify_allowed);
+            state.metrics.verify_allowed.inc();
             let r = v.restrictions();
-            Ok(HttpResponse::Ok().json(json!({
-                "valid": true,
-                "subject": r.subject,
-                "tid": r.tid.map(|t| t.to_string()),
-                "kid": r.kid.map(|k| k.to_string()),
-                "restrictions": restrictions_json(&r),
-            })))
+            let out = Verified {
+                valid: true,
+                subject: r.subject.as_deref(),
+                tid: r.tid.map(|t| t.to_string()),
+                kid: r.kid.map(|k| k.to_string()),
+                restrictions: RestrictionsView::new(&r),
+            };
+            let bytes = serde_json::to_vec(&out).map_err(ApiError::internal)?;
+            Ok(HttpResponse::Ok().content_type("application/json").body(bytes))
         }
         Err(e) => {
-            Metrics::inc(&state.metrics.verify_denied);
+            state.metrics.verify_denied.inc();
             Err(e.into())
         }
     }
@@ -331,7 +356,7 @@ pub(crate) async fn discharge(
         .map_err(ApiError::internal)?;
     let d = Token::discharge(Some(&state.discharge_location), &t.caveat_key, &raw)?
         .attenuate(&format!("time-before {}", expires.format(&Rfc3339).map_err(ApiError::internal)?))?;
-    Metrics::inc(&state.metrics.discharges_issued);
+    state.metrics.discharges_issued.inc();
     Ok(HttpResponse::Ok().json(json!({
         "discharge": d.encode(),
         "expires": expires.format(&Rfc3339).ok(),
@@ -362,7 +387,7 @@ pub(crate) async fn jwt(state: web::Data<AppState>, body: web::Json<JwtRequest>)
     let key = state.store.verifying_key(&kid).ok_or(ApiError::unauthorized("key is revoked"))?;
     let ttl = time::Duration::try_from(state.config.jwt_ttl).map_err(ApiError::internal)?;
     let jwt = envelope::issue(&verified, &key.envelope_key(), &state.issuer, now, ttl)?;
-    Metrics::inc(&state.metrics.envelopes_issued);
+    state.metrics.envelopes_issued.inc();
     Ok(HttpResponse::Ok().json(json!({ "jwt": jwt, "issuer": state.issuer, "kid": kid.to_string() })))
 }
 
@@ -389,7 +414,7 @@ pub(crate) async fn rotate_keys(state: web::Data<AppState>, req: HttpRequest) ->
     authorize(&state, &req, "keys.rotate", None)?;
     let st = state.clone();
     let key = blocking(move || st.store.rotate().map_err(ApiError::from)).await?;
-    Metrics::inc(&state.metrics.keys_rotated);
+    state.metrics.keys_rotated.inc();
     Ok(HttpResponse::Created().json(key_view(&key)))
 }
 

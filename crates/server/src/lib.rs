@@ -29,7 +29,7 @@ use tessera_store::{MasterKey, Store};
 pub use auth::{client_ip, DISCHARGE_HEADER};
 pub use config::Config;
 pub use limit::RateLimiter;
-pub use metrics::Metrics;
+pub use metrics::{Counter, Metrics};
 pub use mint::{mint, MintSpec, Minted};
 pub use problem::ApiError;
 
@@ -206,6 +206,8 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e)))
         .app_data(web::PayloadConfig::default().limit(limit))
         .wrap(actix_web::middleware::from_fn(guard))
+        // The hot path first: static routes before templated ones (which match by regex).
+        .service(resource("/v1/verify").route(web::post().to(api::verify)))
         .service(resource("/health").route(web::get().to(api::health)))
         .service(resource("/metrics").route(web::get().to(api::metrics)))
         .service(
@@ -214,7 +216,6 @@ pub fn app(
                 .route(web::get().to(api::list_tokens)),
         )
         .service(resource("/v1/tokens/{tid}/revoke").route(web::post().to(api::revoke_token)))
-        .service(resource("/v1/verify").route(web::post().to(api::verify)))
         .service(resource("/v1/discharge").route(web::post().to(api::discharge)))
         .service(resource("/v1/jwt").route(web::post().to(api::jwt)))
         .service(resource("/v1/keys").route(web::get().to(api::list_keys)))

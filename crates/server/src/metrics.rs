@@ -1,48 +1,81 @@
 //! Prometheus metrics in the text exposition format.
+//!
+//! Counters are sharded per thread (cache-line padded), so workers on different cores never
+//! contend on a counter; rendering sums the shards.
 
+use std::cell::Cell;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
+
+/// A counter that threads increment without contending.
+#[derive(Debug, Default)]
+pub struct Counter([Padded; SHARDS]);
+
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SLOT: Cell<usize> = const { Cell::new(usize::MAX) });
+    SLOT.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Relaxed) % SHARDS);
+        }
+        s.get()
+    })
+}
+
+impl Counter {
+    /// Add one.
+    pub fn inc(&self) {
+        self.0[shard()].0.fetch_add(1, Relaxed);
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Relaxed)).sum()
+    }
+}
 
 /// Counters of the service.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub(crate) responses_2xx: AtomicU64,
-    pub(crate) responses_4xx: AtomicU64,
-    pub(crate) responses_5xx: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-    pub(crate) verify_allowed: AtomicU64,
-    pub(crate) verify_denied: AtomicU64,
-    pub(crate) tokens_minted: AtomicU64,
-    pub(crate) tokens_revoked: AtomicU64,
-    pub(crate) discharges_issued: AtomicU64,
-    pub(crate) envelopes_issued: AtomicU64,
-    pub(crate) keys_rotated: AtomicU64,
+    pub(crate) responses_2xx: Counter,
+    pub(crate) responses_4xx: Counter,
+    pub(crate) responses_5xx: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) verify_allowed: Counter,
+    pub(crate) verify_denied: Counter,
+    pub(crate) tokens_minted: Counter,
+    pub(crate) tokens_revoked: Counter,
+    pub(crate) discharges_issued: Counter,
+    pub(crate) envelopes_issued: Counter,
+    pub(crate) keys_rotated: Counter,
 }
 
 impl Metrics {
-    pub(crate) fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Relaxed);
-    }
-
     pub(crate) fn observe(&self, status: u16) {
         match status {
-            200..=299 => Self::inc(&self.responses_2xx),
-            400..=499 => Self::inc(&self.responses_4xx),
-            500..=599 => Self::inc(&self.responses_5xx),
+            200..=299 => self.responses_2xx.inc(),
+            400..=499 => self.responses_4xx.inc(),
+            500..=599 => self.responses_5xx.inc(),
             _ => {}
         }
         if status == 429 {
-            Self::inc(&self.rate_limited);
+            self.rate_limited.inc();
         }
     }
 
     /// Render all counters.
     pub fn render(&self, revoked: usize) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, labels: &[(&str, &AtomicU64)]| {
+        let mut counter = |name: &str, help: &str, labels: &[(&str, &Counter)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (label, v) in labels {
-                let _ = writeln!(out, "{name}{label} {}", v.load(Relaxed));
+                let _ = writeln!(out, "{name}{label} {}", v.get());
             }
         };
         counter(
@@ -70,5 +103,23 @@ impl Metrics {
             "# HELP tessera_revoked_tokens Revoked token families in memory.\n# TYPE tessera_revoked_tokens gauge\ntessera_revoked_tokens {revoked}"
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_over_threads() {
+        let c = std::sync::Arc::new(Counter::default());
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| c.inc()))
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(c.get(), 4000);
     }
 }

@@ -1,0 +1,175 @@
+//! End to end against the real binary on 127.0.0.1 (port 0): mint, attenuate offline with the
+//! core library, verify, revoke, stop with SIGTERM, restart, and see the revocation survive.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tessera_core::Token;
+
+struct Server {
+    child: Child,
+    addr: String,
+    admin: Option<String>,
+}
+
+/// A failed assertion must not leave a server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
+fn start(data: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("TESSERA_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if line.starts_with("Tessera admin token") {
+            admin = Some(lines.next().unwrap().unwrap());
+        } else if let Some(addr) = line.strip_prefix("tessera listening on http://") {
+            // Keep draining stdout so the server never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return Server { child, addr: addr.to_owned(), admin };
+        }
+    }
+}
+
+/// One HTTP/1.1 request; returns (status, JSON body).
+fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status: u16 = raw.split(' ').nth(1).unwrap().parse().unwrap();
+    let payload = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+}
+
+fn sigterm(server: &mut Server) -> std::process::ExitStatus {
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    for _ in 0..100 {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.child.kill().unwrap();
+    panic!("server did not stop within 10 s of SIGTERM");
+}
+
+#[test]
+fn mint_attenuate_verify_revoke_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data);
+    let admin = server.admin.clone().expect("first start shows the admin token");
+    let (status, health) = http(&server.addr, "GET", "/health", None, None);
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+
+    let (status, minted) = http(
+        &server.addr,
+        "POST",
+        "/v1/tokens",
+        Some(&admin),
+        Some(json!({"subject": "alice", "operations": ["read", "write"], "resources": ["issues/*"]})),
+    );
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    let tid = minted["tid"].as_str().unwrap().to_owned();
+
+    // Alice narrows her token offline: read-only, one issue.
+    let narrow = Token::decode(token)
+        .unwrap()
+        .attenuate("allow read")
+        .unwrap()
+        .attenuate("resource issues/42")
+        .unwrap();
+    let verify = |op: &str, res: &str| {
+        http(
+            &server.addr,
+            "POST",
+            "/v1/verify",
+            None,
+            Some(json!({"token": narrow.encode(), "context": {"operation": op, "resource": res}})),
+        )
+    };
+    let (status, body) = verify("read", "issues/42");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subject"], "alice");
+    assert_eq!(verify("write", "issues/42").0, 403);
+    assert_eq!(verify("read", "issues/43").0, 403);
+
+    let (status, _) = http(&server.addr, "POST", &format!("/v1/tokens/{tid}/revoke"), Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(verify("read", "issues/42").0, 401, "revoked");
+
+    let exit = sigterm(&mut server);
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+
+    let mut server = start(&data);
+    assert!(server.admin.is_none(), "the admin token is never shown again");
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/v1/verify",
+        None,
+        Some(json!({"token": narrow.encode(), "context": {"operation": "read", "resource": "issues/42"}})),
+    );
+    assert_eq!(status, 401, "the revocation survived the restart: {body}");
+    let (status, list) = http(&server.addr, "GET", "/v1/tokens?subject=alice", Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(list["tokens"][0]["revoked"], true);
+    sigterm(&mut server);
+}
+
+#[test]
+fn wrong_master_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data);
+    sigterm(&mut server);
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("TESSERA_MASTER_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong master key"), "{err}");
+    let bad_flag =
+        Command::new(env!("CARGO_BIN_EXE_tessera-server")).args(["--default-ttl", "soon"]).output().unwrap();
+    assert_eq!(bad_flag.status.code(), Some(2), "usage errors exit 2");
+}

@@ -31,6 +31,11 @@ impl EnvelopeKey {
         EnvelopeKey(tag)
     }
 
+    /// Wrap key bytes received out of band (e.g. from the service's envelope-key endpoint).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        EnvelopeKey(bytes)
+    }
+
     /// The key bytes, for handing to a JWT library in tests or a JWT-only service.
     pub fn expose_secret(&self) -> &[u8; 32] {
         &self.0

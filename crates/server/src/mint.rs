@@ -1,6 +1,6 @@
 //! Minting: a fresh token family for a subject, recorded durably before it is returned.
 
-use tessera_core::{Caveat, Identifier, Token, TokenId};
+use tessera_core::{Caveat, Identifier, Predicate, Token, TokenId};
 use tessera_store::{NewToken, Store, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -16,7 +16,7 @@ pub struct MintSpec {
     pub description: String,
     /// First-party caveats, in order (inherited ones first).
     pub caveats: Vec<String>,
-    /// Expiry, added as a final `time-before`.
+    /// Expiry, added as a final `time-before` (the record shows the earliest of all).
     pub expires: Option<OffsetDateTime>,
     /// Add the service's `not-revoked` third-party caveat (revocation bites within the
     /// discharge TTL even for offline verifiers).
@@ -42,7 +42,7 @@ pub fn mint(
         store.active_key().ok_or_else(|| ApiError::unavailable("no active signing key: rotate keys"))?;
     let tid = TokenId::generate()?;
     let id = Identifier::new(kid, tid, spec.subject.clone())?;
-    let mut token = Token::mint_tessera(Some(location), &secret, &id)?;
+    let mut token = Token::mint_tessera((!location.is_empty()).then_some(location), &secret, &id)?;
     let mut caveats = spec.caveats;
     if let Some(exp) = spec.expires {
         let t = exp.replace_nanosecond(0).unwrap_or(exp);
@@ -55,12 +55,20 @@ pub fn mint(
         let (cid, caveat_key) = ticket::seal(kid, &secret, tid)?;
         token = token.add_third_party_caveat(discharge_location, &caveat_key, &cid)?;
     }
+    // The record shows the effective expiry: the earliest time-before, inherited ones included.
+    let expires = caveats
+        .iter()
+        .filter_map(|c| match Predicate::parse(c.as_bytes()) {
+            Ok(Predicate::TimeBefore(t)) => Some(t.unix_timestamp()),
+            _ => None,
+        })
+        .min();
     let record = store.record_token(NewToken {
         tid,
         kid,
         subject: spec.subject,
         description: spec.description,
-        expires: spec.expires.map(OffsetDateTime::unix_timestamp),
+        expires,
         caveats,
     })?;
     Ok(Minted { token, record })

@@ -69,6 +69,10 @@ pub enum Error {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 
+    /// Another process (a running service?) holds the database open.
+    #[error("database {0} is in use by another process (a running tessera service?): stop it, or use the HTTP API")]
+    InUse(String),
+
     /// The storage engine failed (I/O, lock held by another process, ...).
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),

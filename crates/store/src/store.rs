@@ -104,7 +104,10 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
         }
-        let db = Database::create(path).map_err(storage)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.display().to_string()),
+            other => storage(other),
+        })?;
         check_or_init(&db, &master)?;
         let (mem, next_seq) = load(&db, &master)?;
         let db = Arc::new(db);

@@ -1,0 +1,635 @@
+//! `tessera`: run the service, and narrow, inspect and verify capability tokens offline.
+//!
+//! Exit codes: 0 success (verify: allowed), 1 verify denied, 2 usage error or malformed input.
+//! Tokens come from an argument, or from standard input when the argument is `-` or absent
+//! (keeps them out of shell history).
+
+#![forbid(unsafe_code)]
+
+mod inspect;
+mod narrow;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tessera_core::{envelope, Caveat, Context, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
+use tessera_server::{mint_admin_token, MintSpec};
+use tessera_store::{KeyState, MasterKey, Store};
+use time::OffsetDateTime;
+
+use narrow::Narrow;
+
+/// Tessera: macaroon-style capability tokens.
+#[derive(Parser)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the local database and its master key are.
+#[derive(clap::Args, Debug)]
+struct Db {
+    /// The database file (the service's `<data-dir>/tessera.redb`).
+    #[arg(long, global = true, env = "TESSERA_DB", default_value = "./data/tessera.redb")]
+    db: PathBuf,
+    /// Master key file (default: master.key next to the database); TESSERA_MASTER_KEY wins.
+    #[arg(long, global = true, env = "TESSERA_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+impl Db {
+    fn open(&self) -> Result<Store> {
+        let key_path = self
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| self.db.parent().unwrap_or(Path::new(".")).join("master.key"));
+        if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_none() && !key_path.exists() {
+            bail!("no master key at {} (and TESSERA_MASTER_KEY is not set)", key_path.display());
+        }
+        if !self.db.exists() {
+            bail!("no database at {}", self.db.display());
+        }
+        let (master, _) = MasterKey::from_env_or_file(&key_path)?;
+        Ok(Store::open(&self.db, master)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Narrow a token offline (no key needed) and print the new token.
+    Attenuate {
+        /// The token (`-` or absent: read standard input).
+        token: Option<String>,
+        #[command(flatten)]
+        narrow: Narrow,
+    },
+    /// Show what a token says, in plain words (nothing is verified).
+    Inspect {
+        /// The token (`-` or absent: read standard input).
+        token: Option<String>,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also show the signature (it is what makes the token a credential).
+        #[arg(long)]
+        show_signature: bool,
+    },
+    /// Verify a token for a request: exit 0 allowed, 1 denied, 2 malformed input or usage.
+    Verify(VerifyArgs),
+    /// Mint a token locally: a plain macaroon from a key file, or a Tessera token from the database.
+    Mint(MintArgs),
+    /// Fetch discharges for the token's third-party caveats and print them, bound, one per line.
+    Discharge {
+        /// The token (`-` or absent: read standard input).
+        token: Option<String>,
+        /// Base URL of the Tessera service (default: each caveat's own location).
+        #[arg(long, env = "TESSERA_SERVER")]
+        server: Option<String>,
+    },
+    /// Print a JWT envelope of a verified token.
+    Jwt(JwtArgs),
+    /// Check a JWT envelope for a request: exit 0 allowed, 1 denied, 2 malformed input or usage.
+    JwtCheck(JwtCheckArgs),
+    /// Manage root keys in the local database (stop the service first).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Manage token records in the local database (stop the service first).
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Mint a replacement admin token from the local database (stop the service first).
+    AdminToken {
+        #[command(flatten)]
+        db: Db,
+        /// Subject of the administrator.
+        #[arg(long, env = "TESSERA_ADMIN_SUBJECT", default_value = "admin")]
+        admin_subject: String,
+        /// Location written into the token (the service's public URL).
+        #[arg(long, env = "TESSERA_PUBLIC_URL", default_value = "")]
+        location: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: tessera_server::Config,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The token (`-` or absent: read standard input).
+    token: Option<String>,
+    /// File with a root key in hex: verifies any standard macaroon (foreign identifiers too).
+    #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+    key_file: Option<PathBuf>,
+    /// Verify with the keys and revocations of a local database.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Master key file for --db (default: master.key next to it).
+    #[arg(long, env = "TESSERA_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// A bound discharge (repeatable).
+    #[arg(long = "discharge", value_name = "TOKEN")]
+    discharges: Vec<String>,
+    /// The request's operation.
+    #[arg(long)]
+    op: Option<String>,
+    /// The request's resource.
+    #[arg(long)]
+    resource: Option<String>,
+    /// The client's address.
+    #[arg(long)]
+    client_ip: Option<std::net::IpAddr>,
+    /// The request's time (RFC 3339; default now).
+    #[arg(long)]
+    at: Option<String>,
+    /// Accept this application caveat text (repeatable).
+    #[arg(long = "satisfy", value_name = "CAVEAT")]
+    satisfy: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct MintArgs {
+    /// Root key file (hex): mint a plain macaroon.
+    #[arg(long, conflicts_with_all = ["db", "subject"], required_unless_present = "db")]
+    key_file: Option<PathBuf>,
+    /// Identifier for --key-file (default: random).
+    #[arg(long, requires = "key_file")]
+    id: Option<String>,
+    /// Mint a Tessera token with the database's active key, recorded durably.
+    #[arg(long, requires = "subject")]
+    db: Option<PathBuf>,
+    /// Subject for --db.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Description for the record (--db).
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Master key file for --db.
+    #[arg(long, env = "TESSERA_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Location hint written into the token.
+    #[arg(long)]
+    location: Option<String>,
+    #[command(flatten)]
+    narrow: Narrow,
+}
+
+#[derive(clap::Args)]
+struct JwtArgs {
+    /// The token (`-` or absent: read standard input).
+    token: Option<String>,
+    /// A bound discharge (repeatable).
+    #[arg(long = "discharge", value_name = "TOKEN")]
+    discharges: Vec<String>,
+    /// Ask a running service (POST /v1/jwt) instead of the local database.
+    #[arg(long, env = "TESSERA_SERVER", conflicts_with = "db")]
+    server: Option<String>,
+    /// Local database to sign with.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Master key file for --db.
+    #[arg(long, env = "TESSERA_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// `iss` of the envelope (--db).
+    #[arg(long, env = "TESSERA_ISSUER", default_value = "tessera")]
+    issuer: String,
+    /// Longest lifetime of the envelope (--db).
+    #[arg(long, default_value = "5m")]
+    ttl: String,
+}
+
+#[derive(clap::Args)]
+struct JwtCheckArgs {
+    /// The JWT (`-` or absent: read standard input).
+    jwt: Option<String>,
+    /// The envelope key in hex (GET /v1/keys/{kid}/envelope-key).
+    #[arg(long, value_name = "HEX")]
+    key_hex: String,
+    /// The expected issuer.
+    #[arg(long, env = "TESSERA_ISSUER")]
+    issuer: String,
+    /// The request's operation.
+    #[arg(long)]
+    op: Option<String>,
+    /// The request's resource.
+    #[arg(long)]
+    resource: Option<String>,
+    /// The client's address.
+    #[arg(long)]
+    client_ip: Option<std::net::IpAddr>,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// List keys (metadata only).
+    List,
+    /// Create a new active key; the previous one retires (still verifies).
+    Rotate,
+    /// Revoke a key: every token it signed stops verifying.
+    Revoke {
+        /// Key id (16 hex digits).
+        kid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// List a subject's token records (never token text).
+    List {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Revoke a token and all its attenuations.
+    Revoke {
+        /// Token id (32 hex digits).
+        tid: String,
+    },
+}
+
+/// Verification denied (exit 1), as opposed to an error (exit 2).
+struct Denied(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(Denied(reason))) => {
+            eprintln!("denied: {reason}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("tessera: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_token(arg: Option<String>) -> Result<Token> {
+    let text = match arg.as_deref() {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_string(&mut s)
+                .context("reading the token from standard input")?;
+            s
+        }
+        Some(t) => t.to_owned(),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        bail!("no token given (pass it as an argument or on standard input)");
+    }
+    Token::decode(text).map_err(|e| anyhow!("{e}"))
+}
+
+fn decode_all(texts: &[String]) -> Result<Vec<Token>> {
+    texts.iter().map(|t| Token::decode(t.trim()).map_err(|e| anyhow!("discharge: {e}"))).collect()
+}
+
+fn read_key_file(path: &Path) -> Result<RootKey> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?,
+    );
+    let hex: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let hex = zeroize::Zeroizing::new(hex);
+    if hex.len() % 2 != 0 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("key file {} must hold the key in hex", path.display());
+    }
+    let bytes = zeroize::Zeroizing::new(
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()?,
+    );
+    RootKey::new(&bytes).map_err(|e| anyhow!("key file {}: {e}", path.display()))
+}
+
+fn db_of(db: &Path, master_key_file: Option<PathBuf>) -> Db {
+    Db { db: db.to_owned(), master_key_file }
+}
+
+fn run(command: Command) -> Result<Result<(), Denied>> {
+    match command {
+        Command::Serve(args) => tessera_server::run(args.config)?,
+        Command::Attenuate { token, narrow } => {
+            let mut t = read_token(token)?;
+            let caveats = narrow.caveats(OffsetDateTime::now_utc())?;
+            if caveats.is_empty() {
+                bail!("no caveat given: use --read-only, --allow, --resource, --expires, --not-before, --client-ip or --caveat");
+            }
+            for c in &caveats {
+                t = t.attenuate(c).map_err(|e| anyhow!("{e}"))?;
+            }
+            println!("{}", t.encode());
+        }
+        Command::Inspect { token, json, show_signature } => {
+            let t = read_token(token)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&inspect::json(&t, show_signature))?);
+            } else {
+                print!("{}", inspect::text(&t, show_signature));
+            }
+        }
+        Command::Verify(args) => return verify(args),
+        Command::Mint(args) => mint(args)?,
+        Command::Discharge { token, server } => discharge(read_token(token)?, server)?,
+        Command::Jwt(args) => return jwt(args),
+        Command::JwtCheck(args) => return jwt_check(args),
+        Command::Keys { action, db } => keys(action, &db.open()?)?,
+        Command::Tokens { action, db } => tokens(action, &db.open()?)?,
+        Command::AdminToken { db, admin_subject, location } => {
+            let store = db.open()?;
+            if store.active_key().is_none() {
+                bail!("no active key: run `tessera keys rotate` first");
+            }
+            println!("{}", mint_admin_token(&store, &location, &admin_subject)?);
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn verify(args: VerifyArgs) -> Result<Result<(), Denied>> {
+    let token = read_token(args.token)?;
+    let discharges = decode_all(&args.discharges)?;
+    let time = match &args.at {
+        Some(t) => narrow::time_or_duration(t, OffsetDateTime::now_utc())?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let mut ctx = Context::at(time);
+    ctx.operation = args.op;
+    ctx.resource = args.resource;
+    if let Some(ip) = args.client_ip {
+        ctx = ctx.client_ip(ip);
+    }
+    let store;
+    let mut keys = StaticKeys::new();
+    let key;
+    let result = match (&args.key_file, &args.db) {
+        (Some(path), _) => {
+            key = read_key_file(path)?;
+            match token.tessera_identifier() {
+                // A Tessera token: the key file holds the kid's secret.
+                Some(id) => {
+                    keys.insert(id.kid, key.clone());
+                    let mut v = Verifier::with_keys(&keys);
+                    for s in &args.satisfy {
+                        v = v.satisfy_exact(s.clone());
+                    }
+                    v.verify(&token, &discharges, &ctx).map(|v| v.restrictions())
+                }
+                None => {
+                    let mut v = Verifier::new();
+                    for s in &args.satisfy {
+                        v = v.satisfy_exact(s.clone());
+                    }
+                    v.verify_with_key(&token, &key, &discharges, &ctx).map(|v| v.restrictions())
+                }
+            }
+        }
+        (None, Some(db)) => {
+            store = db_of(db, args.master_key_file.clone()).open()?;
+            let mut v = Verifier::with_keys(&store);
+            for s in &args.satisfy {
+                v = v.satisfy_exact(s.clone());
+            }
+            v.verify(&token, &discharges, &ctx).map(|v| v.restrictions())
+        }
+        (None, None) => bail!("give --key-file or --db"),
+    };
+    match result {
+        Ok(r) => {
+            let list = |v: &Option<Vec<String>>| v.as_ref().map_or("any".to_owned(), |v| v.join(", "));
+            println!("allowed");
+            if let Some(sub) = &r.subject {
+                println!("subject:    {sub}");
+            }
+            if let Some(tid) = &r.tid {
+                println!("token id:   {tid}");
+            }
+            println!("operations: {}", list(&r.operations));
+            println!("resources:  {}", list(&r.resources));
+            let nets = r.networks.map(|n| n.iter().map(ToString::to_string).collect::<Vec<_>>());
+            println!("client ips: {}", list(&nets));
+            println!(
+                "expires:    {}",
+                r.expires.map_or("never".into(), |t| narrow::rfc3339(t).unwrap_or_default())
+            );
+            Ok(Ok(()))
+        }
+        Err(e) => Ok(Err(Denied(e.to_string()))),
+    }
+}
+
+fn mint(args: MintArgs) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let caveats = args.narrow.caveats(now)?;
+    if let Some(path) = &args.key_file {
+        let key = read_key_file(path)?;
+        let id = match args.id {
+            Some(id) => id,
+            None => TokenId::generate().map_err(|e| anyhow!("{e}"))?.to_string(),
+        };
+        let mut t = Token::mint(args.location.as_deref(), &key, id.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+        for c in &caveats {
+            t = t.attenuate(c).map_err(|e| anyhow!("{e}"))?;
+        }
+        println!("{}", t.encode());
+        return Ok(());
+    }
+    let (Some(db), Some(subject)) = (&args.db, args.subject) else {
+        bail!("give --key-file, or --db with --subject")
+    };
+    let store = db_of(db, args.master_key_file).open()?;
+    let spec = MintSpec { subject, description: args.description, caveats, expires: None, revocable: false };
+    let minted = tessera_server::mint(&store, args.location.as_deref().unwrap_or(""), "", spec)
+        .map_err(|e| anyhow!("{e}"))?;
+    println!("{}", minted.token.encode());
+    eprintln!("recorded token {} for {}", minted.record.tid, minted.record.subject);
+    Ok(())
+}
+
+fn post_json(url: &str, body: &Value) -> Result<Value> {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut res = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .with_context(|| format!("POST {url}"))?;
+    let status = res.status();
+    let text = res.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(json!({"detail": text}));
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", v["detail"].as_str().unwrap_or("(no detail)"));
+    }
+    Ok(v)
+}
+
+fn discharge(token: Token, server: Option<String>) -> Result<()> {
+    let mut found = 0;
+    for c in token.caveats() {
+        let Caveat::ThirdParty { location, id, .. } = c else { continue };
+        let url = match &server {
+            Some(s) if location.ends_with("/v1/discharge") => {
+                format!("{}/v1/discharge", s.trim_end_matches('/'))
+            }
+            Some(_) => {
+                eprintln!("skipping third-party caveat at {location}: not a Tessera discharge endpoint");
+                continue;
+            }
+            None => location.to_owned(),
+        };
+        let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+        let answer = post_json(&url, &json!({"ticket": ticket}))?;
+        let d = answer["discharge"].as_str().ok_or_else(|| anyhow!("{url} sent no discharge"))?;
+        let d = Token::decode(d).map_err(|e| anyhow!("discharge from {url}: {e}"))?;
+        println!("{}", token.bind(&d).encode());
+        found += 1;
+    }
+    if found == 0 {
+        bail!("the token has no third-party caveat to discharge");
+    }
+    Ok(())
+}
+
+fn jwt(args: JwtArgs) -> Result<Result<(), Denied>> {
+    let token = read_token(args.token)?;
+    if let Some(server) = &args.server {
+        let url = format!("{}/v1/jwt", server.trim_end_matches('/'));
+        let answer = post_json(&url, &json!({"token": token.encode(), "discharges": args.discharges}))?;
+        println!("{}", answer["jwt"].as_str().ok_or_else(|| anyhow!("{url} sent no jwt"))?);
+        return Ok(Ok(()));
+    }
+    let Some(db) = &args.db else { bail!("give --db or --server") };
+    let discharges = decode_all(&args.discharges)?;
+    let store = db_of(db, args.master_key_file).open()?;
+    let now = OffsetDateTime::now_utc();
+    let ttl = humantime::parse_duration(&args.ttl).with_context(|| format!("--ttl {}", args.ttl))?;
+    let verified =
+        match Verifier::with_keys(&store).verify(&token, &discharges, &Context::deferring_scope(now)) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(Denied(e.to_string()))),
+        };
+    let kid = verified.restrictions().kid.ok_or_else(|| anyhow!("not a Tessera token"))?;
+    let key = store.verifying_key(&kid).ok_or_else(|| anyhow!("key {kid} is revoked"))?;
+    let ttl = time::Duration::try_from(ttl)?;
+    let jwt = envelope::issue(&verified, &key.envelope_key(), &args.issuer, now, ttl)
+        .map_err(|e| anyhow!("{e}"))?;
+    println!("{jwt}");
+    Ok(Ok(()))
+}
+
+fn jwt_check(args: JwtCheckArgs) -> Result<Result<(), Denied>> {
+    let text = match args.jwt.as_deref() {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().take(64 * 1024).read_to_string(&mut s)?;
+            s
+        }
+        Some(t) => t.to_owned(),
+    };
+    let hex = args.key_hex.trim();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("--key-hex must be 64 hex digits");
+    }
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    let key = envelope::EnvelopeKey::from_bytes(key);
+    let mut ctx = Context::now();
+    ctx.operation = args.op;
+    ctx.resource = args.resource;
+    if let Some(ip) = args.client_ip {
+        ctx = ctx.client_ip(ip);
+    }
+    match envelope::decode(text.trim(), |_| Some(key.clone()), &args.issuer, &ctx) {
+        Ok(claims) => {
+            println!(
+                "allowed\nsubject:  {}\ntoken id: {}\nexpires:  {}",
+                claims.sub,
+                claims.jti,
+                when(claims.exp)
+            );
+            Ok(Ok(()))
+        }
+        Err(e @ (tessera_core::Error::Envelope(_) | tessera_core::Error::TooLarge { .. }))
+            if !text.contains('.') =>
+        {
+            Err(anyhow!("{e}"))
+        }
+        Err(e) => Ok(Err(Denied(e.to_string()))),
+    }
+}
+
+fn when(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| narrow::rfc3339(t).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn keys(action: KeysAction, store: &Store) -> Result<()> {
+    match action {
+        KeysAction::List => {
+            for k in store.list_keys()? {
+                let state = match k.state {
+                    KeyState::Active => "active",
+                    KeyState::Retired => "retired",
+                    KeyState::Revoked => "revoked",
+                };
+                println!("{}  {state:<8} created {}", k.kid, when(k.created));
+            }
+        }
+        KeysAction::Rotate => {
+            let k = store.rotate()?;
+            println!("{}  active (the previous key now only verifies)", k.kid);
+        }
+        KeysAction::Revoke { kid } => {
+            let kid: KeyId = kid.parse().map_err(|e| anyhow!("{e}"))?;
+            match store.revoke_key(kid)? {
+                Some(r) => println!("revoked key {kid} (log entry {})", r.seq),
+                None => println!("key {kid} was already revoked"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tokens(action: TokensAction, store: &Store) -> Result<()> {
+    match action {
+        TokensAction::List { subject } => {
+            for r in store.tokens_of(&subject)? {
+                let status = if r.revoked_at.is_some() { "revoked" } else { "live" };
+                let expires = r.expires.map_or("never".into(), when);
+                println!("{}  {status:<7} expires {expires}  {}", r.tid, r.description);
+            }
+        }
+        TokensAction::Revoke { tid } => {
+            let tid: TokenId = tid.parse().map_err(|e| anyhow!("{e}"))?;
+            match store.revoke_token(tid)? {
+                Some(r) => println!("revoked token {tid} and its attenuations (log entry {})", r.seq),
+                None => println!("token {tid} was already revoked"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -3,9 +3,14 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: all test lint fmt check bench bench-core bench-store bench-http crash venv clean
+.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean
 
 all: test
+
+## run: release build, then serve on 127.0.0.1:8080 with the embedded database under ./data
+run:
+	$(CARGO) build --release -p tessera-cli
+	target/release/tessera serve --data-dir ./data
 
 ## test: the whole suite (unit, integration, vectors, property and interop tests)
 test: venv
@@ -31,6 +36,12 @@ bench-core:
 
 bench-store:
 	$(CARGO) bench -p tessera-store --bench store
+
+## audit: cargo-audit against the offline advisory snapshot (installs cargo-audit if missing)
+ADVISORY_DB ?= ../shared/advisory-db
+audit:
+	@command -v cargo-audit >/dev/null || $(CARGO) install cargo-audit --locked
+	$(CARGO) audit --db $(ADVISORY_DB) --no-fetch
 
 ## venv: Python peers for interop tests (pymacaroons, PyJWT), from PyPI
 venv: $(VENV)/.ok

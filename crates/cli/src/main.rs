@@ -131,16 +131,19 @@ struct ServeArgs {
     config: tessera_server::Config,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct VerifyArgs {
     /// The token (`-` or absent: read standard input).
     token: Option<String>,
     /// File with a root key in hex: verifies any standard macaroon (foreign identifiers too).
-    #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+    #[arg(long, conflicts_with_all = ["db", "server"], required_unless_present_any = ["db", "server"])]
     key_file: Option<PathBuf>,
     /// Verify with the keys and revocations of a local database.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "server")]
     db: Option<PathBuf>,
+    /// Ask a running service (POST /v1/verify).
+    #[arg(long, env = "TESSERA_SERVER")]
+    server: Option<String>,
     /// Master key file for --db (default: master.key next to it).
     #[arg(long, env = "TESSERA_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
@@ -367,8 +370,44 @@ fn run(command: Command) -> Result<Result<(), Denied>> {
     Ok(Ok(()))
 }
 
+fn verify_remote(server: &str, token: &Token, args: &VerifyArgs) -> Result<Result<(), Denied>> {
+    let url = format!("{}/v1/verify", server.trim_end_matches('/'));
+    let body = json!({
+        "token": token.encode(),
+        "discharges": args.discharges,
+        "context": {"operation": args.op, "resource": args.resource,
+                    "client_ip": args.client_ip.map(|i| i.to_string()), "time": args.at},
+    });
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut res =
+        agent.post(&url).header("Content-Type", "application/json").send(body.to_string()).with_context(|| format!("POST {url}"))?;
+    let status = res.status().as_u16();
+    let v: Value = serde_json::from_str(&res.body_mut().read_to_string()?).unwrap_or(Value::Null);
+    match status {
+        200 => {
+            let r = &v["restrictions"];
+            let list = |x: &Value| x.as_array().map_or("any".to_owned(), |a| {
+                a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+            });
+            println!("allowed");
+            println!("subject:    {}", v["subject"].as_str().unwrap_or("-"));
+            println!("token id:   {}", v["tid"].as_str().unwrap_or("-"));
+            println!("operations: {}", list(&r["operations"]));
+            println!("resources:  {}", list(&r["resources"]));
+            println!("client ips: {}", list(&r["client_ips"]));
+            println!("expires:    {}", r["expires"].as_str().unwrap_or("never"));
+            Ok(Ok(()))
+        }
+        401 | 403 => Ok(Err(Denied(v["detail"].as_str().unwrap_or("denied").to_owned()))),
+        _ => bail!("{url} answered {status}: {}", v["detail"].as_str().unwrap_or("(no detail)")),
+    }
+}
+
 fn verify(args: VerifyArgs) -> Result<Result<(), Denied>> {
-    let token = read_token(args.token)?;
+    let token = read_token(args.token.clone())?;
+    if let Some(server) = &args.server {
+        return verify_remote(server, &token, &args);
+    }
     let discharges = decode_all(&args.discharges)?;
     let time = match &args.at {
         Some(t) => narrow::time_or_duration(t, OffsetDateTime::now_utc())?,
@@ -413,7 +452,7 @@ fn verify(args: VerifyArgs) -> Result<Result<(), Denied>> {
             }
             v.verify(&token, &discharges, &ctx).map(|v| v.restrictions())
         }
-        (None, None) => bail!("give --key-file or --db"),
+        (None, None) => bail!("give --key-file, --db or --server"),
     };
     match result {
         Ok(r) => {

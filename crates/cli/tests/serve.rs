@@ -1,0 +1,113 @@
+//! `tessera serve` and `tessera discharge` against the running service: a revocable token
+//! verifies only with a fresh bound discharge, and after revocation no discharge is issued.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tessera(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn post(url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut req = agent.post(url).header("Content-Type", "application/json");
+    if let Some(b) = bearer {
+        req = req.header("Authorization", &format!("Bearer {b}"));
+    }
+    let mut res = req.send(body.to_string()).unwrap();
+    let status = res.status().as_u16();
+    (status, serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+}
+
+#[test]
+fn serve_then_discharge_revocable_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--discharge-ttl", "2m"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("TESSERA_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _serve = Serve(child);
+    let mut admin = String::new();
+    let addr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if line.starts_with("Tessera admin token") {
+            admin = lines.next().unwrap().unwrap();
+        } else if let Some(a) = line.strip_prefix("tessera listening on ") {
+            break a.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let (status, minted) =
+        post(&format!("{addr}/v1/tokens"), Some(&admin), json!({"subject": "alice", "operations": ["read"], "revocable": true}));
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let tid = minted["tid"].as_str().unwrap().to_owned();
+
+    // Without a discharge the token is denied; with `tessera discharge` it verifies.
+    let verify = |discharges: &[String]| {
+        post(&format!("{addr}/v1/verify"), None, json!({"token": token, "discharges": discharges, "context": {"operation": "read"}})).0
+    };
+    assert_eq!(verify(&[]), 403);
+    let (code, out, err) = tessera(&["discharge", "--server", &addr], Some(&token));
+    assert_eq!(code, 0, "{err}");
+    let bound: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(bound.len(), 1);
+    assert_eq!(verify(&bound), 200);
+    // The caveat's own location works as well (no --server).
+    let (code, _, err) = tessera(&["discharge", &token], None);
+    assert_eq!(code, 0, "{err}");
+    // The CLI's inspect shows the third-party caveat.
+    let (_, text, _) = tessera(&["inspect", &token], None);
+    assert!(text.contains("third-party caveat at http://127.0.0.1"), "{text}");
+    // A JWT through the service, for scripts.
+    let (code, jwt, err) = tessera(&["jwt", "--server", &addr, "--discharge", &bound[0]], Some(&token));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(jwt.trim().split('.').count(), 3);
+
+    let (status, _) = post(&format!("{addr}/v1/tokens/{tid}/revoke"), Some(&admin), json!({}));
+    assert_eq!(status, 200);
+    let (code, _, err) = tessera(&["discharge", "--server", &addr], Some(&token));
+    assert_eq!(code, 2);
+    assert!(err.contains("403") && err.contains("revoked"), "{err}");
+    // Local administration refuses politely while the service holds the database.
+    let db = dir.path().join("data/tessera.redb");
+    let (code, _, err) = tessera(&["keys", "list", "--db", db.to_str().unwrap()], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("in use by another process"), "{err}");
+    let (code, _, err) = tessera(&["discharge", "--server", &addr], Some(&admin));
+    assert_eq!(code, 2);
+    assert!(err.contains("no third-party caveat"), "{err}");
+}

@@ -379,16 +379,21 @@ fn verify_remote(server: &str, token: &Token, args: &VerifyArgs) -> Result<Resul
                     "client_ip": args.client_ip.map(|i| i.to_string()), "time": args.at},
     });
     let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-    let mut res =
-        agent.post(&url).header("Content-Type", "application/json").send(body.to_string()).with_context(|| format!("POST {url}"))?;
+    let mut res = agent
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .with_context(|| format!("POST {url}"))?;
     let status = res.status().as_u16();
     let v: Value = serde_json::from_str(&res.body_mut().read_to_string()?).unwrap_or(Value::Null);
     match status {
         200 => {
             let r = &v["restrictions"];
-            let list = |x: &Value| x.as_array().map_or("any".to_owned(), |a| {
-                a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
-            });
+            let list = |x: &Value| {
+                x.as_array().map_or("any".to_owned(), |a| {
+                    a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+                })
+            };
             println!("allowed");
             println!("subject:    {}", v["subject"].as_str().unwrap_or("-"));
             println!("token id:   {}", v["tid"].as_str().unwrap_or("-"));

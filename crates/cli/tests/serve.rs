@@ -31,7 +31,11 @@ fn tessera(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     }
     drop(input);
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 fn post(url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
@@ -70,15 +74,23 @@ fn serve_then_discharge_revocable_tokens() {
     };
     std::thread::spawn(move || lines.for_each(drop));
 
-    let (status, minted) =
-        post(&format!("{addr}/v1/tokens"), Some(&admin), json!({"subject": "alice", "operations": ["read"], "revocable": true}));
+    let (status, minted) = post(
+        &format!("{addr}/v1/tokens"),
+        Some(&admin),
+        json!({"subject": "alice", "operations": ["read"], "revocable": true}),
+    );
     assert_eq!(status, 201, "{minted}");
     let token = minted["token"].as_str().unwrap().to_owned();
     let tid = minted["tid"].as_str().unwrap().to_owned();
 
     // Without a discharge the token is denied; with `tessera discharge` it verifies.
     let verify = |discharges: &[String]| {
-        post(&format!("{addr}/v1/verify"), None, json!({"token": token, "discharges": discharges, "context": {"operation": "read"}})).0
+        post(
+            &format!("{addr}/v1/verify"),
+            None,
+            json!({"token": token, "discharges": discharges, "context": {"operation": "read"}}),
+        )
+        .0
     };
     assert_eq!(verify(&[]), 403);
     let (code, out, err) = tessera(&["discharge", "--server", &addr], Some(&token));

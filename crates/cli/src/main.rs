@@ -285,18 +285,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_token(arg: Option<String>) -> Result<Token> {
-    let text = match arg.as_deref() {
+/// The argument, or standard input (at most 64 KiB) when it is `-` or absent.
+fn read_arg(arg: Option<String>) -> Result<String> {
+    match arg.as_deref() {
         None | Some("-") => {
             let mut s = String::new();
-            std::io::stdin()
-                .take(64 * 1024)
-                .read_to_string(&mut s)
-                .context("reading the token from standard input")?;
-            s
+            std::io::stdin().take(64 * 1024).read_to_string(&mut s).context("reading standard input")?;
+            Ok(s)
         }
-        Some(t) => t.to_owned(),
-    };
+        Some(t) => Ok(t.to_owned()),
+    }
+}
+
+fn read_token(arg: Option<String>) -> Result<Token> {
+    let text = read_arg(arg)?;
     let text = text.trim();
     if text.is_empty() {
         bail!("no token given (pass it as an argument or on standard input)");
@@ -582,14 +584,7 @@ fn jwt(args: JwtArgs) -> Result<Result<(), Denied>> {
 }
 
 fn jwt_check(args: JwtCheckArgs) -> Result<Result<(), Denied>> {
-    let text = match args.jwt.as_deref() {
-        None | Some("-") => {
-            let mut s = String::new();
-            std::io::stdin().take(64 * 1024).read_to_string(&mut s)?;
-            s
-        }
-        Some(t) => t.to_owned(),
-    };
+    let text = read_arg(args.jwt)?;
     let hex = args.key_hex.trim();
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("--key-hex must be 64 hex digits");

@@ -13,11 +13,7 @@ use tessera_core::TokenId;
 use tessera_store::{MasterKey, Store};
 
 fn writer_binary() -> PathBuf {
-    // target/<profile>/deps/crash-<hash> -> target/<profile>/examples/crash_writer
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples/crash_writer");
-    assert!(path.exists(), "{} missing: cargo test builds examples; run via cargo test", path.display());
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_tessera-store-crash-writer"))
 }
 
 fn random_below(n: u64) -> u64 {

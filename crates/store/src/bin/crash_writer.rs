@@ -1,7 +1,7 @@
 //! Child process for the crash test (`tests/crash.rs`): records tokens (and revokes some) in a
 //! loop, printing `ack <tid>` / `rev <tid>` only after the store call returned Ok, until killed.
 //!
-//! Usage: `crash_writer DB_PATH MASTER_KEY_HEX`
+//! Usage: `tessera-store-crash-writer DB_PATH MASTER_KEY_HEX`
 
 #![allow(clippy::unwrap_used)] // a test helper: any failure should be loud
 

@@ -208,6 +208,10 @@ pub(crate) async fn revoke_token(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let tid = parse_tid(&path)?;
+    // A credential is required before anything is said about the token id.
+    if req.headers().get("authorization").is_none() {
+        return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
+    }
     let st = state.clone();
     let record = blocking(move || st.store.token(&tid).map_err(ApiError::from))
         .await?

@@ -104,10 +104,20 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
         }
+        let new_file = !path.exists();
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.display().to_string()),
             other => storage(other),
         })?;
+        #[cfg(unix)]
+        if new_file {
+            // Records and sealed secrets: readable by the service's user only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        }
+        #[cfg(not(unix))]
+        let _ = new_file;
         check_or_init(&db, &master)?;
         let (mem, next_seq) = load(&db, &master)?;
         let db = Arc::new(db);

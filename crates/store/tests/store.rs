@@ -53,6 +53,12 @@ fn everything_persists_across_reopen() {
         (token, tid, revoked_tid, k.kid)
     };
     let store = Store::open(db(&dir), master()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(db(&dir)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the database file is private");
+    }
     assert_eq!(store.active_key().unwrap().0, kid);
     verify(&store, &token).unwrap();
     let records = store.tokens_of("alice").unwrap();

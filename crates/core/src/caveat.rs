@@ -163,6 +163,12 @@ impl<'a> Predicate<'a> {
             }
             "resource" => {
                 args(text, name, rest)?;
+                if let Some(bad) = rest.split(' ').find(|r| has_dot_segment(r)) {
+                    return Err(malformed(
+                        text,
+                        format!("\"{bad}\" has a `.` or `..` segment (also percent-encoded): name resources plainly"),
+                    ));
+                }
                 Predicate::Resource(rest)
             }
             "client-ip" => {
@@ -254,26 +260,50 @@ pub(crate) fn validate(cid: &[u8]) -> Result<()> {
     Predicate::validate(cid).map(|_| ())
 }
 
+/// Is `segment` `.` or `..`, also when written with `%2e`/`%2E` (which a server behind the
+/// verifier may decode before it resolves the path)?
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+/// Does a resource name or pattern have a `.` or `..` segment (plain or percent-encoded)?
+pub fn has_dot_segment(name: &str) -> bool {
+    name.split('/').any(is_dot_segment)
+}
+
 /// Does `resource` match `pattern`? Equal names match; a pattern ending in `/*` matches every
-/// resource under that prefix, except paths with `.` or `..` segments below it (fails closed).
+/// resource under that prefix, except paths with `.` or `..` segments below it, plain or
+/// percent-encoded (fails closed).
 pub fn resource_matches(pattern: &str, resource: &str) -> bool {
     if let Some(prefix) = pattern.strip_suffix('*').filter(|p| p.ends_with('/')) {
-        return resource
-            .strip_prefix(prefix)
-            .is_some_and(|tail| !tail.split('/').any(|s| s == "." || s == ".."));
+        return resource.strip_prefix(prefix).is_some_and(|tail| !has_dot_segment(tail));
     }
     pattern == resource
 }
 
 /// The meet of two resource patterns: what both allow, as a pattern, if anything.
+///
+/// Defined through [`resource_matches`], so the folded restrictions never allow a resource that
+/// checking the caveats one by one denies (a property test holds them to it).
 fn meet_resource<'a>(a: &'a str, b: &'a str) -> Option<&'a str> {
     let prefix = |p: &'a str| p.strip_suffix('*').filter(|p| p.ends_with('/'));
     match (prefix(a), prefix(b)) {
         (None, None) => (a == b).then_some(a),
         (Some(_), None) => resource_matches(a, b).then_some(b),
         (None, Some(_)) => resource_matches(b, a).then_some(a),
-        (Some(pa), Some(pb)) if pa.starts_with(pb) => Some(a),
-        (Some(pa), Some(pb)) if pb.starts_with(pa) => Some(b),
+        // The narrower pattern, if its prefix is itself a resource the wider pattern allows.
+        (Some(pa), Some(_)) if resource_matches(b, pa) => Some(a),
+        (Some(_), Some(pb)) if resource_matches(a, pb) => Some(b),
         _ => None,
     }
 }
@@ -476,9 +506,41 @@ mod tests {
     #[test]
     fn wildcard_refuses_dot_segments() {
         assert!(resource_matches("issues/*", "issues/42/comments"));
+        assert!(resource_matches("issues/*", "issues/a.b/..c/%2ex"));
         assert!(!resource_matches("issues/*", "issues/../admin"));
         assert!(!resource_matches("issues/*", "issues/./x"));
+        assert!(!resource_matches("issues/*", "issues/%2e%2E/admin"));
+        assert!(!resource_matches("issues/*", "issues/.%2e/admin"));
+        assert!(!resource_matches("issues/*", "issues/%2E"));
         assert!(!resource_matches("issues/*", "issuesX/1"));
+    }
+
+    #[test]
+    fn resource_caveats_with_dot_segments_are_malformed() {
+        for cav in [
+            "resource issues/../admin/*",
+            "resource issues/./x",
+            "resource ok issues/%2e%2e/admin/*",
+            "resource issues/.%2E/x",
+            "resource ..",
+            "resource %2e/*",
+        ] {
+            assert!(matches!(Predicate::parse(cav.as_bytes()), Err(Error::MalformedCaveat { .. })), "{cav}");
+        }
+        for cav in ["resource issues/a.b", "resource issues/.../x", "resource v1.2/*"] {
+            assert!(Predicate::parse(cav.as_bytes()).is_ok(), "{cav}");
+        }
+    }
+
+    #[test]
+    fn folding_two_wildcards_keeps_only_what_both_allow() {
+        // The narrower pattern survives only if the wider one allows its prefix.
+        let r = fold(&["resource issues/*", "resource issues/7/*"]);
+        assert_eq!(r.resources, Some(vec!["issues/7/*".to_owned()]));
+        let r = fold(&["resource issues/7/*", "resource issues/*"]);
+        assert_eq!(r.resources, Some(vec!["issues/7/*".to_owned()]));
+        let r = fold(&["resource issues/*", "resource issuesX/*"]);
+        assert_eq!(r.resources, Some(vec![]));
     }
 
     #[test]

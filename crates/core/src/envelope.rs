@@ -200,6 +200,9 @@ pub fn decode(
                 .collect::<Result<Vec<_>>>()?,
         ),
     };
+    if let Some(bad_name) = claims.cap.resource.iter().flatten().find(|r| crate::caveat::has_dot_segment(r)) {
+        return Err(bad(format!("cap resource \"{bad_name}\" has a `.` or `..` segment")));
+    }
     let r = Restrictions {
         expires: Some(time(claims.exp)?),
         not_before: claims.nbf.map(time).transpose()?,

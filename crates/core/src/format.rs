@@ -143,11 +143,12 @@ impl Reader<'_> {
                 return Err(Error::Malformed("field types out of order or repeated"));
             }
             last = kind;
-            let slot = match kind as u8 {
-                FIELD_LOCATION => &mut s.location,
-                FIELD_IDENTIFIER => &mut s.id,
-                FIELD_VID => &mut s.vid,
-                FIELD_SIGNATURE => &mut s.sig,
+            // Compare the whole varint: a type such as 258 must not alias 2 by truncation.
+            let slot = match u8::try_from(kind) {
+                Ok(FIELD_LOCATION) => &mut s.location,
+                Ok(FIELD_IDENTIFIER) => &mut s.id,
+                Ok(FIELD_VID) => &mut s.vid,
+                Ok(FIELD_SIGNATURE) => &mut s.sig,
                 _ => return Err(Error::Malformed("unknown field type")),
             };
             *slot = Some(span);

@@ -543,3 +543,85 @@ fn secrets_are_redacted_in_debug() {
     assert!(!tok_dbg.contains(&sig_hex[..8]));
     assert!(!format!("{:?}", f.keys).contains("9, 9"));
 }
+
+// --- security review regressions ---------------------------------------------------------------
+
+/// Finding 6: a field type >= 256 must not alias a defined type by truncation (258 as 2 would be
+/// a second, overriding identifier that re-encodes as a valid one).
+#[test]
+fn field_types_beyond_a_byte_are_rejected() {
+    let sig = [0u8; 32];
+    let cases: Vec<Vec<u8>> = vec![
+        // Identifier under type 258 (varint 0x82 0x02).
+        [&[2, 0x82, 0x02, 1, b'i', 0, 0, 6, 32][..], &sig].concat(),
+        // A real identifier, then a hidden "identifier" under 258 that would override it.
+        [&[2, 2, 1, b'i', 0x82, 0x02, 1, b'j', 0, 0, 6, 32][..], &sig].concat(),
+        // Location under 257, then identifier under 258.
+        [&[2, 0x81, 0x02, 1, b'l', 0x82, 0x02, 1, b'i', 0, 0, 6, 32][..], &sig].concat(),
+        // A caveat id under 258 inside a caveat section.
+        [&[2, 2, 1, b'i', 0, 0x82, 0x02, 1, b'c', 0, 0, 6, 32][..], &sig].concat(),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        assert!(
+            matches!(Token::from_binary(c), Err(Error::Malformed("unknown field type"))),
+            "case {i}: {:?}",
+            Token::from_binary(c).map(|t| t.identifier().to_vec())
+        );
+    }
+    // And a real token carrying one is refused as text too.
+    let f = fixture();
+    let mut bin = f.token.to_binary().to_vec();
+    // 02 01 <len> location...: rewrite the location's type 1 as the two-byte varint 257.
+    assert_eq!(&bin[..2], &[2, 1]);
+    bin.splice(1..2, [0x81, 0x02]);
+    use base64::Engine;
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bin);
+    assert!(Token::decode(&text).is_err());
+}
+
+/// Finding 3: `resource` caveats with `.`/`..` segments (plain or percent-encoded) are
+/// malformed, so a holder of `resource issues/*` cannot fold in `issues/../admin/*` and carry it
+/// into an envelope's `cap`.
+#[test]
+fn resource_caveats_cannot_climb_out_with_dot_segments() {
+    let f = fixture();
+    let base = {
+        let secret = RootKey::new(&[9u8; 32]).unwrap();
+        let id = Identifier::new(f.kid, f.tid, "alice").unwrap();
+        Token::mint_tessera(None, &secret, &id).unwrap().attenuate("resource issues/*").unwrap()
+    };
+    for evil in [
+        "resource issues/../admin/*",
+        "resource issues/%2e%2e/admin/*",
+        "resource issues/.%2E/admin/*",
+        "resource issues/./x",
+    ] {
+        assert!(matches!(base.attenuate(evil), Err(Error::MalformedCaveat { .. })), "{evil}");
+        // Added without validation (attenuate_raw), it fails verification, direct or deferred.
+        let t = base.attenuate_raw(evil.as_bytes()).unwrap();
+        let ctx = Context::at(datetime!(2027-06-01 0:00 UTC)).resource("issues/../admin/x");
+        assert!(verify(&f, &t, &[], &ctx).is_err(), "{evil}");
+        let deferred = Context::deferring_scope(datetime!(2027-06-01 0:00 UTC));
+        assert!(verify(&f, &t, &[], &deferred).is_err(), "{evil} verified for an envelope");
+    }
+    // An envelope whose cap names such a pattern is refused even with a valid signature.
+    let (f, jwt) = envelope_fixture();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let mut claims: Value = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    };
+    claims["cap"]["resource"] = serde_json::json!(["issues/../admin/*"]);
+    let input = format!("{}.{}", parts[0], b64(&claims));
+    let sig = {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(f.secret.envelope_key().expose_secret()).unwrap();
+        m.update(input.as_bytes());
+        m.finalize().into_bytes()
+    };
+    use base64::Engine;
+    let forged = format!("{input}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig));
+    let ctx = good_ctx().resource("issues/../admin/x");
+    assert!(matches!(decode(&f, &forged, &ctx), Err(Error::Envelope(m)) if m.contains("segment")));
+}

@@ -26,6 +26,46 @@ fn caveat() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Caveats including resource patterns that try to climb out with dot segments.
+fn hostile_caveat() -> impl Strategy<Value = String> {
+    let names = vec![
+        "issues/*",
+        "issues/7/*",
+        "issues/../admin/*",
+        "issues/%2e%2e/admin/*",
+        "issues/./7/*",
+        "admin/*",
+        "admin/x",
+        "issues/7",
+        "issues/.%2E/admin/x",
+        "*",
+        "issues/**",
+    ];
+    let resources = prop::sample::subsequence(names, 1..=3).prop_map(|v| v.join(" "));
+    prop_oneof![
+        3 => resources.prop_map(|r| format!("resource {r}")),
+        1 => caveat(),
+    ]
+}
+
+fn hostile_context() -> impl Strategy<Value = Context> {
+    (
+        context(),
+        prop::sample::select(vec![
+            "issues/7",
+            "issues/7/1",
+            "admin/x",
+            "issues/../admin/x",
+            "issues/%2e%2e/admin/x",
+            "issues/7/../../admin/x",
+            "issues/.%2E/admin/x",
+            "issues/x",
+            "*",
+        ]),
+    )
+        .prop_map(|(ctx, res)| ctx.resource(res))
+}
+
 fn context() -> impl Strategy<Value = Context> {
     (
         prop::sample::select(vec!["read", "write", "delete", "admin"]),
@@ -90,6 +130,31 @@ proptest! {
             }
         }
         prop_assert_eq!(folded.check(&ctx).is_ok(), child_result.is_ok(), "{:?}", folded);
+    }
+
+    /// For every token (caveats added raw, so malformed and hostile ones too) and every context,
+    /// checking the folded restrictions of a scope-deferred verification (what a JWT envelope
+    /// carries) agrees with verifying the caveats directly: the envelope never allows more.
+    #[test]
+    fn folded_restrictions_agree_with_direct_verification(
+        caveats in prop::collection::vec(hostile_caveat(), 0..5),
+        ctx in hostile_context(),
+    ) {
+        let key = key();
+        let mut t = Token::mint(None, &key, b"prop").unwrap();
+        for c in &caveats {
+            t = t.attenuate_raw(c.as_bytes()).unwrap();
+        }
+        let v = Verifier::new();
+        let direct = v.verify_with_key(&t, &key, &[], &ctx).is_ok();
+        let deferred = v.verify_with_key(&t, &key, &[], &Context::deferring_scope(ctx.time));
+        match deferred {
+            Ok(verified) => {
+                let folded = verified.restrictions().check(&ctx).is_ok();
+                prop_assert_eq!(folded, direct, "caveats {:?} ctx {:?} folded {:?}", caveats, ctx.resource, verified.restrictions());
+            }
+            Err(_) => prop_assert!(!direct, "deferred verification refused what direct allowed: {:?}", caveats),
+        }
     }
 
     /// parse(serialize(t)) == t for V2 binary, base64 text and V2 JSON.

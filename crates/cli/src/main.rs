@@ -505,7 +505,14 @@ fn mint(args: MintArgs) -> Result<()> {
         bail!("give --key-file, or --db with --subject")
     };
     let store = db_of(db, args.master_key_file).open()?;
-    let spec = MintSpec { subject, description: args.description, caveats, expires: None, revocable: false };
+    let spec = MintSpec {
+        subject,
+        description: args.description,
+        caveats,
+        expires: None,
+        revocable: false,
+        parent: None,
+    };
     let minted = tessera_server::mint(&store, args.location.as_deref().unwrap_or(""), "", spec)
         .map_err(|e| anyhow!("{e}"))?;
     println!("{}", minted.token.encode());
@@ -653,6 +660,13 @@ fn keys(action: KeysAction, store: &Store) -> Result<()> {
     Ok(())
 }
 
+fn target_id(t: &tessera_store::RevocationTarget) -> String {
+    match t {
+        tessera_store::RevocationTarget::Token(tid) => tid.to_string(),
+        tessera_store::RevocationTarget::Key(kid) => kid.to_string(),
+    }
+}
+
 fn tokens(action: TokensAction, store: &Store) -> Result<()> {
     match action {
         TokensAction::List { subject } => {
@@ -664,8 +678,14 @@ fn tokens(action: TokensAction, store: &Store) -> Result<()> {
         }
         TokensAction::Revoke { tid } => {
             let tid: TokenId = tid.parse().map_err(|e| anyhow!("{e}"))?;
-            match store.revoke_token(tid)? {
-                Some(r) => println!("revoked token {tid} and its attenuations (log entry {})", r.seq),
+            let entries = store.revoke_token(tid)?;
+            match entries.split_first() {
+                Some((r, descendants)) => {
+                    println!("revoked token {tid} and its attenuations (log entry {})", r.seq);
+                    for d in descendants {
+                        println!("revoked descendant {} (log entry {})", target_id(&d.target), d.seq);
+                    }
+                }
                 None => println!("token {tid} was already revoked"),
             }
         }

@@ -9,8 +9,8 @@ use tessera_store::{KeyInfo, KeyState, Revocation, RevocationTarget, TokenRecord
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::auth::authorize;
-use crate::mint::{first_party_caveats, mint, MintSpec};
+use crate::auth::{authenticate, authorize};
+use crate::mint::{inheritance, mint, MintSpec};
 use crate::problem::ApiError;
 use crate::{ticket, AppState};
 
@@ -94,6 +94,7 @@ struct TokenView {
     caveats: Vec<String>,
     revoked: bool,
     revoked_at: Option<String>,
+    parent: Option<String>,
 }
 
 impl From<TokenRecord> for TokenView {
@@ -108,6 +109,7 @@ impl From<TokenRecord> for TokenView {
             caveats: r.caveats,
             revoked: r.revoked_at.is_some(),
             revoked_at: r.revoked_at.and_then(rfc3339),
+            parent: r.parent.map(|p| p.to_string()),
         }
     }
 }
@@ -135,8 +137,12 @@ pub(crate) async fn mint_token(
             humantime::format_duration(state.config.max_ttl)
         )));
     }
-    // The new token never carries more authority than the caller's: it inherits its caveats.
-    let mut caveats = first_party_caveats(&caller.token);
+    // The new token is the caller's child: never more authority or life than the caller's token
+    // (it inherits its caveats and those of its discharges), revocable if the caller's token is,
+    // and revoked with it.
+    let inherited = inheritance(&state.store, &caller)?;
+    let revocable = body.revocable || inherited.revocable;
+    let mut caveats = inherited.caveats;
     if let Some(ops) = &body.operations {
         caveats.push(format!("allow {}", words("operations", ops)?));
     }
@@ -155,7 +161,8 @@ pub(crate) async fn mint_token(
         description: body.description,
         caveats,
         expires: Some(expires),
-        revocable: body.revocable,
+        revocable,
+        parent: Some(caller.tid),
     };
     if spec.description.len() > tessera_store::MAX_DESCRIPTION {
         return Err(ApiError::bad_request(format!(
@@ -174,7 +181,8 @@ pub(crate) async fn mint_token(
         "subject": view.subject,
         "expires": view.expires,
         "caveats": view.caveats,
-        "revocable": body.revocable,
+        "revocable": revocable,
+        "parent": view.parent,
     })))
 }
 
@@ -208,25 +216,34 @@ pub(crate) async fn revoke_token(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let tid = parse_tid(&path)?;
-    // A credential is required before anything is said about the token id.
-    if req.headers().get("authorization").is_none() {
-        return Err(ApiError::unauthorized("send Authorization: Bearer <token>"));
-    }
+    // Authenticate before anything is said about the token id: a bad credential gets 401 for
+    // every id. After that, an unknown id and one this credential may not revoke get the same
+    // answer, which names nobody.
+    authenticate(&state, &req)?;
+    let hidden = || ApiError::not_found(format!("no token {tid} that this credential may revoke"));
     let st = state.clone();
-    let record = blocking(move || st.store.token(&tid).map_err(ApiError::from))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no token {tid}")))?;
-    authorize(&state, &req, "tokens.revoke", Some(&record.subject))?;
+    let record = blocking(move || st.store.token(&tid).map_err(ApiError::from)).await?.ok_or_else(hidden)?;
+    authorize(&state, &req, "tokens.revoke", Some(&record.subject)).map_err(|e| match e.status() {
+        StatusCode::FORBIDDEN => hidden(),
+        _ => e,
+    })?;
     let st = state.clone();
-    let entry = blocking(move || st.store.revoke_token(tid).map_err(ApiError::from)).await?;
-    if entry.is_some() {
-        state.metrics.tokens_revoked.inc();
-    }
+    let entries = blocking(move || st.store.revoke_token(tid).map_err(ApiError::from)).await?;
+    state.metrics.tokens_revoked.add(entries.len() as u64);
+    let descendants: Vec<String> = entries
+        .iter()
+        .skip(1)
+        .filter_map(|e| match e.target {
+            RevocationTarget::Token(t) => Some(t.to_string()),
+            RevocationTarget::Key(_) => None,
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "tid": tid.to_string(),
         "revoked": true,
-        "already_revoked": entry.is_none(),
-        "seq": entry.map(|e| e.seq),
+        "already_revoked": entries.is_empty(),
+        "seq": entries.first().map(|e| e.seq),
+        "descendants_revoked": descendants,
     })))
 }
 

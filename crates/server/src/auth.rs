@@ -10,8 +10,9 @@ use std::net::IpAddr;
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
-use tessera_core::{Context, Identifier, Token, Verifier};
+use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
 
+use crate::config::ForwardedHeader;
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -20,29 +21,88 @@ pub const DISCHARGE_HEADER: &str = "X-Tessera-Discharge";
 
 /// An authenticated caller.
 pub(crate) struct Caller {
+    /// The bearer token.
     pub(crate) token: Token,
+    /// The discharges it was presented with (all of them were used by the verification).
+    pub(crate) discharges: Vec<Token>,
+    /// Its token family.
+    pub(crate) tid: TokenId,
+}
+
+/// One hop of a forwarding header: a bare address for `X-Forwarded-For`; for RFC 7239
+/// `Forwarded`, the `for=` node, quoted or not, an IPv6 address in brackets, an optional port.
+fn parse_hop(hop: &str, header: ForwardedHeader) -> Option<IpAddr> {
+    match header {
+        ForwardedHeader::XForwardedFor => hop.parse().ok(),
+        ForwardedHeader::Forwarded => {
+            let node = hop.split(';').map(str::trim).find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+            })?;
+            let node = node.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(node);
+            if let Some(rest) = node.strip_prefix('[') {
+                let (v6, port) = rest.split_once(']')?;
+                if !(port.is_empty() || port.strip_prefix(':').is_some_and(valid_port)) {
+                    return None;
+                }
+                return v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+            }
+            match node.split_once(':') {
+                Some((v4, port)) if valid_port(port) => v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+                Some(_) => None,
+                None => node.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+            }
+        }
+    }
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The client address: the connection's peer, or, when the peer is a trusted proxy, the nearest
-/// untrusted address in `X-Forwarded-For` (read right to left).
-pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
+/// untrusted address of the forwarding header (read right to left; every line of the header, in
+/// order, forms one list, as RFC 9110 combines them).
+///
+/// Fails closed: a forwarding header that is not text, or an entry that is not an address
+/// (`ip:port` in `X-Forwarded-For`, `unknown`, an obfuscated `Forwarded` node), is an error
+/// naming the header, never a fallback to the proxy's own address.
+pub fn client_ip(
+    req: &HttpRequest,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> Result<Option<IpAddr>, ApiError> {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else { return Ok(None) };
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return Some(peer);
+        return Ok(Some(peer));
     }
-    let Some(xff) = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) else {
-        return Some(peer);
+    let name = header.name();
+    let bad = |what: &str| {
+        ApiError::bad_request(format!(
+            "{name} header from a trusted proxy has {what}: every entry must be a client address"
+        ))
     };
-    let mut last = peer;
-    for hop in xff.rsplit(',').map(str::trim) {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => last = ip,
-            Ok(ip) => return Some(ip),
-            Err(_) => return Some(last),
+    let mut hops = Vec::new();
+    for line in req.headers().get_all(name) {
+        let line = line.to_str().map_err(|_| bad("bytes that are not text"))?;
+        for hop in line.split(',').map(str::trim) {
+            hops.push(parse_hop(hop, header).ok_or_else(|| bad(&format!("the entry \"{hop:.64}\"")))?);
         }
     }
-    Some(last)
+    let mut last = peer;
+    for ip in hops.into_iter().rev() {
+        if !is_trusted(&ip) {
+            return Ok(Some(ip));
+        }
+        last = ip;
+    }
+    Ok(Some(last))
+}
+
+/// The client address as the service's configuration reads it.
+pub(crate) fn client_ip_of(state: &AppState, req: &HttpRequest) -> Result<Option<IpAddr>, ApiError> {
+    client_ip(req, &state.config.trusted_proxies, state.config.forwarded_header)
 }
 
 fn decode(text: &str, what: &str) -> Result<Token, ApiError> {
@@ -64,10 +124,35 @@ fn bearer(req: &HttpRequest) -> Result<(Token, Vec<Token>), ApiError> {
     for v in req.headers().get_all(DISCHARGE_HEADER) {
         let v = v.to_str().map_err(|_| ApiError::unauthorized("discharge header is not text"))?;
         for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            if discharges.len() == tessera_core::limits::MAX_DISCHARGES {
+                return Err(ApiError::too_large(format!(
+                    "at most {} discharges",
+                    tessera_core::limits::MAX_DISCHARGES
+                )));
+            }
             discharges.push(decode(d, "discharge")?);
         }
     }
     Ok((token, discharges))
+}
+
+fn claimed_identity(token: &Token) -> Result<Identifier, ApiError> {
+    Identifier::decode(token.identifier())
+        .ok_or_else(|| ApiError::unauthorized("bearer token is not a Tessera token"))
+}
+
+/// Authenticate only: signature, discharges, time and revocation, with the operation, resource
+/// and client restrictions left for [`authorize`]. Says nothing about any resource, so callers
+/// that must not reveal whether something exists authenticate first.
+pub(crate) fn authenticate(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let (token, discharges) = bearer(req)?;
+    claimed_identity(&token)?;
+    Verifier::with_keys(&state.store).verify(
+        &token,
+        &discharges,
+        &Context::deferring_scope(time::OffsetDateTime::now_utc()),
+    )?;
+    Ok(())
 }
 
 /// Authenticate the caller for `op` on `subjects/<target>` (the caller's own subject when
@@ -79,12 +164,11 @@ pub(crate) fn authorize(
     target: Option<&str>,
 ) -> Result<(Caller, String), ApiError> {
     let (token, discharges) = bearer(req)?;
-    let claimed = Identifier::decode(token.identifier())
-        .ok_or_else(|| ApiError::unauthorized("bearer token is not a Tessera token"))?;
+    let claimed = claimed_identity(&token)?;
     let target = target.unwrap_or(&claimed.sub).to_owned();
     let resource = if op.starts_with("keys.") { "keys".to_owned() } else { format!("subjects/{target}") };
     let mut ctx = Context::now().operation(op).resource(resource);
-    if let Some(ip) = client_ip(req, &state.config.trusted_proxies) {
+    if let Some(ip) = client_ip_of(state, req)? {
         ctx = ctx.client_ip(ip);
     }
     Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx)?;
@@ -98,5 +182,5 @@ pub(crate) fn authorize(
             claimed.sub
         )));
     }
-    Ok((Caller { token }, target))
+    Ok((Caller { token, discharges, tid: claimed.tid }, target))
 }

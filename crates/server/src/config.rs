@@ -5,6 +5,27 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+/// Which header a trusted proxy writes the client chain into.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (bare addresses).
+    #[value(name = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for="[2001:db8::1]:443"`.
+    #[value(name = "forwarded")]
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "X-Forwarded-For",
+            ForwardedHeader::Forwarded => "Forwarded",
+        }
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
 }
@@ -69,6 +90,11 @@ pub struct Config {
     #[arg(long = "trusted-proxy", env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// The one header trusted proxies write the client address into (the other is ignored, so a
+    /// client cannot smuggle one past a proxy that only appends to the other).
+    #[arg(long, env = "TESSERA_FORWARDED_HEADER", value_enum, default_value = "x-forwarded-for")]
+    pub forwarded_header: ForwardedHeader,
+
     /// Worker threads (default: one per core).
     #[arg(long, env = "TESSERA_WORKERS")]
     pub workers: Option<usize>,
@@ -92,6 +118,7 @@ impl Config {
             rate_limit: 100,
             body_limit: 64 * 1024,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             workers: None,
         }
     }

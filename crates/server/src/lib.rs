@@ -27,7 +27,7 @@ use base64::Engine as _;
 use tessera_store::{MasterKey, Store};
 
 pub use auth::{client_ip, DISCHARGE_HEADER};
-pub use config::Config;
+pub use config::{Config, ForwardedHeader};
 pub use limit::RateLimiter;
 pub use metrics::{Counter, Metrics};
 pub use mint::{mint, MintSpec, Minted};
@@ -95,7 +95,7 @@ impl AppState {
     /// Open the store (creating master key and database on first start). On first start, create
     /// the first root key and an admin token.
     pub fn open(config: Config) -> Result<Opened, Error> {
-        let (master, _) = MasterKey::from_env_or_file(&config.master_key_path())?;
+        let (master, _) = MasterKey::for_database(&config.master_key_path(), &config.db_path())?;
         let store = Store::open(config.db_path(), master)?;
         let first_start = store.list_keys()?.is_empty();
         let location = config.public_url();
@@ -127,6 +127,7 @@ pub fn mint_admin_token(store: &Store, location: &str, admin_subject: &str) -> R
         caveats: Vec::new(),
         expires: None,
         revocable: false,
+        parent: None,
     };
     let minted = mint(store, location, "", spec).map_err(|e| Error::Mint(e.to_string()))?;
     Ok(minted.token.encode())
@@ -164,19 +165,32 @@ async fn method_not_allowed() -> actix_web::HttpResponse {
     ApiError::method_not_allowed().error_response()
 }
 
-/// Rate limiting (on /v1) and response counting, around every request.
+/// Paths the rate limiter does not count (compared with the raw path, so a percent-encoded
+/// spelling of these is counted like any other request).
+const UNLIMITED: &[&str] = &["/health", "/metrics"];
+
+/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to) and response counting,
+/// around every request.
 async fn guard(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
     if let Some(state) = &state {
-        let limited = req.path().starts_with("/v1/")
-            && auth::client_ip(req.request(), &state.config.trusted_proxies)
-                .is_some_and(|ip| !state.limiter.allow(ip));
-        if limited {
-            state.metrics.observe(429);
-            return Ok(req.into_response(ApiError::rate_limited().error_response()));
+        // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is
+        // served as `/v1/verify`): so it counts every path except the exact unlimited ones.
+        let refused = if UNLIMITED.contains(&req.path()) {
+            None
+        } else {
+            match auth::client_ip_of(state, req.request()) {
+                Err(e) => Some(e),
+                Ok(Some(ip)) if !state.limiter.allow(ip) => Some(ApiError::rate_limited()),
+                Ok(_) => None,
+            }
+        };
+        if let Some(e) = refused {
+            state.metrics.observe(e.status().as_u16());
+            return Ok(req.into_response(e.error_response()));
         }
     }
     let res = next.call(req).await?.map_into_boxed_body();
@@ -237,7 +251,8 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     eprintln!(
         "tessera: config: listen={addr} data_dir={} db={} master_key={} public_url={} issuer={} admin_subject={} \
-         default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} workers={workers}",
+         default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} \
+         forwarded_header={} workers={workers}",
         config.data_dir.display(),
         config.db_path().display(),
         if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_some() {
@@ -255,6 +270,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         config.rate_limit,
         config.body_limit,
         config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        config.forwarded_header.name(),
     );
     let admin_file = config.admin_token_file.clone();
     let opened = AppState::open(config)?;
@@ -280,7 +296,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Write a secret to a new file with mode 0600.
+/// Write a secret to a file readable by its owner only: created with mode 0600, and an existing
+/// file is set to 0600 before the secret is written into it (a mode given at creation does not
+/// apply to a file that already exists).
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -290,7 +308,35 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Security review finding 7: an existing world-readable file was left 0644.
+    #[cfg(unix)]
+    #[test]
+    fn admin_token_file_is_private_even_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "secret-token").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret-token\n");
+        let fresh = dir.path().join("new.token");
+        write_private(&fresh, "t").unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }

@@ -31,7 +31,12 @@ fn shard() -> usize {
 impl Counter {
     /// Add one.
     pub fn inc(&self) {
-        self.0[shard()].0.fetch_add(1, Relaxed);
+        self.add(1);
+    }
+
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Relaxed);
     }
 
     /// The total.

@@ -5,6 +5,7 @@ use tessera_store::{NewToken, Store, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::ticket;
 
@@ -21,6 +22,8 @@ pub struct MintSpec {
     /// Add the service's `not-revoked` third-party caveat (revocation bites within the
     /// discharge TTL even for offline verifiers).
     pub revocable: bool,
+    /// The token family it is minted from (recorded; revoking the parent revokes this one).
+    pub parent: Option<TokenId>,
 }
 
 /// A minted, recorded token.
@@ -70,17 +73,66 @@ pub fn mint(
         description: spec.description,
         expires,
         caveats,
+        parent: spec.parent,
     })?;
     Ok(Minted { token, record })
 }
 
-/// The first-party caveats of a token, as text (what a token minted for its holder inherits).
-pub(crate) fn first_party_caveats(token: &Token) -> Vec<String> {
-    token
-        .caveats()
-        .filter_map(|c| match c {
-            Caveat::FirstParty(id) => Some(String::from_utf8_lossy(id).into_owned()),
-            Caveat::ThirdParty { .. } => None,
-        })
-        .collect()
+/// What a token minted from a caller's token inherits (../shared/DESIGN.md section 11).
+pub(crate) struct Inheritance {
+    /// Every first-party caveat of the caller's token and of its discharges, in order.
+    pub(crate) caveats: Vec<String>,
+    /// The caller's token carries this service's `not-revoked` ticket: the child must too.
+    pub(crate) revocable: bool,
+}
+
+fn text(cid: &[u8]) -> String {
+    String::from_utf8_lossy(cid).into_owned()
+}
+
+/// This service's own `not-revoked` ticket for the family `tid`, opened with the key it names.
+fn is_own_ticket(store: &Store, cid: &[u8], tid: &TokenId) -> bool {
+    ticket::kid_of(cid)
+        .and_then(|kid| store.verifying_key(&kid))
+        .and_then(|secret| ticket::open(cid, &secret))
+        .is_some_and(|t| t.condition == ticket::NOT_REVOKED && t.tid == *tid)
+}
+
+/// The caveats a child of `caller` inherits, or 403 when the caller's token carries a condition
+/// the service cannot copy: a third-party caveat that is not this service's own `not-revoked`
+/// ticket for the caller's family (in the token or in any discharge).
+///
+/// From the discharges of the service's own tickets, the first caveat is the `time-before` the
+/// service put there (a freshness bound, minutes long); it is not inherited, since the child is
+/// revocable and gets a ticket of its own. Every caveat a holder added to a discharge is.
+pub(crate) fn inheritance(store: &Store, caller: &Caller) -> Result<Inheritance, ApiError> {
+    let cannot = |why: &str| {
+        ApiError::forbidden(format!(
+            "this token cannot mint: {why}; the service cannot copy a condition it cannot discharge \
+             (mint from a token without third-party caveats, or one whose only third-party caveat \
+             is this service's not-revoked ticket)"
+        ))
+    };
+    let mut caveats = Vec::new();
+    let mut revocable = false;
+    for c in caller.token.caveats() {
+        match c {
+            Caveat::FirstParty(cid) => caveats.push(text(cid)),
+            Caveat::ThirdParty { id, .. } if is_own_ticket(store, id, &caller.tid) => revocable = true,
+            Caveat::ThirdParty { .. } => {
+                return Err(cannot("it has a third-party caveat of another service"))
+            }
+        }
+    }
+    for d in &caller.discharges {
+        let own = is_own_ticket(store, d.identifier(), &caller.tid);
+        for (i, c) in d.caveats().enumerate() {
+            match c {
+                Caveat::FirstParty(cid) if own && i == 0 && cid.starts_with(b"time-before ") => {}
+                Caveat::FirstParty(cid) => caveats.push(text(cid)),
+                Caveat::ThirdParty { .. } => return Err(cannot("a discharge has a third-party caveat")),
+            }
+        }
+    }
+    Ok(Inheritance { caveats, revocable })
 }

@@ -144,6 +144,7 @@ impl From<tessera_store::Error> for ApiError {
         use tessera_store::Error as E;
         match e {
             E::UnknownToken(_) => Self::not_found(e.to_string()),
+            E::ParentRevoked(_) => Self::unauthorized(e.to_string()),
             E::UnknownKey(_) => Self::not_found(e.to_string()),
             E::TooLarge { .. } => Self::bad_request(e.to_string()),
             E::DuplicateToken(_) | E::KeyRevoked(_) | E::NoActiveKey => Self::unavailable(e.to_string()),

@@ -10,7 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tessera_core::{KeyId, RootKey, TokenId};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 const MAGIC: &[u8; 4] = b"tkt1";
 /// The only condition tickets carry today.
@@ -24,6 +24,13 @@ struct Sealed {
     tid: [u8; 16],
 }
 
+impl Drop for Sealed {
+    /// The caveat key is a secret: wipe this copy of it.
+    fn drop(&mut self) {
+        self.ck.zeroize();
+    }
+}
+
 mod serde_bytes32 {
     use serde::{Deserialize, Deserializer, Serializer};
     pub(super) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
@@ -31,7 +38,10 @@ mod serde_bytes32 {
     }
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         match ciborium::value::Value::deserialize(d)? {
-            ciborium::value::Value::Bytes(b) => b.try_into().map_err(|_| serde::de::Error::custom("length")),
+            ciborium::value::Value::Bytes(b) => {
+                let b = zeroize::Zeroizing::new(b);
+                b.as_slice().try_into().map_err(|_| serde::de::Error::custom("length"))
+            }
             _ => Err(serde::de::Error::custom("expected bytes")),
         }
     }
@@ -64,9 +74,8 @@ pub(crate) fn seal(
     tid: TokenId,
 ) -> Result<(Vec<u8>, RootKey), tessera_core::Error> {
     let caveat_key = RootKey::generate()?;
-    let mut ck = [0u8; 32];
-    ck.copy_from_slice(caveat_key.expose_secret());
-    let body = Sealed { ck, cond: NOT_REVOKED.into(), tid: *tid.as_bytes() };
+    let mut body = Sealed { ck: [0u8; 32], cond: NOT_REVOKED.into(), tid: *tid.as_bytes() };
+    body.ck.copy_from_slice(caveat_key.expose_secret());
     let mut plain = Zeroizing::new(Vec::new());
     ciborium::into_writer(&body, &mut *plain).map_err(|_| tessera_core::Error::Random)?;
     let mut nonce = [0u8; 24];
@@ -94,10 +103,10 @@ pub(crate) fn open(ticket: &[u8], secret: &RootKey) -> Option<Ticket> {
     let kid = kid_of(ticket)?;
     let nonce: &[u8; 24] = ticket[12..36].try_into().ok()?;
     let plain = Zeroizing::new(cipher(secret).decrypt(nonce.into(), &ticket[36..]).ok()?);
-    let body: Sealed = ciborium::from_reader(plain.as_slice()).ok()?;
+    let mut body: Sealed = ciborium::from_reader(plain.as_slice()).ok()?;
     Some(Ticket {
         caveat_key: RootKey::new(&body.ck).ok()?,
-        condition: body.cond,
+        condition: std::mem::take(&mut body.cond),
         tid: TokenId::from_bytes(body.tid),
         kid,
     })

@@ -22,6 +22,7 @@ fn record(kid: KeyId, subject: &str) -> NewToken {
         description: "bench".into(),
         expires: Some(2_000_000_000),
         caveats: vec!["allow read".into()],
+        parent: None,
     }
 }
 

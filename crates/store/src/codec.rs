@@ -9,7 +9,9 @@ use tessera_core::{KeyId, TokenId};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+// Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
+// index). A version-1 database is migrated at open, after the master key check.
 
 /// The state of a root key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,8 @@ pub struct TokenRecord {
     pub caveats: Vec<String>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+    /// The token it was minted from through the API, if any (revoking that one revokes this).
+    pub parent: Option<TokenId>,
 }
 
 /// What to record for a freshly minted token.
@@ -74,6 +78,8 @@ pub struct NewToken {
     pub expires: Option<i64>,
     /// The caveats it was minted with, at most [`MAX_CAVEAT_SUMMARY`] bytes in all.
     pub caveats: Vec<String>,
+    /// The caller's token family when minted from a token: must be recorded and not revoked.
+    pub parent: Option<TokenId>,
 }
 
 /// Maximum description length, in bytes.
@@ -122,6 +128,9 @@ pub(crate) struct StoredToken {
     pub(crate) expires: Option<i64>,
     pub(crate) caveats: Vec<String>,
     pub(crate) revoked_at: Option<i64>,
+    /// Absent in records written before schema version 2.
+    #[serde(default)]
+    pub(crate) parent: Option<[u8; 16]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -174,6 +183,7 @@ impl StoredToken {
             expires: self.expires,
             caveats: self.caveats,
             revoked_at: self.revoked_at,
+            parent: self.parent.map(TokenId::from_bytes),
         }
     }
 }

@@ -50,6 +50,22 @@ pub enum Error {
     #[error("unknown token id {0}")]
     UnknownToken(TokenId),
 
+    /// The token a new one is minted from is revoked (its descendants die with it).
+    #[error("parent token {0} is revoked: nothing more can be minted from it")]
+    ParentRevoked(TokenId),
+
+    /// The database exists but its master key file does not: a new key would not open it.
+    #[error(
+        "database {db} exists but its master key file {key} does not: restore the key file or set \
+         TESSERA_MASTER_KEY (a new key would not open the sealed keys)"
+    )]
+    MissingMasterKey {
+        /// The key file looked for.
+        key: String,
+        /// The database.
+        db: String,
+    },
+
     /// A token record with this id exists already (ids are never reused).
     #[error("token id {0} is already recorded")]
     DuplicateToken(TokenId),

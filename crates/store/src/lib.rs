@@ -16,7 +16,7 @@
 //! let tid = TokenId::generate()?;
 //! let token = Token::mint_tessera(None, &secret, &Identifier::new(kid, tid, "alice")?)?;
 //! store.record_token(NewToken {
-//!     tid, kid, subject: "alice".into(), description: "laptop".into(), expires: None, caveats: vec![],
+//!     tid, kid, subject: "alice".into(), description: "laptop".into(), expires: None, caveats: vec![], parent: None,
 //! })?;
 //! Verifier::with_keys(&store).verify(&token, &[], &Context::now())?;
 //! store.revoke_token(tid)?;
@@ -31,6 +31,7 @@ mod codec;
 mod error;
 mod master;
 mod store;
+mod writer;
 
 pub use codec::{
     KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, TokenRecord, MAX_CAVEAT_SUMMARY,

@@ -114,6 +114,19 @@ impl MasterKey {
         }
     }
 
+    /// The key for the database at `db`: from `TESSERA_MASTER_KEY` if set, else from `path`. A
+    /// new key file is created only when the database does not exist yet: a lost key file next
+    /// to an existing database is an error, never silently replaced.
+    pub fn for_database(path: &Path, db: &Path) -> Result<(Self, bool)> {
+        if std::env::var_os(MASTER_KEY_ENV).is_none() && db.exists() && !path.exists() {
+            return Err(Error::MissingMasterKey {
+                key: path.display().to_string(),
+                db: db.display().to_string(),
+            });
+        }
+        Self::from_env_or_file(path)
+    }
+
     fn cipher(&self, label: &[u8]) -> XSalsa20Poly1305 {
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         m.update(b"tessera/seal/v1");

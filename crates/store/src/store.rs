@@ -2,11 +2,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tessera_core::{KeyId, KeyProvider, RootKey, TokenId, TokenKey, MAX_SUBJECT};
 use time::OffsetDateTime;
 
@@ -16,48 +16,35 @@ use crate::codec::{
 };
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
+use crate::writer::{Done, Job, Op, Writer};
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const KEYS: TableDefinition<[u8; 8], &[u8]> = TableDefinition::new("keys");
-const TOKENS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tokens");
-const BY_SUBJECT: TableDefinition<(&str, [u8; 16]), ()> = TableDefinition::new("tokens_by_subject");
-const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const KEYS: TableDefinition<[u8; 8], &[u8]> = TableDefinition::new("keys");
+pub(crate) const TOKENS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tokens");
+pub(crate) const BY_SUBJECT: TableDefinition<(&str, [u8; 16]), ()> =
+    TableDefinition::new("tokens_by_subject");
+pub(crate) const REVOCATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+/// Lineage: (parent tid, child tid) for tokens minted from a token (schema version 2).
+pub(crate) const CHILDREN: TableDefinition<([u8; 16], [u8; 16]), ()> = TableDefinition::new("token_children");
 
 const CHECK_LABEL: &[u8] = b"check";
 const CHECK_VALUE: &[u8] = b"tessera master key check v1";
-/// Most operations one commit carries.
-const MAX_BATCH: usize = 512;
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-struct KeyEntry {
-    secret: RootKey,
-    state: KeyState,
+pub(crate) struct KeyEntry {
+    pub(crate) secret: RootKey,
+    pub(crate) state: KeyState,
 }
 
 /// In-memory state, changed only after the commit that justifies it.
-struct Memory {
-    keys: RwLock<HashMap<KeyId, KeyEntry>>,
-    active: RwLock<Option<KeyId>>,
-    revoked: RwLock<HashSet<TokenId>>,
+pub(crate) struct Memory {
+    pub(crate) keys: RwLock<HashMap<KeyId, KeyEntry>>,
+    pub(crate) active: RwLock<Option<KeyId>>,
+    pub(crate) revoked: RwLock<HashSet<TokenId>>,
 }
-
-enum Op {
-    AddKey { kid: KeyId, secret: RootKey, activate: bool },
-    RevokeKey(KeyId),
-    Record(NewToken),
-    RevokeToken(TokenId),
-}
-
-enum Done {
-    Key(KeyInfo),
-    Token(TokenRecord),
-    Revocation(Option<Revocation>),
-}
-
-type Job = (Op, SyncSender<Result<Done>>);
 
 /// The key store. Cheap to clone (shared); safe to use from many threads.
 ///
@@ -241,13 +228,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Revoke a token family (the token and all its attenuations). Returns the log entry, or
-    /// `None` when it was already revoked (revoking twice changes nothing).
-    pub fn revoke_token(&self, tid: TokenId) -> Result<Option<Revocation>> {
+    /// Revoke a token family (the token and all its attenuations) and, transitively, every
+    /// token minted from it. Returns one log entry per newly revoked family, the given one first
+    /// (then descendants, breadth first); empty when it was already revoked (revoking twice
+    /// changes nothing). All of them commit together or none does.
+    pub fn revoke_token(&self, tid: TokenId) -> Result<Vec<Revocation>> {
         match self.submit(Op::RevokeToken(tid))? {
-            Done::Revocation(r) => Ok(r),
+            Done::Revocations(r) => Ok(r),
             _ => Err(Error::Corrupt("unexpected writer reply".into())),
         }
+    }
+
+    /// The token ids minted directly from `tid` (its children), in id order.
+    pub fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>> {
+        let txn = self.inner.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(CHILDREN).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in
+            table.range((*tid.as_bytes(), [0u8; 16])..=(*tid.as_bytes(), [0xffu8; 16])).map_err(storage)?
+        {
+            out.push(TokenId::from_bytes(row.map_err(storage)?.0.value().1));
+        }
+        Ok(out)
     }
 
     /// Revocations with a sequence number above `after`, at most `limit`, in order: what a
@@ -293,28 +295,36 @@ fn check_len(what: &'static str, size: usize, limit: usize) -> Result<()> {
     Ok(())
 }
 
-/// New database: write schema version and check value. Existing: verify both, write nothing.
-fn check_or_init(db: &Database, master: &MasterKey) -> Result<()> {
-    {
-        let txn = db.begin_read().map_err(storage)?;
-        match txn.open_table(META) {
-            Ok(meta) => {
-                let version = meta.get("schema").map_err(storage)?;
-                let check = meta.get("check").map_err(storage)?;
-                if let (Some(version), Some(check)) = (version, check) {
-                    let found: u32 = codec::decode(version.value(), "schema version")?;
-                    if found > SCHEMA_VERSION {
-                        return Err(Error::NewerSchema { found, supported: SCHEMA_VERSION });
-                    }
-                    return match master.open(CHECK_LABEL, check.value()) {
-                        Some(v) if v.as_slice() == CHECK_VALUE => Ok(()),
-                        _ => Err(Error::WrongMasterKey),
-                    };
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(storage(e)),
-        }
+/// An existing database's schema version, once it is known to be one this build reads and to
+/// open with `master`; `None` for a new database.
+fn check_existing(db: &Database, master: &MasterKey) -> Result<Option<u32>> {
+    let txn = db.begin_read().map_err(storage)?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(storage(e)),
+    };
+    let (Some(version), Some(check)) =
+        (meta.get("schema").map_err(storage)?, meta.get("check").map_err(storage)?)
+    else {
+        return Ok(None);
+    };
+    let found: u32 = codec::decode(version.value(), "schema version")?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::NewerSchema { found, supported: SCHEMA_VERSION });
+    }
+    match master.open(CHECK_LABEL, check.value()) {
+        Some(v) if v.as_slice() == CHECK_VALUE => Ok(Some(found)),
+        _ => Err(Error::WrongMasterKey),
+    }
+}
+
+/// New database: write schema version and check value. Existing: verify both, and migrate an
+/// older schema (after the master key check, so a wrong key writes nothing).
+pub(crate) fn check_or_init(db: &Database, master: &MasterKey) -> Result<()> {
+    if let Some(found) = check_existing(db, master)? {
+        // Every read guard is gone before the migration writes.
+        return if found < SCHEMA_VERSION { migrate(db) } else { Ok(()) };
     }
     let sealed = master.seal(CHECK_LABEL, CHECK_VALUE)?;
     let txn = db.begin_write().map_err(storage)?;
@@ -326,12 +336,25 @@ fn check_or_init(db: &Database, master: &MasterKey) -> Result<()> {
         txn.open_table(TOKENS).map_err(storage)?;
         txn.open_table(BY_SUBJECT).map_err(storage)?;
         txn.open_table(REVOCATIONS).map_err(storage)?;
+        txn.open_table(CHILDREN).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+/// Bring an older database to [`SCHEMA_VERSION`] (after the master key check), in one
+/// transaction: version 1 → 2 adds the children index (existing records have no parent).
+fn migrate(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(CHILDREN).map_err(storage)?;
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
 
 /// Unseal every key and rebuild the revocation set from the log.
-fn load(db: &Database, master: &MasterKey) -> Result<(Memory, u64)> {
+pub(crate) fn load(db: &Database, master: &MasterKey) -> Result<(Memory, u64)> {
     let txn = db.begin_read().map_err(storage)?;
     let mut keys = HashMap::new();
     let mut active = None;
@@ -358,217 +381,4 @@ fn load(db: &Database, master: &MasterKey) -> Result<(Memory, u64)> {
     }
     let mem = Memory { keys: RwLock::new(keys), active: RwLock::new(active), revoked: RwLock::new(revoked) };
     Ok((mem, next_seq))
-}
-
-/// Effects on memory, applied once the commit succeeded.
-enum Effect {
-    Key { kid: KeyId, secret: Option<RootKey>, state: KeyState },
-    Active(Option<KeyId>),
-    Revoked(TokenId),
-}
-
-struct Writer {
-    db: Arc<Database>,
-    mem: Arc<Memory>,
-    master: MasterKey,
-    next_seq: u64,
-}
-
-impl Writer {
-    fn run(mut self, rx: Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.batch(jobs);
-        }
-    }
-
-    /// One durable transaction for every queued operation.
-    fn batch(&mut self, jobs: Vec<Job>) {
-        let seq_before = self.next_seq;
-        let mut effects = Vec::new();
-        let outcome = (|| -> Result<Vec<Result<Done>>> {
-            let mut txn = self.db.begin_write().map_err(storage)?;
-            txn.set_durability(Durability::Immediate).map_err(storage)?;
-            let mut results = Vec::with_capacity(jobs.len());
-            for (op, _) in &jobs {
-                results.push(self.apply(&txn, op, &mut effects));
-            }
-            txn.commit().map_err(storage)?;
-            Ok(results)
-        })();
-        match outcome {
-            Ok(results) => {
-                self.effect(effects);
-                for ((_, reply), result) in jobs.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                self.next_seq = seq_before;
-                let msg = e.to_string();
-                for (_, reply) in jobs {
-                    let _ = reply.send(Err(Error::Corrupt(format!("commit failed, nothing written: {msg}"))));
-                }
-            }
-        }
-    }
-
-    fn effect(&self, effects: Vec<Effect>) {
-        for e in effects {
-            match e {
-                Effect::Key { kid, secret, state } => {
-                    if let Ok(mut keys) = self.mem.keys.write() {
-                        match secret {
-                            Some(secret) => {
-                                keys.insert(kid, KeyEntry { secret, state });
-                            }
-                            None => {
-                                if let Some(entry) = keys.get_mut(&kid) {
-                                    entry.state = state;
-                                }
-                            }
-                        }
-                    }
-                }
-                Effect::Active(kid) => {
-                    if let Ok(mut a) = self.mem.active.write() {
-                        *a = kid;
-                    }
-                }
-                Effect::Revoked(tid) => {
-                    if let Ok(mut r) = self.mem.revoked.write() {
-                        r.insert(tid);
-                    }
-                }
-            }
-        }
-    }
-
-    fn log(&mut self, txn: &redb::WriteTransaction, at: i64, target: RevocationTarget) -> Result<Revocation> {
-        let seq = self.next_seq;
-        let entry = StoredRevocation { at, target: target.into() };
-        txn.open_table(REVOCATIONS)
-            .map_err(storage)?
-            .insert(seq, codec::encode(&entry).as_slice())
-            .map_err(storage)?;
-        self.next_seq += 1;
-        Ok(Revocation { seq, at, target })
-    }
-
-    /// Apply one operation inside the batch's transaction. A refusal returns before writing.
-    fn apply(&mut self, txn: &redb::WriteTransaction, op: &Op, effects: &mut Vec<Effect>) -> Result<Done> {
-        let at = now();
-        match op {
-            Op::AddKey { kid, secret, activate } => {
-                let mut keys = txn.open_table(KEYS).map_err(storage)?;
-                if *activate {
-                    // Retire the current active key (there is at most one).
-                    let mut current = Vec::new();
-                    for row in keys.range::<[u8; 8]>(..).map_err(storage)? {
-                        let (k, v) = row.map_err(storage)?;
-                        let stored: StoredKey = codec::decode(v.value(), "key")?;
-                        if stored.state == KeyState::Active {
-                            current.push((k.value(), stored));
-                        }
-                    }
-                    for (k, mut stored) in current {
-                        stored.state = KeyState::Retired;
-                        stored.retired_at = Some(at);
-                        keys.insert(k, codec::encode(&stored).as_slice()).map_err(storage)?;
-                        effects.push(Effect::Key {
-                            kid: KeyId::from_bytes(k),
-                            secret: None,
-                            state: KeyState::Retired,
-                        });
-                    }
-                }
-                let state = if *activate { KeyState::Active } else { KeyState::Retired };
-                let stored = StoredKey {
-                    sealed: self.master.seal(kid.as_bytes(), secret.expose_secret())?,
-                    state,
-                    created: at,
-                    retired_at: (!activate).then_some(at),
-                    revoked_at: None,
-                };
-                keys.insert(kid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
-                effects.push(Effect::Key { kid: *kid, secret: Some(secret.clone()), state });
-                if *activate {
-                    effects.push(Effect::Active(Some(*kid)));
-                }
-                Ok(Done::Key(stored.info(*kid)))
-            }
-            Op::RevokeKey(kid) => {
-                let mut keys = txn.open_table(KEYS).map_err(storage)?;
-                let mut stored: StoredKey = match keys.get(kid.as_bytes()).map_err(storage)? {
-                    None => return Err(Error::UnknownKey(*kid)),
-                    Some(v) => codec::decode(v.value(), "key")?,
-                };
-                if stored.state == KeyState::Revoked {
-                    return Ok(Done::Revocation(None));
-                }
-                let was_active = stored.state == KeyState::Active;
-                stored.state = KeyState::Revoked;
-                stored.revoked_at = Some(at);
-                keys.insert(kid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
-                drop(keys);
-                let entry = self.log(txn, at, RevocationTarget::Key(*kid))?;
-                effects.push(Effect::Key { kid: *kid, secret: None, state: KeyState::Revoked });
-                if was_active {
-                    effects.push(Effect::Active(None));
-                }
-                Ok(Done::Revocation(Some(entry)))
-            }
-            Op::Record(new) => {
-                let keys = txn.open_table(KEYS).map_err(storage)?;
-                let key: StoredKey = match keys.get(new.kid.as_bytes()).map_err(storage)? {
-                    None => return Err(Error::UnknownKey(new.kid)),
-                    Some(v) => codec::decode(v.value(), "key")?,
-                };
-                if key.state == KeyState::Revoked {
-                    return Err(Error::KeyRevoked(new.kid));
-                }
-                let mut tokens = txn.open_table(TOKENS).map_err(storage)?;
-                if tokens.get(new.tid.as_bytes()).map_err(storage)?.is_some() {
-                    return Err(Error::DuplicateToken(new.tid));
-                }
-                let stored = StoredToken {
-                    kid: *new.kid.as_bytes(),
-                    subject: new.subject.clone(),
-                    description: new.description.clone(),
-                    created: at,
-                    expires: new.expires,
-                    caveats: new.caveats.clone(),
-                    revoked_at: None,
-                };
-                tokens.insert(new.tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
-                txn.open_table(BY_SUBJECT)
-                    .map_err(storage)?
-                    .insert((new.subject.as_str(), *new.tid.as_bytes()), ())
-                    .map_err(storage)?;
-                Ok(Done::Token(stored.into_record(new.tid)))
-            }
-            Op::RevokeToken(tid) => {
-                let mut tokens = txn.open_table(TOKENS).map_err(storage)?;
-                let mut stored: StoredToken = match tokens.get(tid.as_bytes()).map_err(storage)? {
-                    None => return Err(Error::UnknownToken(*tid)),
-                    Some(v) => codec::decode(v.value(), "token")?,
-                };
-                if stored.revoked_at.is_some() {
-                    return Ok(Done::Revocation(None));
-                }
-                stored.revoked_at = Some(at);
-                tokens.insert(tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
-                drop(tokens);
-                let entry = self.log(txn, at, RevocationTarget::Token(*tid))?;
-                effects.push(Effect::Revoked(*tid));
-                Ok(Done::Revocation(Some(entry)))
-            }
-        }
-    }
 }

@@ -26,6 +26,7 @@ fn new_token(kid: KeyId, subject: &str) -> NewToken {
         description: format!("token of {subject}"),
         expires: Some(1_900_000_000),
         caveats: vec!["allow read".into()],
+        parent: None,
     }
 }
 
@@ -49,7 +50,7 @@ fn everything_persists_across_reopen() {
         let k = store.rotate().unwrap();
         let (token, tid) = mint(&store, "alice");
         let (_, revoked_tid) = mint(&store, "alice");
-        store.revoke_token(revoked_tid).unwrap().unwrap();
+        assert_eq!(store.revoke_token(revoked_tid).unwrap().len(), 1);
         (token, tid, revoked_tid, k.kid)
     };
     let store = Store::open(db(&dir), master()).unwrap();
@@ -203,9 +204,9 @@ fn revocation_log_is_ordered_pollable_and_idempotent() {
     store.rotate().unwrap();
     let tids: Vec<TokenId> = (0..5).map(|_| mint(&store, "alice").1).collect();
     for tid in &tids {
-        store.revoke_token(*tid).unwrap().unwrap();
+        assert_eq!(store.revoke_token(*tid).unwrap().len(), 1);
     }
-    assert_eq!(store.revoke_token(tids[0]).unwrap(), None, "second revocation is a no-op");
+    assert_eq!(store.revoke_token(tids[0]).unwrap(), vec![], "second revocation is a no-op");
     let all = store.revocations_after(0, 100).unwrap();
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     let tail = store.revocations_after(3, 100).unwrap();
@@ -262,4 +263,109 @@ fn concurrent_writers_from_many_threads() {
         assert!(store.token(tid).unwrap().is_some());
     }
     assert_eq!(store.revoked_count(), 8);
+}
+
+#[test]
+fn revoking_a_token_revokes_its_descendants_transitively() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir), master()).unwrap();
+    let k = store.rotate().unwrap();
+    let record = |parent: Option<TokenId>| {
+        let tid = TokenId::generate().unwrap();
+        store.record_token(NewToken { tid, parent, ..new_token(k.kid, "alice") }).unwrap();
+        tid
+    };
+    let p = record(None);
+    let c1 = record(Some(p));
+    let c2 = record(Some(p));
+    let g = record(Some(c1));
+    let unrelated = record(None);
+    assert_eq!(store.token(&g).unwrap().unwrap().parent, Some(c1));
+    let mut children = store.children_of(&p).unwrap();
+    children.sort_by_key(|t| *t.as_bytes());
+    let mut expected = vec![c1, c2];
+    expected.sort_by_key(|t| *t.as_bytes());
+    assert_eq!(children, expected);
+
+    let entries = store.revoke_token(p).unwrap();
+    let revoked: Vec<RevocationTarget> = entries.iter().map(|e| e.target).collect();
+    assert_eq!(revoked.len(), 4);
+    assert_eq!(revoked[0], RevocationTarget::Token(p), "the named token first");
+    assert_eq!(revoked[3], RevocationTarget::Token(g), "breadth first: the grandchild last");
+    for t in [p, c1, c2, g] {
+        assert!(store.is_token_revoked(&t));
+        assert!(store.token(&t).unwrap().unwrap().revoked_at.is_some());
+    }
+    assert!(!store.is_token_revoked(&unrelated));
+    // Every one is in the feed, once, with consecutive sequence numbers.
+    let feed = store.revocations_after(0, 100).unwrap();
+    assert_eq!(feed.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(store.revoke_token(p).unwrap(), vec![]);
+    assert_eq!(store.revoke_token(c1).unwrap(), vec![], "descendants were revoked already");
+
+    // Nothing new can be recorded under a revoked parent, nor under an unknown one.
+    let orphan = TokenId::generate().unwrap();
+    let err = store.record_token(NewToken { tid: orphan, parent: Some(c2), ..new_token(k.kid, "alice") });
+    assert!(matches!(err, Err(Error::ParentRevoked(t)) if t == c2));
+    assert!(store.token(&orphan).unwrap().is_none());
+    let err = store.record_token(NewToken {
+        tid: orphan,
+        parent: Some(TokenId::from_bytes([9; 16])),
+        ..new_token(k.kid, "alice")
+    });
+    assert!(matches!(err, Err(Error::UnknownToken(_))));
+    // Lineage survives a reopen.
+    drop(store);
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert!(store.is_token_revoked(&g));
+    assert_eq!(store.token(&c1).unwrap().unwrap().parent, Some(p));
+}
+
+#[test]
+fn a_version_1_database_is_migrated_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kid, old) = {
+        let store = Store::open(db(&dir), master()).unwrap();
+        let k = store.rotate().unwrap();
+        (k.kid, mint(&store, "alice").1)
+    };
+    // Make it what version 1 wrote: schema 1 and no children index.
+    {
+        let raw = redb::Database::create(db(&dir)).unwrap();
+        let txn = raw.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut meta = txn.open_table(def).unwrap();
+            let mut v = Vec::new();
+            ciborium::into_writer(&1u32, &mut v).unwrap();
+            meta.insert("schema", v.as_slice()).unwrap();
+        }
+        let children: redb::TableDefinition<([u8; 16], [u8; 16]), ()> =
+            redb::TableDefinition::new("token_children");
+        assert!(txn.delete_table(children).unwrap());
+        txn.commit().unwrap();
+    }
+    // A wrong master key migrates nothing.
+    assert!(matches!(Store::open(db(&dir), MasterKey::from_bytes([8; 32])), Err(Error::WrongMasterKey)));
+    let store = Store::open(db(&dir), master()).unwrap();
+    assert_eq!(store.token(&old).unwrap().unwrap().parent, None, "old records have no parent");
+    let child = TokenId::generate().unwrap();
+    store.record_token(NewToken { tid: child, parent: Some(old), ..new_token(kid, "alice") }).unwrap();
+    assert_eq!(store.revoke_token(old).unwrap().len(), 2);
+}
+
+#[test]
+fn a_lost_master_key_file_is_an_error_not_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("data/master.key");
+    {
+        let (m, created) = MasterKey::for_database(&key, &db(&dir)).unwrap();
+        assert!(created);
+        Store::open(db(&dir), m).unwrap().rotate().unwrap();
+    }
+    std::fs::remove_file(&key).unwrap();
+    let err = MasterKey::for_database(&key, &db(&dir)).unwrap_err();
+    assert!(matches!(err, Error::MissingMasterKey { .. }), "{err}");
+    assert!(err.to_string().contains("restore the key file"), "{err}");
+    assert!(!key.exists(), "no new key file was written");
 }

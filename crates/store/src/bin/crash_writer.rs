@@ -31,6 +31,7 @@ fn main() {
                 description: format!("write {n}"),
                 expires: None,
                 caveats: vec![],
+                parent: None,
             })
             .unwrap();
         writeln!(out.lock(), "ack {tid}").unwrap();

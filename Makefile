@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean
+.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds
 
 all: test
 
@@ -56,6 +56,15 @@ clean:
 ## bench-http: wrk load test of verify and mint against a constant actix endpoint (release build)
 bench-http:
 	scripts/bench-http.sh
+
+## fuzz: coverage-guided fuzzing of every target, FUZZ_SECONDS each (default 60; cargo-fuzz on
+## stable, installed if missing); new inputs are merged into fuzz/corpus. `make test` replays it.
+fuzz:
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh
+
+## fuzz-seeds: (re)write the seed inputs of every target into fuzz/corpus
+fuzz-seeds:
+	$(CARGO) run -q -p tessera-fuzz --bin fuzz-seeds fuzz/corpus
 
 ## crash: SIGKILL soak of the store (300 kills instead of the 20 in make test)
 crash:

@@ -10,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::auth::{authenticate, authorize};
-use crate::mint::{inheritance, mint, MintSpec};
+use crate::mint::{inheritance, mint, Inheritance, MintSpec};
 use crate::problem::ApiError;
 use crate::{ticket, AppState};
 
@@ -83,6 +83,13 @@ pub(crate) struct MintRequest {
     revocable: bool,
 }
 
+impl MintRequest {
+    /// The subject asked for, if any.
+    pub(crate) fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+}
+
 #[derive(Serialize)]
 struct TokenView {
     tid: String,
@@ -114,33 +121,36 @@ impl From<TokenRecord> for TokenView {
     }
 }
 
-pub(crate) async fn mint_token(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Json<MintRequest>,
-) -> Result<HttpResponse> {
-    let body = body.into_inner();
-    if let Some(s) = &body.subject {
-        if s.is_empty() || s.len() > tessera_core::MAX_SUBJECT || s.chars().any(char::is_control) {
-            return Err(ApiError::bad_request("subject must be 1 to 256 bytes without control characters"));
+/// Subject names: 1 to 256 bytes without control characters.
+pub(crate) fn check_subject(subject: Option<&str>) -> Result<()> {
+    match subject {
+        Some(s) if s.is_empty() || s.len() > tessera_core::MAX_SUBJECT || s.chars().any(char::is_control) => {
+            Err(ApiError::bad_request("subject must be 1 to 256 bytes without control characters"))
         }
+        _ => Ok(()),
     }
-    let (caller, subject) = authorize(&state, &req, "tokens.mint", body.subject.as_deref())?;
+}
+
+/// Everything a mint request asks for, checked, on top of what the caller's token passes on.
+/// No I/O: the handler and the `http_mint` fuzz target share it.
+pub(crate) fn mint_spec(
+    config: &crate::Config,
+    body: MintRequest,
+    subject: String,
+    inherited: Inheritance,
+    parent: Option<TokenId>,
+) -> Result<MintSpec> {
     let ttl = match &body.ttl {
-        None => state.config.default_ttl,
+        None => config.default_ttl,
         Some(t) => humantime::parse_duration(t)
             .map_err(|e| ApiError::bad_request(format!("ttl \"{t}\": {e} (use e.g. 30m, 6h, 7d)")))?,
     };
-    if ttl > state.config.max_ttl || ttl.is_zero() {
+    if ttl > config.max_ttl || ttl.is_zero() {
         return Err(ApiError::bad_request(format!(
             "ttl must be positive and at most {}",
-            humantime::format_duration(state.config.max_ttl)
+            humantime::format_duration(config.max_ttl)
         )));
     }
-    // The new token is the caller's child: never more authority or life than the caller's token
-    // (it inherits its caveats and those of its discharges), revocable if the caller's token is,
-    // and revoked with it.
-    let inherited = inheritance(&state.store, &caller)?;
     let revocable = body.revocable || inherited.revocable;
     let mut caveats = inherited.caveats;
     if let Some(ops) = &body.operations {
@@ -155,21 +165,39 @@ pub(crate) async fn mint_token(
     for c in &caveats {
         tessera_core::Predicate::validate(c.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    let expires = OffsetDateTime::now_utc() + ttl;
-    let spec = MintSpec {
-        subject,
-        description: body.description,
-        caveats,
-        expires: Some(expires),
-        revocable,
-        parent: Some(caller.tid),
-    };
-    if spec.description.len() > tessera_store::MAX_DESCRIPTION {
+    if body.description.len() > tessera_store::MAX_DESCRIPTION {
         return Err(ApiError::bad_request(format!(
             "description is over {} bytes",
             tessera_store::MAX_DESCRIPTION
         )));
     }
+    let expires = OffsetDateTime::now_utc()
+        .checked_add(time::Duration::try_from(ttl).map_err(|_| ApiError::bad_request("ttl is too long"))?)
+        .ok_or_else(|| ApiError::bad_request("ttl is too long"))?;
+    Ok(MintSpec {
+        subject,
+        description: body.description,
+        caveats,
+        expires: Some(expires),
+        revocable,
+        parent,
+    })
+}
+
+pub(crate) async fn mint_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<MintRequest>,
+) -> Result<HttpResponse> {
+    let body = body.into_inner();
+    check_subject(body.subject.as_deref())?;
+    let (caller, subject) = authorize(&state, &req, "tokens.mint", body.subject.as_deref())?;
+    // The new token is the caller's child: never more authority or life than the caller's token
+    // (it inherits its caveats and those of its discharges), revocable if the caller's token is,
+    // and revoked with it.
+    let inherited = inheritance(&state.store, &caller)?;
+    let spec = mint_spec(&state.config, body, subject, inherited, Some(caller.tid))?;
+    let revocable = spec.revocable;
     let st = state.clone();
     let minted = blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
     state.metrics.tokens_minted.inc();
@@ -319,29 +347,34 @@ fn state_of(req: &HttpRequest) -> Result<&AppState> {
     req.app_data::<web::Data<AppState>>().map(|d| &***d).ok_or_else(|| ApiError::internal("no app state"))
 }
 
-pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
-    let state = state_of(&req)?;
-    let body = body.into_inner();
+/// A verify request, decoded and checked against the store's keys: the JSON answer, or why not.
+/// No I/O: the handler and the `http_verify` fuzz target share it.
+pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyRequest) -> Result<Vec<u8>> {
     let token = decode_token(&body.token)?;
     let discharges = decode_all(&body.discharges)?;
     let ctx = context(body.context)?;
-    match Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx) {
-        Ok(v) => {
+    let v = Verifier::with_keys(keys).verify(&token, &discharges, &ctx)?;
+    let r = v.restrictions();
+    let out = Verified {
+        valid: true,
+        subject: r.subject.as_deref(),
+        tid: r.tid.map(|t| t.to_string()),
+        kid: r.kid.map(|k| k.to_string()),
+        restrictions: RestrictionsView::new(&r),
+    };
+    serde_json::to_vec(&out).map_err(ApiError::internal)
+}
+
+pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
+    let state = state_of(&req)?;
+    match verify_request(&state.store, body.into_inner()) {
+        Ok(bytes) => {
             state.metrics.verify_allowed.inc();
-            let r = v.restrictions();
-            let out = Verified {
-                valid: true,
-                subject: r.subject.as_deref(),
-                tid: r.tid.map(|t| t.to_string()),
-                kid: r.kid.map(|k| k.to_string()),
-                restrictions: RestrictionsView::new(&r),
-            };
-            let bytes = serde_json::to_vec(&out).map_err(ApiError::internal)?;
             Ok(HttpResponse::Ok().content_type("application/json").body(bytes))
         }
         Err(e) => {
             state.metrics.verify_denied.inc();
-            Err(e.into())
+            Err(e)
         }
     }
 }

@@ -9,6 +9,8 @@
 mod api;
 mod auth;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limit;
 mod metrics;
 mod mint;

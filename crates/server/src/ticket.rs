@@ -78,16 +78,20 @@ pub(crate) fn seal(
     body.ck.copy_from_slice(caveat_key.expose_secret());
     let mut plain = Zeroizing::new(Vec::new());
     ciborium::into_writer(&body, &mut *plain).map_err(|_| tessera_core::Error::Random)?;
+    Ok((seal_raw(kid, secret, &plain)?, caveat_key))
+}
+
+/// Encrypt a ticket body (already encoded) under `kid`'s ticket key.
+pub(crate) fn seal_raw(kid: KeyId, secret: &RootKey, plain: &[u8]) -> Result<Vec<u8>, tessera_core::Error> {
     let mut nonce = [0u8; 24];
     getrandom::fill(&mut nonce).map_err(|_| tessera_core::Error::Random)?;
-    let ct =
-        cipher(secret).encrypt((&nonce).into(), plain.as_slice()).map_err(|_| tessera_core::Error::Random)?;
+    let ct = cipher(secret).encrypt((&nonce).into(), plain).map_err(|_| tessera_core::Error::Random)?;
     let mut out = Vec::with_capacity(4 + 8 + 24 + ct.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(kid.as_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
-    Ok((out, caveat_key))
+    Ok(out)
 }
 
 /// The key id a ticket was sealed under, if it looks like a ticket.

@@ -1,0 +1,44 @@
+//! Entry points for the fuzz targets (`crates/fuzz`, `fuzz/`): the service's own code paths for
+//! request bodies and discharge tickets, without HTTP. Not a stable API.
+
+use tessera_core::{KeyId, KeyProvider, RootKey, TokenId};
+
+use crate::api::{check_subject, mint_spec, verify_request, MintRequest, VerifyRequest};
+use crate::mint::Inheritance;
+use crate::problem::ApiError;
+use crate::{ticket, Config};
+
+/// A `POST /v1/verify` body as the handler treats it: JSON, then decode and verify with `keys`
+/// (the service passes its store). `Ok` holds the answer's JSON; `Err` its status code.
+pub fn verify_body(keys: &dyn KeyProvider, body: &[u8]) -> Result<Vec<u8>, u16> {
+    let req: VerifyRequest = serde_json::from_slice(body).map_err(|_| 400u16)?;
+    verify_request(keys, req).map_err(|e: ApiError| e.status().as_u16())
+}
+
+/// A `POST /v1/tokens` body as the handler checks it (for a caller with no caveats of its own),
+/// up to the mint itself: the caveats it would carry, or the error status.
+pub fn mint_body(config: &Config, body: &[u8]) -> Result<Vec<String>, u16> {
+    let req: MintRequest = serde_json::from_slice(body).map_err(|_| 400u16)?;
+    check_subject(req.subject()).map_err(|e| e.status().as_u16())?;
+    let subject = req.subject().unwrap_or("fuzz").to_owned();
+    let inherited = Inheritance { caveats: Vec::new(), revocable: false };
+    let spec = mint_spec(config, req, subject, inherited, None).map_err(|e| e.status().as_u16())?;
+    Ok(spec.caveats)
+}
+
+/// Open `data` as a discharge ticket with `secret`: `Some((condition, tid))` when it opens.
+pub fn open_ticket(data: &[u8], secret: &RootKey) -> Option<(String, TokenId)> {
+    ticket::open(data, secret).map(|t| (t.condition.clone(), t.tid))
+}
+
+/// Seal a ticket for `tid` (what a revocable token carries), for seeds and round trips.
+pub fn seal_ticket(kid: KeyId, secret: &RootKey, tid: TokenId) -> Option<Vec<u8>> {
+    ticket::seal(kid, secret, tid).ok().map(|(cid, _)| cid)
+}
+
+/// Seal arbitrary bytes as a ticket's plaintext (so the fuzzer reaches the body's decoding,
+/// which the cipher otherwise guards), then open it.
+pub fn open_sealed_plaintext(kid: KeyId, secret: &RootKey, plaintext: &[u8]) -> Option<(String, TokenId)> {
+    let sealed = ticket::seal_raw(kid, secret, plaintext).ok()?;
+    open_ticket(&sealed, secret)
+}

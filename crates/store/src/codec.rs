@@ -143,6 +143,8 @@ pub(crate) struct StoredRevocation {
 pub(crate) enum StoredTarget {
     Token([u8; 16]),
     Key([u8; 8]),
+    /// A key added or whose state changed (schema 2; the log is the change log).
+    KeyChanged([u8; 8]),
 }
 
 mod bytes {
@@ -196,24 +198,6 @@ impl StoredKey {
             created: self.created,
             retired_at: self.retired_at,
             revoked_at: self.revoked_at,
-        }
-    }
-}
-
-impl From<RevocationTarget> for StoredTarget {
-    fn from(t: RevocationTarget) -> Self {
-        match t {
-            RevocationTarget::Token(tid) => StoredTarget::Token(*tid.as_bytes()),
-            RevocationTarget::Key(kid) => StoredTarget::Key(*kid.as_bytes()),
-        }
-    }
-}
-
-impl From<StoredTarget> for RevocationTarget {
-    fn from(t: StoredTarget) -> Self {
-        match t {
-            StoredTarget::Token(b) => RevocationTarget::Token(TokenId::from_bytes(b)),
-            StoredTarget::Key(b) => RevocationTarget::Key(KeyId::from_bytes(b)),
         }
     }
 }

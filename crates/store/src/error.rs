@@ -66,6 +66,29 @@ pub enum Error {
         db: String,
     },
 
+    /// The database cannot be reached (connection refused or lost, timeout): nothing was
+    /// written; try again when it is back.
+    #[error("{0}")]
+    Unavailable(String),
+
+    /// The database refused a statement (a constraint, a bad value).
+    #[error("database: {0}")]
+    Database(String),
+
+    /// This node has not heard from the shared database for longer than allowed: it refuses
+    /// to verify until the database answers again.
+    #[error("this node has not heard from the database for {seconds} s (limit {limit} s): refusing to verify until it does")]
+    Stale {
+        /// Seconds since the last answer.
+        seconds: u64,
+        /// The configured `max_staleness`, in seconds.
+        limit: u64,
+    },
+
+    /// The database already has keys (first-key creation on a cluster lost the race).
+    #[error("the database already has keys")]
+    KeysExist,
+
     /// A token record with this id exists already (ids are never reused).
     #[error("token id {0} is already recorded")]
     DuplicateToken(TokenId),

@@ -27,16 +27,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod backend;
 mod codec;
 mod error;
+mod follow;
 mod master;
+mod memory;
 mod store;
 mod writer;
 
+pub use backend::postgres::PostgresOptions;
 pub use codec::{
     KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, TokenRecord, MAX_CAVEAT_SUMMARY,
     MAX_DESCRIPTION, SCHEMA_VERSION,
 };
 pub use error::{Error, Result};
 pub use master::{MasterKey, MASTER_KEY_ENV};
-pub use store::Store;
+pub use store::{Freshness, Location, Store};

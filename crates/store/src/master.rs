@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 /// Environment variable that may carry the master key (64 hex digits).
 pub const MASTER_KEY_ENV: &str = "TESSERA_MASTER_KEY";
 const NONCE: usize = 24;
+const CHECK_LABEL: &[u8] = b"check";
+const CHECK_VALUE: &[u8] = b"tessera master key check v1";
 
 /// The 32-byte master key. `Debug` prints `[redacted]`; zeroized on drop; no equality.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -125,6 +127,17 @@ impl MasterKey {
             });
         }
         Self::from_env_or_file(path)
+    }
+
+    /// The sealed check value a new database stores, so that a wrong key is recognised before
+    /// anything is written.
+    pub(crate) fn check_value(&self) -> Result<Vec<u8>> {
+        self.seal(CHECK_LABEL, CHECK_VALUE)
+    }
+
+    /// Whether `sealed` is this key's check value.
+    pub(crate) fn opens_check(&self, sealed: &[u8]) -> bool {
+        self.open(CHECK_LABEL, sealed).is_some_and(|v| v.as_slice() == CHECK_VALUE)
     }
 
     fn cipher(&self, label: &[u8]) -> XSalsa20Poly1305 {

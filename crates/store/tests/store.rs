@@ -1,22 +1,17 @@
-//! Store behaviour: persistence, rotation, master key, schema, concurrency, bad input, and the
-//! store as a core `KeyProvider`.
+//! The store suite, run against both backends: every case is a `redb` test and a `postgres`
+//! test (a throwaway PostgreSQL server per test binary, a fresh database per test). Persistence,
+//! rotation, master key, concurrency, bad input, lineage, and the store as a core `KeyProvider`.
+//! Backend specifics are in `redb.rs` and `postgres.rs`.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::*;
 use tessera_core::{Context, Error as CoreError, Identifier, KeyId, Token, TokenId, Verifier};
 use tessera_store::{
     Error, KeyState, MasterKey, NewToken, RevocationTarget, Store, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
 };
-
-fn db(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("data/tessera.redb")
-}
-
-fn master() -> MasterKey {
-    MasterKey::from_bytes([7; 32])
-}
 
 fn new_token(kid: KeyId, subject: &str) -> NewToken {
     NewToken {
@@ -42,24 +37,27 @@ fn verify(store: &Store, t: &Token) -> Result<(), CoreError> {
     Verifier::with_keys(store).verify(t, &[], &Context::now()).map(|_| ())
 }
 
-#[test]
-fn everything_persists_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+/// Everything the store holds, as text (keys, records, revocations).
+fn snapshot(db: &Db) -> String {
+    let store = db.open();
+    format!(
+        "{:?}\n{:?}\n{:?}",
+        store.list_keys().unwrap(),
+        store.tokens_of("alice").unwrap(),
+        store.revocations_after(0, 1000).unwrap()
+    )
+}
+
+on_both!(everything_persists_across_reopen, |db: Db| {
     let (token, tid, revoked_tid, kid) = {
-        let store = Store::open(db(&dir), master()).unwrap();
+        let store = db.open();
         let k = store.rotate().unwrap();
         let (token, tid) = mint(&store, "alice");
         let (_, revoked_tid) = mint(&store, "alice");
         assert_eq!(store.revoke_token(revoked_tid).unwrap().len(), 1);
         (token, tid, revoked_tid, k.kid)
     };
-    let store = Store::open(db(&dir), master()).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(db(&dir)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "the database file is private");
-    }
+    let store = db.open();
     assert_eq!(store.active_key().unwrap().0, kid);
     verify(&store, &token).unwrap();
     let records = store.tokens_of("alice").unwrap();
@@ -71,12 +69,10 @@ fn everything_persists_across_reopen() {
     let log = store.revocations_after(0, 100).unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].target, RevocationTarget::Token(revoked_tid));
-}
+});
 
-#[test]
-fn rotation_one_signs_retired_verify_revoked_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(rotation_one_signs_retired_verify_revoked_do_not, |db: Db| {
+    let store = db.open();
     assert!(store.active_key().is_none());
     let k1 = store.rotate().unwrap();
     let (t1, _) = mint(&store, "alice");
@@ -102,75 +98,38 @@ fn rotation_one_signs_retired_verify_revoked_do_not() {
     let k3 = store.rotate().unwrap();
     assert_eq!(store.active_key().unwrap().0, k3.kid);
     drop(store);
-    let store = Store::open(db(&dir), master()).unwrap();
+    let store = db.open();
     assert_eq!(store.active_key().unwrap().0, k3.kid);
     assert_eq!(verify(&store, &t1), Err(CoreError::UnknownKey(k1.kid)));
-}
+});
 
-#[test]
-fn imported_secrets_are_checked_and_verify_only_unless_activated() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(imported_secrets_are_checked_and_verify_only_unless_activated, |db: Db| {
+    let store = db.open();
     assert!(matches!(store.import_key(&[1; 31], true), Err(Error::KeyTooShort(31))));
     assert!(store.list_keys().unwrap().is_empty(), "nothing written");
     let k = store.import_key(&[1; 40], false).unwrap();
     assert_eq!(k.state, KeyState::Retired);
     assert!(store.active_key().is_none());
     assert!(store.verifying_key(&k.kid).is_some());
-}
+});
 
-/// Everything the store holds, as text (keys, records, revocations).
-fn snapshot(path: &Path) -> String {
-    let store = Store::open(path, master()).unwrap();
-    format!(
-        "{:?}\n{:?}\n{:?}",
-        store.list_keys().unwrap(),
-        store.tokens_of("alice").unwrap(),
-        store.revocations_after(0, 1000).unwrap()
-    )
-}
-
-#[test]
-fn wrong_master_key_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+on_both!(wrong_master_key_is_refused_and_changes_nothing, |db: Db| {
     {
-        let store = Store::open(db(&dir), master()).unwrap();
+        let store = db.open();
         store.rotate().unwrap();
         mint(&store, "alice");
     }
-    let before = snapshot(&db(&dir));
-    let err = Store::open(db(&dir), MasterKey::from_bytes([8; 32])).unwrap_err();
+    let before = snapshot(&db);
+    let err = db.open_with(MasterKey::from_bytes([8; 32])).unwrap_err();
     assert!(matches!(err, Error::WrongMasterKey), "{err}");
     assert!(err.to_string().contains("wrong master key"));
-    assert!(snapshot(&db(&dir)) == before, "the wrong key changed stored data");
-    let store = Store::open(db(&dir), master()).unwrap();
+    assert!(snapshot(&db) == before, "the wrong key changed stored data");
+    let store = db.open();
     assert_eq!(store.tokens_of("alice").unwrap().len(), 1);
-}
+});
 
-#[test]
-fn a_newer_schema_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(db(&dir), master()).unwrap());
-    {
-        let raw = redb::Database::create(db(&dir)).unwrap();
-        let txn = raw.begin_write().unwrap();
-        {
-            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-            let mut meta = txn.open_table(def).unwrap();
-            let mut v = Vec::new();
-            ciborium::into_writer(&99u32, &mut v).unwrap();
-            meta.insert("schema", v.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let err = Store::open(db(&dir), master()).unwrap_err();
-    assert!(matches!(err, Error::NewerSchema { found: 99, .. }), "{err}");
-}
-
-#[test]
-fn bad_inputs_are_refused_without_partial_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(bad_inputs_are_refused_without_partial_writes, |db: Db| {
+    let store = db.open();
     let k = store.rotate().unwrap();
     let unknown = KeyId::from_bytes([9; 8]);
     assert!(matches!(store.record_token(new_token(unknown, "alice")), Err(Error::UnknownKey(_))));
@@ -195,12 +154,10 @@ fn bad_inputs_are_refused_without_partial_writes() {
     assert!(matches!(store.revoke_key(unknown), Err(Error::UnknownKey(_))));
     assert!(store.revocations_after(0, 10).unwrap().is_empty(), "refusals log nothing");
     assert_eq!(store.tokens_of("alice").unwrap().len(), 1);
-}
+});
 
-#[test]
-fn revocation_log_is_ordered_pollable_and_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(revocation_log_is_ordered_pollable_and_idempotent, |db: Db| {
+    let store = db.open();
     store.rotate().unwrap();
     let tids: Vec<TokenId> = (0..5).map(|_| mint(&store, "alice").1).collect();
     for tid in &tids {
@@ -208,17 +165,26 @@ fn revocation_log_is_ordered_pollable_and_idempotent() {
     }
     assert_eq!(store.revoke_token(tids[0]).unwrap(), vec![], "second revocation is a no-op");
     let all = store.revocations_after(0, 100).unwrap();
-    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    let tail = store.revocations_after(3, 100).unwrap();
-    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+    // The feed's numbers are the change log's: increasing, here right after the key's entry.
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+    assert_eq!(
+        all.iter().map(|r| r.target).collect::<Vec<_>>(),
+        tids.iter().map(|t| RevocationTarget::Token(*t)).collect::<Vec<_>>()
+    );
+    let tail = store.revocations_after(seqs[2], 100).unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs[3..].to_vec());
     assert_eq!(store.revocations_after(0, 2).unwrap().len(), 2);
-    assert!(store.revocations_after(5, 100).unwrap().is_empty());
-}
+    assert!(store.revocations_after(seqs[4], 100).unwrap().is_empty());
+    // A rotation is in the change log but not in the revocation feed.
+    store.rotate().unwrap();
+    assert!(store.revocations_after(seqs[4], 100).unwrap().is_empty());
+    let rev = store.revoke_token(mint(&store, "alice").1).unwrap();
+    assert_eq!(store.revocations_after(seqs[4], 100).unwrap(), rev);
+});
 
-#[test]
-fn revoked_tokens_fail_verification_with_all_attenuations() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(revoked_tokens_fail_verification_with_all_attenuations, |db: Db| {
+    let store = db.open();
     store.rotate().unwrap();
     let (token, tid) = mint(&store, "alice");
     let narrow = token.attenuate("allow read").unwrap();
@@ -229,12 +195,10 @@ fn revoked_tokens_fail_verification_with_all_attenuations() {
     assert_eq!(verify(&store, &token), Err(CoreError::Revoked));
     let r = Verifier::with_keys(&store).verify(&narrow, &[], &ctx).map(|_| ());
     assert_eq!(r, Err(CoreError::Revoked));
-}
+});
 
-#[test]
-fn concurrent_writers_from_many_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(concurrent_writers_from_many_threads, |db: Db| {
+    let store = db.open();
     let kid = store.rotate().unwrap().kid;
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -258,17 +222,15 @@ fn concurrent_writers_from_many_threads() {
     }
     assert_eq!(store.revocations_after(0, 100).unwrap().len(), 8);
     drop(store);
-    let store = Store::open(db(&dir), master()).unwrap();
+    let store = db.open();
     for tid in &tids {
         assert!(store.token(tid).unwrap().is_some());
     }
     assert_eq!(store.revoked_count(), 8);
-}
+});
 
-#[test]
-fn revoking_a_token_revokes_its_descendants_transitively() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(db(&dir), master()).unwrap();
+on_both!(revoking_a_token_revokes_its_descendants_transitively, |db: Db| {
+    let store = db.open();
     let k = store.rotate().unwrap();
     let record = |parent: Option<TokenId>| {
         let tid = TokenId::generate().unwrap();
@@ -297,9 +259,10 @@ fn revoking_a_token_revokes_its_descendants_transitively() {
         assert!(store.token(&t).unwrap().unwrap().revoked_at.is_some());
     }
     assert!(!store.is_token_revoked(&unrelated));
-    // Every one is in the feed, once, with consecutive sequence numbers.
+    // Every one is in the feed, once, with consecutive sequence numbers (one operation).
     let feed = store.revocations_after(0, 100).unwrap();
-    assert_eq!(feed.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(feed, entries);
+    assert!(feed.windows(2).all(|w| w[1].seq == w[0].seq + 1), "{feed:?}");
     assert_eq!(store.revoke_token(p).unwrap(), vec![]);
     assert_eq!(store.revoke_token(c1).unwrap(), vec![], "descendants were revoked already");
 
@@ -316,56 +279,7 @@ fn revoking_a_token_revokes_its_descendants_transitively() {
     assert!(matches!(err, Err(Error::UnknownToken(_))));
     // Lineage survives a reopen.
     drop(store);
-    let store = Store::open(db(&dir), master()).unwrap();
+    let store = db.open();
     assert!(store.is_token_revoked(&g));
     assert_eq!(store.token(&c1).unwrap().unwrap().parent, Some(p));
-}
-
-#[test]
-fn a_version_1_database_is_migrated_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let (kid, old) = {
-        let store = Store::open(db(&dir), master()).unwrap();
-        let k = store.rotate().unwrap();
-        (k.kid, mint(&store, "alice").1)
-    };
-    // Make it what version 1 wrote: schema 1 and no children index.
-    {
-        let raw = redb::Database::create(db(&dir)).unwrap();
-        let txn = raw.begin_write().unwrap();
-        {
-            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-            let mut meta = txn.open_table(def).unwrap();
-            let mut v = Vec::new();
-            ciborium::into_writer(&1u32, &mut v).unwrap();
-            meta.insert("schema", v.as_slice()).unwrap();
-        }
-        let children: redb::TableDefinition<([u8; 16], [u8; 16]), ()> =
-            redb::TableDefinition::new("token_children");
-        assert!(txn.delete_table(children).unwrap());
-        txn.commit().unwrap();
-    }
-    // A wrong master key migrates nothing.
-    assert!(matches!(Store::open(db(&dir), MasterKey::from_bytes([8; 32])), Err(Error::WrongMasterKey)));
-    let store = Store::open(db(&dir), master()).unwrap();
-    assert_eq!(store.token(&old).unwrap().unwrap().parent, None, "old records have no parent");
-    let child = TokenId::generate().unwrap();
-    store.record_token(NewToken { tid: child, parent: Some(old), ..new_token(kid, "alice") }).unwrap();
-    assert_eq!(store.revoke_token(old).unwrap().len(), 2);
-}
-
-#[test]
-fn a_lost_master_key_file_is_an_error_not_a_new_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("data/master.key");
-    {
-        let (m, created) = MasterKey::for_database(&key, &db(&dir)).unwrap();
-        assert!(created);
-        Store::open(db(&dir), m).unwrap().rotate().unwrap();
-    }
-    std::fs::remove_file(&key).unwrap();
-    let err = MasterKey::for_database(&key, &db(&dir)).unwrap_err();
-    assert!(matches!(err, Error::MissingMasterKey { .. }), "{err}");
-    assert!(err.to_string().contains("restore the key file"), "{err}");
-    assert!(!key.exists(), "no new key file was written");
-}
+});

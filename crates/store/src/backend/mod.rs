@@ -1,0 +1,91 @@
+//! The seam between the store and its databases.
+//!
+//! A backend does durable operations and keeps an ordered change log; nothing else. Everything
+//! above it — sealing, validation and the meaning of each operation (`writer`), group commit,
+//! the in-memory key cache and revocation set (`memory`), the change follower (`follow`) and the
+//! `KeyProvider` impl — is written once in the modules above and shared by both backends.
+//!
+//! - [`redb`](self::redb): the embedded default, one process.
+//! - [`postgres`]: a shared database for a cluster of nodes.
+
+pub(crate) mod postgres;
+pub(crate) mod redb;
+
+use std::time::Duration;
+
+use tessera_core::{KeyId, TokenId};
+
+use crate::codec::{StoredKey, StoredToken};
+use crate::error::Result;
+
+/// What a change-log entry records. The log is gap-free and in commit order: a follower that
+/// has applied every entry up to `seq` has seen every change committed before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A token family was revoked.
+    TokenRevoked(TokenId),
+    /// A key was revoked (neither signs nor verifies).
+    KeyRevoked(KeyId),
+    /// A key was added, or its state changed (activated, retired): reload it.
+    KeyChanged(KeyId),
+}
+
+/// One change-log entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// Position in the log, from 1, without gaps.
+    pub(crate) seq: u64,
+    /// When (seconds since the epoch).
+    pub(crate) at: i64,
+    /// What.
+    pub(crate) event: Event,
+}
+
+/// The primitives of one write transaction. An error from any of them fails the operation that
+/// called it; the backend then makes sure nothing that operation wrote is committed.
+pub(crate) trait Tx {
+    /// One key.
+    fn key(&mut self, kid: &KeyId) -> Result<Option<StoredKey>>;
+    /// Every key.
+    fn keys(&mut self) -> Result<Vec<(KeyId, StoredKey)>>;
+    /// Insert or replace a key.
+    fn put_key(&mut self, kid: &KeyId, key: &StoredKey) -> Result<()>;
+    /// One token record.
+    fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>>;
+    /// Insert a new token record with its subject and lineage indexes.
+    fn insert_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()>;
+    /// Mark a token record revoked at `at`.
+    fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()>;
+    /// The tokens minted from `tid`.
+    fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>>;
+    /// Append to the change log; returns the entry's sequence number. Appends are serialized
+    /// across every writer of the database, so sequence order is commit order.
+    fn append(&mut self, at: i64, event: Event) -> Result<u64>;
+}
+
+/// One operation of a batch, applied by the writer inside the backend's transaction.
+pub(crate) type ApplyOp<'a> = dyn FnMut(&mut dyn Tx, usize) -> Result<()> + 'a;
+
+/// A database the store keeps its state in.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Run operations `0..n` in one durable transaction: `apply(tx, i)` performs operation `i`.
+    /// Each operation is all-or-nothing: one that fails leaves no trace in the commit, and the
+    /// others still commit. `Ok` holds each operation's outcome, returned only once the
+    /// transaction is durable; `Err` means nothing was committed.
+    fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>>;
+    /// Every key.
+    fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>>;
+    /// One token record.
+    fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>>;
+    /// Every token record of a subject.
+    fn tokens_of(&self, subject: &str) -> Result<Vec<(TokenId, StoredToken)>>;
+    /// The tokens minted from `tid`.
+    fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>>;
+    /// Change-log entries after `after`, in order, at most `limit`.
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>>;
+    /// Other processes write to this database: a follower must watch the change log, and
+    /// memory can go stale when the database cannot be reached.
+    fn shared(&self) -> bool;
+    /// Block until the database announces a change or `timeout` passes.
+    fn wait_for_change(&self, timeout: Duration);
+}

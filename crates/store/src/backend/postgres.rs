@@ -1,0 +1,534 @@
+//! The shared backend: PostgreSQL, for a cluster of nodes.
+//!
+//! tokio-postgres with a deadpool pool, driven by a small runtime owned by the backend; the
+//! store's synchronous API hands each query to that runtime and waits for the answer, so it is
+//! safe to call from any thread. Migrations are the SQL files in `migrations/`, applied at open
+//! under an advisory lock. Change-log appends serialize on one counter row (see the migration),
+//! and each committing writer sends `NOTIFY tessera_changes`, which a listening connection turns
+//! into a wake-up for this node's follower.
+
+use std::future::Future;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tessera_core::{KeyId, TokenId};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+
+use super::{ApplyOp, Backend, Change, Event, Tx};
+use crate::codec::{KeyState, StoredKey, StoredToken, SCHEMA_VERSION};
+use crate::error::{Error, Result};
+use crate::master::MasterKey;
+
+/// Migrations, in order: (schema version reached, SQL).
+const MIGRATIONS: &[(u32, &str)] = &[(2, include_str!("migrations/0001_init.sql"))];
+/// Key of the advisory lock migrations run under ("tessera" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
+/// The channel committing writers notify.
+const CHANNEL: &str = "tessera_changes";
+/// The longest one database call may take before it counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection settings of the shared database.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Connections in the pool (the writer uses one per batch; reads share the rest).
+    pub pool_size: usize,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions { pool_size: 8, connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// The PostgreSQL database.
+pub(crate) struct PostgresBackend {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+    notified: Mutex<Receiver<()>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("database: {e}"))
+}
+
+/// Errors the database returned for a statement (a constraint, a bad value) are failures of the
+/// operation; anything about the connection makes the database unavailable.
+fn db(e: tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(d) => Error::Database(format!("{}: {}", d.code().code(), d.message())),
+        None => unavailable(e),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db(e),
+        other => unavailable(other),
+    }
+}
+
+fn kind_of(e: &Event) -> (&'static str, Vec<u8>) {
+    match e {
+        Event::TokenRevoked(t) => ("token-revoked", t.as_bytes().to_vec()),
+        Event::KeyRevoked(k) => ("key-revoked", k.as_bytes().to_vec()),
+        Event::KeyChanged(k) => ("key-changed", k.as_bytes().to_vec()),
+    }
+}
+
+fn bytes<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N]> {
+    v.try_into().map_err(|_| Error::Corrupt(format!("{what} has the wrong length")))
+}
+
+fn state_name(s: KeyState) -> &'static str {
+    match s {
+        KeyState::Active => "active",
+        KeyState::Retired => "retired",
+        KeyState::Revoked => "revoked",
+    }
+}
+
+fn key_of(row: &Row) -> Result<(KeyId, StoredKey)> {
+    let kid = KeyId::from_bytes(bytes(row.try_get(0).map_err(db)?, "kid")?);
+    let state = match row.try_get::<_, String>(2).map_err(db)?.as_str() {
+        "active" => KeyState::Active,
+        "retired" => KeyState::Retired,
+        "revoked" => KeyState::Revoked,
+        other => return Err(Error::Corrupt(format!("key state {other}"))),
+    };
+    Ok((
+        kid,
+        StoredKey {
+            sealed: row.try_get(1).map_err(db)?,
+            state,
+            created: row.try_get(3).map_err(db)?,
+            retired_at: row.try_get(4).map_err(db)?,
+            revoked_at: row.try_get(5).map_err(db)?,
+        },
+    ))
+}
+
+fn token_of(row: &Row) -> Result<(TokenId, StoredToken)> {
+    let tid = TokenId::from_bytes(bytes(row.try_get(0).map_err(db)?, "tid")?);
+    let parent: Option<Vec<u8>> = row.try_get(8).map_err(db)?;
+    Ok((
+        tid,
+        StoredToken {
+            kid: bytes(row.try_get(1).map_err(db)?, "kid")?,
+            subject: row.try_get(2).map_err(db)?,
+            description: row.try_get(3).map_err(db)?,
+            created: row.try_get(4).map_err(db)?,
+            expires: row.try_get(5).map_err(db)?,
+            caveats: row.try_get(6).map_err(db)?,
+            revoked_at: row.try_get(7).map_err(db)?,
+            parent: parent.map(|p| bytes(p, "parent")).transpose()?,
+        },
+    ))
+}
+
+fn change_of(row: &Row) -> Result<Change> {
+    let seq: i64 = row.try_get(0).map_err(db)?;
+    let kind: String = row.try_get(2).map_err(db)?;
+    let id: Vec<u8> = row.try_get(3).map_err(db)?;
+    let event = match kind.as_str() {
+        "token-revoked" => Event::TokenRevoked(TokenId::from_bytes(bytes(id, "change id")?)),
+        "key-revoked" => Event::KeyRevoked(KeyId::from_bytes(bytes(id, "change id")?)),
+        "key-changed" => Event::KeyChanged(KeyId::from_bytes(bytes(id, "change id")?)),
+        other => return Err(Error::Corrupt(format!("change kind {other}"))),
+    };
+    Ok(Change { seq: seq as u64, at: row.try_get(1).map_err(db)?, event })
+}
+
+impl PostgresBackend {
+    /// Connect, check the schema version and the master key (before writing anything), migrate
+    /// under the advisory lock, and start listening for changes.
+    pub(crate) fn open(url: &str, master: &MasterKey, options: &PostgresOptions) -> Result<Self> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| Error::Database(format!("database URL: {e}")))?;
+        config.connect_timeout(options.connect_timeout);
+        config.application_name("tessera");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tessera-postgres")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io { path: "postgres runtime".into(), source })?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = {
+            let _enter = rt.enter();
+            Pool::builder(manager)
+                .max_size(options.pool_size.max(2))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .create_timeout(Some(options.connect_timeout))
+                .wait_timeout(Some(CALL_TIMEOUT))
+                .build()
+                .map_err(|e| Error::Database(format!("pool: {e}")))?
+        };
+        let (tx, rx) = mpsc::channel();
+        let backend = PostgresBackend { rt, pool, notified: Mutex::new(rx) };
+        let check = master.check_value()?;
+        let opens = {
+            let master = master.clone();
+            move |sealed: &[u8]| master.opens_check(sealed)
+        };
+        let pool = backend.pool.clone();
+        backend.call(async move { migrate(&pool, &check, opens).await })?;
+        backend.rt.spawn(listen(config, tx));
+        Ok(backend)
+    }
+
+    /// Run `fut` on the backend's runtime and wait for it (from any thread).
+    fn call<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let out = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+                Ok(out) => out,
+                Err(_) => Err(unavailable("no answer within 10 s")),
+            };
+            let _ = tx.send(out);
+        });
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    fn query<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
+        map: fn(&[Row]) -> Result<T>,
+    ) -> Result<T> {
+        let pool = self.pool.clone();
+        self.call(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let stmt = client.prepare_cached(sql).await.map_err(db)?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            let rows = client.query(&stmt, &refs).await.map_err(db)?;
+            map(&rows)
+        })
+    }
+}
+
+/// Apply what is missing of [`MIGRATIONS`], under the advisory lock; the schema version and the
+/// master key are checked before anything is written.
+async fn migrate(pool: &Pool, check: &[u8], opens: impl Fn(&[u8]) -> bool) -> Result<()> {
+    let mut client = pool.get().await.map_err(pool_err)?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db)?;
+    let result = async {
+        let exists: bool =
+            client.query_one("SELECT to_regclass('tessera_meta') IS NOT NULL", &[]).await.map_err(db)?.get(0);
+        let mut version = 0u32;
+        if exists {
+            let rows = client
+                .query("SELECT name, value FROM tessera_meta WHERE name IN ('schema', 'check')", &[])
+                .await
+                .map_err(db)?;
+            for r in &rows {
+                let name: String = r.get(0);
+                let value: Vec<u8> = r.get(1);
+                match name.as_str() {
+                    "schema" => {
+                        version = u32::from_be_bytes(bytes(value, "schema version")?);
+                    }
+                    _ if !opens(&value) => return Err(Error::WrongMasterKey),
+                    _ => {}
+                }
+            }
+            if version > SCHEMA_VERSION {
+                return Err(Error::NewerSchema { found: version, supported: SCHEMA_VERSION });
+            }
+        }
+        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+            let txn = client.transaction().await.map_err(db)?;
+            txn.batch_execute(sql).await.map_err(db)?;
+            txn.execute(
+                "INSERT INTO tessera_meta (name, value) VALUES ('schema', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&to.to_be_bytes().to_vec()],
+            )
+            .await
+            .map_err(db)?;
+            txn.commit().await.map_err(db)?;
+        }
+        client
+            .execute(
+                "INSERT INTO tessera_meta (name, value) VALUES ('check', $1) ON CONFLICT (name) DO NOTHING",
+                &[&check.to_vec()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+    .await;
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result
+}
+
+/// Keep a connection listening on [`CHANNEL`]; every notification wakes the follower. Reconnects
+/// after a failure (the follower polls meanwhile).
+async fn listen(config: tokio_postgres::Config, wake: mpsc::Sender<()>) {
+    loop {
+        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let driver = tokio::spawn(async move {
+                while let Some(msg) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    match msg {
+                        Ok(AsyncMessage::Notification(_)) => {
+                            if tx.send(()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+            if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
+                while rx.recv().await.is_some() {
+                    if wake.send(()).is_err() {
+                        return; // the store is gone
+                    }
+                }
+            }
+            driver.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `BEGIN`, each operation under its own savepoint (a failed one is rolled back alone), a
+/// `NOTIFY` if the change log grew, `COMMIT`.
+fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
+    tx.exec("BEGIN")?;
+    let mut results = Vec::with_capacity(n);
+    for i in 0..n {
+        tx.exec("SAVEPOINT op")?;
+        match apply(tx, i) {
+            Ok(()) => {
+                tx.exec("RELEASE SAVEPOINT op")?;
+                results.push(Ok(()));
+            }
+            Err(e @ Error::Unavailable(_)) => return Err(e),
+            Err(e) => {
+                tx.exec("ROLLBACK TO SAVEPOINT op")?;
+                results.push(Err(e));
+            }
+        }
+    }
+    if tx.appended {
+        tx.exec("NOTIFY tessera_changes")?;
+    }
+    tx.exec("COMMIT")?;
+    Ok(results)
+}
+
+/// One write transaction on a pooled connection.
+struct PgTx<'a> {
+    backend: &'a PostgresBackend,
+    client: Arc<Object>,
+    appended: bool,
+}
+
+impl PgTx<'_> {
+    fn run<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
+        map: impl FnOnce(Vec<Row>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let client = Arc::clone(&self.client);
+        self.backend.call(async move {
+            let stmt = client.prepare_cached(sql).await.map_err(db)?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            map(client.query(&stmt, &refs).await.map_err(db)?)
+        })
+    }
+
+    fn exec(&self, sql: &'static str) -> Result<()> {
+        let client = Arc::clone(&self.client);
+        self.backend.call(async move { client.batch_execute(sql).await.map_err(db) })
+    }
+}
+
+type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>;
+
+fn p<T: tokio_postgres::types::ToSql + Send + Sync + 'static>(
+    v: T,
+) -> Box<dyn tokio_postgres::types::ToSql + Send + Sync> {
+    Box::new(v)
+}
+
+impl Tx for PgTx<'_> {
+    fn key(&mut self, kid: &KeyId) -> Result<Option<StoredKey>> {
+        let params: Params = vec![p(kid.as_bytes().to_vec())];
+        self.run(
+            "SELECT kid, sealed, state, created, retired_at, revoked_at FROM tessera_keys WHERE kid = $1",
+            params,
+            |rows| rows.first().map(key_of).transpose().map(|k| k.map(|(_, k)| k)),
+        )
+    }
+
+    fn keys(&mut self) -> Result<Vec<(KeyId, StoredKey)>> {
+        self.run(
+            "SELECT kid, sealed, state, created, retired_at, revoked_at FROM tessera_keys",
+            vec![],
+            |rows| rows.iter().map(key_of).collect(),
+        )
+    }
+
+    fn put_key(&mut self, kid: &KeyId, key: &StoredKey) -> Result<()> {
+        let params: Params = vec![
+            p(kid.as_bytes().to_vec()),
+            p(key.sealed.clone()),
+            p(state_name(key.state)),
+            p(key.created),
+            p(key.retired_at),
+            p(key.revoked_at),
+        ];
+        self.run(
+            "INSERT INTO tessera_keys (kid, sealed, state, created, retired_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (kid) DO UPDATE SET sealed = excluded.sealed, state = excluded.state,
+               retired_at = excluded.retired_at, revoked_at = excluded.revoked_at",
+            params,
+            |_| Ok(()),
+        )
+    }
+
+    fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        let params: Params = vec![p(tid.as_bytes().to_vec())];
+        self.run(
+            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent
+             FROM tessera_tokens WHERE tid = $1",
+            params,
+            |rows| rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t)),
+        )
+    }
+
+    fn insert_token(&mut self, tid: &TokenId, t: &StoredToken) -> Result<()> {
+        let params: Params = vec![
+            p(tid.as_bytes().to_vec()),
+            p(t.kid.to_vec()),
+            p(t.subject.clone()),
+            p(t.description.clone()),
+            p(t.created),
+            p(t.expires),
+            p(t.caveats.clone()),
+            p(t.parent.map(|b| b.to_vec())),
+        ];
+        self.run(
+            "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            params,
+            |_| Ok(()),
+        )
+    }
+
+    fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()> {
+        let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
+        self.run("UPDATE tessera_tokens SET revoked_at = $2 WHERE tid = $1", params, |_| Ok(()))
+    }
+
+    fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>> {
+        let params: Params = vec![p(tid.as_bytes().to_vec())];
+        self.run("SELECT tid FROM tessera_tokens WHERE parent = $1 ORDER BY tid", params, |rows| {
+            rows.iter().map(|r| Ok(TokenId::from_bytes(bytes(r.try_get(0).map_err(db)?, "tid")?))).collect()
+        })
+    }
+
+    fn append(&mut self, at: i64, event: Event) -> Result<u64> {
+        let (kind, id) = kind_of(&event);
+        let params: Params = vec![p(at), p(kind), p(id)];
+        // The counter row's lock is held until commit: appends are serialized in commit order.
+        let seq = self.run(
+            "WITH next AS (UPDATE tessera_change_counter SET last_seq = last_seq + 1 RETURNING last_seq)
+             INSERT INTO tessera_changes (seq, at, kind, id) SELECT last_seq, $1, $2, $3 FROM next
+             RETURNING seq",
+            params,
+            |rows| rows.first().map(|r| r.try_get::<_, i64>(0).map_err(db)).transpose(),
+        )?;
+        self.appended = true;
+        seq.map(|s| s as u64).ok_or_else(|| Error::Corrupt("change counter row is missing".into()))
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
+        let pool = self.pool.clone();
+        let client = Arc::new(self.call(async move { pool.get().await.map_err(pool_err) })?);
+        let mut tx = PgTx { backend: self, client, appended: false };
+        let out = run_batch(&mut tx, n, apply);
+        if out.is_err() && tx.exec("ROLLBACK").is_err() {
+            // Never hand a connection in an unknown state back to the pool.
+            if let Ok(obj) = Arc::try_unwrap(tx.client) {
+                drop(Object::take(obj));
+            }
+        }
+        out
+    }
+
+    fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>> {
+        self.query(
+            "SELECT kid, sealed, state, created, retired_at, revoked_at FROM tessera_keys",
+            vec![],
+            |rows| rows.iter().map(key_of).collect(),
+        )
+    }
+
+    fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        self.query(
+            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent
+             FROM tessera_tokens WHERE tid = $1",
+            vec![p(tid.as_bytes().to_vec())],
+            |rows| rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t)),
+        )
+    }
+
+    fn tokens_of(&self, subject: &str) -> Result<Vec<(TokenId, StoredToken)>> {
+        self.query(
+            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent
+             FROM tessera_tokens WHERE subject = $1",
+            vec![p(subject.to_owned())],
+            |rows| rows.iter().map(token_of).collect(),
+        )
+    }
+
+    fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>> {
+        self.query(
+            "SELECT tid FROM tessera_tokens WHERE parent = $1 ORDER BY tid",
+            vec![p(tid.as_bytes().to_vec())],
+            |rows| {
+                rows.iter()
+                    .map(|r| Ok(TokenId::from_bytes(bytes(r.try_get(0).map_err(db)?, "tid")?)))
+                    .collect()
+            },
+        )
+    }
+
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>> {
+        self.query(
+            "SELECT seq, at, kind, id FROM tessera_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            vec![p(after as i64), p(limit as i64)],
+            |rows| rows.iter().map(change_of).collect(),
+        )
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn wait_for_change(&self, timeout: Duration) {
+        let Ok(rx) = self.notified.lock() else { return };
+        if rx.recv_timeout(timeout).is_ok() {
+            while rx.try_recv().is_ok() {} // one catch-up serves every notification so far
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The embedded backend: one redb file, one process.
+//!
+//! Tables: `meta` (schema version, sealed check value), `keys`, `tokens`, `tokens_by_subject`,
+//! `token_children` and `revocations`, which is the change log (its name is from schema 1, when
+//! it held only revocations; key changes are entries too since schema 2).
+
+use std::path::Path;
+use std::time::Duration;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tessera_core::{KeyId, TokenId};
+
+use super::{ApplyOp, Backend, Change, Event, Tx};
+use crate::codec::{self, StoredKey, StoredRevocation, StoredTarget, StoredToken, SCHEMA_VERSION};
+use crate::error::{storage, Error, Result};
+use crate::master::MasterKey;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEYS: TableDefinition<[u8; 8], &[u8]> = TableDefinition::new("keys");
+const TOKENS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("tokens");
+const BY_SUBJECT: TableDefinition<(&str, [u8; 16]), ()> = TableDefinition::new("tokens_by_subject");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
+/// Lineage: (parent tid, child tid) for tokens minted from a token (schema version 2).
+const CHILDREN: TableDefinition<([u8; 16], [u8; 16]), ()> = TableDefinition::new("token_children");
+
+/// The redb database.
+pub(crate) struct RedbBackend {
+    db: Database,
+}
+
+impl RedbBackend {
+    /// Open or create the file; check the schema version and the master key before writing
+    /// anything, then migrate an older schema.
+    pub(crate) fn open(path: &Path, master: &MasterKey) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+        }
+        let new_file = !path.exists();
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.display().to_string()),
+            other => storage(other),
+        })?;
+        #[cfg(unix)]
+        if new_file {
+            // Records and sealed secrets: readable by the service's user only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        }
+        #[cfg(not(unix))]
+        let _ = new_file;
+        match check_existing(&db, master)? {
+            Some(found) if found < SCHEMA_VERSION => migrate(&db)?,
+            Some(_) => {}
+            None => init(&db, master)?,
+        }
+        Ok(RedbBackend { db })
+    }
+}
+
+/// An existing database's schema version, once it is known to be one this build reads and to
+/// open with `master`; `None` for a new database. Writes nothing.
+fn check_existing(db: &Database, master: &MasterKey) -> Result<Option<u32>> {
+    let txn = db.begin_read().map_err(storage)?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(storage(e)),
+    };
+    let (Some(version), Some(check)) =
+        (meta.get("schema").map_err(storage)?, meta.get("check").map_err(storage)?)
+    else {
+        return Ok(None);
+    };
+    let found: u32 = codec::decode(version.value(), "schema version")?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::NewerSchema { found, supported: SCHEMA_VERSION });
+    }
+    if !master.opens_check(check.value()) {
+        return Err(Error::WrongMasterKey);
+    }
+    Ok(Some(found))
+}
+
+fn init(db: &Database, master: &MasterKey) -> Result<()> {
+    let sealed = master.check_value()?;
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
+        meta.insert("check", sealed.as_slice()).map_err(storage)?;
+        txn.open_table(KEYS).map_err(storage)?;
+        txn.open_table(TOKENS).map_err(storage)?;
+        txn.open_table(BY_SUBJECT).map_err(storage)?;
+        txn.open_table(CHANGES).map_err(storage)?;
+        txn.open_table(CHILDREN).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+/// Bring an older database to [`SCHEMA_VERSION`] in one transaction: version 1 → 2 adds the
+/// children index (existing records have no parent).
+fn migrate(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(CHILDREN).map_err(storage)?;
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+fn event_of(t: StoredTarget) -> Event {
+    match t {
+        StoredTarget::Token(b) => Event::TokenRevoked(TokenId::from_bytes(b)),
+        StoredTarget::Key(b) => Event::KeyRevoked(KeyId::from_bytes(b)),
+        StoredTarget::KeyChanged(b) => Event::KeyChanged(KeyId::from_bytes(b)),
+    }
+}
+
+fn target_of(e: Event) -> StoredTarget {
+    match e {
+        Event::TokenRevoked(t) => StoredTarget::Token(*t.as_bytes()),
+        Event::KeyRevoked(k) => StoredTarget::Key(*k.as_bytes()),
+        Event::KeyChanged(k) => StoredTarget::KeyChanged(*k.as_bytes()),
+    }
+}
+
+struct RedbTx<'a> {
+    txn: &'a WriteTransaction,
+}
+
+fn get_token(
+    table: &impl ReadableTable<[u8; 16], &'static [u8]>,
+    tid: &TokenId,
+) -> Result<Option<StoredToken>> {
+    match table.get(tid.as_bytes()).map_err(storage)? {
+        None => Ok(None),
+        Some(v) => codec::decode(v.value(), "token").map(Some),
+    }
+}
+
+fn all_keys(table: &impl ReadableTable<[u8; 8], &'static [u8]>) -> Result<Vec<(KeyId, StoredKey)>> {
+    let mut out = Vec::new();
+    for row in table.range::<[u8; 8]>(..).map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        out.push((KeyId::from_bytes(k.value()), codec::decode(v.value(), "key")?));
+    }
+    Ok(out)
+}
+
+fn children(table: &impl ReadableTable<([u8; 16], [u8; 16]), ()>, tid: &TokenId) -> Result<Vec<TokenId>> {
+    let mut out = Vec::new();
+    for row in table.range((*tid.as_bytes(), [0u8; 16])..=(*tid.as_bytes(), [0xffu8; 16])).map_err(storage)? {
+        out.push(TokenId::from_bytes(row.map_err(storage)?.0.value().1));
+    }
+    Ok(out)
+}
+
+impl Tx for RedbTx<'_> {
+    fn key(&mut self, kid: &KeyId) -> Result<Option<StoredKey>> {
+        let keys = self.txn.open_table(KEYS).map_err(storage)?;
+        let v = keys.get(kid.as_bytes()).map_err(storage)?;
+        v.map(|v| codec::decode(v.value(), "key")).transpose()
+    }
+
+    fn keys(&mut self) -> Result<Vec<(KeyId, StoredKey)>> {
+        all_keys(&self.txn.open_table(KEYS).map_err(storage)?)
+    }
+
+    fn put_key(&mut self, kid: &KeyId, key: &StoredKey) -> Result<()> {
+        let mut keys = self.txn.open_table(KEYS).map_err(storage)?;
+        keys.insert(kid.as_bytes(), codec::encode(key).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        get_token(&self.txn.open_table(TOKENS).map_err(storage)?, tid)
+    }
+
+    fn insert_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()> {
+        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
+        tokens.insert(tid.as_bytes(), codec::encode(token).as_slice()).map_err(storage)?;
+        let mut by_subject = self.txn.open_table(BY_SUBJECT).map_err(storage)?;
+        by_subject.insert((token.subject.as_str(), *tid.as_bytes()), ()).map_err(storage)?;
+        if let Some(parent) = token.parent {
+            let mut ch = self.txn.open_table(CHILDREN).map_err(storage)?;
+            ch.insert((parent, *tid.as_bytes()), ()).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()> {
+        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
+        let mut stored = get_token(&tokens, tid)?.ok_or(Error::UnknownToken(*tid))?;
+        stored.revoked_at = Some(at);
+        tokens.insert(tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>> {
+        children(&self.txn.open_table(CHILDREN).map_err(storage)?, tid)
+    }
+
+    fn append(&mut self, at: i64, event: Event) -> Result<u64> {
+        // One writer thread per database: the next number is the last one plus one.
+        let mut log = self.txn.open_table(CHANGES).map_err(storage)?;
+        let seq = log.last().map_err(storage)?.map_or(0, |(k, _)| k.value()) + 1;
+        let entry = StoredRevocation { at, target: target_of(event) };
+        log.insert(seq, codec::encode(&entry).as_slice()).map_err(storage)?;
+        Ok(seq)
+    }
+}
+
+impl Backend for RedbBackend {
+    fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
+        let mut pending: Vec<usize> = (0..n).collect();
+        // A failed operation aborts the transaction, which is replayed without it.
+        'replay: loop {
+            let mut txn = self.db.begin_write().map_err(storage)?;
+            txn.set_durability(Durability::Immediate).map_err(storage)?;
+            for (at, &i) in pending.iter().enumerate() {
+                if let Err(e) = apply(&mut RedbTx { txn: &txn }, i) {
+                    txn.abort().map_err(storage)?;
+                    results[i] = Err(e);
+                    pending.remove(at);
+                    continue 'replay;
+                }
+            }
+            txn.commit().map_err(storage)?;
+            return Ok(results);
+        }
+    }
+
+    fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        all_keys(&txn.open_table(KEYS).map_err(storage)?)
+    }
+
+    fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        get_token(&txn.open_table(TOKENS).map_err(storage)?, tid)
+    }
+
+    fn tokens_of(&self, subject: &str) -> Result<Vec<(TokenId, StoredToken)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let index = txn.open_table(BY_SUBJECT).map_err(storage)?;
+        let tokens = txn.open_table(TOKENS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in index.range((subject, [0u8; 16])..=(subject, [0xffu8; 16])).map_err(storage)? {
+            let tid = TokenId::from_bytes(row.map_err(storage)?.0.value().1);
+            if let Some(t) = get_token(&tokens, &tid)? {
+                out.push((tid, t));
+            }
+        }
+        Ok(out)
+    }
+
+    fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        children(&txn.open_table(CHILDREN).map_err(storage)?, tid)
+    }
+
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let log = txn.open_table(CHANGES).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in log.range(after.saturating_add(1)..).map_err(storage)?.take(limit) {
+            let (k, v) = row.map_err(storage)?;
+            let stored: StoredRevocation = codec::decode(v.value(), "change")?;
+            out.push(Change { seq: k.value(), at: stored.at, event: event_of(stored.target) });
+        }
+        Ok(out)
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn wait_for_change(&self, timeout: Duration) {
+        std::thread::sleep(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+    use std::sync::mpsc::{self, Receiver};
+    use std::sync::Arc;
+
+    use redb::ReadableTableMetadata;
+    use tessera_core::RootKey;
+
+    use super::*;
+    use crate::codec::NewToken;
+    use crate::follow::Follower;
+    use crate::memory::Memory;
+    use crate::writer::{Done, Job, Op, Writer};
+
+    fn job(op: Op) -> (Job, Receiver<Result<Done>>) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        ((op, tx), rx)
+    }
+
+    fn record(kid: KeyId, parent: Option<TokenId>) -> (TokenId, Op) {
+        let tid = TokenId::generate().unwrap();
+        let new = NewToken {
+            tid,
+            kid,
+            subject: "alice".into(),
+            description: String::new(),
+            expires: None,
+            caveats: vec![],
+            parent,
+        };
+        (tid, Op::Record(new))
+    }
+
+    /// Security review finding 8: an operation that fails after some of its writes (here: revoking
+    /// a family whose descendant's record is corrupt, after the parent was marked and logged) must
+    /// commit none of them, and the other operations of the same batch must still commit.
+    #[test]
+    fn a_failing_operation_commits_nothing_and_the_rest_of_the_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([7; 32]);
+        let backend = Arc::new(RedbBackend::open(&dir.path().join("t.redb"), &master).unwrap());
+        let mem = Arc::new(Memory::new());
+        let follower = Arc::new(Follower::new(backend.clone(), mem.clone(), master.clone()));
+        let w = Writer { backend: backend.clone(), follower, master };
+
+        let kid = KeyId::generate().unwrap();
+        let (add, rx) = job(Op::AddKey {
+            kid,
+            secret: RootKey::generate().unwrap(),
+            activate: true,
+            only_if_none: false,
+        });
+        w.batch(vec![add]);
+        assert!(rx.recv().unwrap().is_ok());
+        let (p, rec_p) = record(kid, None);
+        let (c, rec_c) = record(kid, Some(p));
+        let (j1, r1) = job(rec_p);
+        let (j2, r2) = job(rec_c);
+        w.batch(vec![j1, j2]);
+        assert!(r1.recv().unwrap().is_ok() && r2.recv().unwrap().is_ok());
+        let seq_before = mem.last_seq();
+
+        // Corrupt the child's record behind the writer's back.
+        {
+            let txn = backend.db.begin_write().unwrap();
+            txn.open_table(TOKENS).unwrap().insert(c.as_bytes(), &b"\xff\xff not cbor"[..]).unwrap();
+            txn.commit().unwrap();
+        }
+        let (x, rec_x) = record(kid, None);
+        let (y, rec_y) = record(kid, None);
+        let (jx, rx_x) = job(rec_x);
+        let (jr, rx_r) = job(Op::RevokeToken(p));
+        let (jy, rx_y) = job(rec_y);
+        w.batch(vec![jx, jr, jy]);
+        assert!(matches!(rx_r.recv().unwrap(), Err(Error::Corrupt(_))));
+        assert!(rx_x.recv().unwrap().is_ok());
+        assert!(rx_y.recv().unwrap().is_ok());
+
+        // Nothing of the failed revocation is stored or in memory; the others are stored.
+        assert_eq!(
+            backend.token(&p).unwrap().unwrap().revoked_at,
+            None,
+            "parent marked revoked by a failed op"
+        );
+        let txn = backend.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(CHANGES).unwrap().len().unwrap(), seq_before, "log entry of a failed op");
+        assert!(!mem.is_revoked(&p));
+        assert_eq!(mem.last_seq(), seq_before);
+        assert!(backend.token(&x).unwrap().is_some() && backend.token(&y).unwrap().is_some());
+    }
+}

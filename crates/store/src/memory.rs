@@ -1,0 +1,112 @@
+//! What every node holds in memory: the unsealed keys, the active key, the revocation set and
+//! how far it has followed the change log. Verification reads only this; it changes only
+//! through the follower, after the commit that justifies it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tessera_core::{KeyId, RootKey, TokenId, TokenKey};
+
+use crate::codec::{KeyState, StoredKey};
+use crate::error::{Error, Result};
+use crate::master::MasterKey;
+
+struct KeyEntry {
+    secret: RootKey,
+    state: KeyState,
+}
+
+/// The in-memory state.
+pub(crate) struct Memory {
+    keys: RwLock<HashMap<KeyId, KeyEntry>>,
+    active: RwLock<Option<KeyId>>,
+    revoked: RwLock<HashSet<TokenId>>,
+    /// The last change-log entry applied.
+    last_seq: AtomicU64,
+    /// When the database last answered the follower.
+    last_contact: Mutex<Instant>,
+}
+
+impl Memory {
+    pub(crate) fn new() -> Self {
+        Memory {
+            keys: RwLock::new(HashMap::new()),
+            active: RwLock::new(None),
+            revoked: RwLock::new(HashSet::new()),
+            last_seq: AtomicU64::new(0),
+            last_contact: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Replace the keys with `stored`, unsealed with `master`.
+    pub(crate) fn set_keys(&self, stored: Vec<(KeyId, StoredKey)>, master: &MasterKey) -> Result<()> {
+        let mut keys = HashMap::with_capacity(stored.len());
+        let mut active = None;
+        for (kid, k) in stored {
+            let secret = master.open(kid.as_bytes(), &k.sealed).ok_or(Error::WrongMasterKey)?;
+            let secret =
+                RootKey::new(&secret).map_err(|_| Error::Corrupt(format!("key {kid} is too short")))?;
+            if k.state == KeyState::Active {
+                active = Some(kid);
+            }
+            keys.insert(kid, KeyEntry { secret, state: k.state });
+        }
+        // Swap both under their locks; a reader never sees an active kid without its key.
+        let mut keys_guard = self.keys.write().map_err(|_| Error::Closed)?;
+        *keys_guard = keys;
+        *self.active.write().map_err(|_| Error::Closed)? = active;
+        Ok(())
+    }
+
+    pub(crate) fn revoke(&self, tid: TokenId) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(tid);
+        }
+    }
+
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_last_seq(&self, seq: u64) {
+        self.last_seq.store(seq, Ordering::Release);
+    }
+
+    /// The database answered now.
+    pub(crate) fn touch(&self) {
+        if let Ok(mut t) = self.last_contact.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    /// How long since the database last answered.
+    pub(crate) fn since_contact(&self) -> Duration {
+        self.last_contact.lock().map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+    }
+
+    pub(crate) fn active_key(&self) -> Option<(KeyId, RootKey)> {
+        let kid = (*self.active.read().ok()?)?;
+        let keys = self.keys.read().ok()?;
+        keys.get(&kid).map(|e| (kid, e.secret.clone()))
+    }
+
+    pub(crate) fn verifying_key(&self, kid: &KeyId) -> Option<RootKey> {
+        let keys = self.keys.read().ok()?;
+        keys.get(kid).filter(|e| e.state != KeyState::Revoked).map(|e| e.secret.clone())
+    }
+
+    pub(crate) fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey> {
+        let keys = self.keys.read().ok()?;
+        keys.get(kid).filter(|e| e.state != KeyState::Revoked).map(|e| e.secret.token_key(tid))
+    }
+
+    pub(crate) fn is_revoked(&self, tid: &TokenId) -> bool {
+        self.revoked.read().map(|r| r.contains(tid)).unwrap_or(true)
+    }
+
+    pub(crate) fn revoked_count(&self) -> usize {
+        self.revoked.read().map(|r| r.len()).unwrap_or(0)
+    }
+}

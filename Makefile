@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds
+.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres
 
 all: test
 
@@ -12,8 +12,8 @@ run:
 	$(CARGO) build --release -p tessera-cli
 	target/release/tessera serve --data-dir ./data
 
-## test: the whole suite (unit, integration, vectors, property and interop tests)
-test: venv
+## test: the whole suite (unit, integration, vectors, property, interop, PostgreSQL and cluster tests)
+test: venv postgres
 	TESSERA_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets --exclude tessera-peers
 	$(CARGO) test --workspace --doc --exclude tessera-peers
 
@@ -42,6 +42,12 @@ ADVISORY_DB ?= ../shared/advisory-db
 audit:
 	@command -v cargo-audit >/dev/null || $(CARGO) install cargo-audit --locked
 	$(CARGO) audit --db $(ADVISORY_DB) --no-fetch
+
+## postgres: Debian's PostgreSQL server binaries, for the tests' throwaway servers (installed if
+## missing; the tests start their own servers, never a system one)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client; }
 
 ## venv: Python peers for interop tests (pymacaroons, PyJWT), from PyPI
 venv: $(VENV)/.ok

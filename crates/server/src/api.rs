@@ -57,14 +57,21 @@ fn words(what: &str, items: &[String]) -> Result<String> {
 // ---- health and metrics --------------------------------------------------------------------
 
 pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let active = state.store.active_key().is_some();
-    HttpResponse::Ok().json(json!({"status": "ok", "active_key": active}))
+    let store = &state.store;
+    let active = store.active_key().is_some();
+    let backend = if store.is_shared() { "postgres" } else { "redb" };
+    let lag = store.follower_lag().as_secs_f64();
+    match store.check_fresh() {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ok", "active_key": active, "backend": backend,
+            "last_applied": store.last_applied(), "follower_lag_seconds": lag})),
+        Err(e) => HttpResponse::ServiceUnavailable().json(json!({"status": "stale", "active_key": active,
+            "backend": backend, "last_applied": store.last_applied(), "follower_lag_seconds": lag,
+            "detail": e.to_string()})),
+    }
 }
 
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(state.store.revoked_count()))
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render(&state.store))
 }
 
 // ---- mint ------------------------------------------------------------------------------------
@@ -367,6 +374,7 @@ pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyR
 
 pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
     let state = state_of(&req)?;
+    state.store.check_fresh()?;
     match verify_request(&state.store, body.into_inner()) {
         Ok(bytes) => {
             state.metrics.verify_allowed.inc();
@@ -391,6 +399,7 @@ pub(crate) async fn discharge(
     state: web::Data<AppState>,
     body: web::Json<DischargeRequest>,
 ) -> Result<HttpResponse> {
+    state.store.check_fresh()?;
     let raw = crate::b64_decode(&body.ticket)
         .ok_or_else(|| ApiError::bad_request("ticket must be the caveat id in base64url"))?;
     let kid = ticket::kid_of(&raw).ok_or_else(|| ApiError::bad_request("not a Tessera discharge ticket"))?;
@@ -430,6 +439,7 @@ pub(crate) struct JwtRequest {
 }
 
 pub(crate) async fn jwt(state: web::Data<AppState>, body: web::Json<JwtRequest>) -> Result<HttpResponse> {
+    state.store.check_fresh()?;
     let token = decode_token(&body.token)?;
     let discharges = decode_all(&body.discharges)?;
     let now = OffsetDateTime::now_utc();

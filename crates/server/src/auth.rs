@@ -145,6 +145,7 @@ fn claimed_identity(token: &Token) -> Result<Identifier, ApiError> {
 /// and client restrictions left for [`authorize`]. Says nothing about any resource, so callers
 /// that must not reveal whether something exists authenticate first.
 pub(crate) fn authenticate(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    state.store.check_fresh()?;
     let (token, discharges) = bearer(req)?;
     claimed_identity(&token)?;
     Verifier::with_keys(&state.store).verify(
@@ -163,6 +164,7 @@ pub(crate) fn authorize(
     op: &str,
     target: Option<&str>,
 ) -> Result<(Caller, String), ApiError> {
+    state.store.check_fresh()?;
     let (token, discharges) = bearer(req)?;
     let claimed = claimed_identity(&token)?;
     let target = target.unwrap_or(&claimed.sub).to_owned();

@@ -37,6 +37,17 @@ pub struct Config {
     #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
+    /// A PostgreSQL database shared by a cluster of nodes (`postgres://user:password@host/db`);
+    /// absent: the embedded redb database under `--data-dir`. Every node needs the same master
+    /// key (`TESSERA_MASTER_KEY`, or the same key file).
+    #[arg(long = "database", env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// On a cluster: how long a node that cannot reach the database keeps verifying from memory
+    /// before it refuses (503) until the database answers again.
+    #[arg(long, env = "TESSERA_MAX_STALENESS", default_value = "10s", value_parser = duration)]
+    pub max_staleness: Duration,
+
     /// Directory for the database and, unless set otherwise, the master key file.
     #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -105,6 +116,8 @@ impl Config {
     pub fn for_data_dir(dir: impl Into<PathBuf>) -> Config {
         Config {
             listen: "127.0.0.1:0".into(),
+            database_url: None,
+            max_staleness: Duration::from_secs(10),
             data_dir: dir.into(),
             master_key_file: None,
             public_url: None,
@@ -126,6 +139,21 @@ impl Config {
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("tessera.redb")
+    }
+
+    /// The database URL with its password replaced by `***` (for logs).
+    pub fn database_display(&self) -> String {
+        match &self.database_url {
+            None => self.db_path().display().to_string(),
+            Some(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(s), Some(at)) if at > s => {
+                    let creds = &url[s + 3..at];
+                    let user = creds.split(':').next().unwrap_or("");
+                    format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+                }
+                _ => url.clone(),
+            },
+        }
     }
 
     /// The master key file.

@@ -26,7 +26,7 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{web, App, HttpServer, ResponseError};
 use base64::Engine as _;
-use tessera_store::{MasterKey, Store};
+use tessera_store::{Freshness, Location, MasterKey, PostgresOptions, Store};
 
 pub use auth::{client_ip, DISCHARGE_HEADER};
 pub use config::{Config, ForwardedHeader};
@@ -97,9 +97,18 @@ impl AppState {
     /// Open the store (creating master key and database on first start). On first start, create
     /// the first root key and an admin token.
     pub fn open(config: Config) -> Result<Opened, Error> {
-        let (master, _) = MasterKey::for_database(&config.master_key_path(), &config.db_path())?;
-        let store = Store::open(config.db_path(), master)?;
-        let first_start = store.list_keys()?.is_empty();
+        let freshness = Freshness { max_staleness: config.max_staleness };
+        let store = match &config.database_url {
+            None => {
+                let (master, _) = MasterKey::for_database(&config.master_key_path(), &config.db_path())?;
+                Store::open_at(&Location::File(config.db_path()), master, freshness)?
+            }
+            Some(url) => {
+                let (master, _) = MasterKey::from_env_or_file(&config.master_key_path())?;
+                let location = Location::Postgres { url: url.clone(), options: PostgresOptions::default() };
+                Store::open_at(&location, master, freshness)?
+            }
+        };
         let location = config.public_url();
         let state = AppState {
             discharge_location: format!("{location}/v1/discharge"),
@@ -110,11 +119,11 @@ impl AppState {
             store,
             config,
         };
-        let admin_token = if first_start {
-            state.store.rotate()?;
-            Some(mint_admin_token(&state.store, &state.location, &state.config.admin_subject)?)
-        } else {
-            None
+        // On a cluster, exactly one of the nodes starting on an empty database creates the
+        // first key; that node prints the admin token.
+        let admin_token = match state.store.create_first_key()? {
+            Some(_) => Some(mint_admin_token(&state.store, &state.location, &state.config.admin_subject)?),
+            None => None,
         };
         Ok(Opened { state: web::Data::new(state), admin_token })
     }
@@ -252,11 +261,12 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     let workers =
         config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     eprintln!(
-        "tessera: config: listen={addr} data_dir={} db={} master_key={} public_url={} issuer={} admin_subject={} \
+        "tessera: config: listen={addr} data_dir={} database={} max_staleness={} master_key={} public_url={} issuer={} admin_subject={} \
          default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} \
          forwarded_header={} workers={workers}",
         config.data_dir.display(),
-        config.db_path().display(),
+        config.database_display(),
+        humantime::format_duration(config.max_staleness),
         if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_some() {
             "(from TESSERA_MASTER_KEY)".to_owned()
         } else {

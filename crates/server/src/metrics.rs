@@ -75,7 +75,8 @@ impl Metrics {
     }
 
     /// Render all counters.
-    pub fn render(&self, revoked: usize) -> String {
+    pub fn render(&self, store: &tessera_store::Store) -> String {
+        let revoked = store.revoked_count();
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, labels: &[(&str, &Counter)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -106,6 +107,18 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP tessera_revoked_tokens Revoked token families in memory.\n# TYPE tessera_revoked_tokens gauge\ntessera_revoked_tokens {revoked}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tessera_follower_last_applied_seq Last change-log entry this node applied.\n\
+             # TYPE tessera_follower_last_applied_seq gauge\ntessera_follower_last_applied_seq {}\n\
+             # HELP tessera_follower_lag_seconds Seconds since the database last answered this node's follower (0 on redb).\n\
+             # TYPE tessera_follower_lag_seconds gauge\ntessera_follower_lag_seconds {:.3}\n\
+             # HELP tessera_follower_stale 1 while this node refuses to verify because the database is unheard past --max-staleness.\n\
+             # TYPE tessera_follower_stale gauge\ntessera_follower_stale {}",
+            store.last_applied(),
+            store.follower_lag().as_secs_f64(),
+            u8::from(store.check_fresh().is_err()),
         );
         out
     }

@@ -93,6 +93,10 @@ pub enum Error {
     #[error("token id {0} is already recorded")]
     DuplicateToken(TokenId),
 
+    /// A text field contains a NUL character.
+    #[error("{0} must not contain a NUL character")]
+    NulInText(&'static str),
+
     /// A field is over its documented limit.
     #[error("{what} is too long: {size} > {limit} bytes")]
     TooLarge {

@@ -257,6 +257,15 @@ impl Store {
         check_len("subject", new.subject.len(), MAX_SUBJECT)?;
         check_len("description", new.description.len(), MAX_DESCRIPTION)?;
         check_len("caveat summary", new.caveats.iter().map(String::len).sum(), MAX_CAVEAT_SUMMARY)?;
+        // Text fields hold no NUL (PostgreSQL's text cannot; the same rule on both backends).
+        for (what, text) in [("subject", &new.subject), ("description", &new.description)]
+            .into_iter()
+            .chain(new.caveats.iter().map(|c| ("caveat", c)))
+        {
+            if text.contains('\0') {
+                return Err(Error::NulInText(what));
+            }
+        }
         match self.submit(Op::Record(new))? {
             Done::Token(r) => Ok(r),
             _ => Err(Error::Corrupt("unexpected writer reply".into())),

@@ -147,6 +147,13 @@ on_both!(bad_inputs_are_refused_without_partial_writes, |db: Db| {
     assert!(store.token(&tid).unwrap().is_none());
     let many = NewToken { caveats: vec!["y".repeat(MAX_CAVEAT_SUMMARY + 1)], ..new_token(k.kid, "alice") };
     assert!(matches!(store.record_token(many), Err(Error::TooLarge { .. })));
+    for nul in [
+        NewToken { description: "a\0b".into(), ..new_token(k.kid, "alice") },
+        NewToken { caveats: vec!["allow a\0b".into()], ..new_token(k.kid, "alice") },
+        NewToken { subject: "al\0ice".into(), ..new_token(k.kid, "alice") },
+    ] {
+        assert!(matches!(store.record_token(nul), Err(Error::NulInText(_))));
+    }
     let sub = NewToken { subject: "s".repeat(300), ..new_token(k.kid, "alice") };
     assert!(matches!(store.record_token(sub), Err(Error::TooLarge { what: "subject", .. })));
 

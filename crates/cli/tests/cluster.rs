@@ -1,0 +1,269 @@
+//! Three `tessera serve` nodes on one PostgreSQL (a throwaway server this test starts): tokens,
+//! revocations and rotations cross nodes; a node killed mid-write loses no acknowledged write;
+//! a database outage is survived (stale after --max-staleness, 503 for writes) and recovered from
+//! without restarting nodes; bad database settings are clear errors at start.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tessera_testpg::PgServer;
+
+const MASTER: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+
+struct Node {
+    child: Child,
+    url: String,
+    admin: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(database: &str, master: &str, extra: &[&str]) -> Command {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--database", database])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("TESSERA_MASTER_KEY", master)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The directory lives as long as the test: it holds nothing on a cluster but is required.
+    std::mem::forget(dir);
+    c
+}
+
+fn start(database: &str, extra: &[&str]) -> Node {
+    #[allow(clippy::zombie_processes)] // owned by `Node`, whose Drop waits
+    let mut child = serve(database, MASTER, extra).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    loop {
+        let line = lines.next().expect("node exited before listening").unwrap();
+        if line.starts_with("Tessera admin token") {
+            admin = Some(lines.next().unwrap().unwrap());
+        }
+        if let Some(addr) = line.strip_prefix("tessera listening on ") {
+            // Keep draining stdout so the node never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Node { child, url: addr.to_owned(), admin, _dir: tempfile::tempdir().unwrap() };
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let a = agent();
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let res = match (method, body) {
+        ("GET", _) => {
+            let mut r = a.get(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        (_, body) => {
+            let mut r = a.post(url).header("Content-Type", "application/json");
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.send(body.unwrap_or(json!({})).to_string())
+        }
+    };
+    let mut res = res.unwrap();
+    let status = res.status().as_u16();
+    (status, serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+}
+
+fn verify(node: &Node, token: &str) -> u16 {
+    call("POST", &format!("{}/v1/verify", node.url), None, Some(json!({"token": token}))).0
+}
+
+fn mint(node: &Node, admin: &str, subject: &str) -> (u16, Value) {
+    call("POST", &format!("{}/v1/tokens", node.url), Some(admin), Some(json!({"subject": subject})))
+}
+
+fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn three_nodes_share_tokens_revocations_and_keys() {
+    let pg = PgServer::start();
+    let db = pg.create_database();
+    // Started together on an empty database: exactly one creates the first key.
+    let nodes: Vec<Node> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| start(&db, &[]))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admins: Vec<&String> = nodes.iter().filter_map(|n| n.admin.as_ref()).collect();
+    assert_eq!(admins.len(), 1, "exactly one node prints the admin token");
+    let admin = admins[0].clone();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // Mint on A, verify on B and C.
+    let (status, minted) = mint(a, &admin, "alice");
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let tid = minted["tid"].as_str().unwrap().to_owned();
+    assert_eq!(verify(b, &token), 200);
+    assert_eq!(verify(c, &token), 200);
+
+    // Revoke on C: refused on A and B within a second.
+    let (status, _) = call("POST", &format!("{}/v1/tokens/{tid}/revoke", c.url), Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(verify(c, &token), 401);
+    for n in [a, b] {
+        let took = until(Duration::from_secs(1), || verify(n, &token) == 401)
+            .expect("revocation did not propagate in 1 s");
+        eprintln!("revocation visible on {} after {took:?}", n.url);
+    }
+
+    // Rotate on B: A signs new tokens with the new key, C verifies them.
+    let (status, key) = call("POST", &format!("{}/v1/keys/rotate", b.url), Some(&admin), None);
+    assert_eq!(status, 201, "{key}");
+    until(Duration::from_secs(1), || mint(a, &admin, "bob").1["kid"] == key["kid"])
+        .expect("A did not see the rotation");
+    let (_, m) = mint(a, &admin, "bob");
+    assert_eq!(verify(c, m["token"].as_str().unwrap()), 200);
+    // Every node reports the same last applied entry once quiet.
+    let seqs = || -> Vec<Value> {
+        nodes
+            .iter()
+            .map(|n| call("GET", &format!("{}/health", n.url), None, None).1["last_applied"].clone())
+            .collect()
+    };
+    until(Duration::from_secs(1), || seqs().windows(2).all(|w| w[0] == w[1])).expect("nodes disagree");
+    let (_, health) = call("GET", &format!("{}/health", a.url), None, None);
+    assert_eq!(health["backend"], "postgres");
+}
+
+#[test]
+fn a_node_killed_mid_write_loses_no_acknowledged_write() {
+    let pg = PgServer::start();
+    let db = pg.create_database();
+    let a = start(&db, &[]);
+    let admin = a.admin.clone().unwrap();
+    let mut b = start(&db, &[]);
+    let acked: Vec<String> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, admin) = (b.url.clone(), admin.clone());
+                s.spawn(move || {
+                    let mut acked = Vec::new();
+                    let a = agent();
+                    loop {
+                        let r = a
+                            .post(&format!("{url}/v1/tokens"))
+                            .header("Authorization", &format!("Bearer {admin}"))
+                            .header("Content-Type", "application/json")
+                            .send(json!({"subject": "crash"}).to_string());
+                        match r {
+                            Ok(mut res) if res.status().as_u16() == 201 => {
+                                let v: Value =
+                                    serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+                                acked.push(v["tid"].as_str().unwrap().to_owned());
+                            }
+                            _ => return acked, // the node is gone
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        b.child.kill().unwrap(); // SIGKILL
+        b.child.wait().unwrap();
+        writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert!(acked.len() > 10, "only {} writes before the kill", acked.len());
+    let (status, list) = call("GET", &format!("{}/v1/tokens?subject=crash", a.url), Some(&admin), None);
+    assert_eq!(status, 200);
+    let stored: std::collections::HashSet<&str> =
+        list["tokens"].as_array().unwrap().iter().map(|t| t["tid"].as_str().unwrap()).collect();
+    let missing: Vec<&String> = acked.iter().filter(|t| !stored.contains(t.as_str())).collect();
+    assert!(missing.is_empty(), "{} acknowledged writes lost: {missing:?}", missing.len());
+    eprintln!("{} acknowledged writes, all present", acked.len());
+}
+
+#[test]
+fn a_database_outage_is_survived_and_recovered_without_restarts() {
+    let mut pg = PgServer::start();
+    let db = pg.create_database();
+    let a = start(&db, &["--max-staleness", "3s"]);
+    let admin = a.admin.clone().unwrap();
+    let (_, m) = mint(&a, &admin, "alice");
+    let token = m["token"].as_str().unwrap().to_owned();
+    pg.stop();
+    // From memory until max-staleness; writes fail at once with 503.
+    assert_eq!(verify(&a, &token), 200);
+    let (status, body) = mint(&a, &admin, "alice");
+    assert_eq!(status, 503, "{body}");
+    until(Duration::from_secs(8), || verify(&a, &token) == 503).expect("never went stale");
+    let (status, health) = call("GET", &format!("{}/health", a.url), None, None);
+    assert_eq!(status, 503);
+    assert_eq!(health["status"], "stale");
+    assert!(health["detail"].as_str().unwrap().contains("database"), "{health}");
+    // Back: the same process recovers.
+    pg.start_again();
+    until(Duration::from_secs(10), || verify(&a, &token) == 200).expect("did not recover");
+    assert_eq!(mint(&a, &admin, "alice").0, 201);
+    assert_eq!(call("GET", &format!("{}/health", a.url), None, None).0, 200);
+}
+
+fn start_fails(database: &str, master: &str) -> String {
+    let started = Instant::now();
+    let out = serve(database, master, &[]).output().unwrap();
+    assert!(!out.status.success(), "started with {database}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_database_settings_are_clear_errors_at_start() {
+    let pg = PgServer::start();
+    let err = start_fails("postgres://tessera:x@127.0.0.1:1/tessera", MASTER);
+    assert!(err.contains("database"), "{err}");
+    let db = pg.create_database();
+    let err = start_fails(&db.replace(tessera_testpg::PASSWORD, "wrong"), MASTER);
+    assert!(err.contains("password"), "{err}");
+    assert!(!err.contains("wrong"), "the password is never printed: {err}");
+    // A second node with another master key: refused, nothing written.
+    let a = start(&db, &[]);
+    drop(a);
+    let keys = pg.sql(&db, "SELECT count(*) FROM tessera_keys");
+    let changes = pg.sql(&db, "SELECT count(*) FROM tessera_changes");
+    let err = start_fails(&db, &"ab".repeat(32));
+    assert!(err.contains("wrong master key"), "{err}");
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM tessera_keys"), keys);
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM tessera_changes"), changes);
+    // A schema newer than the binary.
+    pg.sql(&db, "UPDATE tessera_meta SET value = '\\x00000063'::bytea WHERE name = 'schema'");
+    let err = start_fails(&db, MASTER);
+    assert!(err.contains("newer"), "{err}");
+}

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres
+.PHONY: all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster
 
 all: test
 
@@ -29,7 +29,7 @@ check:
 	$(CARGO) check --workspace --all-targets
 
 ## bench: criterion benchmarks (core)
-bench: bench-core bench-store
+bench: bench-core bench-store bench-cluster
 
 bench-core:
 	$(CARGO) bench -p tessera-peers --bench verify
@@ -71,6 +71,15 @@ fuzz:
 ## fuzz-seeds: (re)write the seed inputs of every target into fuzz/corpus
 fuzz-seeds:
 	$(CARGO) run -q -p tessera-fuzz --bin fuzz-seeds fuzz/corpus
+
+## cluster: a local PostgreSQL and three nodes on 127.0.0.1:8081-8083 to try (docs/CLUSTER.md)
+cluster:
+	scripts/cluster.sh
+
+## bench-cluster: mint throughput on PostgreSQL and redb, revocation propagation across three
+## nodes, verify on a cluster node beside a redb node, memory with 1M revocations
+bench-cluster: postgres
+	$(CARGO) bench -p tessera-store --bench cluster
 
 ## crash: SIGKILL soak of the store (300 kills instead of the 20 in make test)
 crash:

@@ -7,6 +7,7 @@
 #   DURATION=10s CONNECTIONS=64 THREADS=2 scripts/bench-http.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pg.sh
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -22,7 +23,10 @@ cargo build --release -q -p tessera-server --bin tessera-server --example consta
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  pg_stop "$work/pg"; rm -rf "$work"
+}
 trap cleanup EXIT
 
 wait_addr() { # file -> address printed after "listening on "
@@ -39,9 +43,19 @@ pids+=($!)
 target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/data" --rate-limit 0 \
   --workers "$WORKERS" >"$work/tessera.out" 2>"$work/tessera.err" &
 pids+=($!)
+# A cluster node (PostgreSQL backend) beside the redb node: verification is from memory on both.
+pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+pg_start "$work/pg" "$pgport"
+TESSERA_MASTER_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
+  target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/cluster" --rate-limit 0 \
+  --workers "$WORKERS" --database "postgres://tessera:tessera@127.0.0.1:$pgport/tessera" \
+  >"$work/cluster.out" 2>"$work/cluster.err" &
+pids+=($!)
 const_addr=$(wait_addr "$work/constant.out")
 tess_addr=$(wait_addr "$work/tessera.out")
 admin=$(sed -n '2p' "$work/tessera.out")
+cluster_addr=$(wait_addr "$work/cluster.out")
+cluster_admin=$(sed -n '2p' "$work/cluster.out")
 
 # A 5-caveat token for alice, minted through the API.
 mint_body='{"subject":"alice","operations":["read"],"resources":["issues/*"],"client_ips":["10.0.0.0/8"],"ttl":"1h"}'
@@ -49,6 +63,10 @@ token=$(curl -sf -X POST "http://$tess_addr/v1/tokens" -H "Authorization: Bearer
   -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 verify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$token")
 curl -sf -X POST "http://$tess_addr/v1/verify" -H 'Content-Type: application/json' -d "$verify_body" >/dev/null
+ctoken=$(curl -sf -X POST "http://$cluster_addr/v1/tokens" -H "Authorization: Bearer $cluster_admin" \
+  -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+cverify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$ctoken")
+curl -sf -X POST "http://$cluster_addr/v1/verify" -H 'Content-Type: application/json' -d "$cverify_body" >/dev/null
 
 lua() { # method body [auth] -> wrk script
   local auth_line=""
@@ -69,6 +87,7 @@ LUA
 lua GET "" >"$work/get.lua"
 lua POST "$verify_body" >"$work/parse.lua"
 lua POST "$verify_body" >"$work/verify.lua"
+lua POST "$cverify_body" >"$work/cverify.lua"
 lua POST '{"subject":"alice","operations":["read"],"ttl":"1h"}' "$admin" >"$work/mint.lua"
 
 run() { # name url script
@@ -81,6 +100,7 @@ for round in $(seq "$ROUNDS"); do
   run constant-get "http://$const_addr/constant" "$work/get.lua"
   run constant-post-parse "http://$const_addr/parse" "$work/parse.lua"
   run tessera-verify "http://$tess_addr/v1/verify" "$work/verify.lua"
+  run cluster-node-verify "http://$cluster_addr/v1/verify" "$work/cverify.lua"
   run tessera-mint "http://$tess_addr/v1/tokens" "$work/mint.lua"
 done >"$work/results"
 
@@ -105,4 +125,5 @@ print()
 print("per-round verify / constant GET: " + ", ".join(f"{x:.2f}" for x in ratios))
 print(f"median verify / constant GET = {med['tessera-verify'][0] / med['constant-get'][0]:.2f}; "
       f"verify / constant POST+parse = {med['tessera-verify'][0] / med['constant-post-parse'][0]:.2f}")
+print(f"verify on a cluster node (PostgreSQL) / on the redb node = {med['cluster-node-verify'][0] / med['tessera-verify'][0]:.2f}")
 PY

@@ -26,15 +26,6 @@ fn record(kid: KeyId, subject: &str) -> NewToken {
     }
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn per_op(d: Duration, n: usize) -> f64 {
     d.as_nanos() as f64 / n as f64
 }
@@ -131,18 +122,20 @@ fn main() {
     );
     drop(store);
 
-    let rss_before = rss_kib();
+    // Memory: a fresh process that only opens this store (its peak RSS), not growth in this
+    // process, where freed memory is reused.
+    let probe = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-store-open"))
+        .arg(&path)
+        .arg(master.to_hex().as_str())
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    println!("open in a fresh process: {}", String::from_utf8_lossy(&probe.stdout).trim());
     let t = Instant::now();
     let store = Store::open(&path, master).unwrap();
     let open = t.elapsed();
-    let rss_after = rss_kib();
     assert_eq!(store.revoked_count(), n / writers * writers);
     println!("open with {} records / revocations: {:.3} s", store.revoked_count(), open.as_secs_f64());
-    println!(
-        "resident memory growth of that open: {} MiB ({:.0} bytes per revoked id)",
-        rss_after.saturating_sub(rss_before) / 1024,
-        rss_after.saturating_sub(rss_before) as f64 * 1024.0 / store.revoked_count() as f64
-    );
     let miss = median_ns(11, 1_000_000, || {
         black_box(store.is_token_revoked(black_box(&live_tid)));
     });

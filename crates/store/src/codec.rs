@@ -109,7 +109,8 @@ pub struct Revocation {
 
 // ---- stored forms ---------------------------------------------------------------------------
 
-#[derive(Serialize, Deserialize)]
+/// A key as stored: its secret only sealed under the master key.
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct StoredKey {
     #[serde(with = "bytes")]
     pub(crate) sealed: Vec<u8>,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tessera_core::{KeyId, RootKey, TokenId, TokenKey};
@@ -25,8 +25,19 @@ pub(crate) struct Memory {
     revoked: RwLock<HashSet<TokenId>>,
     /// The last change-log entry applied.
     last_seq: AtomicU64,
-    /// When the database last answered the follower.
-    last_contact: Mutex<Instant>,
+    /// When the database last answered the follower, in microseconds since [`epoch`] (an atomic,
+    /// not a lock: the verify path reads it).
+    last_contact_us: AtomicU64,
+}
+
+/// A fixed instant of this process that contact times are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Memory {
@@ -36,7 +47,7 @@ impl Memory {
             active: RwLock::new(None),
             revoked: RwLock::new(HashSet::new()),
             last_seq: AtomicU64::new(0),
-            last_contact: Mutex::new(Instant::now()),
+            last_contact_us: AtomicU64::new(now_us()),
         }
     }
 
@@ -76,14 +87,12 @@ impl Memory {
 
     /// The database answered now.
     pub(crate) fn touch(&self) {
-        if let Ok(mut t) = self.last_contact.lock() {
-            *t = Instant::now();
-        }
+        self.last_contact_us.store(now_us(), Ordering::Release);
     }
 
     /// How long since the database last answered.
     pub(crate) fn since_contact(&self) -> Duration {
-        self.last_contact.lock().map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+        Duration::from_micros(now_us().saturating_sub(self.last_contact_us.load(Ordering::Acquire)))
     }
 
     pub(crate) fn active_key(&self) -> Option<(KeyId, RootKey)> {

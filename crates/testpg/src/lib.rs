@@ -27,6 +27,7 @@ pub struct PgServer {
     port: u16,
     owner: Option<(u32, u32)>,
     child: Option<Child>,
+    durable: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -66,11 +67,22 @@ fn free_port() -> u16 {
 }
 
 impl PgServer {
-    /// initdb and start a server.
+    /// initdb and start a server tuned for tests (`fsync=off`: nothing here survives a power cut,
+    /// and the tests kill nodes, never the server).
     pub fn start() -> PgServer {
+        Self::start_with(false)
+    }
+
+    /// initdb and start a server that syncs every commit to disk, as in production (benchmarks
+    /// compare it with redb, which does).
+    pub fn start_durable() -> PgServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PgServer {
         let dir = tempfile::Builder::new().prefix("tessera-pg-").tempdir().expect("temp dir");
         let owner = owner();
-        let mut pg = PgServer { dir, bin: bin_dir(), port: free_port(), owner, child: None };
+        let mut pg = PgServer { dir, bin: bin_dir(), port: free_port(), owner, child: None, durable };
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(pg.dir.path(), Some(uid), Some(gid)).expect("chown the temp dir");
         }
@@ -136,7 +148,11 @@ impl PgServer {
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.path().display()))
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(if self.durable {
+                ["-c", "fsync=on", "-c", "full_page_writes=on", "-c", "max_connections=200"]
+            } else {
+                ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

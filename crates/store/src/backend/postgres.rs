@@ -304,28 +304,42 @@ async fn listen(config: tokio_postgres::Config, wake: mpsc::Sender<()>) {
 }
 
 /// `BEGIN`, each operation under its own savepoint (a failed one is rolled back alone), a
-/// `NOTIFY` if the change log grew, `COMMIT`.
+/// `NOTIFY` if the change log grew, `COMMIT`. The transaction statements between operations go
+/// in one exchange with the server (`RELEASE SAVEPOINT op; SAVEPOINT op`), and a batch of one
+/// operation needs no savepoint: its failure rolls back the whole transaction.
 fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
-    tx.exec("BEGIN")?;
+    let single = n == 1;
+    let mut pending = String::from("BEGIN");
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
-        tx.exec("SAVEPOINT op")?;
+        if !single {
+            pending.push_str("; SAVEPOINT op");
+        }
+        tx.exec(std::mem::take(&mut pending))?;
         match apply(tx, i) {
             Ok(()) => {
-                tx.exec("RELEASE SAVEPOINT op")?;
+                if !single {
+                    pending = "RELEASE SAVEPOINT op".into();
+                }
                 results.push(Ok(()));
             }
             Err(e @ Error::Unavailable(_)) => return Err(e),
+            Err(e) if single => {
+                tx.exec("ROLLBACK".into())?;
+                return Ok(vec![Err(e)]);
+            }
             Err(e) => {
-                tx.exec("ROLLBACK TO SAVEPOINT op")?;
+                tx.keys.clear(); // what the failed operation read or wrote is gone
+                pending = "ROLLBACK TO SAVEPOINT op".into();
                 results.push(Err(e));
             }
         }
     }
     if tx.appended {
-        tx.exec("NOTIFY tessera_changes")?;
+        pending.push_str("; NOTIFY tessera_changes");
     }
-    tx.exec("COMMIT")?;
+    pending.push_str("; COMMIT");
+    tx.exec(pending.trim_start_matches("; ").to_owned())?;
     Ok(results)
 }
 
@@ -334,6 +348,8 @@ struct PgTx<'a> {
     backend: &'a PostgresBackend,
     client: Arc<Object>,
     appended: bool,
+    /// Keys read or written in this transaction (most operations of a batch use the same one).
+    keys: std::collections::HashMap<KeyId, Option<StoredKey>>,
 }
 
 impl PgTx<'_> {
@@ -352,9 +368,9 @@ impl PgTx<'_> {
         })
     }
 
-    fn exec(&self, sql: &'static str) -> Result<()> {
+    fn exec(&self, sql: String) -> Result<()> {
         let client = Arc::clone(&self.client);
-        self.backend.call(async move { client.batch_execute(sql).await.map_err(db) })
+        self.backend.call(async move { client.batch_execute(&sql).await.map_err(db) })
     }
 }
 
@@ -368,12 +384,17 @@ fn p<T: tokio_postgres::types::ToSql + Send + Sync + 'static>(
 
 impl Tx for PgTx<'_> {
     fn key(&mut self, kid: &KeyId) -> Result<Option<StoredKey>> {
+        if let Some(k) = self.keys.get(kid) {
+            return Ok(k.clone());
+        }
         let params: Params = vec![p(kid.as_bytes().to_vec())];
-        self.run(
+        let key = self.run(
             "SELECT kid, sealed, state, created, retired_at, revoked_at FROM tessera_keys WHERE kid = $1",
             params,
             |rows| rows.first().map(key_of).transpose().map(|k| k.map(|(_, k)| k)),
-        )
+        )?;
+        self.keys.insert(*kid, key.clone());
+        Ok(key)
     }
 
     fn keys(&mut self) -> Result<Vec<(KeyId, StoredKey)>> {
@@ -385,6 +406,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_key(&mut self, kid: &KeyId, key: &StoredKey) -> Result<()> {
+        self.keys.insert(*kid, Some(key.clone()));
         let params: Params = vec![
             p(kid.as_bytes().to_vec()),
             p(key.sealed.clone()),
@@ -464,9 +486,9 @@ impl Backend for PostgresBackend {
     fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
         let pool = self.pool.clone();
         let client = Arc::new(self.call(async move { pool.get().await.map_err(pool_err) })?);
-        let mut tx = PgTx { backend: self, client, appended: false };
+        let mut tx = PgTx { backend: self, client, appended: false, keys: Default::default() };
         let out = run_batch(&mut tx, n, apply);
-        if out.is_err() && tx.exec("ROLLBACK").is_err() {
+        if out.is_err() && tx.exec("ROLLBACK".into()).is_err() {
             // Never hand a connection in an unknown state back to the pool.
             if let Ok(obj) = Arc::try_unwrap(tx.client) {
                 drop(Object::take(obj));

@@ -171,3 +171,14 @@ fn bad_connections_and_schemas_are_clear_errors_at_open() {
     assert!(matches!(err, Error::NewerSchema { found: 99, .. }), "{err}");
     assert_eq!(pg().sql(&url, "SELECT count(*) FROM tessera_keys").trim(), "0");
 }
+
+/// The service may drop its store on an async runtime's thread: the backend's own runtime must
+/// not be shut down there by waiting (tokio panics if it is).
+#[test]
+fn a_store_can_be_dropped_on_an_async_runtime() {
+    let url = pg().create_database();
+    let store = open(&url, Freshness::default()).unwrap();
+    store.rotate().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async move { drop(store) });
+}

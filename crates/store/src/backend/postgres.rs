@@ -47,7 +47,9 @@ impl Default for PostgresOptions {
 
 /// The PostgreSQL database.
 pub(crate) struct PostgresBackend {
-    rt: tokio::runtime::Runtime,
+    /// Owned only to be shut down on drop (see the `Drop` impl); tasks go through `handle`.
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
     pool: Pool,
     notified: Mutex<Receiver<()>>,
 }
@@ -173,7 +175,8 @@ impl PostgresBackend {
                 .map_err(|e| Error::Database(format!("pool: {e}")))?
         };
         let (tx, rx) = mpsc::channel();
-        let backend = PostgresBackend { rt, pool, notified: Mutex::new(rx) };
+        let handle = rt.handle().clone();
+        let backend = PostgresBackend { rt: Some(rt), handle, pool, notified: Mutex::new(rx) };
         let check = master.check_value()?;
         let opens = {
             let master = master.clone();
@@ -181,14 +184,14 @@ impl PostgresBackend {
         };
         let pool = backend.pool.clone();
         backend.call(async move { migrate(&pool, &check, opens).await })?;
-        backend.rt.spawn(listen(config, tx));
+        backend.handle.spawn(listen(config, tx));
         Ok(backend)
     }
 
     /// Run `fut` on the backend's runtime and wait for it (from any thread).
     fn call<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.handle.spawn(async move {
             let out = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
                 Ok(out) => out,
                 Err(_) => Err(unavailable("no answer within 10 s")),
@@ -213,6 +216,16 @@ impl PostgresBackend {
             let rows = client.query(&stmt, &refs).await.map_err(db)?;
             map(&rows)
         })
+    }
+}
+
+impl Drop for PostgresBackend {
+    /// Without blocking: the store may be dropped on an async runtime's thread, where waiting for
+    /// a runtime to finish is not allowed.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -25,7 +25,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  pg_stop "$work/pg"; rm -rf "$work"
+  [ -n "${pgwork:-}" ] && { pg_stop "$pgwork/pg"; rm -rf "$pgwork"; }
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -45,7 +46,8 @@ target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/data" --rat
 pids+=($!)
 # A cluster node (PostgreSQL backend) beside the redb node: verification is from memory on both.
 pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-pg_start "$work/pg" "$pgport"
+pgwork=$(mktemp -d) && chmod 755 "$pgwork"   # the postgres user must reach its data directory
+pg_start "$pgwork/pg" "$pgport"
 TESSERA_MASTER_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
   target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/cluster" --rate-limit 0 \
   --workers "$WORKERS" --database "postgres://tessera:tessera@127.0.0.1:$pgport/tessera" \

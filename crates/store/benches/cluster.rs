@@ -171,6 +171,11 @@ fn main() {
         t
     };
     let (ta, tr) = (token(&b), token(&redb));
+    // The same number of revocations in both nodes' sets (the cluster node holds the ones above).
+    while redb.revoked_count() < b.revoked_count() {
+        let tid = record(&redb, "prop");
+        redb.revoke_token(tid).unwrap();
+    }
     let iters = scale(20_000, 100) as u32;
     // Rounds interleaved, so load from elsewhere on the machine falls on both alike.
     let (mut on_pg, mut on_redb) = (Vec::new(), Vec::new());

@@ -3,7 +3,7 @@
 //! through the follower, after the commit that justifies it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ pub(crate) struct Memory {
     /// When the database last answered the follower, in microseconds since [`epoch`] (an atomic,
     /// not a lock: the verify path reads it).
     last_contact_us: AtomicU64,
+    /// Set by the store's watchdog when the database has been unheard for too long: the verify
+    /// path reads this flag, not the clock.
+    stale: AtomicBool,
 }
 
 /// A fixed instant of this process that contact times are counted from.
@@ -48,6 +51,7 @@ impl Memory {
             revoked: RwLock::new(HashSet::new()),
             last_seq: AtomicU64::new(0),
             last_contact_us: AtomicU64::new(now_us()),
+            stale: AtomicBool::new(false),
         }
     }
 
@@ -93,6 +97,17 @@ impl Memory {
     /// How long since the database last answered.
     pub(crate) fn since_contact(&self) -> Duration {
         Duration::from_micros(now_us().saturating_sub(self.last_contact_us.load(Ordering::Acquire)))
+    }
+
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    /// Re-evaluate the stale flag against `limit` (the watchdog, and every check that reports).
+    pub(crate) fn update_stale(&self, limit: Duration) -> bool {
+        let stale = self.since_contact() > limit;
+        self.stale.store(stale, Ordering::Release);
+        stale
     }
 
     pub(crate) fn active_key(&self) -> Option<(KeyId, RootKey)> {

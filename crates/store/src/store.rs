@@ -24,6 +24,9 @@ use crate::master::MasterKey;
 use crate::memory::Memory;
 use crate::writer::{Done, Job, Op, Writer};
 
+/// How often the watchdog re-evaluates staleness (its resolution).
+const WATCHDOG: Duration = Duration::from_millis(100);
+
 pub(crate) fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -128,8 +131,17 @@ impl Store {
         let writer = Writer { backend: Arc::clone(&backend), follower: Arc::clone(&follower), master };
         threads.push(spawn("tessera-store-writer", move || writer.run(rx))?);
         if backend.shared() {
-            let stop = Arc::clone(&stop);
-            threads.push(spawn("tessera-store-follower", move || follower.run(&stop))?);
+            let follow_stop = Arc::clone(&stop);
+            threads.push(spawn("tessera-store-follower", move || follower.run(&follow_stop))?);
+            // The watchdog keeps the stale flag current even while the follower waits on a
+            // database that does not answer.
+            let (mem, stop, limit) = (Arc::clone(&mem), Arc::clone(&stop), freshness.max_staleness);
+            threads.push(spawn("tessera-store-watchdog", move || {
+                while !stop.load(Ordering::Acquire) {
+                    mem.update_stale(limit);
+                    std::thread::sleep(WATCHDOG);
+                }
+            })?);
         }
         Ok(Store {
             inner: Arc::new(Inner {
@@ -163,17 +175,15 @@ impl Store {
     /// shared one, while the database answered within `max_staleness`. Otherwise
     /// [`Error::Stale`], which says for how long it has not.
     pub fn check_fresh(&self) -> Result<()> {
-        if !self.inner.backend.shared() {
+        // One atomic load on the verify path; the clock is read only to report.
+        if !self.inner.mem.is_stale() {
             return Ok(());
         }
-        let since = self.inner.mem.since_contact();
-        if since > self.inner.freshness.max_staleness {
-            return Err(Error::Stale {
-                seconds: since.as_secs(),
-                limit: self.inner.freshness.max_staleness.as_secs(),
-            });
+        let limit = self.inner.freshness.max_staleness;
+        if !self.inner.mem.update_stale(limit) {
+            return Ok(()); // the database answered since the watchdog last looked
         }
-        Ok(())
+        Err(Error::Stale { seconds: self.inner.mem.since_contact().as_secs(), limit: limit.as_secs() })
     }
 
     /// The last change-log entry this node has applied.
@@ -346,7 +356,7 @@ impl KeyProvider for Store {
     /// Fails closed: a stale node (a shared database unheard past `max_staleness`) treats every
     /// token as revoked.
     fn is_revoked(&self, tid: &TokenId) -> bool {
-        self.inner.mem.is_revoked(tid) || self.check_fresh().is_err()
+        self.inner.mem.is_revoked(tid) || self.inner.mem.is_stale()
     }
 }
 

@@ -84,7 +84,29 @@ def check_jwt(req):
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
-COMMANDS = {"verify": verify, "attenuate": attenuate, "mint": mint, "jwt": check_jwt}
+def check_jwk(req):
+    """Verify a public-key envelope with PyJWT given only the published JWK (as PyJWKClient would
+    after fetching the JWKS): the algorithm comes from the JWK, never from the token."""
+    try:
+        jwk = pyjwt.PyJWK(req["jwk"])
+        header = pyjwt.get_unverified_header(req["jwt"])
+        if header.get("kid") != req["jwk"]["kid"]:
+            return {"ok": False, "error": "kid does not match the JWK"}
+        claims = pyjwt.decode(
+            req["jwt"],
+            jwk.key,
+            algorithms=[jwk.algorithm_name],
+            issuer=req["issuer"],
+            audience=req.get("audience"),
+            options={"require": ["exp", "iat", "sub", "jti", "iss"], "verify_exp": False,
+                     "verify_iat": False, "verify_nbf": False},
+        )
+        return {"ok": True, "claims": claims, "header": header}
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+COMMANDS = {"verify": verify, "attenuate": attenuate, "mint": mint, "jwt": check_jwt, "jwk": check_jwk}
 
 if __name__ == "__main__":
     request = json.load(sys.stdin)

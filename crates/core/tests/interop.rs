@@ -221,3 +221,47 @@ fn pyjwt_verifies_our_envelopes() {
         peer("jwt", json!({"jwt": jwt, "key_hex": hex::encode([1u8; 32]), "issuer": "https://tessera.test"}));
     assert_eq!(wrong["ok"], false);
 }
+
+#[test]
+fn pyjwt_verifies_es256_and_eddsa_envelopes_from_the_jwk_alone() {
+    let s = setup();
+    let verified = Verifier::with_keys(&s.keys).verify(&s.token, &[], &ctx("read")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    for alg in [envelope::Algorithm::Es256, envelope::Algorithm::EdDsa] {
+        let key = envelope::SigningKey::generate(alg).unwrap();
+        let jwk = key.public_key().unwrap().jwk();
+        let kid = jwk["kid"].as_str().unwrap().to_owned();
+        let jwt = envelope::issue_signed(
+            &verified,
+            &key,
+            &kid,
+            "https://tessera.test",
+            Some("gw"),
+            now,
+            Duration::minutes(5),
+        )
+        .unwrap();
+        let answer =
+            peer("jwk", json!({"jwt": jwt, "jwk": jwk, "issuer": "https://tessera.test", "audience": "gw"}));
+        assert_eq!(answer["ok"], true, "{alg}: {answer}");
+        assert_eq!(answer["header"]["alg"], alg.name());
+        assert_eq!(answer["claims"]["aud"], "gw");
+        // A token signed by another key under the same kid fails in PyJWT too.
+        let other = envelope::SigningKey::generate(alg).unwrap();
+        let forged = envelope::issue_signed(
+            &verified,
+            &other,
+            &kid,
+            "https://tessera.test",
+            Some("gw"),
+            now,
+            Duration::minutes(5),
+        )
+        .unwrap();
+        let answer = peer(
+            "jwk",
+            json!({"jwt": forged, "jwk": jwk, "issuer": "https://tessera.test", "audience": "gw"}),
+        );
+        assert_eq!(answer["ok"], false, "{answer}");
+    }
+}

@@ -1,12 +1,20 @@
-//! JWT envelopes: a verified token's effective restrictions as an HS256 compact JWS.
+//! JWT envelopes: a verified token's effective restrictions as a compact JWS, signed with HS256,
+//! ES256 or EdDSA ([`keys`] is where the algorithms differ; everything here is shared).
 //!
-//! Header `{"alg":"HS256","typ":"JWT","kid":..}`; claims `iss`, `sub`, `jti` (= tid), `iat`,
+//! Header `{"alg":..,"typ":"JWT","kid":..}`; claims `iss`, `sub`, `aud` (when issued for an
+//! audience), `jti` (= tid), `iat`,
 //! `exp` (never later than the token's earliest `time-before`, and at most the configured TTL),
 //! `nbf` (the latest `time-after`), and `cap` with the effective `allow`, `resource` and
 //! `client-ip` sets (absent = unrestricted). The key is `H(secret[kid], "tessera/jwt/v1")`.
 //!
-//! Decoding pins the algorithm to HS256 (`none` and everything else are refused), checks the
-//! signature in constant time, then `iss`, `exp`, `nbf` and `cap` against a request context.
+//! Decoding pins the algorithm to the one of the key the `kid` names (`none`, unknown algorithms
+//! and a header that names another algorithm than its key's are refused, so an HS256 envelope
+//! "signed" with a public key never verifies), checks the signature (HS256 in constant time),
+//! then `iss`, `aud`, `exp`, `nbf` and `cap` against a request context.
+
+mod keys;
+
+pub use keys::{Algorithm, PublicKey, SigningKey, VerifyKey};
 
 use std::fmt;
 
@@ -15,7 +23,7 @@ use time::{Duration, OffsetDateTime};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::caveat::{parse_net, Context, Restrictions};
-use crate::crypto::{self, Tag};
+use crate::crypto::Tag;
 use crate::error::{Error, Result};
 use crate::format::{decode_base64, encode_base64};
 use crate::id::KeyId;
@@ -79,6 +87,9 @@ pub struct Claims {
     pub iss: String,
     /// Subject.
     pub sub: String,
+    /// Audience, when the envelope was issued for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
     /// Token id (hex), shared by every attenuation of the token.
     pub jti: String,
     /// Issued at (seconds since the epoch).
@@ -92,7 +103,8 @@ pub struct Claims {
     pub cap: Cap,
 }
 
-/// Emit an envelope for a verified Tessera token at time `now`, valid for at most `ttl`.
+/// Emit an HS256 envelope for a verified Tessera token at time `now`, valid for at most `ttl`,
+/// under the token's own kid (see [`issue_signed`] for the other algorithms).
 ///
 /// Refuses foreign tokens (no subject or tid) and tokens with application-defined caveats, which
 /// a JWT could not enforce.
@@ -103,8 +115,24 @@ pub fn issue(
     now: OffsetDateTime,
     ttl: Duration,
 ) -> Result<String> {
+    let kid = verified.restrictions().kid.ok_or_else(|| bad("only Tessera tokens have HS256 envelopes"))?;
+    let key = SigningKey::from_secret_bytes(Algorithm::Hs256, key.expose_secret())?;
+    issue_signed(verified, &key, &kid.to_string(), issuer, None, now, ttl)
+}
+
+/// Emit an envelope signed with `key` (any [`Algorithm`]), naming `kid` in its header (for a
+/// public key, its thumbprint as published in the JWKS), for `audience` if given.
+pub fn issue_signed(
+    verified: &Verified<'_>,
+    key: &SigningKey,
+    kid: &str,
+    issuer: &str,
+    audience: Option<&str>,
+    now: OffsetDateTime,
+    ttl: Duration,
+) -> Result<String> {
     let r = verified.restrictions();
-    let (Some(kid), Some(tid), Some(sub)) = (r.kid, r.tid, r.subject.clone()) else {
+    let (Some(_), Some(tid), Some(sub)) = (r.kid, r.tid, r.subject.clone()) else {
         return Err(Error::Envelope("only Tessera tokens (with kid, tid and subject) have envelopes".into()));
     };
     if !r.other.is_empty() {
@@ -124,6 +152,7 @@ pub fn issue(
     let claims = Claims {
         iss: issuer.to_owned(),
         sub,
+        aud: audience.map(str::to_owned),
         jti: tid.to_string(),
         iat: now.unix_timestamp(),
         exp,
@@ -135,13 +164,13 @@ pub fn issue(
             client_ip: r.networks.map(|n| n.iter().map(|n| n.to_string()).collect()),
         },
     };
-    let header = Header { alg: "HS256".into(), typ: Some("JWT".into()), kid: kid.to_string() };
+    let header = Header { alg: key.algorithm().name().into(), typ: Some("JWT".into()), kid: kid.to_owned() };
     let signing_input = format!(
         "{}.{}",
         encode_base64(to_json(&header).as_bytes()),
         encode_base64(to_json(&claims).as_bytes())
     );
-    let sig = crypto::hs256_sign(key.expose_secret(), signing_input.as_bytes());
+    let sig = key.sign(signing_input.as_bytes());
     Ok(format!("{signing_input}.{}", encode_base64(&sig)))
 }
 
@@ -154,12 +183,30 @@ fn bad(msg: impl Into<String>) -> Error {
     Error::Envelope(msg.into())
 }
 
-/// Decode and check an envelope: algorithm pinned to HS256, signature, issuer, time, and `cap`
-/// against the request context. `key_for` returns the envelope key of a kid (or `None`).
+/// Decode and check an HS256 envelope (kids are Tessera key ids): signature, issuer, time, and
+/// `cap` against the request context. `key_for` returns the envelope key of a kid (or `None`).
+/// Envelopes issued for an audience are refused here (use [`decode_with`]).
 pub fn decode(
     jwt: &str,
     key_for: impl Fn(&KeyId) -> Option<EnvelopeKey>,
     issuer: &str,
+    ctx: &Context,
+) -> Result<Claims> {
+    let lookup = |kid: &str| -> Result<VerifyKey> {
+        let kid: KeyId = kid.parse().map_err(|_| bad("kid is not a Tessera key id"))?;
+        key_for(&kid).map(VerifyKey::Hs256).ok_or(Error::UnknownKey(kid))
+    };
+    decode_with(jwt, lookup, issuer, None, ctx)
+}
+
+/// Decode and check an envelope of any [`Algorithm`]. `key_for` returns the key the header's
+/// `kid` names (from a JWKS for public keys); the header's `alg` must be that key's algorithm.
+/// With `audience`, `aud` must equal it; without, an envelope that names an audience is refused.
+pub fn decode_with(
+    jwt: &str,
+    key_for: impl Fn(&str) -> Result<VerifyKey>,
+    issuer: &str,
+    audience: Option<&str>,
     ctx: &Context,
 ) -> Result<Claims> {
     if jwt.len() > MAX_ENVELOPE_TEXT {
@@ -172,17 +219,19 @@ pub fn decode(
     let header: Header =
         serde_json::from_slice(&decode_base64(h).map_err(|_| bad("header is not base64url"))?)
             .map_err(|_| bad("header is not valid JSON"))?;
-    if header.alg != "HS256" {
-        return Err(bad(format!("algorithm \"{}\" is not allowed; only HS256", header.alg)));
-    }
+    let alg = Algorithm::from_name(&header.alg)
+        .ok_or_else(|| bad(format!("algorithm \"{}\" is not allowed (HS256, ES256, EdDSA)", header.alg)))?;
     if header.typ.as_deref().is_some_and(|t| t != "JWT") {
         return Err(bad("typ must be JWT"));
     }
-    let kid: KeyId = header.kid.parse().map_err(|_| bad("kid is not a Tessera key id"))?;
-    let key = key_for(&kid).ok_or(Error::UnknownKey(kid))?;
+    let key = key_for(&header.kid)?;
+    if key.algorithm() != alg {
+        // Algorithm confusion (e.g. HS256 with a public key as the HMAC secret): never.
+        return Err(bad(format!("kid {} is a {} key; the header says {alg}", header.kid, key.algorithm())));
+    }
     let sig = decode_base64(s).map_err(|_| bad("signature is not base64url"))?;
     let signing_input = &jwt.trim_ascii()[..h.len() + 1 + p.len()];
-    if !crypto::hs256_verify(key.expose_secret(), signing_input.as_bytes(), &sig) {
+    if !key.verify(signing_input.as_bytes(), &sig) {
         return Err(Error::InvalidSignature);
     }
     let claims: Claims =
@@ -190,6 +239,12 @@ pub fn decode(
             .map_err(|_| bad("claims are not valid JSON"))?;
     if claims.iss != issuer {
         return Err(bad(format!("issuer \"{}\" is not trusted", claims.iss)));
+    }
+    match (&claims.aud, audience) {
+        (None, None) => {}
+        (Some(a), Some(want)) if a == want => {}
+        (Some(a), _) => return Err(bad(format!("envelope is for audience \"{a}\""))),
+        (None, Some(want)) => return Err(bad(format!("envelope has no audience; expected \"{want}\""))),
     }
     let time = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|_| bad("timestamp out of range"));
     let networks = match &claims.cap.client_ip {

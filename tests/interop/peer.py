@@ -106,7 +106,20 @@ def check_jwk(req):
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
-COMMANDS = {"verify": verify, "attenuate": attenuate, "mint": mint, "jwt": check_jwt, "jwk": check_jwk}
+def check_jwks(req):
+    """Verify an envelope the way a service with only the JWKS URL would: PyJWKClient fetches
+    the key set and picks the key by kid; the algorithm comes from that key."""
+    try:
+        client = pyjwt.PyJWKClient(req["jwks_uri"])
+        key = client.get_signing_key_from_jwt(req["jwt"])
+        claims = pyjwt.decode(req["jwt"], key.key, algorithms=[key.algorithm_name], issuer=req["issuer"],
+                              audience=req.get("audience"), options={"require": ["exp", "iat", "sub", "iss"]})
+        return {"ok": True, "claims": claims, "alg": key.algorithm_name}
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+COMMANDS = {"jwks": check_jwks, "verify": verify, "attenuate": attenuate, "mint": mint, "jwt": check_jwt, "jwk": check_jwk}
 
 if __name__ == "__main__":
     request = json.load(sys.stdin)

@@ -216,6 +216,10 @@ struct JwtArgs {
     /// Longest lifetime of the envelope (--db).
     #[arg(long, default_value = "5m")]
     ttl: String,
+    /// Algorithm asked of --server: HS256 (what `tessera jwt-check` verifies, with the envelope
+    /// key), or ES256 / EdDSA (verify those against the service's /.well-known/jwks.json).
+    #[arg(long, default_value = "HS256", value_parser = ["HS256", "ES256", "EdDSA"])]
+    alg: String,
 }
 
 #[derive(clap::Args)]
@@ -567,7 +571,10 @@ fn jwt(args: JwtArgs) -> Result<Result<(), Denied>> {
     let token = read_token(args.token)?;
     if let Some(server) = &args.server {
         let url = format!("{}/v1/jwt", server.trim_end_matches('/'));
-        let answer = post_json(&url, &json!({"token": token.encode(), "discharges": args.discharges}))?;
+        let answer = post_json(
+            &url,
+            &json!({"token": token.encode(), "discharges": args.discharges, "alg": args.alg}),
+        )?;
         println!("{}", answer["jwt"].as_str().ok_or_else(|| anyhow!("{url} sent no jwt"))?);
         return Ok(Ok(()));
     }

@@ -7,6 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
+
+use common::peer;
 use serde_json::{json, Value};
 use tessera_store::{MasterKey, Store};
 
@@ -238,29 +241,6 @@ fn jwt_check_enforces_the_cap() {
     let wrong =
         tessera(&["jwt-check", &jwt, "--key-hex", &"00".repeat(32), "--issuer", "iss", "--op", "read"]);
     assert_eq!(wrong.code, 1);
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("TESSERA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python"));
-    assert!(p.exists(), "interop peer missing: {} (run `make venv`; make test does)", p.display());
-    p
-}
-
-fn peer(cmd: &str, req: Value) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/peer.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .arg(cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

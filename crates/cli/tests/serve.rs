@@ -6,6 +6,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
+use common::peer;
 use serde_json::{json, Value};
 
 struct Serve(Child);
@@ -122,4 +125,50 @@ fn serve_then_discharge_revocable_tokens() {
     let (code, _, err) = tessera(&["discharge", "--server", &addr], Some(&admin));
     assert_eq!(code, 2);
     assert!(err.contains("no third-party caveat"), "{err}");
+}
+
+/// A service in another language verifies envelopes with nothing but the JWKS URL: PyJWT's
+/// PyJWKClient fetches the running service's key set, for ES256 and EdDSA.
+#[test]
+fn pyjwt_verifies_envelopes_through_the_jwks_url() {
+    let dir = tempfile::tempdir().unwrap();
+    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("TESSERA_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _serve = Serve(child);
+    lines.next(); // "Tessera admin token ..."
+    let admin = lines.next().unwrap().unwrap();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(u) = line.strip_prefix("tessera listening on ") {
+            break u.to_owned();
+        }
+    };
+    let (status, minted) =
+        post(&format!("{url}/v1/tokens"), Some(&admin), json!({"subject": "erin", "operations": ["read"]}));
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    for alg in ["ES256", "EdDSA"] {
+        let (status, env) =
+            post(&format!("{url}/v1/jwt"), None, json!({"token": token, "alg": alg, "aud": "api"}));
+        assert_eq!(status, 200, "{env}");
+        let jwt = env["jwt"].as_str().unwrap();
+        let req = json!({"jwks_uri": format!("{url}/.well-known/jwks.json"), "jwt": jwt, "issuer": url, "audience": "api"});
+        let answer = peer("jwks", req);
+        assert_eq!(answer["ok"], true, "{alg}: {answer}");
+        assert_eq!(answer["alg"], alg);
+        assert_eq!(answer["claims"]["sub"], "erin");
+        assert_eq!(answer["claims"]["cap"]["allow"], json!(["read"]));
+        // The wrong audience is refused by PyJWT too.
+        let wrong = json!({"jwks_uri": format!("{url}/.well-known/jwks.json"), "jwt": jwt, "issuer": url, "audience": "other"});
+        assert_eq!(peer("jwks", wrong)["ok"], false);
+    }
 }

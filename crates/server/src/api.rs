@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tessera_core::{envelope, Context, KeyId, Restrictions, Token, TokenId, Verifier};
+use tessera_core::{Context, KeyId, Restrictions, Token, TokenId, Verifier};
 use tessera_store::{KeyInfo, KeyState, Revocation, RevocationTarget, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -16,7 +16,7 @@ use crate::{ticket, AppState};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-fn rfc3339(t: i64) -> Option<String> {
+pub(crate) fn rfc3339(t: i64) -> Option<String> {
     OffsetDateTime::from_unix_timestamp(t).ok().and_then(|t| t.format(&Rfc3339).ok())
 }
 
@@ -25,15 +25,15 @@ fn parse_time(s: &str) -> Result<OffsetDateTime> {
         .map_err(|_| ApiError::bad_request(format!("\"{s}\" is not an RFC 3339 time")))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     web::block(f).await.map_err(ApiError::internal)?
 }
 
-fn decode_token(text: &str) -> Result<Token> {
+pub(crate) fn decode_token(text: &str) -> Result<Token> {
     Token::decode(text).map_err(ApiError::from)
 }
 
-fn decode_all(texts: &[String]) -> Result<Vec<Token>> {
+pub(crate) fn decode_all(texts: &[String]) -> Result<Vec<Token>> {
     if texts.len() > tessera_core::limits::MAX_DISCHARGES {
         return Err(ApiError::too_large(format!(
             "at most {} discharges",
@@ -428,33 +428,6 @@ pub(crate) async fn discharge(
     })))
 }
 
-// ---- JWT exchange ---------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct JwtRequest {
-    token: String,
-    #[serde(default)]
-    discharges: Vec<String>,
-}
-
-pub(crate) async fn jwt(state: web::Data<AppState>, body: web::Json<JwtRequest>) -> Result<HttpResponse> {
-    state.store.check_fresh()?;
-    let token = decode_token(&body.token)?;
-    let discharges = decode_all(&body.discharges)?;
-    let now = OffsetDateTime::now_utc();
-    // Time, signature, discharges and revocation are checked now; allow/resource/client-ip are
-    // carried in the envelope's cap claim for the JWT-only service to enforce.
-    let verified =
-        Verifier::with_keys(&state.store).verify(&token, &discharges, &Context::deferring_scope(now))?;
-    let kid = verified.restrictions().kid.ok_or_else(|| ApiError::unauthorized("not a Tessera token"))?;
-    let key = state.store.verifying_key(&kid).ok_or(ApiError::unauthorized("key is revoked"))?;
-    let ttl = time::Duration::try_from(state.config.jwt_ttl).map_err(ApiError::internal)?;
-    let jwt = envelope::issue(&verified, &key.envelope_key(), &state.issuer, now, ttl)?;
-    state.metrics.envelopes_issued.inc();
-    Ok(HttpResponse::Ok().json(json!({ "jwt": jwt, "issuer": state.issuer, "kid": kid.to_string() })))
-}
-
 // ---- keys -----------------------------------------------------------------------------------
 
 fn key_view(k: &KeyInfo) -> serde_json::Value {
@@ -471,7 +444,9 @@ pub(crate) async fn list_keys(state: web::Data<AppState>, req: HttpRequest) -> R
     authorize(&state, &req, "keys.list", None)?;
     let st = state.clone();
     let keys = blocking(move || st.store.list_keys().map_err(ApiError::from)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "keys": keys.iter().map(key_view).collect::<Vec<_>>() })))
+    let signing: Vec<_> = state.store.signing_keys().iter().map(crate::jwt::signing_key_view).collect();
+    Ok(HttpResponse::Ok()
+        .json(json!({ "keys": keys.iter().map(key_view).collect::<Vec<_>>(), "signing_keys": signing })))
 }
 
 pub(crate) async fn rotate_keys(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {

@@ -5,6 +5,29 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+/// A JWS algorithm a configuration can name.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtAlg {
+    /// ECDSA P-256.
+    Es256,
+    /// Ed25519.
+    Eddsa,
+    /// HMAC-SHA256 with the per-key envelope secret.
+    Hs256,
+}
+
+impl JwtAlg {
+    /// The core's algorithm.
+    pub fn algorithm(self) -> tessera_core::envelope::Algorithm {
+        use tessera_core::envelope::Algorithm;
+        match self {
+            JwtAlg::Es256 => Algorithm::Es256,
+            JwtAlg::Eddsa => Algorithm::EdDsa,
+            JwtAlg::Hs256 => Algorithm::Hs256,
+        }
+    }
+}
+
 /// Which header a trusted proxy writes the client chain into.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ForwardedHeader {
@@ -89,6 +112,20 @@ pub struct Config {
     #[arg(long, env = "TESSERA_JWT_TTL", default_value = "5m", value_parser = duration)]
     pub jwt_ttl: Duration,
 
+    /// Algorithm of `POST /v1/jwt` envelopes when the request names none: es256 (what every
+    /// gateway verifies), eddsa, or hs256 (shared secret, for compatibility).
+    #[arg(long, env = "TESSERA_JWT_ALG", value_enum, default_value = "es256")]
+    pub jwt_alg: JwtAlg,
+
+    /// How long a next signing key is published in the JWKS before a rotation may make it sign
+    /// (longer than any verifier's JWKS cache lifetime).
+    #[arg(long, env = "TESSERA_SIGNING_PREPUBLISH", default_value = "24h", value_parser = duration)]
+    pub signing_prepublish: Duration,
+
+    /// `Cache-Control: max-age` of the JWKS and discovery documents.
+    #[arg(long, env = "TESSERA_JWKS_MAX_AGE", default_value = "5m", value_parser = duration)]
+    pub jwks_max_age: Duration,
+
     /// Requests per second allowed per client address on /v1 (burst: twice that); 0 = no limit.
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
@@ -128,6 +165,9 @@ impl Config {
             max_ttl: Duration::from_secs(90 * 24 * 3600),
             discharge_ttl: Duration::from_secs(300),
             jwt_ttl: Duration::from_secs(300),
+            jwt_alg: JwtAlg::Es256,
+            signing_prepublish: Duration::from_secs(24 * 3600),
+            jwks_max_age: Duration::from_secs(300),
             rate_limit: 100,
             body_limit: 64 * 1024,
             trusted_proxies: Vec::new(),

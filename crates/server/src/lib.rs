@@ -11,6 +11,7 @@ mod auth;
 mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+mod jwt;
 mod limit;
 mod metrics;
 mod mint;
@@ -26,10 +27,11 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{web, App, HttpServer, ResponseError};
 use base64::Engine as _;
+use tessera_core::envelope::Algorithm;
 use tessera_store::{Freshness, Location, MasterKey, PostgresOptions, Store};
 
 pub use auth::{client_ip, DISCHARGE_HEADER};
-pub use config::{Config, ForwardedHeader};
+pub use config::{Config, ForwardedHeader, JwtAlg};
 pub use limit::RateLimiter;
 pub use metrics::{Counter, Metrics};
 pub use mint::{mint, MintSpec, Minted};
@@ -49,6 +51,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/rotate"),
     ("get", "/v1/keys/{kid}/envelope-key"),
     ("get", "/v1/revocations"),
+    ("get", "/.well-known/jwks.json"),
+    ("get", "/.well-known/openid-configuration"),
+    ("post", "/v1/keys/signing/rotate"),
 ];
 
 /// Errors that stop the service from starting.
@@ -125,6 +130,11 @@ impl AppState {
             Some(_) => Some(mint_admin_token(&state.store, &state.location, &state.config.admin_subject)?),
             None => None,
         };
+        // Public-key envelope keys: one active and one published ahead, per algorithm (no-ops
+        // once they exist).
+        for alg in [Algorithm::Es256, Algorithm::EdDsa] {
+            state.store.ensure_signing_keys(alg)?;
+        }
         Ok(Opened { state: web::Data::new(state), admin_token })
     }
 }
@@ -178,7 +188,8 @@ async fn method_not_allowed() -> actix_web::HttpResponse {
 
 /// Paths the rate limiter does not count (compared with the raw path, so a percent-encoded
 /// spelling of these is counted like any other request).
-const UNLIMITED: &[&str] = &["/health", "/metrics"];
+const UNLIMITED: &[&str] =
+    &["/health", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
 /// Rate limiting (every path but [`UNLIMITED`], whatever it routes to) and response counting,
 /// around every request.
@@ -242,11 +253,14 @@ pub fn app(
         )
         .service(resource("/v1/tokens/{tid}/revoke").route(web::post().to(api::revoke_token)))
         .service(resource("/v1/discharge").route(web::post().to(api::discharge)))
-        .service(resource("/v1/jwt").route(web::post().to(api::jwt)))
+        .service(resource("/v1/jwt").route(web::post().to(jwt::envelope)))
         .service(resource("/v1/keys").route(web::get().to(api::list_keys)))
         .service(resource("/v1/keys/rotate").route(web::post().to(api::rotate_keys)))
         .service(resource("/v1/keys/{kid}/envelope-key").route(web::get().to(api::envelope_key)))
         .service(resource("/v1/revocations").route(web::get().to(api::revocations)))
+        .service(resource("/.well-known/jwks.json").route(web::get().to(jwt::jwks)))
+        .service(resource("/.well-known/openid-configuration").route(web::get().to(jwt::discovery)))
+        .service(resource("/v1/keys/signing/rotate").route(web::post().to(jwt::rotate)))
         .default_service(web::to(not_found))
 }
 

@@ -79,6 +79,10 @@ impl ApiError {
             "too many requests from this client; slow down",
         )
     }
+    /// 409: the request conflicts with the current state (e.g. a rotation that is too early).
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", detail)
+    }
     /// 503.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
@@ -149,6 +153,7 @@ impl From<tessera_store::Error> for ApiError {
             E::TooLarge { .. } | E::NulInText(_) => Self::bad_request(e.to_string()),
             E::DuplicateToken(_) | E::KeyRevoked(_) | E::NoActiveKey => Self::unavailable(e.to_string()),
             E::Unavailable(_) | E::Stale { .. } => Self::unavailable(e.to_string()),
+            E::TooEarly { .. } | E::NoNextSigningKey(_) => Self::conflict(e.to_string()),
             other => Self::internal(other),
         }
     }

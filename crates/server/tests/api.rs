@@ -326,7 +326,7 @@ fn jwt_exchange_and_keys() {
             json!({"subject": "dave", "operations": ["read"], "resources": ["docs/*"]}),
         )
         .await;
-        let j = send(&e, post("/v1/jwt", json!({"token": token}))).await;
+        let j = send(&e, post("/v1/jwt", json!({"token": token, "alg": "HS256"}))).await;
         assert_eq!(j.status, StatusCode::OK, "{}", j.raw);
         let jwt = j.body["jwt"].as_str().unwrap().to_owned();
         let kid = j.body["kid"].as_str().unwrap().to_owned();

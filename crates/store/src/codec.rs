@@ -9,9 +9,9 @@ use tessera_core::{KeyId, TokenId};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
-// index). A version-1 database is migrated at open, after the master key check.
+// index), change log with key changes; 3 = JWT signing keys. A version-1 database is migrated at open, after the master key check.
 
 /// The state of a root key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,37 @@ pub struct KeyInfo {
     pub retired_at: Option<i64>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+}
+
+/// The state of a JWT signing key (ES256 or EdDSA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningKeyState {
+    /// Published in the JWKS ahead of use: verifiers' caches learn it before it signs.
+    Next,
+    /// Signs new envelopes (one per algorithm).
+    Active,
+    /// Signs nothing new; published while envelopes it signed may still be valid.
+    Retired,
+}
+
+/// Metadata and public half of a JWT signing key (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigningKeyInfo {
+    /// The RFC 7638 thumbprint of its public key: the JWS `kid`.
+    pub kid: String,
+    /// `ES256` or `EdDSA`.
+    pub alg: String,
+    /// Current state.
+    pub state: SigningKeyState,
+    /// The public JWK, as published.
+    pub jwk: String,
+    /// Creation (= first publication) time, seconds since the epoch.
+    pub created: i64,
+    /// When it started signing.
+    pub activated_at: Option<i64>,
+    /// When it stopped signing.
+    pub retired_at: Option<i64>,
 }
 
 /// A minted token's record. Records are never deleted, so token ids are never reused.
@@ -140,12 +171,41 @@ pub(crate) struct StoredRevocation {
     pub(crate) target: StoredTarget,
 }
 
+/// A JWT signing key as stored: its secret only sealed under the master key.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct StoredSigningKey {
+    pub(crate) alg: String,
+    #[serde(with = "bytes")]
+    pub(crate) sealed: Vec<u8>,
+    pub(crate) jwk: String,
+    pub(crate) state: SigningKeyState,
+    pub(crate) created: i64,
+    pub(crate) activated_at: Option<i64>,
+    pub(crate) retired_at: Option<i64>,
+}
+
+impl StoredSigningKey {
+    pub(crate) fn info(&self, kid: &str) -> SigningKeyInfo {
+        SigningKeyInfo {
+            kid: kid.to_owned(),
+            alg: self.alg.clone(),
+            state: self.state,
+            jwk: self.jwk.clone(),
+            created: self.created,
+            activated_at: self.activated_at,
+            retired_at: self.retired_at,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) enum StoredTarget {
     Token([u8; 16]),
     Key([u8; 8]),
     /// A key added or whose state changed (schema 2; the log is the change log).
     KeyChanged([u8; 8]),
+    /// A JWT signing key added or whose state changed.
+    SigningKeys,
 }
 
 mod bytes {

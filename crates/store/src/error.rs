@@ -85,6 +85,20 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A signing-key rotation came before the next key was published long enough for verifiers'
+    /// JWKS caches to have it.
+    #[error("the next signing key has been published for {published} s; it may sign only after {required} s (JWKS caches must see it first)")]
+    TooEarly {
+        /// Seconds it has been published.
+        published: i64,
+        /// Seconds required.
+        required: i64,
+    },
+
+    /// There is no next signing key of this algorithm to promote.
+    #[error("no next {0} signing key to promote: the algorithm has no signing keys yet")]
+    NoNextSigningKey(String),
+
     /// The database already has keys (first-key creation on a cluster lost the race).
     #[error("the database already has keys")]
     KeysExist,

@@ -33,6 +33,7 @@ impl Follower {
     /// Load every key, then apply the whole log (at open).
     pub(crate) fn load(&self) -> Result<()> {
         self.mem.set_keys(self.backend.keys()?, &self.master)?;
+        self.mem.set_signing_keys(self.backend.signing_keys()?, &self.master)?;
         self.catch_up()
     }
 
@@ -41,15 +42,19 @@ impl Follower {
         let _guard = self.lock.lock().map_err(|_| Error::Closed)?;
         loop {
             let changes = self.backend.changes_after(self.mem.last_seq(), PAGE)?;
-            let mut keys_changed = false;
+            let (mut keys_changed, mut signing_changed) = (false, false);
             for c in &changes {
                 match c.event {
                     Event::TokenRevoked(tid) => self.mem.revoke(tid),
                     Event::KeyRevoked(_) | Event::KeyChanged(_) => keys_changed = true,
+                    Event::SigningKeys => signing_changed = true,
                 }
             }
             if keys_changed {
                 self.mem.set_keys(self.backend.keys()?, &self.master)?;
+            }
+            if signing_changed {
+                self.mem.set_signing_keys(self.backend.signing_keys()?, &self.master)?;
             }
             if let Some(last) = changes.last() {
                 self.mem.set_last_seq(last.seq);

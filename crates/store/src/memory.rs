@@ -7,9 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use tessera_core::envelope::{Algorithm, SigningKey};
 use tessera_core::{KeyId, RootKey, TokenId, TokenKey};
 
-use crate::codec::{KeyState, StoredKey};
+use crate::codec::{KeyState, SigningKeyInfo, SigningKeyState, StoredKey, StoredSigningKey};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
 
@@ -18,9 +21,22 @@ struct KeyEntry {
     state: KeyState,
 }
 
+/// A JWT signing key, unsealed, with what is published about it.
+#[derive(Clone)]
+pub(crate) struct SigningEntry {
+    pub(crate) key: Arc<SigningKey>,
+    pub(crate) info: SigningKeyInfo,
+}
+
+/// The label a signing key's secret is sealed under (bound to its kid).
+pub(crate) fn signing_label(kid: &str) -> Vec<u8> {
+    [b"sig:".as_slice(), kid.as_bytes()].concat()
+}
+
 /// The in-memory state.
 pub(crate) struct Memory {
     keys: RwLock<HashMap<KeyId, KeyEntry>>,
+    signing: RwLock<Vec<SigningEntry>>,
     active: RwLock<Option<KeyId>>,
     revoked: RwLock<HashSet<TokenId>>,
     /// The last change-log entry applied.
@@ -47,6 +63,7 @@ impl Memory {
     pub(crate) fn new() -> Self {
         Memory {
             keys: RwLock::new(HashMap::new()),
+            signing: RwLock::new(Vec::new()),
             active: RwLock::new(None),
             revoked: RwLock::new(HashSet::new()),
             last_seq: AtomicU64::new(0),
@@ -73,6 +90,36 @@ impl Memory {
         *keys_guard = keys;
         *self.active.write().map_err(|_| Error::Closed)? = active;
         Ok(())
+    }
+
+    /// Replace the signing keys with `stored`, unsealed with `master`.
+    pub(crate) fn set_signing_keys(
+        &self,
+        stored: Vec<(String, StoredSigningKey)>,
+        master: &MasterKey,
+    ) -> Result<()> {
+        let mut out = Vec::with_capacity(stored.len());
+        for (kid, k) in stored {
+            let alg = Algorithm::from_name(&k.alg)
+                .ok_or_else(|| Error::Corrupt(format!("signing key alg {}", k.alg)))?;
+            let secret = master.open(&signing_label(&kid), &k.sealed).ok_or(Error::WrongMasterKey)?;
+            let key = SigningKey::from_secret_bytes(alg, &secret)
+                .map_err(|e| Error::Corrupt(format!("signing key {kid}: {e}")))?;
+            out.push(SigningEntry { key: Arc::new(key), info: k.info(&kid) });
+        }
+        *self.signing.write().map_err(|_| Error::Closed)? = out;
+        Ok(())
+    }
+
+    /// Every signing key, oldest first.
+    pub(crate) fn signing_keys(&self) -> Vec<SigningEntry> {
+        self.signing.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The signing key of `alg` that signs now.
+    pub(crate) fn active_signing_key(&self, alg: Algorithm) -> Option<SigningEntry> {
+        let s = self.signing.read().ok()?;
+        s.iter().find(|e| e.info.state == SigningKeyState::Active && e.info.alg == alg.name()).cloned()
     }
 
     pub(crate) fn revoke(&self, tid: TokenId) {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tessera_core::envelope::{Algorithm, PublicKey, SigningKey};
 use tessera_core::{KeyId, KeyProvider, RootKey, TokenId, TokenKey, MAX_SUBJECT};
 use time::OffsetDateTime;
 
@@ -16,7 +17,8 @@ use crate::backend::postgres::{PostgresBackend, PostgresOptions};
 use crate::backend::redb::RedbBackend;
 use crate::backend::{Backend, Event};
 use crate::codec::{
-    KeyInfo, NewToken, Revocation, RevocationTarget, TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
+    KeyInfo, NewToken, Revocation, RevocationTarget, SigningKeyInfo, TokenRecord, MAX_CAVEAT_SUMMARY,
+    MAX_DESCRIPTION,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
@@ -259,6 +261,50 @@ impl Store {
         self.inner.mem.verifying_key(kid)
     }
 
+    // ---- JWT signing keys ----------------------------------------------------------------
+
+    /// Create the first signing keys of `alg` (ES256 or EdDSA): one active, and one published
+    /// as the next (so verifiers' JWKS caches hold it before it signs). Nothing when `alg` has
+    /// keys already (also on a cluster, where nodes start together). Returns whether this call
+    /// created them.
+    pub fn ensure_signing_keys(&self, alg: Algorithm) -> Result<bool> {
+        let gen = || SigningKey::generate(alg).map_err(|e| Error::Corrupt(e.to_string()));
+        match self.submit(Op::EnsureSigning { active: Box::new(gen()?), next: Box::new(gen()?) }) {
+            Ok(Done::Signing(_)) => Ok(true),
+            Err(Error::KeysExist) => Ok(false),
+            Ok(_) => Err(Error::Corrupt("unexpected writer reply".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rotate the signing keys of `alg`: the next key (published at least `min_published` ago,
+    /// or [`Error::TooEarly`]) starts signing, the active one retires (it stays published while
+    /// envelopes it signed may be valid; the service decides how long), and a new next key is
+    /// published. Returns the keys that changed.
+    pub fn rotate_signing_key(&self, alg: Algorithm, min_published: Duration) -> Result<Vec<SigningKeyInfo>> {
+        let next = SigningKey::generate(alg).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let min_published = i64::try_from(min_published.as_secs()).unwrap_or(i64::MAX);
+        match self.submit(Op::RotateSigning { next: Box::new(next), min_published })? {
+            Done::Signing(keys) => Ok(keys),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// Every signing key (metadata and public JWK), oldest first.
+    pub fn signing_keys(&self) -> Vec<SigningKeyInfo> {
+        self.inner.mem.signing_keys().into_iter().map(|e| e.info).collect()
+    }
+
+    /// The key of `alg` that signs now, with its kid.
+    pub fn active_signing_key(&self, alg: Algorithm) -> Option<(String, Arc<SigningKey>)> {
+        self.inner.mem.active_signing_key(alg).map(|e| (e.info.kid, e.key))
+    }
+
+    /// The public key of a signing key by kid (any state), to verify envelopes locally.
+    pub fn signing_public_key(&self, kid: &str) -> Option<PublicKey> {
+        self.inner.mem.signing_keys().into_iter().find(|e| e.info.kid == kid).and_then(|e| e.key.public_key())
+    }
+
     // ---- tokens --------------------------------------------------------------------------
 
     /// Record a minted token, durably. Refuses unknown or revoked keys, duplicate ids, a revoked
@@ -323,7 +369,7 @@ impl Store {
                 let target = match c.event {
                     Event::TokenRevoked(tid) => RevocationTarget::Token(tid),
                     Event::KeyRevoked(kid) => RevocationTarget::Key(kid),
-                    Event::KeyChanged(_) => continue,
+                    Event::KeyChanged(_) | Event::SigningKeys => continue,
                 };
                 out.push(Revocation { seq: c.seq, at: c.at, target });
                 if out.len() == limit {

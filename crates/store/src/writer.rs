@@ -12,12 +12,15 @@ use tessera_core::{KeyId, RootKey, TokenId};
 
 use crate::backend::{Backend, Event, Tx};
 use crate::codec::{
-    KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, StoredKey, StoredToken, TokenRecord,
+    KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, SigningKeyInfo, SigningKeyState, StoredKey,
+    StoredSigningKey, StoredToken, TokenRecord,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
 use crate::master::MasterKey;
+use crate::memory::signing_label;
 use crate::store::now;
+use tessera_core::envelope::SigningKey;
 
 /// Most operations one commit carries.
 const MAX_BATCH: usize = 512;
@@ -35,6 +38,18 @@ pub(crate) enum Op {
     RevokeKey(KeyId),
     Record(NewToken),
     RevokeToken(TokenId),
+    /// Create the first signing keys of an algorithm (one active, one published as next), unless
+    /// it has keys already.
+    EnsureSigning {
+        active: Box<SigningKey>,
+        next: Box<SigningKey>,
+    },
+    /// Promote the next key of `next`'s algorithm to active (it must have been published for at
+    /// least `min_published` seconds), retire the active one, publish `next` as the new next.
+    RotateSigning {
+        next: Box<SigningKey>,
+        min_published: i64,
+    },
 }
 
 /// The writer's answer to one [`Op`].
@@ -43,6 +58,7 @@ pub(crate) enum Done {
     Token(TokenRecord),
     Revocation(Option<Revocation>),
     Revocations(Vec<Revocation>),
+    Signing(Vec<SigningKeyInfo>),
 }
 
 /// An operation and where its answer goes.
@@ -121,6 +137,27 @@ impl Writer {
         Self::log(tx, at, RevocationTarget::Token(*tid)).map(Some)
     }
 
+    /// A new signing key, sealed, ready to store; its kid is its public key's thumbprint.
+    fn stored_signing(
+        &self,
+        key: &SigningKey,
+        state: SigningKeyState,
+        at: i64,
+    ) -> Result<(String, StoredSigningKey)> {
+        let public = key.public_key().ok_or_else(|| Error::Corrupt("HS256 keys are not stored".into()))?;
+        let kid = public.thumbprint();
+        let stored = StoredSigningKey {
+            alg: key.algorithm().name().to_owned(),
+            sealed: self.master.seal(&signing_label(&kid), key.secret_bytes().as_ref())?,
+            jwk: public.jwk().to_string(),
+            state,
+            created: at,
+            activated_at: (state == SigningKeyState::Active).then_some(at),
+            retired_at: None,
+        };
+        Ok((kid, stored))
+    }
+
     /// Apply one operation inside the batch's transaction. An error may come after some writes:
     /// the backend then keeps none of them.
     fn apply(&self, tx: &mut dyn Tx, op: &Op) -> Result<Done> {
@@ -191,6 +228,51 @@ impl Writer {
                 };
                 tx.insert_token(&new.tid, &stored)?;
                 Ok(Done::Token(stored.into_record(new.tid)))
+            }
+            Op::EnsureSigning { active, next } => {
+                // The append first: it serializes with every other writer of the database.
+                tx.append(at, Event::SigningKeys)?;
+                let alg = active.algorithm().name();
+                if tx.signing_keys()?.iter().any(|(_, k)| k.alg == alg) {
+                    return Err(Error::KeysExist);
+                }
+                let mut out = Vec::new();
+                for (key, state) in [(&**active, SigningKeyState::Active), (&**next, SigningKeyState::Next)] {
+                    let (kid, stored) = self.stored_signing(key, state, at)?;
+                    tx.put_signing_key(&kid, &stored)?;
+                    out.push(stored.info(&kid));
+                }
+                Ok(Done::Signing(out))
+            }
+            Op::RotateSigning { next, min_published } => {
+                tx.append(at, Event::SigningKeys)?;
+                let alg = next.algorithm().name();
+                let keys: Vec<(String, StoredSigningKey)> =
+                    tx.signing_keys()?.into_iter().filter(|(_, k)| k.alg == alg).collect();
+                let (next_kid, mut promoted) = keys
+                    .iter()
+                    .find(|(_, k)| k.state == SigningKeyState::Next)
+                    .cloned()
+                    .ok_or_else(|| Error::NoNextSigningKey(alg.to_owned()))?;
+                let published = at - promoted.created;
+                if published < *min_published {
+                    return Err(Error::TooEarly { published, required: *min_published });
+                }
+                let mut out = Vec::new();
+                for (kid, mut k) in keys.into_iter().filter(|(_, k)| k.state == SigningKeyState::Active) {
+                    k.state = SigningKeyState::Retired;
+                    k.retired_at = Some(at);
+                    tx.put_signing_key(&kid, &k)?;
+                    out.push(k.info(&kid));
+                }
+                promoted.state = SigningKeyState::Active;
+                promoted.activated_at = Some(at);
+                tx.put_signing_key(&next_kid, &promoted)?;
+                out.push(promoted.info(&next_kid));
+                let (kid, stored) = self.stored_signing(next, SigningKeyState::Next, at)?;
+                tx.put_signing_key(&kid, &stored)?;
+                out.push(stored.info(&kid));
+                Ok(Done::Signing(out))
             }
             Op::RevokeToken(tid) => {
                 if tx.token(tid)?.is_none() {

@@ -290,3 +290,55 @@ on_both!(revoking_a_token_revokes_its_descendants_transitively, |db: Db| {
     assert!(store.is_token_revoked(&g));
     assert_eq!(store.token(&c1).unwrap().unwrap().parent, Some(p));
 });
+
+on_both!(signing_keys_are_sealed_published_ahead_and_rotated, |db: Db| {
+    use tessera_core::envelope::Algorithm;
+    use tessera_store::SigningKeyState;
+    let store = db.open();
+    assert!(store.signing_keys().is_empty());
+    assert!(store.ensure_signing_keys(Algorithm::Es256).unwrap());
+    assert!(!store.ensure_signing_keys(Algorithm::Es256).unwrap(), "only once");
+    assert!(store.ensure_signing_keys(Algorithm::EdDsa).unwrap());
+    let keys = store.signing_keys();
+    assert_eq!(keys.len(), 4);
+    let states = |alg: &str| {
+        let mut v: Vec<SigningKeyState> =
+            store.signing_keys().iter().filter(|k| k.alg == alg).map(|k| k.state).collect();
+        v.sort_by_key(|s| format!("{s:?}"));
+        v
+    };
+    assert_eq!(states("ES256"), vec![SigningKeyState::Active, SigningKeyState::Next]);
+    let (active_kid, active) = store.active_signing_key(Algorithm::Es256).unwrap();
+    assert_eq!(active.public_key().unwrap().thumbprint(), active_kid);
+    let next_kid =
+        keys.iter().find(|k| k.alg == "ES256" && k.state == SigningKeyState::Next).unwrap().kid.clone();
+
+    // The next key must have been published long enough before it may sign.
+    let err = store.rotate_signing_key(Algorithm::Es256, std::time::Duration::from_secs(3600)).unwrap_err();
+    assert!(matches!(err, Error::TooEarly { required: 3600, .. }), "{err}");
+    assert_eq!(store.active_signing_key(Algorithm::Es256).unwrap().0, active_kid, "nothing changed");
+    let changed = store.rotate_signing_key(Algorithm::Es256, std::time::Duration::ZERO).unwrap();
+    assert_eq!(changed.len(), 3);
+    assert_eq!(
+        store.active_signing_key(Algorithm::Es256).unwrap().0,
+        next_kid,
+        "the published next key signs"
+    );
+    let old = store.signing_keys().into_iter().find(|k| k.kid == active_kid).unwrap();
+    assert_eq!(old.state, SigningKeyState::Retired);
+    assert!(old.retired_at.is_some());
+    assert!(store.signing_public_key(&active_kid).is_some(), "a retired key still verifies");
+    assert_eq!(
+        states("EdDSA"),
+        vec![SigningKeyState::Active, SigningKeyState::Next],
+        "other algorithms untouched"
+    );
+
+    // Sealed at rest: after a reopen the same keys sign.
+    let before: Vec<_> = store.signing_keys();
+    drop(store);
+    let store = db.open();
+    assert_eq!(store.signing_keys(), before);
+    let (kid, key) = store.active_signing_key(Algorithm::Es256).unwrap();
+    assert_eq!(key.public_key().unwrap().thumbprint(), kid);
+});

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tessera_core::{KeyId, TokenId};
 
-use crate::codec::{StoredKey, StoredToken};
+use crate::codec::{StoredKey, StoredSigningKey, StoredToken};
 use crate::error::Result;
 
 /// What a change-log entry records. The log is gap-free and in commit order: a follower that
@@ -28,6 +28,8 @@ pub(crate) enum Event {
     KeyRevoked(KeyId),
     /// A key was added, or its state changed (activated, retired): reload it.
     KeyChanged(KeyId),
+    /// A JWT signing key was added or changed state: reload them.
+    SigningKeys,
 }
 
 /// One change-log entry.
@@ -58,6 +60,10 @@ pub(crate) trait Tx {
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()>;
     /// The tokens minted from `tid`.
     fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>>;
+    /// Every JWT signing key, by kid.
+    fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>>;
+    /// Insert or replace a JWT signing key.
+    fn put_signing_key(&mut self, kid: &str, key: &StoredSigningKey) -> Result<()>;
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
@@ -75,6 +81,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>>;
     /// Every key.
     fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>>;
+    /// Every JWT signing key, by kid.
+    fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>>;
     /// One token record.
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>>;
     /// Every token record of a subject.

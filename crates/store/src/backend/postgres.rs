@@ -17,12 +17,13 @@ use tessera_core::{KeyId, TokenId};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
-use crate::codec::{KeyState, StoredKey, StoredToken, SCHEMA_VERSION};
+use crate::codec::{KeyState, SigningKeyState, StoredKey, StoredSigningKey, StoredToken, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
 
 /// Migrations, in order: (schema version reached, SQL).
-const MIGRATIONS: &[(u32, &str)] = &[(2, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] =
+    &[(2, include_str!("migrations/0001_init.sql")), (3, include_str!("migrations/0002_signing_keys.sql"))];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
 /// The channel committing writers notify.
@@ -79,6 +80,7 @@ fn kind_of(e: &Event) -> (&'static str, Vec<u8>) {
         Event::TokenRevoked(t) => ("token-revoked", t.as_bytes().to_vec()),
         Event::KeyRevoked(k) => ("key-revoked", k.as_bytes().to_vec()),
         Event::KeyChanged(k) => ("key-changed", k.as_bytes().to_vec()),
+        Event::SigningKeys => ("signing-keys", Vec::new()),
     }
 }
 
@@ -132,6 +134,30 @@ fn token_of(row: &Row) -> Result<(TokenId, StoredToken)> {
     ))
 }
 
+fn signing_key_of(row: &Row) -> Result<(String, StoredSigningKey)> {
+    let state = match row.try_get::<_, String>(4).map_err(db)?.as_str() {
+        "next" => SigningKeyState::Next,
+        "active" => SigningKeyState::Active,
+        "retired" => SigningKeyState::Retired,
+        other => return Err(Error::Corrupt(format!("signing key state {other}"))),
+    };
+    Ok((
+        row.try_get(0).map_err(db)?,
+        StoredSigningKey {
+            alg: row.try_get(1).map_err(db)?,
+            sealed: row.try_get(2).map_err(db)?,
+            jwk: row.try_get(3).map_err(db)?,
+            state,
+            created: row.try_get(5).map_err(db)?,
+            activated_at: row.try_get(6).map_err(db)?,
+            retired_at: row.try_get(7).map_err(db)?,
+        },
+    ))
+}
+
+const SELECT_SIGNING: &str =
+    "SELECT kid, alg, sealed, jwk, state, created, activated_at, retired_at FROM tessera_signing_keys ORDER BY created, kid";
+
 fn change_of(row: &Row) -> Result<Change> {
     let seq: i64 = row.try_get(0).map_err(db)?;
     let kind: String = row.try_get(2).map_err(db)?;
@@ -140,6 +166,7 @@ fn change_of(row: &Row) -> Result<Change> {
         "token-revoked" => Event::TokenRevoked(TokenId::from_bytes(bytes(id, "change id")?)),
         "key-revoked" => Event::KeyRevoked(KeyId::from_bytes(bytes(id, "change id")?)),
         "key-changed" => Event::KeyChanged(KeyId::from_bytes(bytes(id, "change id")?)),
+        "signing-keys" => Event::SigningKeys,
         other => return Err(Error::Corrupt(format!("change kind {other}"))),
     };
     Ok(Change { seq: seq as u64, at: row.try_get(1).map_err(db)?, event })
@@ -479,6 +506,36 @@ impl Tx for PgTx<'_> {
         })
     }
 
+    fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>> {
+        self.run(SELECT_SIGNING, vec![], |rows| rows.iter().map(signing_key_of).collect())
+    }
+
+    fn put_signing_key(&mut self, kid: &str, k: &StoredSigningKey) -> Result<()> {
+        let state = match k.state {
+            SigningKeyState::Next => "next",
+            SigningKeyState::Active => "active",
+            SigningKeyState::Retired => "retired",
+        };
+        let params: Params = vec![
+            p(kid.to_owned()),
+            p(k.alg.clone()),
+            p(k.sealed.clone()),
+            p(k.jwk.clone()),
+            p(state),
+            p(k.created),
+            p(k.activated_at),
+            p(k.retired_at),
+        ];
+        self.run(
+            "INSERT INTO tessera_signing_keys (kid, alg, sealed, jwk, state, created, activated_at, retired_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (kid) DO UPDATE SET state = excluded.state, activated_at = excluded.activated_at,
+               retired_at = excluded.retired_at",
+            params,
+            |_| Ok(()),
+        )
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         let (kind, id) = kind_of(&event);
         let params: Params = vec![p(at), p(kind), p(id)];
@@ -516,6 +573,10 @@ impl Backend for PostgresBackend {
             vec![],
             |rows| rows.iter().map(key_of).collect(),
         )
+    }
+
+    fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>> {
+        self.query(SELECT_SIGNING, vec![], |rows| rows.iter().map(signing_key_of).collect())
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

@@ -11,7 +11,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tessera_core::{KeyId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
-use crate::codec::{self, StoredKey, StoredRevocation, StoredTarget, StoredToken, SCHEMA_VERSION};
+use crate::codec::{
+    self, StoredKey, StoredRevocation, StoredSigningKey, StoredTarget, StoredToken, SCHEMA_VERSION,
+};
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
 
@@ -22,6 +24,8 @@ const BY_SUBJECT: TableDefinition<(&str, [u8; 16]), ()> = TableDefinition::new("
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations");
 /// Lineage: (parent tid, child tid) for tokens minted from a token (schema version 2).
 const CHILDREN: TableDefinition<([u8; 16], [u8; 16]), ()> = TableDefinition::new("token_children");
+/// JWT signing keys by kid (thumbprint), created when first written.
+const SIGNING: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
 
 /// The redb database.
 pub(crate) struct RedbBackend {
@@ -95,16 +99,18 @@ fn init(db: &Database, master: &MasterKey) -> Result<()> {
         txn.open_table(BY_SUBJECT).map_err(storage)?;
         txn.open_table(CHANGES).map_err(storage)?;
         txn.open_table(CHILDREN).map_err(storage)?;
+        txn.open_table(SIGNING).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
 
-/// Bring an older database to [`SCHEMA_VERSION`] in one transaction: version 1 → 2 adds the
-/// children index (existing records have no parent).
+/// Bring an older database to [`SCHEMA_VERSION`] in one transaction: 1 → 2 adds the children
+/// index (existing records have no parent), 2 → 3 the signing keys.
 fn migrate(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(storage)?;
     {
         txn.open_table(CHILDREN).map_err(storage)?;
+        txn.open_table(SIGNING).map_err(storage)?;
         let mut meta = txn.open_table(META).map_err(storage)?;
         meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
     }
@@ -116,6 +122,7 @@ fn event_of(t: StoredTarget) -> Event {
         StoredTarget::Token(b) => Event::TokenRevoked(TokenId::from_bytes(b)),
         StoredTarget::Key(b) => Event::KeyRevoked(KeyId::from_bytes(b)),
         StoredTarget::KeyChanged(b) => Event::KeyChanged(KeyId::from_bytes(b)),
+        StoredTarget::SigningKeys => Event::SigningKeys,
     }
 }
 
@@ -124,6 +131,7 @@ fn target_of(e: Event) -> StoredTarget {
         Event::TokenRevoked(t) => StoredTarget::Token(*t.as_bytes()),
         Event::KeyRevoked(k) => StoredTarget::Key(*k.as_bytes()),
         Event::KeyChanged(k) => StoredTarget::KeyChanged(*k.as_bytes()),
+        Event::SigningKeys => StoredTarget::SigningKeys,
     }
 }
 
@@ -146,6 +154,17 @@ fn all_keys(table: &impl ReadableTable<[u8; 8], &'static [u8]>) -> Result<Vec<(K
     for row in table.range::<[u8; 8]>(..).map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
         out.push((KeyId::from_bytes(k.value()), codec::decode(v.value(), "key")?));
+    }
+    Ok(out)
+}
+
+fn signing_keys(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, StoredSigningKey)>> {
+    let mut out = Vec::new();
+    for row in table.range::<&str>(..).map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        out.push((k.value().to_owned(), codec::decode(v.value(), "signing key")?));
     }
     Ok(out)
 }
@@ -203,6 +222,16 @@ impl Tx for RedbTx<'_> {
         children(&self.txn.open_table(CHILDREN).map_err(storage)?, tid)
     }
 
+    fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>> {
+        signing_keys(&self.txn.open_table(SIGNING).map_err(storage)?)
+    }
+
+    fn put_signing_key(&mut self, kid: &str, key: &StoredSigningKey) -> Result<()> {
+        let mut t = self.txn.open_table(SIGNING).map_err(storage)?;
+        t.insert(kid, codec::encode(key).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         // One writer thread per database: the next number is the last one plus one.
         let mut log = self.txn.open_table(CHANGES).map_err(storage)?;
@@ -237,6 +266,15 @@ impl Backend for RedbBackend {
     fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>> {
         let txn = self.db.begin_read().map_err(storage)?;
         all_keys(&txn.open_table(KEYS).map_err(storage)?)
+    }
+
+    fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        match txn.open_table(SIGNING) {
+            Ok(t) => signing_keys(&t),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(storage(e)),
+        }
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

@@ -231,37 +231,25 @@ fn pyjwt_verifies_es256_and_eddsa_envelopes_from_the_jwk_alone() {
         let key = envelope::SigningKey::generate(alg).unwrap();
         let jwk = key.public_key().unwrap().jwk();
         let kid = jwk["kid"].as_str().unwrap().to_owned();
-        let jwt = envelope::issue_signed(
-            &verified,
-            &key,
-            &kid,
-            "https://tessera.test",
-            Some("gw"),
-            now,
-            Duration::minutes(5),
-        )
-        .unwrap();
-        let answer =
-            peer("jwk", json!({"jwt": jwt, "jwk": jwk, "issuer": "https://tessera.test", "audience": "gw"}));
+        let check = |signer: &envelope::SigningKey| {
+            let jwt = envelope::issue_signed(
+                &verified,
+                signer,
+                &kid,
+                "https://tessera.test",
+                Some("gw"),
+                now,
+                Duration::minutes(5),
+            )
+            .unwrap();
+            peer("jwk", json!({"jwt": jwt, "jwk": jwk, "issuer": "https://tessera.test", "audience": "gw"}))
+        };
+        let answer = check(&key);
         assert_eq!(answer["ok"], true, "{alg}: {answer}");
         assert_eq!(answer["header"]["alg"], alg.name());
         assert_eq!(answer["claims"]["aud"], "gw");
         // A token signed by another key under the same kid fails in PyJWT too.
-        let other = envelope::SigningKey::generate(alg).unwrap();
-        let forged = envelope::issue_signed(
-            &verified,
-            &other,
-            &kid,
-            "https://tessera.test",
-            Some("gw"),
-            now,
-            Duration::minutes(5),
-        )
-        .unwrap();
-        let answer = peer(
-            "jwk",
-            json!({"jwt": forged, "jwk": jwk, "issuer": "https://tessera.test", "audience": "gw"}),
-        );
+        let answer = check(&envelope::SigningKey::generate(alg).unwrap());
         assert_eq!(answer["ok"], false, "{answer}");
     }
 }

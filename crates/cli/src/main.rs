@@ -226,9 +226,17 @@ struct JwtArgs {
 struct JwtCheckArgs {
     /// The JWT (`-` or absent: read standard input).
     jwt: Option<String>,
-    /// The envelope key in hex (GET /v1/keys/{kid}/envelope-key).
-    #[arg(long, value_name = "HEX")]
-    key_hex: String,
+    /// HS256: the envelope key in hex (GET /v1/keys/{kid}/envelope-key).
+    #[arg(long, value_name = "HEX", required_unless_present = "jwks", conflicts_with = "jwks")]
+    key_hex: Option<String>,
+    /// ES256 / EdDSA: the JWKS, as a URL (the service's /.well-known/jwks.json) or a file; the
+    /// key is chosen by the envelope's kid and fixes the algorithm.
+    #[arg(long, value_name = "URL|FILE")]
+    jwks: Option<String>,
+    /// The audience this check is for: the envelope's aud must equal it (an envelope with an
+    /// aud is refused without it).
+    #[arg(long)]
+    aud: Option<String>,
     /// The expected issuer.
     #[arg(long, env = "TESSERA_ISSUER")]
     issuer: String,
@@ -597,24 +605,57 @@ fn jwt(args: JwtArgs) -> Result<Result<(), Denied>> {
     Ok(Ok(()))
 }
 
+/// Finds the key an envelope's kid names.
+type KeyLookup = Box<dyn Fn(&str) -> tessera_core::Result<envelope::VerifyKey>>;
+
+/// A JWKS from a URL or a file.
+fn load_jwks(at: &str) -> Result<Value> {
+    let text = if at.starts_with("http://") || at.starts_with("https://") {
+        let agent = ureq::Agent::config_builder().http_status_as_error(true).build().new_agent();
+        agent.get(at).call().with_context(|| format!("GET {at}"))?.body_mut().read_to_string()?
+    } else {
+        std::fs::read_to_string(at).with_context(|| format!("reading {at}"))?
+    };
+    let jwks: Value = serde_json::from_str(&text).with_context(|| format!("{at} is not JSON"))?;
+    if !jwks["keys"].is_array() {
+        bail!("{at} is not a JWK Set (no \"keys\" array)");
+    }
+    Ok(jwks)
+}
+
 fn jwt_check(args: JwtCheckArgs) -> Result<Result<(), Denied>> {
     let text = read_arg(args.jwt)?;
-    let hex = args.key_hex.trim();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("--key-hex must be 64 hex digits");
-    }
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
-    let key = envelope::EnvelopeKey::from_bytes(key);
+    let key: KeyLookup = match (&args.key_hex, &args.jwks) {
+        (Some(hex), _) => {
+            let hex = hex.trim();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("--key-hex must be 64 hex digits");
+            }
+            let mut key = [0u8; 32];
+            for (i, b) in key.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+            }
+            let key = envelope::EnvelopeKey::from_bytes(key);
+            Box::new(move |_| Ok(envelope::VerifyKey::Hs256(key.clone())))
+        }
+        (None, Some(at)) => {
+            let jwks = load_jwks(at)?;
+            Box::new(move |kid| {
+                let jwk = jwks["keys"].as_array().into_iter().flatten().find(|k| k["kid"] == kid);
+                let jwk = jwk
+                    .ok_or_else(|| tessera_core::Error::Envelope(format!("kid {kid} is not in the JWKS")))?;
+                envelope::PublicKey::from_jwk(jwk).map(envelope::VerifyKey::Public)
+            })
+        }
+        (None, None) => bail!("give --key-hex (HS256) or --jwks (ES256, EdDSA)"),
+    };
     let mut ctx = Context::now();
     ctx.operation = args.op;
     ctx.resource = args.resource;
     if let Some(ip) = args.client_ip {
         ctx = ctx.client_ip(ip);
     }
-    match envelope::decode(text.trim(), |_| Some(key.clone()), &args.issuer, &ctx) {
+    match envelope::decode_with(text.trim(), key, &args.issuer, args.aud.as_deref(), &ctx) {
         Ok(claims) => {
             println!(
                 "allowed\nsubject:  {}\ntoken id: {}\nexpires:  {}",

@@ -170,5 +170,22 @@ fn pyjwt_verifies_envelopes_through_the_jwks_url() {
         // The wrong audience is refused by PyJWT too.
         let wrong = json!({"jwks_uri": format!("{url}/.well-known/jwks.json"), "jwt": jwt, "issuer": url, "audience": "other"});
         assert_eq!(peer("jwks", wrong)["ok"], false);
+        // And `tessera jwt-check` with the JWKS URL, or a saved copy of it.
+        let jwks_url = format!("{url}/.well-known/jwks.json");
+        let saved = dir.path().join("jwks.json");
+        std::fs::write(&saved, ureq::get(&jwks_url).call().unwrap().body_mut().read_to_string().unwrap())
+            .unwrap();
+        for source in [jwks_url.as_str(), saved.to_str().unwrap()] {
+            let check = |aud: &str, op: &str| {
+                tessera(
+                    &["jwt-check", jwt, "--jwks", source, "--issuer", &url, "--aud", aud, "--op", op],
+                    None,
+                )
+                .0
+            };
+            assert_eq!(check("api", "read"), 0, "{alg} via {source}");
+            assert_eq!(check("api", "write"), 1, "cap enforced");
+            assert_eq!(check("other", "read"), 1, "audience enforced");
+        }
     }
 }

@@ -90,6 +90,8 @@ lua GET "" >"$work/get.lua"
 lua POST "$verify_body" >"$work/parse.lua"
 lua POST "$verify_body" >"$work/verify.lua"
 lua POST "$cverify_body" >"$work/cverify.lua"
+lua POST "{\"token\":\"$token\",\"alg\":\"HS256\"}" >"$work/jwt-hs256.lua"
+lua POST "{\"token\":\"$token\",\"alg\":\"ES256\"}" >"$work/jwt-es256.lua"
 lua POST '{"subject":"alice","operations":["read"],"ttl":"1h"}' "$admin" >"$work/mint.lua"
 
 run() { # name url script
@@ -104,6 +106,8 @@ for round in $(seq "$ROUNDS"); do
   run tessera-verify "http://$tess_addr/v1/verify" "$work/verify.lua"
   run cluster-node-verify "http://$cluster_addr/v1/verify" "$work/cverify.lua"
   run tessera-mint "http://$tess_addr/v1/tokens" "$work/mint.lua"
+  run jwt-hs256 "http://$tess_addr/v1/jwt" "$work/jwt-hs256.lua"
+  run jwt-es256 "http://$tess_addr/v1/jwt" "$work/jwt-es256.lua"
 done >"$work/results"
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds (medians), $WORKERS server workers, $(nproc) cores,"
@@ -128,4 +132,5 @@ print("per-round verify / constant GET: " + ", ".join(f"{x:.2f}" for x in ratios
 print(f"median verify / constant GET = {med['tessera-verify'][0] / med['constant-get'][0]:.2f}; "
       f"verify / constant POST+parse = {med['tessera-verify'][0] / med['constant-post-parse'][0]:.2f}")
 print(f"verify on a cluster node (PostgreSQL) / on the redb node = {med['cluster-node-verify'][0] / med['tessera-verify'][0]:.2f}")
+print(f"/v1/jwt ES256 / HS256 = {med['jwt-es256'][0] / med['jwt-hs256'][0]:.2f}; ES256 / constant POST+parse = {med['jwt-es256'][0] / med['constant-post-parse'][0]:.2f}")
 PY

@@ -5,7 +5,8 @@
 //!   (derive + 6 HMACs + constant-time compare), as DESIGN.md defines the floor.
 //! - `floor/chain+token_key/5`: the same plus the per-token key derivation a Tessera token needs.
 //! - `peer/macaroon_crate/5`: the `macaroon` crate deserializing and verifying the same token.
-//! - `attenuate/text`, `envelope/issue`, `envelope/decode`.
+//! - `attenuate/text`, `envelope/issue`, `envelope/decode` (HS256), and `envelope/issue/es256`,
+//!   `decode/es256`, `issue/eddsa`, `decode/eddsa`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -163,6 +164,49 @@ fn benches(c: &mut Criterion) {
             .expect("decode")
         })
     });
+    // Public-key envelopes (issue 10): the same token and claims, signed and checked with ES256
+    // and EdDSA, beside the HS256 pair above.
+    for alg in [envelope::Algorithm::Es256, envelope::Algorithm::EdDsa] {
+        let key = envelope::SigningKey::generate(alg).expect("key");
+        let public = key.public_key().expect("public");
+        let pkid = public.thumbprint();
+        let signed = envelope::issue_signed(
+            &verified,
+            &key,
+            &pkid,
+            "https://tessera.example",
+            None,
+            now,
+            Duration::minutes(5),
+        )
+        .expect("issue");
+        let name = alg.name().to_ascii_lowercase();
+        g.bench_function(format!("issue/{name}"), |b| {
+            b.iter(|| {
+                envelope::issue_signed(
+                    &verified,
+                    &key,
+                    &pkid,
+                    "https://tessera.example",
+                    None,
+                    now,
+                    Duration::minutes(5),
+                )
+            })
+        });
+        g.bench_function(format!("decode/{name}"), |b| {
+            b.iter(|| {
+                envelope::decode_with(
+                    black_box(&signed),
+                    |_| Ok(envelope::VerifyKey::Public(public)),
+                    "https://tessera.example",
+                    None,
+                    &ctx,
+                )
+                .expect("decode")
+            })
+        });
+    }
     g.finish();
 }
 

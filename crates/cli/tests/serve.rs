@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 mod common;
 
-use common::peer;
+use common::{jose, peer};
 use serde_json::{json, Value};
 
 struct Serve(Child);
@@ -128,9 +128,10 @@ fn serve_then_discharge_revocable_tokens() {
 }
 
 /// A service in another language verifies envelopes with nothing but the JWKS URL: PyJWT's
-/// PyJWKClient fetches the running service's key set, for ES256 and EdDSA.
+/// PyJWKClient and npm jose's createRemoteJWKSet fetch the running service's key set, for
+/// ES256 and EdDSA; `tessera jwt-check --jwks` does the same from a shell.
 #[test]
-fn pyjwt_verifies_envelopes_through_the_jwks_url() {
+fn other_languages_verify_envelopes_through_the_jwks_url() {
     let dir = tempfile::tempdir().unwrap();
     #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -169,7 +170,15 @@ fn pyjwt_verifies_envelopes_through_the_jwks_url() {
         assert_eq!(answer["claims"]["cap"]["allow"], json!(["read"]));
         // The wrong audience is refused by PyJWT too.
         let wrong = json!({"jwks_uri": format!("{url}/.well-known/jwks.json"), "jwt": jwt, "issuer": url, "audience": "other"});
-        assert_eq!(peer("jwks", wrong)["ok"], false);
+        assert_eq!(peer("jwks", wrong.clone())["ok"], false);
+        // A second, independent verifier: npm jose (createRemoteJWKSet + jwtVerify).
+        let answer = jose(
+            json!({"jwks_uri": format!("{url}/.well-known/jwks.json"), "jwt": jwt, "issuer": url, "audience": "api"}),
+        );
+        assert_eq!(answer["ok"], true, "{alg}: {answer}");
+        assert_eq!(answer["alg"], alg);
+        assert_eq!(answer["payload"]["sub"], "erin");
+        assert_eq!(jose(wrong)["ok"], false, "jose refuses the wrong audience");
         // And `tessera jwt-check` with the JWKS URL, or a saved copy of it.
         let jwks_url = format!("{url}/.well-known/jwks.json");
         let saved = dir.path().join("jwks.json");

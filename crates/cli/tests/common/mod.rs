@@ -31,3 +31,23 @@ pub(crate) fn peer(cmd: &str, req: Value) -> Value {
     assert!(out.status.success());
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Run the npm `jose` verifier (`tests/interop/js/verify.mjs`; `make node-peers` installs it).
+pub(crate) fn jose(req: Value) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/js");
+    assert!(
+        dir.join("node_modules/jose").exists(),
+        "the jose peer is missing: run `make node-peers` (make test does)"
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("verify.mjs"))
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node (make node-peers installs it)");
+    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -173,10 +173,16 @@ pub(crate) struct RotateRequest {
 pub(crate) async fn rotate(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: Option<web::Json<RotateRequest>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse> {
     authorize(&state, &req, "keys.rotate", None)?;
-    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    // The body is optional, but one that is there must be right (an extractor wrapped in
+    // `Option` would silently treat a malformed body as absent).
+    let body: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
     let alg = algorithm(body.alg.as_deref().unwrap_or("ES256"))?;
     if alg == Algorithm::Hs256 {
         return Err(ApiError::bad_request(

@@ -122,6 +122,29 @@ fn signing_rotation_waits_for_publication_and_keeps_cached_verifiers_working() {
         let bob = mint_ok(&e, &e.admin, json!({"subject": "bob", "operations": ["keys.rotate"]})).await;
         let r = send(&e, auth(post("/v1/keys/signing/rotate", json!({"alg": "ES256"})), &bob)).await;
         assert_problem(&r, StatusCode::FORBIDDEN);
+        // No credential, a malformed body, an unknown field or algorithm: refused, nothing rotated.
+        assert_problem(
+            &send(&e, post("/v1/keys/signing/rotate", json!({"alg": "ES256"}))).await,
+            StatusCode::UNAUTHORIZED,
+        );
+        for bad in [json!({"alg": "none"}), json!({"alg": "ES256", "extra": 1}), json!({"force": "yes"})] {
+            let r = send(&e, auth(post("/v1/keys/signing/rotate", bad.clone()), &e.admin)).await;
+            assert_problem(&r, StatusCode::BAD_REQUEST);
+        }
+        let raw = TestRequest::post()
+            .uri("/v1/keys/signing/rotate")
+            .insert_header(("Content-Type", "application/json"))
+            .set_payload("{not json");
+        assert_problem(&send(&e, auth(raw, &e.admin)).await, StatusCode::BAD_REQUEST);
+        let jwt_bad = send(
+            &e,
+            TestRequest::post()
+                .uri("/v1/jwt")
+                .insert_header(("Content-Type", "application/json"))
+                .set_payload("[]"),
+        )
+        .await;
+        assert_problem(&jwt_bad, StatusCode::BAD_REQUEST);
 
         let e = env_with(|c| c.signing_prepublish = std::time::Duration::ZERO);
         let token = mint_ok(&e, &e.admin, json!({"subject": "dana"})).await;

@@ -270,3 +270,26 @@ fn interop_with_pymacaroons_both_ways() {
     );
     assert_eq!(v["ok"], false, "the peer sees the added caveat");
 }
+
+#[test]
+fn jwt_check_refuses_bad_key_sources_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_jwks = dir.path().join("not-jwks.json");
+    std::fs::write(&not_jwks, r#"{"keys": 7}"#).unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "not json").unwrap();
+    let missing = dir.path().join("missing.json");
+    for source in [&not_jwks, &garbage, &missing] {
+        let o = tessera(&["jwt-check", "a.b.c", "--jwks", source.to_str().unwrap(), "--issuer", "i"]);
+        assert_eq!(o.code, 2, "{}: {}", source.display(), o.stderr);
+    }
+    // Neither key given, or both.
+    assert_eq!(tessera(&["jwt-check", "a.b.c", "--issuer", "i"]).code, 2);
+    let both = ["jwt-check", "a.b.c", "--issuer", "i", "--key-hex", &"00".repeat(32), "--jwks", "x"];
+    assert_eq!(tessera(&both).code, 2);
+    // A JWKS without the kid: denied (exit 1), not a usage error.
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, r#"{"keys": []}"#).unwrap();
+    let jwt = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IngifQ.e30.AAAA";
+    assert_eq!(tessera(&["jwt-check", jwt, "--jwks", empty.to_str().unwrap(), "--issuer", "i"]).code, 1);
+}

@@ -5,6 +5,32 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+/// A database URL. It may hold a password: `Debug` masks it (see [`Config::database_display`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// The URL, password included: for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked =
+            Config { database_url: Some(self.clone()), ..Config::for_data_dir(".") }.database_display();
+        write!(f, "DatabaseUrl({masked:?})")
+    }
+}
+
 /// A JWS algorithm a configuration can name.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JwtAlg {
@@ -64,7 +90,7 @@ pub struct Config {
     /// absent: the embedded redb database under `--data-dir`. Every node needs the same master
     /// key (`TESSERA_MASTER_KEY`, or the same key file).
     #[arg(long = "database", env = "TESSERA_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
 
     /// On a cluster: how long a node that cannot reach the database keeps verifying from memory
     /// before it refuses (503) until the database answers again.
@@ -185,7 +211,7 @@ impl Config {
     pub fn database_display(&self) -> String {
         match &self.database_url {
             None => self.db_path().display().to_string(),
-            Some(url) => match (url.find("://"), url.rfind('@')) {
+            Some(DatabaseUrl(url)) => match (url.find("://"), url.rfind('@')) {
                 (Some(s), Some(at)) if at > s => {
                     let creds = &url[s + 3..at];
                     let user = creds.split(':').next().unwrap_or("");
@@ -213,5 +239,19 @@ impl Config {
     /// The issuer of envelopes.
     pub fn issuer(&self) -> String {
         self.issuer.clone().unwrap_or_else(|| self.public_url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_password_never_prints() {
+        let mut c = Config::for_data_dir("/d");
+        c.database_url = Some("postgres://tessera:s3cret-pw@db.internal:5432/tessera".parse().unwrap());
+        let shown = format!("{c:?} {}", c.database_display());
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("postgres://tessera:***@db.internal:5432/tessera"), "{shown}");
     }
 }

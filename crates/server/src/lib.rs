@@ -31,7 +31,7 @@ use tessera_core::envelope::Algorithm;
 use tessera_store::{Freshness, Location, MasterKey, PostgresOptions, Store};
 
 pub use auth::{client_ip, DISCHARGE_HEADER};
-pub use config::{Config, ForwardedHeader, JwtAlg};
+pub use config::{Config, DatabaseUrl, ForwardedHeader, JwtAlg};
 pub use limit::RateLimiter;
 pub use metrics::{Counter, Metrics};
 pub use mint::{mint, MintSpec, Minted};
@@ -110,7 +110,8 @@ impl AppState {
             }
             Some(url) => {
                 let (master, _) = MasterKey::from_env_or_file(&config.master_key_path())?;
-                let location = Location::Postgres { url: url.clone(), options: PostgresOptions::default() };
+                let location =
+                    Location::Postgres { url: url.expose().to_owned(), options: PostgresOptions::default() };
                 Store::open_at(&location, master, freshness)?
             }
         };

@@ -56,10 +56,15 @@ pub(crate) fn text(t: &Token, show_signature: bool) -> String {
     let mut out = String::new();
     out.push_str(&format!("location:   {}\n", t.location().unwrap_or("(none)")));
     match t.tessera_identifier() {
-        Some(id) => out.push_str(&format!(
-            "identifier: Tessera v1, key {}, token {}, subject \"{}\"\n",
-            id.kid, id.tid, id.sub
-        )),
+        Some(id) => {
+            out.push_str(&format!(
+                "identifier: Tessera v1, key {}, token {}, subject \"{}\"\n",
+                id.kid, id.tid, id.sub
+            ));
+            if let Some(c) = &id.claims {
+                out.push_str(&format!("claims:     {} (bound by the signature)\n", c.to_json()));
+            }
+        }
         None => match std::str::from_utf8(t.identifier()) {
             Ok(s) => out.push_str(&format!("identifier: \"{s}\" (not a Tessera identifier)\n")),
             Err(_) => out.push_str(&format!(
@@ -99,7 +104,8 @@ pub(crate) fn text(t: &Token, show_signature: bool) -> String {
 pub(crate) fn json(t: &Token, show_signature: bool) -> Value {
     let identifier = match t.tessera_identifier() {
         Some(id) => {
-            json!({"kind": "tessera", "kid": id.kid.to_string(), "tid": id.tid.to_string(), "subject": id.sub})
+            json!({"kind": "tessera", "kid": id.kid.to_string(), "tid": id.tid.to_string(), "subject": id.sub,
+                   "claims": id.claims.as_ref().map(|c| c.as_map())})
         }
         None => {
             json!({"kind": "opaque", "text": std::str::from_utf8(t.identifier()).ok(), "base64url": b64(t.identifier())})

@@ -18,9 +18,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tessera_core::{Caveat, Context, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
+use tessera_core::{Caveat, Context, CustomClaims, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
 use tessera_server::{mint_admin_token, MintSpec};
-use tessera_store::{KeyState, MasterKey, Store};
+use tessera_store::{KeyState, MasterKey, SigningKeyState, Store};
 use time::OffsetDateTime;
 
 use envelopes::{jwt, jwt_check, JwtArgs, JwtCheckArgs};
@@ -192,6 +192,9 @@ struct MintArgs {
     /// Location hint written into the token.
     #[arg(long)]
     location: Option<String>,
+    /// Custom claims for --db, a JSON object bound into the token (e.g. '{"roles":["editor"]}').
+    #[arg(long, requires = "db")]
+    claims: Option<String>,
     #[command(flatten)]
     narrow: Narrow,
 }
@@ -356,6 +359,9 @@ fn verify_remote(server: &str, token: &Token, args: &VerifyArgs) -> Result<Resul
             println!("allowed");
             println!("subject:    {}", v["subject"].as_str().unwrap_or("-"));
             println!("token id:   {}", v["tid"].as_str().unwrap_or("-"));
+            if let Some(c) = v.get("claims").filter(|c| c.is_object()) {
+                println!("claims:     {c}");
+            }
             println!("operations: {}", list(&r["operations"]));
             println!("resources:  {}", list(&r["resources"]));
             println!("client ips: {}", list(&r["client_ips"]));
@@ -428,6 +434,9 @@ fn verify(args: VerifyArgs) -> Result<Result<(), Denied>> {
             if let Some(tid) = &r.tid {
                 println!("token id:   {tid}");
             }
+            if let Some(c) = &r.claims {
+                println!("claims:     {}", c.to_json());
+            }
             println!("operations: {}", list(&r.operations));
             println!("resources:  {}", list(&r.resources));
             let nets = r.networks.map(|n| n.iter().map(ToString::to_string).collect::<Vec<_>>());
@@ -461,6 +470,10 @@ fn mint(args: MintArgs) -> Result<()> {
     let (Some(db), Some(subject)) = (&args.db, args.subject) else {
         bail!("give --key-file, or --db with --subject")
     };
+    let claims = match &args.claims {
+        Some(text) => Some(CustomClaims::from_json(text).map_err(|e| anyhow!("--claims: {e}"))?),
+        None => None,
+    };
     let store = db_of(db, args.master_key_file).open()?;
     let spec = MintSpec {
         subject,
@@ -469,6 +482,7 @@ fn mint(args: MintArgs) -> Result<()> {
         expires: None,
         revocable: false,
         parent: None,
+        claims,
     };
     let minted = tessera_server::mint(&store, args.location.as_deref().unwrap_or(""), "", spec)
         .map_err(|e| anyhow!("{e}"))?;
@@ -537,6 +551,16 @@ fn keys(action: KeysAction, store: &Store) -> Result<()> {
                     KeyState::Revoked => "revoked",
                 };
                 println!("{}  {state:<8} created {}", k.kid, when(k.created));
+            }
+            // JWT signing keys (ES256, EdDSA): the kid is the JWK thumbprint published in JWKS.
+            for k in store.signing_keys() {
+                let state = match k.state {
+                    SigningKeyState::Next => "next",
+                    SigningKeyState::Active => "active",
+                    SigningKeyState::Retired => "retired",
+                };
+                let since = k.retired_at.or(k.activated_at).unwrap_or(k.created);
+                println!("{}  {:<6} {state:<8} since {}", k.kid, k.alg, when(since));
             }
         }
         KeysAction::Rotate => {

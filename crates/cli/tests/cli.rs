@@ -163,6 +163,7 @@ fn database(dir: &Path) -> PathBuf {
     let (master, _) = MasterKey::load_or_create(&data.join("master.key")).unwrap();
     let store = Store::open(data.join("tessera.redb"), master).unwrap();
     store.rotate().unwrap();
+    store.ensure_signing_keys(tessera_core::envelope::Algorithm::Es256).unwrap();
     data.join("tessera.redb")
 }
 
@@ -200,6 +201,13 @@ fn local_administration_against_the_database() {
 
     let keys = ok(tessera(&["keys", "list", "--db", db]));
     assert!(keys.contains("active"));
+    // The JWT signing keys are listed beside the root keys: one active, one published as next.
+    let signing: Vec<&str> = keys.lines().filter(|l| l.contains("ES256")).collect();
+    assert_eq!(signing.len(), 2, "{keys}");
+    assert!(
+        signing.iter().any(|l| l.contains(" next ")) && signing.iter().any(|l| l.contains(" active ")),
+        "{keys}"
+    );
     let old_kid = keys.split_whitespace().next().unwrap().to_owned();
     ok(tessera(&["keys", "rotate", "--db", db]));
     assert_eq!(verify(&token, "read").code, 0, "retired keys still verify");
@@ -214,6 +222,28 @@ fn local_administration_against_the_database() {
     ok(tessera(&["keys", "revoke", &old_kid, "--db", db]));
     assert!(ok(tessera(&["keys", "list", "--db", db])).contains("revoked"));
     assert_eq!(tessera(&["tokens", "revoke", "zz", "--db", db]).code, 2);
+}
+
+#[test]
+fn custom_claims_at_mint_are_shown_by_verify_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(dir.path());
+    let db = db.to_str().unwrap();
+    let claims = r#"{"roles":["editor"],"org":7}"#;
+    let token = ok(tessera(&["mint", "--db", db, "--subject", "alice", "--claims", claims]));
+    let token = token.trim();
+    let v = tessera(&["verify", token, "--db", db]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(v.stdout.contains(r#"claims:     {"org":7,"roles":["editor"]}"#), "{}", v.stdout);
+    let text = ok(tessera(&["inspect", token]));
+    assert!(text.contains(r#"{"org":7,"roles":["editor"]} (bound by the signature)"#), "{text}");
+    let j: Value = serde_json::from_str(&ok(tessera(&["inspect", token, "--json"]))).unwrap();
+    assert_eq!(j["identifier"]["claims"]["roles"][0], "editor");
+    for bad in [r#"{"sub":"root"}"#, "[1]", "{"] {
+        let o = tessera(&["mint", "--db", db, "--subject", "alice", "--claims", bad]);
+        assert_eq!(o.code, 2, "{bad}: {}", o.stderr);
+        assert!(o.stderr.contains("--claims"), "{}", o.stderr);
+    }
 }
 
 #[test]

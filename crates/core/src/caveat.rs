@@ -329,6 +329,8 @@ pub struct Restrictions {
     pub tid: Option<TokenId>,
     /// Whom the token speaks for (Tessera identifiers only).
     pub subject: Option<String>,
+    /// Custom claims bound into the identifier (Tessera identifiers only).
+    pub claims: Option<crate::CustomClaims>,
     /// Latest `time-after`.
     pub not_before: Option<OffsetDateTime>,
     /// Earliest `time-before`.

@@ -88,6 +88,10 @@ pub enum Error {
     #[error("invalid envelope: {0}")]
     Envelope(String),
 
+    /// Custom claims are not a JSON object, or use a registered claim name.
+    #[error("custom claims: {0}")]
+    Claims(String),
+
     /// The operating system random number generator failed.
     #[error("random number generator failed")]
     Random,

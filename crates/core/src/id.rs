@@ -1,11 +1,14 @@
 //! Key ids, token ids and the Tessera identifier carried in every token.
 //!
-//! The identifier is a CBOR array `[1, h'kid'(8), h'tid'(16), "sub"]`. Because CBOR heads are
-//! minimal and the first three items have fixed sizes, the kid and tid sit at fixed offsets and are
-//! read without a general CBOR decoder; any CBOR tool still reads the whole identifier.
+//! The identifier is a CBOR array `[1, h'kid'(8), h'tid'(16), "sub"]`, or
+//! `[1, h'kid'(8), h'tid'(16), "sub", "claims"]` for a token with custom claims (their compact
+//! JSON as a text string; see [`CustomClaims`]). Because CBOR heads are minimal and the first
+//! three items have fixed sizes, the kid and tid sit at fixed offsets and are read without a
+//! general CBOR decoder; any CBOR tool still reads the whole identifier.
 
 use std::fmt;
 
+use crate::claims::{CustomClaims, MAX_CLAIMS};
 use crate::error::{Error, Result};
 
 const KID_LEN: usize = 8;
@@ -106,10 +109,13 @@ pub struct Identifier {
     pub tid: TokenId,
     /// The user or service the token speaks for.
     pub sub: String,
+    /// Custom claims the issuer bound into the token, if any.
+    pub claims: Option<CustomClaims>,
 }
 
-// CBOR heads: array(4), unsigned(1), bytes(8), bytes(16).
+// CBOR heads: array(4) or array(5) (with claims), unsigned(1), bytes(8), bytes(16).
 const PREFIX_ARRAY: u8 = 0x84;
+const PREFIX_ARRAY_CLAIMS: u8 = 0x85;
 const VERSION: u8 = 0x01;
 const HEAD_KID: u8 = 0x40 | KID_LEN as u8;
 const HEAD_TID: u8 = 0x40 | TID_LEN as u8;
@@ -122,19 +128,30 @@ impl Identifier {
         if sub.len() > MAX_SUBJECT {
             return Err(Error::TooLarge { what: "subject", size: sub.len(), limit: MAX_SUBJECT });
         }
-        Ok(Identifier { kid, tid, sub })
+        Ok(Identifier { kid, tid, sub, claims: None })
     }
 
-    /// Encode as CBOR `[1, kid, tid, sub]`.
+    /// Bind custom claims (none when `claims` is empty: the identifier stays a 4-item array).
+    pub fn with_claims(mut self, claims: CustomClaims) -> Self {
+        self.claims = (!claims.is_empty()).then_some(claims);
+        self
+    }
+
+    /// Encode as CBOR `[1, kid, tid, sub]`, or `[1, kid, tid, sub, claims]`.
     pub fn encode(&self) -> Vec<u8> {
         use ciborium::value::Value;
-        let value = Value::Array(vec![
+        let mut items = vec![
             Value::Integer(1.into()),
             Value::Bytes(self.kid.as_bytes().to_vec()),
             Value::Bytes(self.tid.as_bytes().to_vec()),
             Value::Text(self.sub.clone()),
-        ]);
-        let mut out = Vec::with_capacity(SUB_AT + 2 + self.sub.len());
+        ];
+        if let Some(c) = &self.claims {
+            items.push(Value::Text(c.to_json().to_owned()));
+        }
+        let value = Value::Array(items);
+        let extra = self.claims.as_ref().map_or(0, |c| c.to_json().len() + 3);
+        let mut out = Vec::with_capacity(SUB_AT + 2 + self.sub.len() + extra);
         // Writing CBOR into a Vec cannot fail.
         if ciborium::into_writer(&value, &mut out).is_err() {
             out.clear();
@@ -146,7 +163,7 @@ impl Identifier {
     /// Returns `None` when the bytes are not a Tessera identifier.
     pub fn peek(bytes: &[u8]) -> Option<(KeyId, TokenId)> {
         if bytes.len() < SUB_AT + 1
-            || bytes[0] != PREFIX_ARRAY
+            || (bytes[0] != PREFIX_ARRAY && bytes[0] != PREFIX_ARRAY_CLAIMS)
             || bytes[1] != VERSION
             || bytes[2] != HEAD_KID
             || bytes[3 + KID_LEN] != HEAD_TID
@@ -161,16 +178,28 @@ impl Identifier {
     /// Decode a whole identifier; `None` when the bytes are not a Tessera identifier.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let (kid, tid) = Self::peek(bytes)?;
-        let sub = decode_text(&bytes[SUB_AT..])?;
+        let (sub, rest) = split_text(&bytes[SUB_AT..])?;
         if sub.len() > MAX_SUBJECT {
             return None;
         }
-        Some(Identifier { kid, tid, sub: sub.to_owned() })
+        let claims = if bytes[0] == PREFIX_ARRAY_CLAIMS {
+            let (json, rest) = split_text(rest)?;
+            if !rest.is_empty() || json.len() > MAX_CLAIMS {
+                return None;
+            }
+            // Checked again: an identifier with claims that break the rules is not ours.
+            Some(CustomClaims::from_json(json).ok().filter(|c| !c.is_empty())?)
+        } else if rest.is_empty() {
+            None
+        } else {
+            return None;
+        };
+        Some(Identifier { kid, tid, sub: sub.to_owned(), claims })
     }
 }
 
-/// A minimal-head CBOR text string filling `bytes` exactly.
-fn decode_text(bytes: &[u8]) -> Option<&str> {
+/// A minimal-head CBOR text string at the start of `bytes`, and what follows it.
+fn split_text(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let (&head, rest) = bytes.split_first()?;
     if head >> 5 != 3 {
         return None;
@@ -193,10 +222,11 @@ fn decode_text(bytes: &[u8]) -> Option<&str> {
         }
         _ => return None,
     };
-    if rest.len() != len {
+    if rest.len() < len {
         return None;
     }
-    std::str::from_utf8(rest).ok()
+    let (text, rest) = rest.split_at(len);
+    Some((std::str::from_utf8(text).ok()?, rest))
 }
 
 #[cfg(test)]
@@ -231,6 +261,41 @@ mod tests {
         let mut bytes = sample("alice").encode();
         bytes[1] = 2;
         assert_eq!(Identifier::decode(&bytes), None, "other version");
+    }
+
+    #[test]
+    fn claims_ride_in_a_fifth_item() {
+        let claims =
+            CustomClaims::from_json(&format!(r#"{{"roles":["admin"],"pad":"{}"}}"#, "p".repeat(400)))
+                .unwrap();
+        let id = sample("alice").with_claims(claims.clone());
+        let bytes = id.encode();
+        assert_eq!(bytes[0], PREFIX_ARRAY_CLAIMS);
+        assert_eq!(Identifier::peek(&bytes), Some((id.kid, id.tid)));
+        assert_eq!(Identifier::decode(&bytes), Some(id.clone()));
+        let v: ciborium::value::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(v.as_array().unwrap()[4].as_text(), Some(claims.to_json()));
+        // Empty claims leave the old 4-item form, byte for byte.
+        let plain = sample("alice").with_claims(CustomClaims::from_json("{}").unwrap());
+        assert_eq!(plain.encode(), sample("alice").encode());
+        // A 4-item head with a trailing item, or a 5-item head without one, is not ours.
+        let mut four = bytes.clone();
+        four[0] = PREFIX_ARRAY;
+        assert_eq!(Identifier::decode(&four), None);
+        let mut five = sample("alice").encode();
+        five[0] = PREFIX_ARRAY_CLAIMS;
+        assert_eq!(Identifier::decode(&five), None);
+        // Claims that break the rules (a registered name), even under a valid head, are not ours.
+        let v = ciborium::value::Value::Array(vec![
+            ciborium::value::Value::Integer(1.into()),
+            ciborium::value::Value::Bytes(vec![1; 8]),
+            ciborium::value::Value::Bytes(vec![2; 16]),
+            ciborium::value::Value::Text("alice".into()),
+            ciborium::value::Value::Text(r#"{"sub":"root"}"#.into()),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).unwrap();
+        assert_eq!(Identifier::decode(&out), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   `resource`, `client-ip`); unknown caveats fail closed.
 //! - [`Verifier`]: checks a token and its discharges against a request [`Context`], returning
 //!   [`Verified`] with the effective [`Restrictions`].
-//! - [`envelope`]: HS256 JWT envelopes of a verified token.
+//! - [`CustomClaims`]: data the issuer binds into a token's identifier.
+//! - [`envelope`]: JWT envelopes (HS256, ES256, EdDSA) of a verified token.
 //!
 //! This crate does no I/O: keys come through the [`KeyProvider`] trait.
 //!
@@ -26,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod caveat;
+mod claims;
 mod crypto;
 pub mod envelope;
 mod error;
@@ -36,6 +38,7 @@ mod token;
 mod verify;
 
 pub use caveat::{Context, Predicate, Restrictions};
+pub use claims::{CustomClaims, MAX_CLAIMS, REGISTERED_CLAIMS};
 pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};
 pub use id::{Identifier, KeyId, TokenId, MAX_SUBJECT};

@@ -101,6 +101,7 @@ impl<'t> Verified<'t> {
             r.kid = Some(id.kid);
             r.tid = Some(id.tid);
             r.subject = Some(id.sub);
+            r.claims = id.claims;
         }
         for t in std::iter::once(self.token).chain(self.discharges) {
             for c in t.caveats() {

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tessera_core::{Context, KeyId, Restrictions, Token, TokenId, Verifier};
+use tessera_core::{Context, CustomClaims, KeyId, Restrictions, Token, TokenId, Verifier};
 use tessera_store::{KeyInfo, KeyState, Revocation, RevocationTarget, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -88,6 +88,7 @@ pub(crate) struct MintRequest {
     client_ips: Option<Vec<String>>,
     #[serde(default)]
     revocable: bool,
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl MintRequest {
@@ -146,7 +147,25 @@ pub(crate) fn mint_spec(
     subject: String,
     inherited: Inheritance,
     parent: Option<TokenId>,
+    may_set_claims: bool,
 ) -> Result<MintSpec> {
+    // Claims are the issuer's word about the subject: a subject cannot vouch for itself. A child
+    // keeps the claims of its parent (the handler passes them only for the parent's own subject);
+    // only the admin sets new ones.
+    let claims = match body.claims {
+        None => inherited.claims,
+        Some(_) if !may_set_claims => {
+            return Err(ApiError::forbidden(
+                "only the admin subject sets custom claims; a token you mint for yourself carries \
+                 the claims of your own token",
+            ))
+        }
+        Some(asked) => {
+            let mut all = inherited.claims.map(|c| c.as_map().clone()).unwrap_or_default();
+            all.extend(asked);
+            Some(CustomClaims::new(all).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
+    };
     let ttl = match &body.ttl {
         None => config.default_ttl,
         Some(t) => humantime::parse_duration(t)
@@ -188,6 +207,7 @@ pub(crate) fn mint_spec(
         expires: Some(expires),
         revocable,
         parent,
+        claims,
     })
 }
 
@@ -202,8 +222,14 @@ pub(crate) async fn mint_token(
     // The new token is the caller's child: never more authority or life than the caller's token
     // (it inherits its caveats and those of its discharges), revocable if the caller's token is,
     // and revoked with it.
-    let inherited = inheritance(&state.store, &caller)?;
-    let spec = mint_spec(&state.config, body, subject, inherited, Some(caller.tid))?;
+    let mut inherited = inheritance(&state.store, &caller)?;
+    let admin = caller.subject == state.config.admin_subject;
+    if caller.subject != subject {
+        // Claims speak about the caller's subject; a token for someone else starts without them.
+        inherited.claims = None;
+    }
+    let spec = mint_spec(&state.config, body, subject, inherited, Some(caller.tid), admin)?;
+    let claims = spec.claims.as_ref().map(|c| c.as_map().clone());
     let revocable = spec.revocable;
     let st = state.clone();
     let minted = blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
@@ -218,6 +244,7 @@ pub(crate) async fn mint_token(
         "caveats": view.caveats,
         "revocable": revocable,
         "parent": view.parent,
+        "claims": claims,
     })))
 }
 
@@ -346,6 +373,8 @@ struct Verified<'a> {
     subject: Option<&'a str>,
     tid: Option<String>,
     kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
     restrictions: RestrictionsView<'a>,
 }
 
@@ -367,6 +396,7 @@ pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyR
         subject: r.subject.as_deref(),
         tid: r.tid.map(|t| t.to_string()),
         kid: r.kid.map(|k| k.to_string()),
+        claims: r.claims.as_ref().map(CustomClaims::as_map),
         restrictions: RestrictionsView::new(&r),
     };
     serde_json::to_vec(&out).map_err(ApiError::internal)

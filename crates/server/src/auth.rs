@@ -27,6 +27,8 @@ pub(crate) struct Caller {
     pub(crate) discharges: Vec<Token>,
     /// Its token family.
     pub(crate) tid: TokenId,
+    /// Whom it speaks for.
+    pub(crate) subject: String,
 }
 
 /// One hop of a forwarding header: a bare address for `X-Forwarded-For`; for RFC 7239
@@ -184,5 +186,5 @@ pub(crate) fn authorize(
             claimed.sub
         )));
     }
-    Ok((Caller { token, discharges, tid: claimed.tid }, target))
+    Ok((Caller { token, discharges, tid: claimed.tid, subject: claimed.sub }, target))
 }

@@ -21,8 +21,8 @@ pub fn mint_body(config: &Config, body: &[u8]) -> Result<Vec<String>, u16> {
     let req: MintRequest = serde_json::from_slice(body).map_err(|_| 400u16)?;
     check_subject(req.subject()).map_err(|e| e.status().as_u16())?;
     let subject = req.subject().unwrap_or("fuzz").to_owned();
-    let inherited = Inheritance { caveats: Vec::new(), revocable: false };
-    let spec = mint_spec(config, req, subject, inherited, None).map_err(|e| e.status().as_u16())?;
+    let inherited = Inheritance { caveats: Vec::new(), revocable: false, claims: None };
+    let spec = mint_spec(config, req, subject, inherited, None, true).map_err(|e| e.status().as_u16())?;
     Ok(spec.caveats)
 }
 

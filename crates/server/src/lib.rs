@@ -150,6 +150,7 @@ pub fn mint_admin_token(store: &Store, location: &str, admin_subject: &str) -> R
         expires: None,
         revocable: false,
         parent: None,
+        claims: None,
     };
     let minted = mint(store, location, "", spec).map_err(|e| Error::Mint(e.to_string()))?;
     Ok(minted.token.encode())

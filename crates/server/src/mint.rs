@@ -1,6 +1,6 @@
 //! Minting: a fresh token family for a subject, recorded durably before it is returned.
 
-use tessera_core::{Caveat, Identifier, Predicate, Token, TokenId};
+use tessera_core::{Caveat, CustomClaims, Identifier, Predicate, Token, TokenId};
 use tessera_store::{NewToken, Store, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -24,6 +24,8 @@ pub struct MintSpec {
     pub revocable: bool,
     /// The token family it is minted from (recorded; revoking the parent revokes this one).
     pub parent: Option<TokenId>,
+    /// Custom claims bound into the identifier.
+    pub claims: Option<CustomClaims>,
 }
 
 /// A minted, recorded token.
@@ -44,7 +46,10 @@ pub fn mint(
     let (kid, secret) =
         store.active_key().ok_or_else(|| ApiError::unavailable("no active signing key: rotate keys"))?;
     let tid = TokenId::generate()?;
-    let id = Identifier::new(kid, tid, spec.subject.clone())?;
+    let mut id = Identifier::new(kid, tid, spec.subject.clone())?;
+    if let Some(claims) = spec.claims {
+        id = id.with_claims(claims);
+    }
     let mut token = Token::mint_tessera((!location.is_empty()).then_some(location), &secret, &id)?;
     let mut caveats = spec.caveats;
     if let Some(exp) = spec.expires {
@@ -84,6 +89,8 @@ pub(crate) struct Inheritance {
     pub(crate) caveats: Vec<String>,
     /// The caller's token carries this service's `not-revoked` ticket: the child must too.
     pub(crate) revocable: bool,
+    /// The caller's custom claims (a child for the caller's own subject keeps them).
+    pub(crate) claims: Option<CustomClaims>,
 }
 
 fn text(cid: &[u8]) -> String {
@@ -134,5 +141,6 @@ pub(crate) fn inheritance(store: &Store, caller: &Caller) -> Result<Inheritance,
             }
         }
     }
-    Ok(Inheritance { caveats, revocable })
+    let claims = caller.token.tessera_identifier().and_then(|id| id.claims);
+    Ok(Inheritance { caveats, revocable, claims })
 }

@@ -5,7 +5,7 @@
 //! audience), `jti` (= tid), `iat`,
 //! `exp` (never later than the token's earliest `time-before`, and at most the configured TTL),
 //! `nbf` (the latest `time-after`), and `cap` with the effective `allow`, `resource` and
-//! `client-ip` sets (absent = unrestricted). The key is `H(secret[kid], "tessera/jwt/v1")`.
+//! `client-ip` sets (absent = unrestricted), and the token's custom claims beside them. The key is `H(secret[kid], "tessera/jwt/v1")`.
 //!
 //! Decoding pins the algorithm to the one of the key the `kid` names (`none`, unknown algorithms
 //! and a header that names another algorithm than its key's are refused, so an HS256 envelope
@@ -23,6 +23,7 @@ use time::{Duration, OffsetDateTime};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::caveat::{parse_net, Context, Restrictions};
+use crate::claims::{CustomClaims, REGISTERED_CLAIMS};
 use crate::crypto::Tag;
 use crate::error::{Error, Result};
 use crate::format::{decode_base64, encode_base64};
@@ -79,7 +80,7 @@ pub struct Cap {
     pub client_ip: Option<Vec<String>>,
 }
 
-/// The claims of an envelope.
+/// The claims of an envelope. On the wire, the custom claims sit beside the registered ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Claims {
@@ -101,6 +102,43 @@ pub struct Claims {
     pub nbf: Option<i64>,
     /// Effective restrictions.
     pub cap: Cap,
+    /// The session an access token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The token's custom claims (every claim that is not registered).
+    #[serde(skip)]
+    pub custom: Option<CustomClaims>,
+}
+
+impl Claims {
+    /// The JSON object: registered claims, then the custom ones (which never share a name).
+    fn to_json(&self) -> String {
+        let mut map = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        if let Some(c) = &self.custom {
+            map.extend(c.as_map().iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        to_json(&map)
+    }
+
+    /// Split a JSON object into registered claims (checked strictly) and custom ones.
+    fn from_json(bytes: &[u8]) -> Result<Claims> {
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(|_| bad("claims are not a JSON object"))?;
+        let custom: serde_json::Map<_, _> = {
+            let names: Vec<String> =
+                map.keys().filter(|k| !REGISTERED_CLAIMS.contains(&k.as_str())).cloned().collect();
+            names.into_iter().filter_map(|k| map.remove_entry(&k)).collect()
+        };
+        let mut claims: Claims = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| bad(format!("claims: {e}")))?;
+        if !custom.is_empty() {
+            claims.custom = Some(CustomClaims::new(custom)?);
+        }
+        Ok(claims)
+    }
 }
 
 /// Emit an HS256 envelope for a verified Tessera token at time `now`, valid for at most `ttl`,
@@ -163,12 +201,14 @@ pub fn issue_signed(
             resource: r.resources,
             client_ip: r.networks.map(|n| n.iter().map(|n| n.to_string()).collect()),
         },
+        sid: None,
+        custom: r.claims,
     };
     let header = Header { alg: key.algorithm().name().into(), typ: Some("JWT".into()), kid: kid.to_owned() };
     let signing_input = format!(
         "{}.{}",
         encode_base64(to_json(&header).as_bytes()),
-        encode_base64(to_json(&claims).as_bytes())
+        encode_base64(claims.to_json().as_bytes())
     );
     let sig = key.sign(signing_input.as_bytes());
     Ok(format!("{signing_input}.{}", encode_base64(&sig)))
@@ -234,9 +274,7 @@ pub fn decode_with(
     if !key.verify(signing_input.as_bytes(), &sig) {
         return Err(Error::InvalidSignature);
     }
-    let claims: Claims =
-        serde_json::from_slice(&decode_base64(p).map_err(|_| bad("claims are not base64url"))?)
-            .map_err(|_| bad("claims are not valid JSON"))?;
+    let claims = Claims::from_json(&decode_base64(p).map_err(|_| bad("claims are not base64url"))?)?;
     if claims.iss != issuer {
         return Err(bad(format!("issuer \"{}\" is not trusted", claims.iss)));
     }

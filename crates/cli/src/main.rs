@@ -560,7 +560,8 @@ fn keys(action: KeysAction, store: &Store) -> Result<()> {
                     SigningKeyState::Retired => "retired",
                 };
                 let since = k.retired_at.or(k.activated_at).unwrap_or(k.created);
-                println!("{}  {:<6} {state:<8} since {}", k.kid, k.alg, when(since));
+                let owner = k.owner.as_deref().map_or(String::new(), |o| format!("  app {o}"));
+                println!("{}  {:<6} {state:<8} since {}{owner}", k.kid, k.alg, when(since));
             }
         }
         KeysAction::Rotate => {

@@ -44,7 +44,7 @@ pub(crate) fn decode_all(texts: &[String]) -> Result<Vec<Token>> {
 }
 
 /// One word per argument: caveat arguments are separated by single spaces.
-fn words(what: &str, items: &[String]) -> Result<String> {
+pub(crate) fn words(what: &str, items: &[String]) -> Result<String> {
     if items.is_empty() {
         return Err(ApiError::bad_request(format!("{what} must not be empty (omit it for no restriction)")));
     }
@@ -135,6 +135,9 @@ pub(crate) fn check_subject(subject: Option<&str>) -> Result<()> {
         Some(s) if s.is_empty() || s.len() > tessera_core::MAX_SUBJECT || s.chars().any(char::is_control) => {
             Err(ApiError::bad_request("subject must be 1 to 256 bytes without control characters"))
         }
+        Some(s) if s.starts_with(crate::auth::APP_SUBJECT_PREFIX) => Err(ApiError::bad_request(
+            "subjects starting with app: are application credentials: register an application (POST /v1/apps)",
+        )),
         _ => Ok(()),
     }
 }

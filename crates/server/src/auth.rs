@@ -2,15 +2,20 @@
 //!
 //! The management API is guarded by Tessera tokens (`Authorization: Bearer <token>`, discharges
 //! in `X-Tessera-Discharge`, comma-separated). A request is checked as the operation it performs
-//! (`tokens.mint`, `tokens.list`, `tokens.revoke`, `keys.list`, `keys.rotate`, `keys.envelope`)
-//! on the resource `subjects/<subject>` (or `keys`), from the client's address, now. The admin
-//! subject may act for anyone; any other subject only for itself.
+//! (`tokens.mint`, `tokens.list`, `tokens.revoke`, `keys.list`, `keys.rotate`, `keys.envelope`,
+//! `apps.manage`) on the resource `subjects/<subject>` (or `keys`, `apps`), from the client's
+//! address, now. The admin subject may act for anyone; any other subject only for itself; key
+//! and application management is the admin's alone.
+//!
+//! A registered application authenticates with its credential, a token for the subject
+//! `app:<name>`, checked as the operation `jwt.issue` on `apps/<name>`.
 
 use std::net::IpAddr;
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
+use tessera_store::AppRecord;
 
 use crate::config::ForwardedHeader;
 use crate::problem::ApiError;
@@ -170,15 +175,20 @@ pub(crate) fn authorize(
     let (token, discharges) = bearer(req)?;
     let claimed = claimed_identity(&token)?;
     let target = target.unwrap_or(&claimed.sub).to_owned();
-    let resource = if op.starts_with("keys.") { "keys".to_owned() } else { format!("subjects/{target}") };
+    let admin_area =
+        ["keys", "apps"].into_iter().find(|area| op.strip_prefix(area).is_some_and(|r| r.starts_with('.')));
+    let resource = match admin_area {
+        Some(area) => area.to_owned(),
+        None => format!("subjects/{target}"),
+    };
     let mut ctx = Context::now().operation(op).resource(resource);
     if let Some(ip) = client_ip_of(state, req)? {
         ctx = ctx.client_ip(ip);
     }
     Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx)?;
     let admin = claimed.sub == state.config.admin_subject;
-    if op.starts_with("keys.") && !admin {
-        return Err(ApiError::forbidden("key management is for the admin subject"));
+    if let Some(area) = admin_area.filter(|_| !admin) {
+        return Err(ApiError::forbidden(format!("{area} management is for the admin subject")));
     }
     if claimed.sub != target && !admin {
         return Err(ApiError::forbidden(format!(
@@ -187,4 +197,38 @@ pub(crate) fn authorize(
         )));
     }
     Ok((Caller { token, discharges, tid: claimed.tid, subject: claimed.sub }, target))
+}
+
+/// Subjects of application credentials start with this.
+pub(crate) const APP_SUBJECT_PREFIX: &str = "app:";
+
+/// The registered application calling, when the request carries a bearer token: its credential
+/// must verify as `jwt.issue` on `apps/<name>`, be the credential the application was registered
+/// with, and the application must be enabled. `None` without an `Authorization` header.
+pub(crate) fn application(state: &AppState, req: &HttpRequest) -> Result<Option<AppRecord>, ApiError> {
+    if req.headers().get("authorization").is_none() {
+        return Ok(None);
+    }
+    let (token, discharges) = bearer(req)?;
+    let claimed = claimed_identity(&token)?;
+    let name = claimed.sub.strip_prefix(APP_SUBJECT_PREFIX).ok_or_else(|| {
+        ApiError::forbidden(
+            "the bearer token is not an application credential (subject app:<name>); send the token \
+             to wrap in the body only",
+        )
+    })?;
+    let mut ctx = Context::now().operation("jwt.issue").resource(format!("apps/{name}"));
+    if let Some(ip) = client_ip_of(state, req)? {
+        ctx = ctx.client_ip(ip);
+    }
+    Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx)?;
+    let app = state
+        .store
+        .app(name)
+        .filter(|a| a.credential == claimed.tid)
+        .ok_or_else(|| ApiError::forbidden(format!("no application \"{name}\" has this credential")))?;
+    if app.disabled_at.is_some() {
+        return Err(ApiError::forbidden(format!("application \"{name}\" is disabled")));
+    }
+    Ok(Some(app))
 }

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod api;
+mod apps;
 mod auth;
 mod config;
 #[doc(hidden)]
@@ -54,6 +55,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/.well-known/jwks.json"),
     ("get", "/.well-known/openid-configuration"),
     ("post", "/v1/keys/signing/rotate"),
+    ("post", "/v1/apps"),
+    ("get", "/v1/apps"),
+    ("get", "/v1/apps/{name}"),
+    ("delete", "/v1/apps/{name}"),
+    ("get", "/v1/apps/{name}/jwks.json"),
 ];
 
 /// Errors that stop the service from starting.
@@ -263,6 +269,13 @@ pub fn app(
         .service(resource("/.well-known/jwks.json").route(web::get().to(jwt::jwks)))
         .service(resource("/.well-known/openid-configuration").route(web::get().to(jwt::discovery)))
         .service(resource("/v1/keys/signing/rotate").route(web::post().to(jwt::rotate)))
+        .service(resource("/v1/apps").route(web::post().to(apps::register)).route(web::get().to(apps::list)))
+        .service(
+            resource("/v1/apps/{name}")
+                .route(web::get().to(apps::show))
+                .route(web::delete().to(apps::disable)),
+        )
+        .service(resource("/v1/apps/{name}/jwks.json").route(web::get().to(apps::jwks)))
         .default_service(web::to(not_found))
 }
 

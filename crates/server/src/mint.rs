@@ -43,6 +43,19 @@ pub fn mint(
     discharge_location: &str,
     spec: MintSpec,
 ) -> Result<Minted, ApiError> {
+    let (token, new) = build(store, location, discharge_location, spec)?;
+    let record = store.record_token(new)?;
+    Ok(Minted { token, record })
+}
+
+/// Mint with the active key: the token and the record to commit. Nothing is written yet:
+/// commit the record before the token is handed out.
+pub(crate) fn build(
+    store: &Store,
+    location: &str,
+    discharge_location: &str,
+    spec: MintSpec,
+) -> Result<(Token, NewToken), ApiError> {
     let (kid, secret) =
         store.active_key().ok_or_else(|| ApiError::unavailable("no active signing key: rotate keys"))?;
     let tid = TokenId::generate()?;
@@ -71,7 +84,7 @@ pub fn mint(
             _ => None,
         })
         .min();
-    let record = store.record_token(NewToken {
+    let new = NewToken {
         tid,
         kid,
         subject: spec.subject,
@@ -79,8 +92,8 @@ pub fn mint(
         expires,
         caveats,
         parent: spec.parent,
-    })?;
-    Ok(Minted { token, record })
+    };
+    Ok((token, new))
 }
 
 /// What a token minted from a caller's token inherits (../shared/DESIGN.md section 11).

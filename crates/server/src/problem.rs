@@ -149,7 +149,8 @@ impl From<tessera_store::Error> for ApiError {
         match e {
             E::UnknownToken(_) => Self::not_found(e.to_string()),
             E::ParentRevoked(_) => Self::unauthorized(e.to_string()),
-            E::UnknownKey(_) => Self::not_found(e.to_string()),
+            E::UnknownKey(_) | E::UnknownApp(_) => Self::not_found(e.to_string()),
+            E::AppExists(_) => Self::conflict(e.to_string()),
             E::TooLarge { .. } | E::NulInText(_) => Self::bad_request(e.to_string()),
             E::DuplicateToken(_) | E::KeyRevoked(_) | E::NoActiveKey => Self::unavailable(e.to_string()),
             E::Unavailable(_) | E::Stale { .. } => Self::unavailable(e.to_string()),

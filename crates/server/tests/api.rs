@@ -470,8 +470,16 @@ fn openapi_matches_the_routes() {
     run(async {
         let e = env();
         for (method, path) in ROUTES {
-            let uri = path.replace("{tid}", &"0".repeat(32)).replace("{kid}", &"0".repeat(16));
-            let req = if *method == "get" { TestRequest::get() } else { TestRequest::post() }.uri(&uri);
+            let uri = path
+                .replace("{tid}", &"0".repeat(32))
+                .replace("{kid}", &"0".repeat(16))
+                .replace("{name}", "x");
+            let req = match *method {
+                "get" => TestRequest::get(),
+                "delete" => TestRequest::delete(),
+                _ => TestRequest::post(),
+            }
+            .uri(&uri);
             let a = send(&e, req).await;
             let unrouted = a.status == StatusCode::NOT_FOUND && a.raw.contains("no such endpoint");
             assert!(!unrouted, "{method} {path} is not served: {}", a.raw);

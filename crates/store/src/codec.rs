@@ -9,9 +9,10 @@ use tessera_core::{KeyId, TokenId};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
-// index), change log with key changes; 3 = JWT signing keys. A version-1 database is migrated at open, after the master key check.
+// index), change log with key changes; 3 = JWT signing keys; 4 = registered applications and
+// signing keys they own. Older databases are migrated at open, after the master key check.
 
 /// The state of a root key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +70,34 @@ pub struct SigningKeyInfo {
     pub activated_at: Option<i64>,
     /// When it stopped signing.
     pub retired_at: Option<i64>,
+    /// The application whose envelopes it signs; `None` for the service's own keys.
+    pub owner: Option<String>,
+}
+
+/// A registered application (a client of the JWT issuer): who may ask for envelopes for which
+/// audience, how they are signed and what they may carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppRecord {
+    /// Unique name (`[a-z0-9._-]`, 1 to 64 bytes); its credential's subject is `app:<name>`.
+    pub name: String,
+    /// The `aud` of every envelope issued to it; unique among applications.
+    pub audience: String,
+    /// Default envelope lifetime, seconds.
+    pub ttl: u64,
+    /// Algorithms it may ask for (`ES256`, `EdDSA`, `HS256`); the first is its default.
+    pub algorithms: Vec<String>,
+    /// Whether it has signing keys of its own (ES256 and EdDSA) instead of the service's.
+    pub own_keys: bool,
+    /// Operations its envelopes may carry (`None` = whatever the token allows).
+    pub operations: Option<Vec<String>>,
+    /// Resources its envelopes may carry (`None` = whatever the token allows).
+    pub resources: Option<Vec<String>>,
+    /// The token family of its credential (revoked when it is disabled).
+    pub credential: TokenId,
+    /// Registration time (seconds since the epoch).
+    pub created: i64,
+    /// When it was disabled, if it was.
+    pub disabled_at: Option<i64>,
 }
 
 /// A minted token's record. Records are never deleted, so token ids are never reused.
@@ -182,6 +211,40 @@ pub(crate) struct StoredSigningKey {
     pub(crate) created: i64,
     pub(crate) activated_at: Option<i64>,
     pub(crate) retired_at: Option<i64>,
+    /// Absent before schema version 4: the service's own key.
+    #[serde(default)]
+    pub(crate) owner: Option<String>,
+}
+
+/// An application as stored.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct StoredApp {
+    pub(crate) audience: String,
+    pub(crate) ttl: u64,
+    pub(crate) algorithms: Vec<String>,
+    pub(crate) own_keys: bool,
+    pub(crate) operations: Option<Vec<String>>,
+    pub(crate) resources: Option<Vec<String>>,
+    pub(crate) credential: [u8; 16],
+    pub(crate) created: i64,
+    pub(crate) disabled_at: Option<i64>,
+}
+
+impl StoredApp {
+    pub(crate) fn into_record(self, name: String) -> AppRecord {
+        AppRecord {
+            name,
+            audience: self.audience,
+            ttl: self.ttl,
+            algorithms: self.algorithms,
+            own_keys: self.own_keys,
+            operations: self.operations,
+            resources: self.resources,
+            credential: TokenId::from_bytes(self.credential),
+            created: self.created,
+            disabled_at: self.disabled_at,
+        }
+    }
 }
 
 impl StoredSigningKey {
@@ -194,6 +257,7 @@ impl StoredSigningKey {
             created: self.created,
             activated_at: self.activated_at,
             retired_at: self.retired_at,
+            owner: self.owner.clone(),
         }
     }
 }
@@ -206,6 +270,8 @@ pub(crate) enum StoredTarget {
     KeyChanged([u8; 8]),
     /// A JWT signing key added or whose state changed.
     SigningKeys,
+    /// An application registered or disabled (schema 4).
+    Apps,
 }
 
 mod bytes {

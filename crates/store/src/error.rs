@@ -99,6 +99,15 @@ pub enum Error {
     #[error("no next {0} signing key to promote: the algorithm has no signing keys yet")]
     NoNextSigningKey(String),
 
+    /// No application has this name.
+    #[error("no application named \"{0}\"")]
+    UnknownApp(String),
+
+    /// An application with this name, or another one with this audience, is registered (names
+    /// are never reused, even after an application is disabled).
+    #[error("{0} is taken: application names and audiences are unique and never reused")]
+    AppExists(String),
+
     /// The database already has keys (first-key creation on a cluster lost the race).
     #[error("the database already has keys")]
     KeysExist,

@@ -34,6 +34,7 @@ impl Follower {
     pub(crate) fn load(&self) -> Result<()> {
         self.mem.set_keys(self.backend.keys()?, &self.master)?;
         self.mem.set_signing_keys(self.backend.signing_keys()?, &self.master)?;
+        self.mem.set_apps(self.backend.apps()?)?;
         self.catch_up()
     }
 
@@ -42,13 +43,17 @@ impl Follower {
         let _guard = self.lock.lock().map_err(|_| Error::Closed)?;
         loop {
             let changes = self.backend.changes_after(self.mem.last_seq(), PAGE)?;
-            let (mut keys_changed, mut signing_changed) = (false, false);
+            let (mut keys_changed, mut signing_changed, mut apps_changed) = (false, false, false);
             for c in &changes {
                 match c.event {
                     Event::TokenRevoked(tid) => self.mem.revoke(tid),
                     Event::KeyRevoked(_) | Event::KeyChanged(_) => keys_changed = true,
                     Event::SigningKeys => signing_changed = true,
+                    Event::Apps => apps_changed = true,
                 }
+            }
+            if apps_changed {
+                self.mem.set_apps(self.backend.apps()?)?;
             }
             if keys_changed {
                 self.mem.set_keys(self.backend.keys()?, &self.master)?;

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use tessera_core::envelope::{Algorithm, SigningKey};
 use tessera_core::{KeyId, RootKey, TokenId, TokenKey};
 
-use crate::codec::{KeyState, SigningKeyInfo, SigningKeyState, StoredKey, StoredSigningKey};
+use crate::codec::{
+    AppRecord, KeyState, SigningKeyInfo, SigningKeyState, StoredApp, StoredKey, StoredSigningKey,
+};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
 
@@ -37,6 +39,7 @@ pub(crate) fn signing_label(kid: &str) -> Vec<u8> {
 pub(crate) struct Memory {
     keys: RwLock<HashMap<KeyId, KeyEntry>>,
     signing: RwLock<Vec<SigningEntry>>,
+    apps: RwLock<Vec<AppRecord>>,
     active: RwLock<Option<KeyId>>,
     revoked: RwLock<HashSet<TokenId>>,
     /// The last change-log entry applied.
@@ -64,6 +67,7 @@ impl Memory {
         Memory {
             keys: RwLock::new(HashMap::new()),
             signing: RwLock::new(Vec::new()),
+            apps: RwLock::new(Vec::new()),
             active: RwLock::new(None),
             revoked: RwLock::new(HashSet::new()),
             last_seq: AtomicU64::new(0),
@@ -116,10 +120,28 @@ impl Memory {
         self.signing.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// The signing key of `alg` that signs now.
-    pub(crate) fn active_signing_key(&self, alg: Algorithm) -> Option<SigningEntry> {
+    /// The signing key of `alg` that signs now for `owner` (`None`: the service).
+    pub(crate) fn active_signing_key(&self, alg: Algorithm, owner: Option<&str>) -> Option<SigningEntry> {
         let s = self.signing.read().ok()?;
-        s.iter().find(|e| e.info.state == SigningKeyState::Active && e.info.alg == alg.name()).cloned()
+        s.iter()
+            .find(|e| {
+                e.info.state == SigningKeyState::Active
+                    && e.info.alg == alg.name()
+                    && e.info.owner.as_deref() == owner
+            })
+            .cloned()
+    }
+
+    /// Replace the applications.
+    pub(crate) fn set_apps(&self, stored: Vec<(String, StoredApp)>) -> Result<()> {
+        let apps = stored.into_iter().map(|(name, a)| a.into_record(name)).collect();
+        *self.apps.write().map_err(|_| Error::Closed)? = apps;
+        Ok(())
+    }
+
+    /// Every application, by name.
+    pub(crate) fn apps(&self) -> Vec<AppRecord> {
+        self.apps.read().map(|a| a.clone()).unwrap_or_default()
     }
 
     pub(crate) fn revoke(&self, tid: TokenId) {

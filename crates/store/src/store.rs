@@ -17,8 +17,8 @@ use crate::backend::postgres::{PostgresBackend, PostgresOptions};
 use crate::backend::redb::RedbBackend;
 use crate::backend::{Backend, Event};
 use crate::codec::{
-    KeyInfo, NewToken, Revocation, RevocationTarget, SigningKeyInfo, TokenRecord, MAX_CAVEAT_SUMMARY,
-    MAX_DESCRIPTION,
+    AppRecord, KeyInfo, NewToken, Revocation, RevocationTarget, SigningKeyInfo, TokenRecord,
+    MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
@@ -281,10 +281,17 @@ impl Store {
     /// or [`Error::TooEarly`]) starts signing, the active one retires (it stays published while
     /// envelopes it signed may be valid; the service decides how long), and a new next key is
     /// published. Returns the keys that changed.
-    pub fn rotate_signing_key(&self, alg: Algorithm, min_published: Duration) -> Result<Vec<SigningKeyInfo>> {
+    /// With `owner`, the keys of that application rotate, and nobody else's.
+    pub fn rotate_signing_key(
+        &self,
+        alg: Algorithm,
+        min_published: Duration,
+        owner: Option<&str>,
+    ) -> Result<Vec<SigningKeyInfo>> {
         let next = SigningKey::generate(alg).map_err(|e| Error::Corrupt(e.to_string()))?;
         let min_published = i64::try_from(min_published.as_secs()).unwrap_or(i64::MAX);
-        match self.submit(Op::RotateSigning { next: Box::new(next), min_published })? {
+        let owner = owner.map(str::to_owned);
+        match self.submit(Op::RotateSigning { next: Box::new(next), min_published, owner })? {
             Done::Signing(keys) => Ok(keys),
             _ => Err(Error::Corrupt("unexpected writer reply".into())),
         }
@@ -295,9 +302,57 @@ impl Store {
         self.inner.mem.signing_keys().into_iter().map(|e| e.info).collect()
     }
 
-    /// The key of `alg` that signs now, with its kid.
-    pub fn active_signing_key(&self, alg: Algorithm) -> Option<(String, Arc<SigningKey>)> {
-        self.inner.mem.active_signing_key(alg).map(|e| (e.info.kid, e.key))
+    /// The key of `alg` that signs now for `owner` (an application with keys of its own; `None`
+    /// for the service), with its kid.
+    pub fn active_signing_key(
+        &self,
+        alg: Algorithm,
+        owner: Option<&str>,
+    ) -> Option<(String, Arc<SigningKey>)> {
+        self.inner.mem.active_signing_key(alg, owner).map(|e| (e.info.kid, e.key))
+    }
+
+    // ---- applications --------------------------------------------------------------------
+
+    /// Register an application, durably and atomically with its credential's record and, when
+    /// it has keys of its own, an active and a next signing key for each public-key algorithm it
+    /// allows. Names and audiences are unique ([`Error::AppExists`]).
+    pub fn register_app(&self, app: AppRecord, credential: NewToken) -> Result<AppRecord> {
+        check_len("application name", app.name.len(), 64)?;
+        check_len("audience", app.audience.len(), 256)?;
+        let mut keys = Vec::new();
+        if app.own_keys {
+            for alg in app.algorithms.iter().filter_map(|a| Algorithm::from_name(a)) {
+                if alg != Algorithm::Hs256 {
+                    let gen = || SigningKey::generate(alg).map_err(|e| Error::Corrupt(e.to_string()));
+                    keys.push((gen()?, gen()?));
+                }
+            }
+        }
+        match self.submit(Op::CreateApp { app: Box::new(app), credential, keys })? {
+            Done::App(a) => Ok(*a),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// Disable an application: its credential (and every token minted from it) is revoked, and
+    /// it gets no more envelopes. Its public keys stay published until what they signed expires.
+    /// Disabling twice changes nothing.
+    pub fn disable_app(&self, name: &str) -> Result<AppRecord> {
+        match self.submit(Op::DisableApp(name.to_owned()))? {
+            Done::App(a) => Ok(*a),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// Every application, by name (from memory: every node follows registrations).
+    pub fn apps(&self) -> Vec<AppRecord> {
+        self.inner.mem.apps()
+    }
+
+    /// One application.
+    pub fn app(&self, name: &str) -> Option<AppRecord> {
+        self.inner.mem.apps().into_iter().find(|a| a.name == name)
     }
 
     /// The public key of a signing key by kid (any state), to verify envelopes locally.
@@ -369,7 +424,7 @@ impl Store {
                 let target = match c.event {
                     Event::TokenRevoked(tid) => RevocationTarget::Token(tid),
                     Event::KeyRevoked(kid) => RevocationTarget::Key(kid),
-                    Event::KeyChanged(_) | Event::SigningKeys => continue,
+                    Event::KeyChanged(_) | Event::SigningKeys | Event::Apps => continue,
                 };
                 out.push(Revocation { seq: c.seq, at: c.at, target });
                 if out.len() == limit {

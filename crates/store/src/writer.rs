@@ -12,8 +12,8 @@ use tessera_core::{KeyId, RootKey, TokenId};
 
 use crate::backend::{Backend, Event, Tx};
 use crate::codec::{
-    KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, SigningKeyInfo, SigningKeyState, StoredKey,
-    StoredSigningKey, StoredToken, TokenRecord,
+    AppRecord, KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, SigningKeyInfo, SigningKeyState,
+    StoredApp, StoredKey, StoredSigningKey, StoredToken, TokenRecord,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
@@ -49,7 +49,18 @@ pub(crate) enum Op {
     RotateSigning {
         next: Box<SigningKey>,
         min_published: i64,
+        /// The application whose keys rotate; `None` for the service's.
+        owner: Option<String>,
     },
+    /// Register an application with its credential's record and, with its own keys, an active
+    /// and a next signing key per algorithm.
+    CreateApp {
+        app: Box<AppRecord>,
+        credential: NewToken,
+        keys: Vec<(SigningKey, SigningKey)>,
+    },
+    /// Disable an application: no new envelopes; its credential is revoked.
+    DisableApp(String),
 }
 
 /// The writer's answer to one [`Op`].
@@ -59,6 +70,7 @@ pub(crate) enum Done {
     Revocation(Option<Revocation>),
     Revocations(Vec<Revocation>),
     Signing(Vec<SigningKeyInfo>),
+    App(Box<AppRecord>),
 }
 
 /// An operation and where its answer goes.
@@ -137,12 +149,65 @@ impl Writer {
         Self::log(tx, at, RevocationTarget::Token(*tid)).map(Some)
     }
 
+    /// Record a freshly minted token (its key usable, its parent recorded and not revoked).
+    fn record(tx: &mut dyn Tx, new: &NewToken, at: i64) -> Result<TokenRecord> {
+        let key = tx.key(&new.kid)?.ok_or(Error::UnknownKey(new.kid))?;
+        if key.state == KeyState::Revoked {
+            return Err(Error::KeyRevoked(new.kid));
+        }
+        if tx.token(&new.tid)?.is_some() {
+            return Err(Error::DuplicateToken(new.tid));
+        }
+        if let Some(parent) = &new.parent {
+            // In the same transaction as a revocation would be: a child is never
+            // recorded under a parent whose revocation has committed.
+            let p = tx.token(parent)?.ok_or(Error::UnknownToken(*parent))?;
+            if p.revoked_at.is_some() {
+                return Err(Error::ParentRevoked(*parent));
+            }
+        }
+        let stored = StoredToken {
+            kid: *new.kid.as_bytes(),
+            subject: new.subject.clone(),
+            description: new.description.clone(),
+            created: at,
+            expires: new.expires,
+            caveats: new.caveats.clone(),
+            revoked_at: None,
+            parent: new.parent.map(|p| *p.as_bytes()),
+        };
+        tx.insert_token(&new.tid, &stored)?;
+        Ok(stored.into_record(new.tid))
+    }
+
+    /// Revoke the family `tid` and, breadth first, every family minted from it.
+    fn revoke_family(tx: &mut dyn Tx, tid: &TokenId, at: i64) -> Result<Vec<Revocation>> {
+        if tx.token(tid)?.is_none() {
+            return Err(Error::UnknownToken(*tid));
+        }
+        let mut entries = Vec::new();
+        let mut queue = VecDeque::from([*tid]);
+        let mut seen = HashSet::from([*tid]);
+        while let Some(t) = queue.pop_front() {
+            if let Some(entry) = Self::revoke_one(tx, &t, at)? {
+                entries.push(entry);
+            }
+            for child in tx.children(&t)? {
+                if seen.insert(child) {
+                    queue.push_back(child);
+                }
+            }
+        }
+        Ok(entries)
+    }
+
     /// A new signing key, sealed, ready to store; its kid is its public key's thumbprint.
     fn stored_signing(
         &self,
         key: &SigningKey,
         state: SigningKeyState,
         at: i64,
+        owner: Option<&str>,
     ) -> Result<(String, StoredSigningKey)> {
         let public = key.public_key().ok_or_else(|| Error::Corrupt("HS256 keys are not stored".into()))?;
         let kid = public.thumbprint();
@@ -154,8 +219,27 @@ impl Writer {
             created: at,
             activated_at: (state == SigningKeyState::Active).then_some(at),
             retired_at: None,
+            owner: owner.map(str::to_owned),
         };
         Ok((kid, stored))
+    }
+
+    /// Store an active and a next signing key for `owner` (the service's when `None`).
+    fn put_pair(
+        &self,
+        tx: &mut dyn Tx,
+        active: &SigningKey,
+        next: &SigningKey,
+        at: i64,
+        owner: Option<&str>,
+    ) -> Result<Vec<SigningKeyInfo>> {
+        let mut out = Vec::new();
+        for (key, state) in [(active, SigningKeyState::Active), (next, SigningKeyState::Next)] {
+            let (kid, stored) = self.stored_signing(key, state, at, owner)?;
+            tx.put_signing_key(&kid, &stored)?;
+            out.push(stored.info(&kid));
+        }
+        Ok(out)
     }
 
     /// Apply one operation inside the batch's transaction. An error may come after some writes:
@@ -200,55 +284,24 @@ impl Writer {
                 tx.put_key(kid, &stored)?;
                 Self::log(tx, at, RevocationTarget::Key(*kid)).map(|e| Done::Revocation(Some(e)))
             }
-            Op::Record(new) => {
-                let key = tx.key(&new.kid)?.ok_or(Error::UnknownKey(new.kid))?;
-                if key.state == KeyState::Revoked {
-                    return Err(Error::KeyRevoked(new.kid));
-                }
-                if tx.token(&new.tid)?.is_some() {
-                    return Err(Error::DuplicateToken(new.tid));
-                }
-                if let Some(parent) = &new.parent {
-                    // In the same transaction as a revocation would be: a child is never
-                    // recorded under a parent whose revocation has committed.
-                    let p = tx.token(parent)?.ok_or(Error::UnknownToken(*parent))?;
-                    if p.revoked_at.is_some() {
-                        return Err(Error::ParentRevoked(*parent));
-                    }
-                }
-                let stored = StoredToken {
-                    kid: *new.kid.as_bytes(),
-                    subject: new.subject.clone(),
-                    description: new.description.clone(),
-                    created: at,
-                    expires: new.expires,
-                    caveats: new.caveats.clone(),
-                    revoked_at: None,
-                    parent: new.parent.map(|p| *p.as_bytes()),
-                };
-                tx.insert_token(&new.tid, &stored)?;
-                Ok(Done::Token(stored.into_record(new.tid)))
-            }
+            Op::Record(new) => Self::record(tx, new, at).map(Done::Token),
             Op::EnsureSigning { active, next } => {
                 // The append first: it serializes with every other writer of the database.
                 tx.append(at, Event::SigningKeys)?;
                 let alg = active.algorithm().name();
-                if tx.signing_keys()?.iter().any(|(_, k)| k.alg == alg) {
+                if tx.signing_keys()?.iter().any(|(_, k)| k.alg == alg && k.owner.is_none()) {
                     return Err(Error::KeysExist);
                 }
-                let mut out = Vec::new();
-                for (key, state) in [(&**active, SigningKeyState::Active), (&**next, SigningKeyState::Next)] {
-                    let (kid, stored) = self.stored_signing(key, state, at)?;
-                    tx.put_signing_key(&kid, &stored)?;
-                    out.push(stored.info(&kid));
-                }
-                Ok(Done::Signing(out))
+                self.put_pair(tx, active, next, at, None).map(Done::Signing)
             }
-            Op::RotateSigning { next, min_published } => {
+            Op::RotateSigning { next, min_published, owner } => {
                 tx.append(at, Event::SigningKeys)?;
                 let alg = next.algorithm().name();
-                let keys: Vec<(String, StoredSigningKey)> =
-                    tx.signing_keys()?.into_iter().filter(|(_, k)| k.alg == alg).collect();
+                let keys: Vec<(String, StoredSigningKey)> = tx
+                    .signing_keys()?
+                    .into_iter()
+                    .filter(|(_, k)| k.alg == alg && k.owner == *owner)
+                    .collect();
                 let (next_kid, mut promoted) = keys
                     .iter()
                     .find(|(_, k)| k.state == SigningKeyState::Next)
@@ -269,30 +322,58 @@ impl Writer {
                 promoted.activated_at = Some(at);
                 tx.put_signing_key(&next_kid, &promoted)?;
                 out.push(promoted.info(&next_kid));
-                let (kid, stored) = self.stored_signing(next, SigningKeyState::Next, at)?;
+                let (kid, stored) = self.stored_signing(next, SigningKeyState::Next, at, owner.as_deref())?;
                 tx.put_signing_key(&kid, &stored)?;
                 out.push(stored.info(&kid));
                 Ok(Done::Signing(out))
             }
-            Op::RevokeToken(tid) => {
-                if tx.token(tid)?.is_none() {
-                    return Err(Error::UnknownToken(*tid));
+            Op::RevokeToken(tid) => Self::revoke_family(tx, tid, at).map(Done::Revocations),
+            Op::CreateApp { app, credential, keys } => {
+                tx.append(at, Event::Apps)?;
+                let apps = tx.apps()?;
+                if apps.iter().any(|(name, _)| *name == app.name) {
+                    return Err(Error::AppExists(format!("application name \"{}\"", app.name)));
                 }
-                // The family and, breadth first, every family minted from it.
-                let mut entries = Vec::new();
-                let mut queue = VecDeque::from([*tid]);
-                let mut seen = HashSet::from([*tid]);
-                while let Some(t) = queue.pop_front() {
-                    if let Some(entry) = Self::revoke_one(tx, &t, at)? {
-                        entries.push(entry);
-                    }
-                    for child in tx.children(&t)? {
-                        if seen.insert(child) {
-                            queue.push_back(child);
-                        }
-                    }
+                if let Some((name, _)) = apps.iter().find(|(_, a)| a.audience == app.audience) {
+                    return Err(Error::AppExists(format!(
+                        "audience \"{}\" (of application \"{name}\")",
+                        app.audience
+                    )));
                 }
-                Ok(Done::Revocations(entries))
+                Self::record(tx, credential, at)?;
+                let stored = StoredApp {
+                    audience: app.audience.clone(),
+                    ttl: app.ttl,
+                    algorithms: app.algorithms.clone(),
+                    own_keys: app.own_keys,
+                    operations: app.operations.clone(),
+                    resources: app.resources.clone(),
+                    credential: *credential.tid.as_bytes(),
+                    created: at,
+                    disabled_at: None,
+                };
+                tx.put_app(&app.name, &stored)?;
+                if !keys.is_empty() {
+                    tx.append(at, Event::SigningKeys)?;
+                }
+                for (active, next) in keys {
+                    self.put_pair(tx, active, next, at, Some(&app.name))?;
+                }
+                Ok(Done::App(Box::new(stored.into_record(app.name.clone()))))
+            }
+            Op::DisableApp(name) => {
+                tx.append(at, Event::Apps)?;
+                let (_, mut stored) = tx
+                    .apps()?
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| Error::UnknownApp(name.clone()))?;
+                if stored.disabled_at.is_none() {
+                    stored.disabled_at = Some(at);
+                    tx.put_app(name, &stored)?;
+                    Self::revoke_family(tx, &TokenId::from_bytes(stored.credential), at)?;
+                }
+                Ok(Done::App(Box::new(stored.into_record(name.clone()))))
             }
         }
     }

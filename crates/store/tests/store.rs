@@ -308,19 +308,20 @@ on_both!(signing_keys_are_sealed_published_ahead_and_rotated, |db: Db| {
         v
     };
     assert_eq!(states("ES256"), vec![SigningKeyState::Active, SigningKeyState::Next]);
-    let (active_kid, active) = store.active_signing_key(Algorithm::Es256).unwrap();
+    let (active_kid, active) = store.active_signing_key(Algorithm::Es256, None).unwrap();
     assert_eq!(active.public_key().unwrap().thumbprint(), active_kid);
     let next_kid =
         keys.iter().find(|k| k.alg == "ES256" && k.state == SigningKeyState::Next).unwrap().kid.clone();
 
     // The next key must have been published long enough before it may sign.
-    let err = store.rotate_signing_key(Algorithm::Es256, std::time::Duration::from_secs(3600)).unwrap_err();
+    let err =
+        store.rotate_signing_key(Algorithm::Es256, std::time::Duration::from_secs(3600), None).unwrap_err();
     assert!(matches!(err, Error::TooEarly { required: 3600, .. }), "{err}");
-    assert_eq!(store.active_signing_key(Algorithm::Es256).unwrap().0, active_kid, "nothing changed");
-    let changed = store.rotate_signing_key(Algorithm::Es256, std::time::Duration::ZERO).unwrap();
+    assert_eq!(store.active_signing_key(Algorithm::Es256, None).unwrap().0, active_kid, "nothing changed");
+    let changed = store.rotate_signing_key(Algorithm::Es256, std::time::Duration::ZERO, None).unwrap();
     assert_eq!(changed.len(), 3);
     assert_eq!(
-        store.active_signing_key(Algorithm::Es256).unwrap().0,
+        store.active_signing_key(Algorithm::Es256, None).unwrap().0,
         next_kid,
         "the published next key signs"
     );
@@ -339,6 +340,78 @@ on_both!(signing_keys_are_sealed_published_ahead_and_rotated, |db: Db| {
     drop(store);
     let store = db.open();
     assert_eq!(store.signing_keys(), before);
-    let (kid, key) = store.active_signing_key(Algorithm::Es256).unwrap();
+    let (kid, key) = store.active_signing_key(Algorithm::Es256, None).unwrap();
     assert_eq!(key.public_key().unwrap().thumbprint(), kid);
+});
+
+fn app(name: &str, audience: &str, own_keys: bool, credential: TokenId) -> tessera_store::AppRecord {
+    tessera_store::AppRecord {
+        name: name.into(),
+        audience: audience.into(),
+        ttl: 300,
+        algorithms: vec!["ES256".into(), "EdDSA".into()],
+        own_keys,
+        operations: Some(vec!["read".into()]),
+        resources: None,
+        credential,
+        created: 0,
+        disabled_at: None,
+    }
+}
+
+on_both!(applications_are_unique_own_their_keys_and_disable_with_their_credential, |db: Db| {
+    use tessera_core::envelope::Algorithm;
+    let store = db.open();
+    let kid = store.rotate().unwrap().kid;
+    store.ensure_signing_keys(Algorithm::Es256).unwrap();
+    let service_kid = store.active_signing_key(Algorithm::Es256, None).unwrap().0;
+    let register = |name: &str, aud: &str, own: bool| {
+        let cred = new_token(kid, &format!("app:{name}"));
+        store.register_app(app(name, aud, own, cred.tid), cred)
+    };
+    let billing = register("billing", "https://billing.example", true).unwrap();
+    assert!(billing.created > 0 && billing.disabled_at.is_none());
+    assert!(store.token(&billing.credential).unwrap().is_some(), "credential recorded with the app");
+    register("reports", "https://reports.example", false).unwrap();
+
+    // Names and audiences are unique; a refused registration writes nothing, not even its
+    // credential's record.
+    let dup_cred = new_token(kid, "app:billing");
+    let dup =
+        store.register_app(app("billing", "https://other.example", false, dup_cred.tid), dup_cred.clone());
+    assert!(matches!(dup, Err(Error::AppExists(_))), "{dup:?}");
+    assert!(store.token(&dup_cred.tid).unwrap().is_none());
+    let same_aud = register("billing2", "https://billing.example", false);
+    assert!(matches!(same_aud, Err(Error::AppExists(ref m)) if m.contains("billing")), "{same_aud:?}");
+    assert_eq!(store.apps().len(), 2);
+
+    // Its own keys: an active and a next per public-key algorithm, owned by it.
+    let own: Vec<_> =
+        store.signing_keys().into_iter().filter(|k| k.owner.as_deref() == Some("billing")).collect();
+    assert_eq!(own.len(), 4, "{own:?}");
+    let (billing_kid, _) = store.active_signing_key(Algorithm::Es256, Some("billing")).unwrap();
+    assert_ne!(billing_kid, service_kid);
+    assert!(store.active_signing_key(Algorithm::Es256, Some("reports")).is_none(), "no keys of its own");
+
+    // Rotating the application's keys leaves the service's alone, and the other way round.
+    store.rotate_signing_key(Algorithm::Es256, std::time::Duration::ZERO, Some("billing")).unwrap();
+    assert_ne!(store.active_signing_key(Algorithm::Es256, Some("billing")).unwrap().0, billing_kid);
+    assert_eq!(store.active_signing_key(Algorithm::Es256, None).unwrap().0, service_kid);
+    let billing_now = store.active_signing_key(Algorithm::Es256, Some("billing")).unwrap().0;
+    store.rotate_signing_key(Algorithm::Es256, std::time::Duration::ZERO, None).unwrap();
+    assert_eq!(store.active_signing_key(Algorithm::Es256, Some("billing")).unwrap().0, billing_now);
+
+    // Disabling revokes the credential; twice changes nothing; unknown names are an error.
+    let disabled = store.disable_app("billing").unwrap();
+    let at = disabled.disabled_at.unwrap();
+    assert!(store.is_token_revoked(&billing.credential));
+    assert_eq!(store.disable_app("billing").unwrap().disabled_at, Some(at));
+    assert!(matches!(store.disable_app("nobody"), Err(Error::UnknownApp(_))));
+
+    // Durable: after a reopen, the same applications and owners.
+    let apps = store.apps();
+    drop(store);
+    let store = db.open();
+    assert_eq!(store.apps(), apps);
+    assert_eq!(store.active_signing_key(Algorithm::Es256, Some("billing")).unwrap().0, billing_now);
 });

@@ -169,7 +169,21 @@ pub fn issue_signed(
     now: OffsetDateTime,
     ttl: Duration,
 ) -> Result<String> {
-    let r = verified.restrictions();
+    issue_restricted(verified.restrictions(), key, kid, issuer, audience, now, ttl)
+}
+
+/// Emit an envelope for restrictions that came from [`Verified::restrictions`], possibly folded
+/// narrower by the issuer (for example with what an application may request: fold more caveats
+/// in with [`Restrictions::add`]; never widen them).
+pub fn issue_restricted(
+    r: Restrictions,
+    key: &SigningKey,
+    kid: &str,
+    issuer: &str,
+    audience: Option<&str>,
+    now: OffsetDateTime,
+    ttl: Duration,
+) -> Result<String> {
     let (Some(_), Some(tid), Some(sub)) = (r.kid, r.tid, r.subject.clone()) else {
         return Err(Error::Envelope("only Tessera tokens (with kid, tid and subject) have envelopes".into()));
     };

@@ -92,3 +92,23 @@ pub(crate) async fn alice(e: &Env) -> String {
     )
     .await
 }
+
+pub(crate) async fn get(e: &Env, path: &str) -> Answer {
+    send(e, TestRequest::get().uri(path)).await
+}
+
+/// Check an envelope the way a gateway does: keys from `jwks` only, the service's issuer.
+pub(crate) fn verify_with_jwks(
+    jwks: &Value,
+    jwt: &str,
+    aud: Option<&str>,
+    ctx: &tessera_core::Context,
+) -> tessera_core::Result<tessera_core::envelope::Claims> {
+    use tessera_core::envelope::{self, PublicKey, VerifyKey};
+    let lookup = |kid: &str| {
+        let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid);
+        jwk.map(|k| VerifyKey::Public(PublicKey::from_jwk(k).unwrap()))
+            .ok_or_else(|| tessera_core::Error::Envelope(format!("kid {kid} is not in the JWKS")))
+    };
+    envelope::decode_with(jwt, lookup, "http://tessera.test", aud, ctx)
+}

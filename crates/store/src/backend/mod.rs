@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tessera_core::{KeyId, TokenId};
 
-use crate::codec::{StoredKey, StoredSigningKey, StoredToken};
+use crate::codec::{StoredApp, StoredKey, StoredSigningKey, StoredToken};
 use crate::error::Result;
 
 /// What a change-log entry records. The log is gap-free and in commit order: a follower that
@@ -30,6 +30,8 @@ pub(crate) enum Event {
     KeyChanged(KeyId),
     /// A JWT signing key was added or changed state: reload them.
     SigningKeys,
+    /// An application was registered or disabled: reload them.
+    Apps,
 }
 
 /// One change-log entry.
@@ -64,6 +66,10 @@ pub(crate) trait Tx {
     fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>>;
     /// Insert or replace a JWT signing key.
     fn put_signing_key(&mut self, kid: &str, key: &StoredSigningKey) -> Result<()>;
+    /// Every application, by name.
+    fn apps(&mut self) -> Result<Vec<(String, StoredApp)>>;
+    /// Insert or replace an application.
+    fn put_app(&mut self, name: &str, app: &StoredApp) -> Result<()>;
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
@@ -83,6 +89,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>>;
     /// Every JWT signing key, by kid.
     fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>>;
+    /// Every application, by name.
+    fn apps(&self) -> Result<Vec<(String, StoredApp)>>;
     /// One token record.
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>>;
     /// Every token record of a subject.

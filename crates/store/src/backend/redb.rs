@@ -2,7 +2,8 @@
 //!
 //! Tables: `meta` (schema version, sealed check value), `keys`, `tokens`, `tokens_by_subject`,
 //! `token_children` and `revocations`, which is the change log (its name is from schema 1, when
-//! it held only revocations; key changes are entries too since schema 2).
+//! it held only revocations; key changes are entries too since schema 2), `signing_keys` (schema
+//! 3) and `apps` (schema 4).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tessera_core::{KeyId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
 use crate::codec::{
-    self, StoredKey, StoredRevocation, StoredSigningKey, StoredTarget, StoredToken, SCHEMA_VERSION,
+    self, StoredApp, StoredKey, StoredRevocation, StoredSigningKey, StoredTarget, StoredToken, SCHEMA_VERSION,
 };
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
@@ -26,6 +27,8 @@ const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("revocations")
 const CHILDREN: TableDefinition<([u8; 16], [u8; 16]), ()> = TableDefinition::new("token_children");
 /// JWT signing keys by kid (thumbprint), created when first written.
 const SIGNING: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
+/// Registered applications by name (schema version 4).
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 
 /// The redb database.
 pub(crate) struct RedbBackend {
@@ -100,17 +103,20 @@ fn init(db: &Database, master: &MasterKey) -> Result<()> {
         txn.open_table(CHANGES).map_err(storage)?;
         txn.open_table(CHILDREN).map_err(storage)?;
         txn.open_table(SIGNING).map_err(storage)?;
+        txn.open_table(APPS).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
 
 /// Bring an older database to [`SCHEMA_VERSION`] in one transaction: 1 → 2 adds the children
-/// index (existing records have no parent), 2 → 3 the signing keys.
+/// index (existing records have no parent), 2 → 3 the signing keys, 3 → 4 the applications
+/// (existing signing keys have no owner: they are the service's).
 fn migrate(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(storage)?;
     {
         txn.open_table(CHILDREN).map_err(storage)?;
         txn.open_table(SIGNING).map_err(storage)?;
+        txn.open_table(APPS).map_err(storage)?;
         let mut meta = txn.open_table(META).map_err(storage)?;
         meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
     }
@@ -123,6 +129,7 @@ fn event_of(t: StoredTarget) -> Event {
         StoredTarget::Key(b) => Event::KeyRevoked(KeyId::from_bytes(b)),
         StoredTarget::KeyChanged(b) => Event::KeyChanged(KeyId::from_bytes(b)),
         StoredTarget::SigningKeys => Event::SigningKeys,
+        StoredTarget::Apps => Event::Apps,
     }
 }
 
@@ -132,6 +139,7 @@ fn target_of(e: Event) -> StoredTarget {
         Event::KeyRevoked(k) => StoredTarget::Key(*k.as_bytes()),
         Event::KeyChanged(k) => StoredTarget::KeyChanged(*k.as_bytes()),
         Event::SigningKeys => StoredTarget::SigningKeys,
+        Event::Apps => StoredTarget::Apps,
     }
 }
 
@@ -158,13 +166,31 @@ fn all_keys(table: &impl ReadableTable<[u8; 8], &'static [u8]>) -> Result<Vec<(K
     Ok(out)
 }
 
-fn signing_keys(
+impl RedbBackend {
+    /// Every row of a table keyed by name, in a read transaction (none when it does not exist).
+    fn read_by_name<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        what: &str,
+    ) -> Result<Vec<(String, T)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        match txn.open_table(table) {
+            Ok(t) => by_name(&t, what),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+}
+
+/// Every row of a table keyed by name, decoded.
+fn by_name<T: serde::de::DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Vec<(String, StoredSigningKey)>> {
+    what: &str,
+) -> Result<Vec<(String, T)>> {
     let mut out = Vec::new();
     for row in table.range::<&str>(..).map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
-        out.push((k.value().to_owned(), codec::decode(v.value(), "signing key")?));
+        out.push((k.value().to_owned(), codec::decode(v.value(), what)?));
     }
     Ok(out)
 }
@@ -223,12 +249,22 @@ impl Tx for RedbTx<'_> {
     }
 
     fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>> {
-        signing_keys(&self.txn.open_table(SIGNING).map_err(storage)?)
+        by_name(&self.txn.open_table(SIGNING).map_err(storage)?, "signing key")
     }
 
     fn put_signing_key(&mut self, kid: &str, key: &StoredSigningKey) -> Result<()> {
         let mut t = self.txn.open_table(SIGNING).map_err(storage)?;
         t.insert(kid, codec::encode(key).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    fn apps(&mut self) -> Result<Vec<(String, StoredApp)>> {
+        by_name(&self.txn.open_table(APPS).map_err(storage)?, "application")
+    }
+
+    fn put_app(&mut self, name: &str, app: &StoredApp) -> Result<()> {
+        let mut t = self.txn.open_table(APPS).map_err(storage)?;
+        t.insert(name, codec::encode(app).as_slice()).map_err(storage)?;
         Ok(())
     }
 
@@ -269,12 +305,11 @@ impl Backend for RedbBackend {
     }
 
     fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        match txn.open_table(SIGNING) {
-            Ok(t) => signing_keys(&t),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
-            Err(e) => Err(storage(e)),
-        }
+        self.read_by_name(SIGNING, "signing key")
+    }
+
+    fn apps(&self) -> Result<Vec<(String, StoredApp)>> {
+        self.read_by_name(APPS, "application")
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

@@ -16,14 +16,23 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tessera_core::{KeyId, TokenId};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+mod rows;
+
+use self::rows::{
+    app_of, bytes, change_of, db, key_of, kind_of, pool_err, signing_key_of, signing_state_name, state_name,
+    token_of, unavailable, SELECT_APPS, SELECT_SIGNING,
+};
 use super::{ApplyOp, Backend, Change, Event, Tx};
-use crate::codec::{KeyState, SigningKeyState, StoredKey, StoredSigningKey, StoredToken, SCHEMA_VERSION};
+use crate::codec::{StoredApp, StoredKey, StoredSigningKey, StoredToken, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
 
 /// Migrations, in order: (schema version reached, SQL).
-const MIGRATIONS: &[(u32, &str)] =
-    &[(2, include_str!("migrations/0001_init.sql")), (3, include_str!("migrations/0002_signing_keys.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (2, include_str!("../migrations/0001_init.sql")),
+    (3, include_str!("../migrations/0002_signing_keys.sql")),
+    (4, include_str!("../migrations/0003_apps.sql")),
+];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
 /// The channel committing writers notify.
@@ -53,123 +62,6 @@ pub(crate) struct PostgresBackend {
     handle: tokio::runtime::Handle,
     pool: Pool,
     notified: Mutex<Receiver<()>>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("database: {e}"))
-}
-
-/// Errors the database returned for a statement (a constraint, a bad value) are failures of the
-/// operation; anything about the connection makes the database unavailable.
-fn db(e: tokio_postgres::Error) -> Error {
-    match e.as_db_error() {
-        Some(d) => Error::Database(format!("{}: {}", d.code().code(), d.message())),
-        None => unavailable(e),
-    }
-}
-
-fn pool_err(e: deadpool_postgres::PoolError) -> Error {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => db(e),
-        other => unavailable(other),
-    }
-}
-
-fn kind_of(e: &Event) -> (&'static str, Vec<u8>) {
-    match e {
-        Event::TokenRevoked(t) => ("token-revoked", t.as_bytes().to_vec()),
-        Event::KeyRevoked(k) => ("key-revoked", k.as_bytes().to_vec()),
-        Event::KeyChanged(k) => ("key-changed", k.as_bytes().to_vec()),
-        Event::SigningKeys => ("signing-keys", Vec::new()),
-    }
-}
-
-fn bytes<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N]> {
-    v.try_into().map_err(|_| Error::Corrupt(format!("{what} has the wrong length")))
-}
-
-fn state_name(s: KeyState) -> &'static str {
-    match s {
-        KeyState::Active => "active",
-        KeyState::Retired => "retired",
-        KeyState::Revoked => "revoked",
-    }
-}
-
-fn key_of(row: &Row) -> Result<(KeyId, StoredKey)> {
-    let kid = KeyId::from_bytes(bytes(row.try_get(0).map_err(db)?, "kid")?);
-    let state = match row.try_get::<_, String>(2).map_err(db)?.as_str() {
-        "active" => KeyState::Active,
-        "retired" => KeyState::Retired,
-        "revoked" => KeyState::Revoked,
-        other => return Err(Error::Corrupt(format!("key state {other}"))),
-    };
-    Ok((
-        kid,
-        StoredKey {
-            sealed: row.try_get(1).map_err(db)?,
-            state,
-            created: row.try_get(3).map_err(db)?,
-            retired_at: row.try_get(4).map_err(db)?,
-            revoked_at: row.try_get(5).map_err(db)?,
-        },
-    ))
-}
-
-fn token_of(row: &Row) -> Result<(TokenId, StoredToken)> {
-    let tid = TokenId::from_bytes(bytes(row.try_get(0).map_err(db)?, "tid")?);
-    let parent: Option<Vec<u8>> = row.try_get(8).map_err(db)?;
-    Ok((
-        tid,
-        StoredToken {
-            kid: bytes(row.try_get(1).map_err(db)?, "kid")?,
-            subject: row.try_get(2).map_err(db)?,
-            description: row.try_get(3).map_err(db)?,
-            created: row.try_get(4).map_err(db)?,
-            expires: row.try_get(5).map_err(db)?,
-            caveats: row.try_get(6).map_err(db)?,
-            revoked_at: row.try_get(7).map_err(db)?,
-            parent: parent.map(|p| bytes(p, "parent")).transpose()?,
-        },
-    ))
-}
-
-fn signing_key_of(row: &Row) -> Result<(String, StoredSigningKey)> {
-    let state = match row.try_get::<_, String>(4).map_err(db)?.as_str() {
-        "next" => SigningKeyState::Next,
-        "active" => SigningKeyState::Active,
-        "retired" => SigningKeyState::Retired,
-        other => return Err(Error::Corrupt(format!("signing key state {other}"))),
-    };
-    Ok((
-        row.try_get(0).map_err(db)?,
-        StoredSigningKey {
-            alg: row.try_get(1).map_err(db)?,
-            sealed: row.try_get(2).map_err(db)?,
-            jwk: row.try_get(3).map_err(db)?,
-            state,
-            created: row.try_get(5).map_err(db)?,
-            activated_at: row.try_get(6).map_err(db)?,
-            retired_at: row.try_get(7).map_err(db)?,
-        },
-    ))
-}
-
-const SELECT_SIGNING: &str =
-    "SELECT kid, alg, sealed, jwk, state, created, activated_at, retired_at FROM tessera_signing_keys ORDER BY created, kid";
-
-fn change_of(row: &Row) -> Result<Change> {
-    let seq: i64 = row.try_get(0).map_err(db)?;
-    let kind: String = row.try_get(2).map_err(db)?;
-    let id: Vec<u8> = row.try_get(3).map_err(db)?;
-    let event = match kind.as_str() {
-        "token-revoked" => Event::TokenRevoked(TokenId::from_bytes(bytes(id, "change id")?)),
-        "key-revoked" => Event::KeyRevoked(KeyId::from_bytes(bytes(id, "change id")?)),
-        "key-changed" => Event::KeyChanged(KeyId::from_bytes(bytes(id, "change id")?)),
-        "signing-keys" => Event::SigningKeys,
-        other => return Err(Error::Corrupt(format!("change kind {other}"))),
-    };
-    Ok(Change { seq: seq as u64, at: row.try_get(1).map_err(db)?, event })
 }
 
 impl PostgresBackend {
@@ -511,11 +403,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_signing_key(&mut self, kid: &str, k: &StoredSigningKey) -> Result<()> {
-        let state = match k.state {
-            SigningKeyState::Next => "next",
-            SigningKeyState::Active => "active",
-            SigningKeyState::Retired => "retired",
-        };
+        let state = signing_state_name(k.state);
         let params: Params = vec![
             p(kid.to_owned()),
             p(k.alg.clone()),
@@ -525,12 +413,27 @@ impl Tx for PgTx<'_> {
             p(k.created),
             p(k.activated_at),
             p(k.retired_at),
+            p(k.owner.clone()),
         ];
         self.run(
-            "INSERT INTO tessera_signing_keys (kid, alg, sealed, jwk, state, created, activated_at, retired_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO tessera_signing_keys (kid, alg, sealed, jwk, state, created, activated_at, retired_at, owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (kid) DO UPDATE SET state = excluded.state, activated_at = excluded.activated_at,
                retired_at = excluded.retired_at",
+            params,
+            |_| Ok(()),
+        )
+    }
+
+    fn apps(&mut self) -> Result<Vec<(String, StoredApp)>> {
+        self.run(SELECT_APPS, vec![], |rows| rows.iter().map(app_of).collect())
+    }
+
+    fn put_app(&mut self, name: &str, app: &StoredApp) -> Result<()> {
+        let params: Params = vec![p(name.to_owned()), p(app.audience.clone()), p(crate::codec::encode(app))];
+        self.run(
+            "INSERT INTO tessera_apps (name, audience, record) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET record = excluded.record",
             params,
             |_| Ok(()),
         )
@@ -577,6 +480,10 @@ impl Backend for PostgresBackend {
 
     fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>> {
         self.query(SELECT_SIGNING, vec![], |rows| rows.iter().map(signing_key_of).collect())
+    }
+
+    fn apps(&self) -> Result<Vec<(String, StoredApp)>> {
+        self.query(SELECT_APPS, vec![], |rows| rows.iter().map(app_of).collect())
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

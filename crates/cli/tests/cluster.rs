@@ -81,6 +81,13 @@ fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<Value>) -> (
             }
             r.call()
         }
+        ("DELETE", _) => {
+            let mut r = a.delete(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
         (_, body) => {
             let mut r = a.post(url).header("Content-Type", "application/json");
             if let Some(h) = &auth {
@@ -162,6 +169,28 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     until(Duration::from_secs(1), || seqs().windows(2).all(|w| w[0] == w[1])).expect("nodes disagree");
     let (_, health) = call("GET", &format!("{}/health", a.url), None, None);
     assert_eq!(health["backend"], "postgres");
+
+    // Register an application on A: B issues its envelopes with its own keys; disabled on C, A
+    // refuses its credential.
+    let (status, app) = call(
+        "POST",
+        &format!("{}/v1/apps", a.url),
+        Some(&admin),
+        Some(json!({"name": "billing", "audience": "https://billing.example", "own_keys": true})),
+    );
+    assert_eq!(status, 201, "{app}");
+    let credential = app["credential"].as_str().unwrap().to_owned();
+    let (_, m) = mint(a, &admin, "carol");
+    let envelope = |n: &Node| {
+        call("POST", &format!("{}/v1/jwt", n.url), Some(&credential), Some(json!({"token": m["token"]})))
+    };
+    until(Duration::from_secs(1), || envelope(b).0 == 200).expect("B did not see the application");
+    let (_, env) = envelope(b);
+    let (_, jwks) = call("GET", &format!("{}/v1/apps/billing/jwks.json", c.url), None, None);
+    assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == env["kid"]), "{jwks} {env}");
+    let (status, _) = call("DELETE", &format!("{}/v1/apps/billing", c.url), Some(&admin), None);
+    assert_eq!(status, 200);
+    until(Duration::from_secs(1), || envelope(a).0 == 401).expect("A still serves a disabled application");
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct Context {
     pub resource: Option<String>,
     /// The client's address (IPv4-mapped IPv6 addresses are stored as IPv4).
     pub client_ip: Option<IpAddr>,
+    /// The authenticated requester. When set, a token that speaks for another subject (or for
+    /// none) is refused: a capability leaked to another user does not work for them.
+    pub subject: Option<String>,
     /// Application-defined fields, for registered checkers.
     pub extras: BTreeMap<String, String>,
     /// When true, `allow`, `resource` and `client-ip` caveats are validated but not checked
@@ -51,6 +54,7 @@ impl Context {
             operation: None,
             resource: None,
             client_ip: None,
+            subject: None,
             extras: BTreeMap::new(),
             defer_scope: false,
         }
@@ -77,6 +81,27 @@ impl Context {
     pub fn resource(mut self, resource: impl Into<String>) -> Self {
         self.resource = Some(resource.into());
         self
+    }
+
+    /// Set the authenticated requester (see [`Context::subject`]).
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Refuse `token_subject` unless it is the requester's (when the context names one).
+    pub(crate) fn check_subject(&self, token_subject: Option<&str>) -> Result<()> {
+        match (&self.subject, token_subject) {
+            (None, _) => Ok(()),
+            (Some(want), Some(have)) if want == have => Ok(()),
+            (Some(want), have) => Err(Error::CaveatNotMet {
+                caveat: "subject".into(),
+                reason: format!(
+                    "token speaks for {}, the request is by \"{want}\"",
+                    have.map_or("no subject".to_owned(), |h| format!("\"{h}\""))
+                ),
+            }),
+        }
     }
 
     /// Set the client address.

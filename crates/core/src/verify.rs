@@ -202,6 +202,9 @@ impl<'k> Verifier<'k> {
         if unused > 0 {
             return Err(Error::UnusedDischarge(unused));
         }
+        if ctx.subject.is_some() {
+            ctx.check_subject(token.tessera_identifier().as_ref().map(|id| id.sub.as_str()))?;
+        }
         Ok(Verified { token, discharges })
     }
 

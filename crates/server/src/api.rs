@@ -321,6 +321,8 @@ pub(crate) struct RequestContext {
     resource: Option<String>,
     client_ip: Option<String>,
     time: Option<String>,
+    /// The authenticated requester: a token of another subject is refused.
+    subject: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +343,7 @@ fn context(c: RequestContext) -> Result<Context> {
     let mut ctx = Context::at(time);
     ctx.operation = c.operation;
     ctx.resource = c.resource;
+    ctx.subject = c.subject;
     if let Some(ip) = &c.client_ip {
         let ip = ip.parse().map_err(|_| ApiError::bad_request(format!("\"{ip}\" is not an IP address")))?;
         ctx = ctx.client_ip(ip);

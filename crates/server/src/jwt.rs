@@ -108,8 +108,16 @@ pub(crate) async fn envelope(
             (key, kid)
         }
     };
-    let jwt =
-        envelope::issue_restricted(restrictions, &key, &kid, &state.issuer, grant.aud.as_deref(), now, ttl)?;
+    let how = envelope::Signing {
+        key: &key,
+        kid: &kid,
+        issuer: &state.issuer,
+        audience: grant.aud.as_deref(),
+        now,
+        ttl,
+        session: None,
+    };
+    let jwt = envelope::issue_restricted(restrictions, &how)?;
     state.metrics.envelopes_issued.inc();
     Ok(HttpResponse::Ok()
         .json(json!({ "jwt": jwt, "issuer": state.issuer, "kid": kid, "alg": grant.alg.name() })))

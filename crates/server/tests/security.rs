@@ -305,3 +305,20 @@ fn revoke_is_no_token_id_oracle() {
         assert_eq!(revoke(&e, &e.admin, &real).await.status, StatusCode::OK);
     })
 }
+
+/// Subject binding: the verifying service names the requester it authenticated; a capability
+/// leaked to another user is refused for them (Uclusion's case).
+#[test]
+fn a_leaked_token_is_refused_for_another_requester() {
+    run(async {
+        let e = env();
+        let token = mint_ok(&e, &e.admin, json!({"subject": "alice", "operations": ["read"]})).await;
+        let ok = verify(&e, &token, json!({"operation": "read", "subject": "alice"})).await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.raw);
+        let leaked = verify(&e, &token, json!({"operation": "read", "subject": "mallory"})).await;
+        assert_problem(&leaked, StatusCode::FORBIDDEN);
+        assert_eq!(leaked.body["caveat"], "subject", "{}", leaked.raw);
+        let without = verify(&e, &token, json!({"operation": "read"})).await;
+        assert_eq!(without.status, StatusCode::OK, "no subject named: no binding");
+    })
+}

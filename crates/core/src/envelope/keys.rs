@@ -122,7 +122,7 @@ impl SigningKey {
     }
 
     /// The JWS signature of `input` (ES256: the fixed 64-byte `r ‖ s` form JWS requires).
-    pub(crate) fn sign(&self, input: &[u8]) -> Vec<u8> {
+    pub fn sign(&self, input: &[u8]) -> Vec<u8> {
         match &self.0 {
             Secret::Hs256(k) => crypto::hs256_sign(k.expose_secret(), input).to_vec(),
             Secret::Es256(k) => {

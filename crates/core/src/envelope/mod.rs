@@ -12,8 +12,11 @@
 //! "signed" with a public key never verifies), checks the signature (HS256 in constant time),
 //! then `iss`, `aud`, `exp`, `nbf` and `cap` against a request context.
 
+mod id_token;
+mod jws;
 mod keys;
 
+pub use id_token::{verify_id_token, IdTokenRules};
 pub use keys::{Algorithm, PublicKey, SigningKey, VerifyKey};
 
 use std::fmt;
@@ -26,9 +29,8 @@ use crate::caveat::{parse_net, Context, Restrictions};
 use crate::claims::{CustomClaims, REGISTERED_CLAIMS};
 use crate::crypto::Tag;
 use crate::error::{Error, Result};
-use crate::format::{decode_base64, encode_base64};
+use crate::format::encode_base64;
 use crate::id::KeyId;
-use crate::limits::MAX_ENVELOPE_TEXT;
 use crate::verify::Verified;
 
 /// The per-kid HS256 key. Debug prints `[redacted]`; zeroized on drop.
@@ -59,7 +61,7 @@ impl fmt::Debug for EnvelopeKey {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Header {
+pub(crate) struct Header {
     alg: String,
     typ: Option<String>,
     kid: String,
@@ -169,21 +171,36 @@ pub fn issue_signed(
     now: OffsetDateTime,
     ttl: Duration,
 ) -> Result<String> {
-    issue_restricted(verified.restrictions(), key, kid, issuer, audience, now, ttl)
+    issue_restricted(
+        verified.restrictions(),
+        &Signing { key, kid, issuer, audience, now, ttl, session: None },
+    )
+}
+
+/// How an envelope is signed and for whom.
+#[derive(Debug)]
+pub struct Signing<'a> {
+    /// The key (any [`Algorithm`]).
+    pub key: &'a SigningKey,
+    /// The header's `kid` (for a public key, its thumbprint as published in the JWKS).
+    pub kid: &'a str,
+    /// `iss`.
+    pub issuer: &'a str,
+    /// `aud`, if any.
+    pub audience: Option<&'a str>,
+    /// `iat`.
+    pub now: OffsetDateTime,
+    /// The longest life (`exp` is never after the token's own expiry).
+    pub ttl: Duration,
+    /// `sid`: the session an access token belongs to.
+    pub session: Option<&'a str>,
 }
 
 /// Emit an envelope for restrictions that came from [`Verified::restrictions`], possibly folded
 /// narrower by the issuer (for example with what an application may request: fold more caveats
-/// in with [`Restrictions::add`]; never widen them).
-pub fn issue_restricted(
-    r: Restrictions,
-    key: &SigningKey,
-    kid: &str,
-    issuer: &str,
-    audience: Option<&str>,
-    now: OffsetDateTime,
-    ttl: Duration,
-) -> Result<String> {
+/// in with [`Restrictions::add`]; never widen them). `jti` is the restrictions' tid.
+pub fn issue_restricted(r: Restrictions, how: &Signing<'_>) -> Result<String> {
+    let Signing { key, kid, issuer, audience, now, ttl, session } = *how;
     let (Some(_), Some(tid), Some(sub)) = (r.kid, r.tid, r.subject.clone()) else {
         return Err(Error::Envelope("only Tessera tokens (with kid, tid and subject) have envelopes".into()));
     };
@@ -215,7 +232,7 @@ pub fn issue_restricted(
             resource: r.resources,
             client_ip: r.networks.map(|n| n.iter().map(|n| n.to_string()).collect()),
         },
-        sid: None,
+        sid: session.map(str::to_owned),
         custom: r.claims,
     };
     let header = Header { alg: key.algorithm().name().into(), typ: Some("JWT".into()), kid: kid.to_owned() };
@@ -263,32 +280,8 @@ pub fn decode_with(
     audience: Option<&str>,
     ctx: &Context,
 ) -> Result<Claims> {
-    if jwt.len() > MAX_ENVELOPE_TEXT {
-        return Err(Error::TooLarge { what: "envelope", size: jwt.len(), limit: MAX_ENVELOPE_TEXT });
-    }
-    let mut parts = jwt.trim_ascii().split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(bad("not a compact JWS (three dot-separated parts)"));
-    };
-    let header: Header =
-        serde_json::from_slice(&decode_base64(h).map_err(|_| bad("header is not base64url"))?)
-            .map_err(|_| bad("header is not valid JSON"))?;
-    let alg = Algorithm::from_name(&header.alg)
-        .ok_or_else(|| bad(format!("algorithm \"{}\" is not allowed (HS256, ES256, EdDSA)", header.alg)))?;
-    if header.typ.as_deref().is_some_and(|t| t != "JWT") {
-        return Err(bad("typ must be JWT"));
-    }
-    let key = key_for(&header.kid)?;
-    if key.algorithm() != alg {
-        // Algorithm confusion (e.g. HS256 with a public key as the HMAC secret): never.
-        return Err(bad(format!("kid {} is a {} key; the header says {alg}", header.kid, key.algorithm())));
-    }
-    let sig = decode_base64(s).map_err(|_| bad("signature is not base64url"))?;
-    let signing_input = &jwt.trim_ascii()[..h.len() + 1 + p.len()];
-    if !key.verify(signing_input.as_bytes(), &sig) {
-        return Err(Error::InvalidSignature);
-    }
-    let claims = Claims::from_json(&decode_base64(p).map_err(|_| bad("claims are not base64url"))?)?;
+    let payload = jws::verify_compact(jwt, key_for, jws::HeaderRules::Envelope)?;
+    let claims = Claims::from_json(&payload)?;
     if claims.iss != issuer {
         return Err(bad(format!("issuer \"{}\" is not trusted", claims.iss)));
     }
@@ -319,5 +312,6 @@ pub fn decode_with(
         ..Restrictions::default()
     };
     r.check(ctx)?;
+    ctx.check_subject(Some(&claims.sub))?;
     Ok(claims)
 }

@@ -99,6 +99,11 @@ id_type!(
     TID_LEN,
     "Names a minted token and all its attenuations (16 random bytes, shown as 32 hex digits)."
 );
+id_type!(
+    SessionId,
+    TID_LEN,
+    "Names a session: its access tokens' `sid` and the chain of its refresh tokens (16 random bytes, shown as 32 hex digits)."
+);
 
 /// The decoded Tessera identifier: which key, which token family, on whose behalf.
 #[derive(Clone, Debug, PartialEq, Eq)]

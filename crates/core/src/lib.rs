@@ -41,7 +41,7 @@ pub use caveat::{Context, Predicate, Restrictions};
 pub use claims::{CustomClaims, MAX_CLAIMS, REGISTERED_CLAIMS};
 pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};
-pub use id::{Identifier, KeyId, TokenId, MAX_SUBJECT};
+pub use id::{Identifier, KeyId, SessionId, TokenId, MAX_SUBJECT};
 pub use token::{Caveat, Token};
 pub use verify::{KeyProvider, StaticKeys, Verified, Verifier};
 

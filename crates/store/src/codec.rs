@@ -9,10 +9,11 @@ use tessera_core::{KeyId, TokenId};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
 // index), change log with key changes; 3 = JWT signing keys; 4 = registered applications and
-// signing keys they own. Older databases are migrated at open, after the master key check.
+// signing keys they own; 5 = sessions. Older databases are migrated at open, after the master key
+// check.
 
 /// The state of a root key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +99,102 @@ pub struct AppRecord {
     pub created: i64,
     /// When it was disabled, if it was.
     pub disabled_at: Option<i64>,
+}
+
+/// A session: an access-token template and the chain of refresh tokens that renew it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Whom the session speaks for.
+    pub subject: String,
+    /// The registered application its access tokens are for, if any.
+    pub app: Option<String>,
+    /// Creation time (seconds since the epoch).
+    pub created: i64,
+    /// Algorithm of its access tokens (`ES256`, `EdDSA`, `HS256`).
+    pub alg: String,
+    /// Access token lifetime, seconds.
+    pub access_ttl: u64,
+    /// Refresh token lifetime, seconds.
+    pub refresh_ttl: u64,
+    /// Default renew strategy (`noRefresh`, `refreshOnExpire`, `refreshBoth`).
+    pub strategy: String,
+    /// The caveats every access token is restricted by (the creator's and the requested ones).
+    pub caveats: Vec<String>,
+    /// Custom claims (compact JSON) every token of the session carries.
+    pub claims: Option<String>,
+    /// The refresh token family that renews now.
+    #[serde(with = "tid")]
+    pub current: TokenId,
+    /// Every refresh token family the session has had, oldest first.
+    #[serde(with = "tids")]
+    pub refreshes: Vec<TokenId>,
+    /// Refresh tokens spent by a rotation: presenting one again is reuse.
+    pub spent: Vec<Spent>,
+    /// When the session was revoked (by an operator, or by reuse detection).
+    pub revoked_at: Option<i64>,
+}
+
+/// A refresh token replaced by a rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    /// The spent refresh token family.
+    #[serde(with = "tid")]
+    pub tid: TokenId,
+    /// When it was spent (seconds since the epoch).
+    pub at: i64,
+    /// The family that replaced it (returned again within the grace window).
+    #[serde(with = "tid")]
+    pub successor: TokenId,
+}
+
+mod tid {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tessera_core::TokenId;
+
+    pub(super) fn serialize<S: Serializer>(v: &TokenId, s: S) -> Result<S::Ok, S::Error> {
+        v.as_bytes().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenId, D::Error> {
+        <[u8; 16]>::deserialize(d).map(TokenId::from_bytes)
+    }
+}
+
+mod tids {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tessera_core::TokenId;
+
+    pub(super) fn serialize<S: Serializer>(v: &[TokenId], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|t| *t.as_bytes()).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenId>, D::Error> {
+        Ok(<Vec<[u8; 16]>>::deserialize(d)?.into_iter().map(TokenId::from_bytes).collect())
+    }
+}
+
+/// What a refresh did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The presented token is the session's current one; with a rotation, `rotated_to` is the
+    /// new current family (the presented one is now spent).
+    Current {
+        /// The session after the refresh.
+        session: Box<SessionRecord>,
+        /// The new refresh token family, if one was issued.
+        rotated_to: Option<TokenId>,
+    },
+    /// The presented token was spent within the grace window: the client lost the answer; the
+    /// same successor is the answer again.
+    Replayed {
+        /// The session.
+        session: Box<SessionRecord>,
+        /// The family that replaced the presented one.
+        successor: TokenId,
+    },
+    /// The presented token was spent before the grace window: reuse. The whole session has been
+    /// revoked (every refresh token of it).
+    ReuseDetected,
 }
 
 /// A minted token's record. Records are never deleted, so token ids are never reused.
@@ -273,6 +370,9 @@ pub(crate) enum StoredTarget {
     /// An application registered or disabled (schema 4).
     Apps,
 }
+
+/// The store keeps sessions as their public record.
+pub(crate) type StoredSession = SessionRecord;
 
 mod bytes {
     use serde::{Deserialize, Deserializer, Serializer};

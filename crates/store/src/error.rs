@@ -108,6 +108,18 @@ pub enum Error {
     #[error("{0} is taken: application names and audiences are unique and never reused")]
     AppExists(String),
 
+    /// No session has this id.
+    #[error("no session {0}")]
+    UnknownSession(String),
+
+    /// The session was revoked (by an operator, or because a spent refresh token was reused).
+    #[error("session {0} is revoked: sign in again")]
+    SessionRevoked(String),
+
+    /// The refresh token presented is not one the session issued.
+    #[error("this refresh token does not belong to session {0}")]
+    NotThisSession(String),
+
     /// The database already has keys (first-key creation on a cluster lost the race).
     #[error("the database already has keys")]
     KeysExist,

@@ -38,8 +38,8 @@ mod writer;
 
 pub use backend::postgres::PostgresOptions;
 pub use codec::{
-    AppRecord, KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, SigningKeyInfo, SigningKeyState,
-    TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION, SCHEMA_VERSION,
+    AppRecord, KeyInfo, KeyState, NewToken, Refreshed, Revocation, RevocationTarget, SessionRecord,
+    SigningKeyInfo, SigningKeyState, Spent, TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION, SCHEMA_VERSION,
 };
 pub use error::{Error, Result};
 pub use master::{MasterKey, MASTER_KEY_ENV};

@@ -10,15 +10,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tessera_core::envelope::{Algorithm, PublicKey, SigningKey};
-use tessera_core::{KeyId, KeyProvider, RootKey, TokenId, TokenKey, MAX_SUBJECT};
+use tessera_core::{KeyId, KeyProvider, RootKey, SessionId, TokenId, TokenKey, MAX_SUBJECT};
 use time::OffsetDateTime;
 
 use crate::backend::postgres::{PostgresBackend, PostgresOptions};
 use crate::backend::redb::RedbBackend;
 use crate::backend::{Backend, Event};
 use crate::codec::{
-    AppRecord, KeyInfo, NewToken, Revocation, RevocationTarget, SigningKeyInfo, TokenRecord,
-    MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
+    AppRecord, KeyInfo, NewToken, Refreshed, Revocation, RevocationTarget, SessionRecord, SigningKeyInfo,
+    TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
@@ -360,11 +360,72 @@ impl Store {
         self.inner.mem.signing_keys().into_iter().find(|e| e.info.kid == kid).and_then(|e| e.key.public_key())
     }
 
+    // ---- sessions ------------------------------------------------------------------------
+
+    /// Start a session, durably, with the record of its first refresh token (`refresh`, checked
+    /// like any minted token). The session's `created`, `current` and `refreshes` are set here.
+    pub fn create_session(
+        &self,
+        sid: SessionId,
+        session: SessionRecord,
+        refresh: NewToken,
+    ) -> Result<SessionRecord> {
+        self.check_new_token(&refresh)?;
+        match self.submit(Op::CreateSession { sid, session: Box::new(session), refresh })? {
+            Done::Session(s) => Ok(*s),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// Renew a session with the refresh token family `presented`, rotating to `successor` when
+    /// given (the presented token is then spent). In one transaction, locked against every other
+    /// refresh of the session on every node: see [`Refreshed`] for the outcomes. A spent token
+    /// presented again more than `grace` after it was spent revokes the whole session.
+    pub fn refresh_session(
+        &self,
+        sid: SessionId,
+        presented: TokenId,
+        successor: Option<NewToken>,
+        grace: Duration,
+    ) -> Result<Refreshed> {
+        if let Some(new) = &successor {
+            self.check_new_token(new)?;
+        }
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        match self.submit(Op::RefreshSession { sid, presented, successor, grace })? {
+            Done::Refreshed(r) => Ok(r),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// Revoke a session: every refresh token it issued (and what was minted from them), at once,
+    /// on every node. Empty when it was revoked already.
+    pub fn revoke_session(&self, sid: SessionId) -> Result<Vec<Revocation>> {
+        match self.submit(Op::RevokeSession(sid))? {
+            Done::Revocations(r) => Ok(r),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// One session.
+    pub fn session(&self, sid: &SessionId) -> Result<Option<SessionRecord>> {
+        self.inner.backend.session(sid)
+    }
+
     // ---- tokens --------------------------------------------------------------------------
 
     /// Record a minted token, durably. Refuses unknown or revoked keys, duplicate ids, a revoked
     /// or unknown parent and oversized fields, writing nothing.
     pub fn record_token(&self, new: NewToken) -> Result<TokenRecord> {
+        self.check_new_token(&new)?;
+        match self.submit(Op::Record(new))? {
+            Done::Token(r) => Ok(r),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// The limits of a token record, checked before anything is queued.
+    fn check_new_token(&self, new: &NewToken) -> Result<()> {
         check_len("subject", new.subject.len(), MAX_SUBJECT)?;
         check_len("description", new.description.len(), MAX_DESCRIPTION)?;
         check_len("caveat summary", new.caveats.iter().map(String::len).sum(), MAX_CAVEAT_SUMMARY)?;
@@ -377,10 +438,7 @@ impl Store {
                 return Err(Error::NulInText(what));
             }
         }
-        match self.submit(Op::Record(new))? {
-            Done::Token(r) => Ok(r),
-            _ => Err(Error::Corrupt("unexpected writer reply".into())),
-        }
+        Ok(())
     }
 
     /// One token record.

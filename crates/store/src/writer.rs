@@ -8,12 +8,13 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
-use tessera_core::{KeyId, RootKey, TokenId};
+use tessera_core::{KeyId, RootKey, SessionId, TokenId};
 
 use crate::backend::{Backend, Event, Tx};
 use crate::codec::{
-    AppRecord, KeyInfo, KeyState, NewToken, Revocation, RevocationTarget, SigningKeyInfo, SigningKeyState,
-    StoredApp, StoredKey, StoredSigningKey, StoredToken, TokenRecord,
+    AppRecord, KeyInfo, KeyState, NewToken, Refreshed, Revocation, RevocationTarget, SessionRecord,
+    SigningKeyInfo, SigningKeyState, Spent, StoredApp, StoredKey, StoredSession, StoredSigningKey,
+    StoredToken, TokenRecord,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
@@ -61,6 +62,23 @@ pub(crate) enum Op {
     },
     /// Disable an application: no new envelopes; its credential is revoked.
     DisableApp(String),
+    /// Start a session with its first refresh token's record.
+    CreateSession {
+        sid: SessionId,
+        session: Box<StoredSession>,
+        refresh: NewToken,
+    },
+    /// Renew a session with the refresh token family `presented`; with `successor`, rotate to it.
+    /// A spent token presented again within `grace` seconds gets the same successor; later, the
+    /// whole session is revoked.
+    RefreshSession {
+        sid: SessionId,
+        presented: TokenId,
+        successor: Option<NewToken>,
+        grace: i64,
+    },
+    /// Revoke a session: every refresh token of it, and the session.
+    RevokeSession(SessionId),
 }
 
 /// The writer's answer to one [`Op`].
@@ -71,6 +89,8 @@ pub(crate) enum Done {
     Revocations(Vec<Revocation>),
     Signing(Vec<SigningKeyInfo>),
     App(Box<AppRecord>),
+    Session(Box<SessionRecord>),
+    Refreshed(Refreshed),
 }
 
 /// An operation and where its answer goes.
@@ -198,6 +218,22 @@ impl Writer {
                 }
             }
         }
+        Ok(entries)
+    }
+
+    /// Revoke every refresh token family of a session, and the session.
+    fn end_session(
+        tx: &mut dyn Tx,
+        sid: &SessionId,
+        s: &mut StoredSession,
+        at: i64,
+    ) -> Result<Vec<Revocation>> {
+        let mut entries = Vec::new();
+        for tid in s.refreshes.clone() {
+            entries.extend(Self::revoke_family(tx, &tid, at)?);
+        }
+        s.revoked_at = Some(at);
+        tx.put_session(sid, s)?;
         Ok(entries)
     }
 
@@ -374,6 +410,59 @@ impl Writer {
                     Self::revoke_family(tx, &TokenId::from_bytes(stored.credential), at)?;
                 }
                 Ok(Done::App(Box::new(stored.into_record(name.clone()))))
+            }
+            Op::CreateSession { sid, session, refresh } => {
+                if tx.session(sid)?.is_some() {
+                    return Err(Error::Corrupt(format!("session id {sid} is already recorded")));
+                }
+                Self::record(tx, refresh, at)?;
+                let mut stored = (**session).clone();
+                stored.created = at;
+                stored.current = refresh.tid;
+                stored.refreshes = vec![refresh.tid];
+                tx.put_session(sid, &stored)?;
+                Ok(Done::Session(Box::new(stored)))
+            }
+            Op::RefreshSession { sid, presented, successor, grace } => {
+                let mut s = tx.session(sid)?.ok_or_else(|| Error::UnknownSession(sid.to_string()))?;
+                if s.revoked_at.is_some() {
+                    return Err(Error::SessionRevoked(sid.to_string()));
+                }
+                if *presented == s.current {
+                    let rotated_to = match successor {
+                        Some(new) => {
+                            Self::record(tx, new, at)?;
+                            s.spent.push(Spent { tid: *presented, at, successor: new.tid });
+                            s.refreshes.push(new.tid);
+                            s.current = new.tid;
+                            tx.put_session(sid, &s)?;
+                            Some(new.tid)
+                        }
+                        None => None,
+                    };
+                    return Ok(Done::Refreshed(Refreshed::Current { session: Box::new(s), rotated_to }));
+                }
+                let spent = s.spent.iter().find(|x| x.tid == *presented).copied();
+                match spent {
+                    Some(x) if at - x.at <= *grace => Ok(Done::Refreshed(Refreshed::Replayed {
+                        session: Box::new(s),
+                        successor: x.successor,
+                    })),
+                    Some(_) => {
+                        // Reuse: whoever holds a spent token may have stolen it. Everything goes,
+                        // and this commits (the answer is an error to the caller, not to the batch).
+                        Self::end_session(tx, sid, &mut s, at)?;
+                        Ok(Done::Refreshed(Refreshed::ReuseDetected))
+                    }
+                    None => Err(Error::NotThisSession(sid.to_string())),
+                }
+            }
+            Op::RevokeSession(sid) => {
+                let mut s = tx.session(sid)?.ok_or_else(|| Error::UnknownSession(sid.to_string()))?;
+                if s.revoked_at.is_some() {
+                    return Ok(Done::Revocations(Vec::new()));
+                }
+                Self::end_session(tx, sid, &mut s, at).map(Done::Revocations)
             }
         }
     }

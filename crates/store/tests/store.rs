@@ -415,3 +415,106 @@ on_both!(applications_are_unique_own_their_keys_and_disable_with_their_credentia
     assert_eq!(store.apps(), apps);
     assert_eq!(store.active_signing_key(Algorithm::Es256, Some("billing")).unwrap().0, billing_now);
 });
+
+fn session_of(subject: &str) -> tessera_store::SessionRecord {
+    tessera_store::SessionRecord {
+        subject: subject.into(),
+        app: None,
+        created: 0,
+        alg: "ES256".into(),
+        access_ttl: 900,
+        refresh_ttl: 72 * 3600,
+        strategy: "noRefresh".into(),
+        caveats: vec!["allow read".into()],
+        claims: None,
+        current: TokenId::from_bytes([0; 16]),
+        refreshes: Vec::new(),
+        spent: Vec::new(),
+        revoked_at: None,
+    }
+}
+
+on_both!(sessions_rotate_replay_within_grace_and_die_on_reuse, |db: Db| {
+    use std::time::Duration;
+    use tessera_core::SessionId;
+    use tessera_store::Refreshed;
+    let store = db.open();
+    let kid = store.rotate().unwrap().kid;
+    let sid = SessionId::generate().unwrap();
+    let first = new_token(kid, "alice");
+    let s = store.create_session(sid, session_of("alice"), first.clone()).unwrap();
+    assert_eq!((s.current, s.refreshes.clone()), (first.tid, vec![first.tid]));
+    assert!(store.token(&first.tid).unwrap().is_some(), "the refresh token is recorded with the session");
+
+    // No rotation: the same token stays current.
+    let r = store.refresh_session(sid, first.tid, None, Duration::from_secs(5)).unwrap();
+    assert!(matches!(r, Refreshed::Current { rotated_to: None, .. }), "{r:?}");
+    // Rotation: the presented token is spent.
+    let second = new_token(kid, "alice");
+    let r = store.refresh_session(sid, first.tid, Some(second.clone()), Duration::from_secs(5)).unwrap();
+    assert!(matches!(r, Refreshed::Current { rotated_to: Some(t), .. } if t == second.tid), "{r:?}");
+    // The spent one again, within the grace window: the same successor, nothing recorded.
+    let third = new_token(kid, "alice");
+    let r = store.refresh_session(sid, first.tid, Some(third.clone()), Duration::from_secs(60)).unwrap();
+    assert!(matches!(r, Refreshed::Replayed { successor, .. } if successor == second.tid), "{r:?}");
+    assert!(store.token(&third.tid).unwrap().is_none(), "no new token for a replay");
+    // Concurrent rotations of the current token: one rotates, the others get its successor.
+    let outcomes: Vec<Refreshed> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let store = &store;
+                let next = new_token(kid, "alice");
+                sc.spawn(move || {
+                    store.refresh_session(sid, second.tid, Some(next), Duration::from_secs(60)).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let rotated: Vec<TokenId> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Refreshed::Current { rotated_to, .. } => *rotated_to,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rotated.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| match o {
+            Refreshed::Current { .. } => true,
+            Refreshed::Replayed { successor, .. } => *successor == rotated[0],
+            Refreshed::ReuseDetected => false,
+        }),
+        "{outcomes:?}"
+    );
+    // After the grace window: reuse. Every refresh token of the session is revoked.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = store.refresh_session(sid, first.tid, None, Duration::ZERO).unwrap();
+    assert_eq!(r, Refreshed::ReuseDetected);
+    let s = store.session(&sid).unwrap().unwrap();
+    assert!(s.revoked_at.is_some());
+    for tid in &s.refreshes {
+        assert!(store.is_token_revoked(tid), "{tid}");
+    }
+    assert!(matches!(
+        store.refresh_session(sid, rotated[0], None, Duration::from_secs(60)),
+        Err(Error::SessionRevoked(_))
+    ));
+    // Revoking by hand, and unknown sessions.
+    let other = SessionId::generate().unwrap();
+    let t = new_token(kid, "bob");
+    store.create_session(other, session_of("bob"), t.clone()).unwrap();
+    assert_eq!(store.revoke_session(other).unwrap().len(), 1);
+    assert!(store.is_token_revoked(&t.tid));
+    assert!(store.revoke_session(other).unwrap().is_empty(), "twice changes nothing");
+    let nobody = SessionId::generate().unwrap();
+    assert!(matches!(
+        store.refresh_session(nobody, t.tid, None, Duration::ZERO),
+        Err(Error::UnknownSession(_))
+    ));
+    // A token of another session is not this one's.
+    assert!(matches!(
+        store.refresh_session(sid, t.tid, None, Duration::ZERO),
+        Err(Error::SessionRevoked(_)) | Err(Error::NotThisSession(_))
+    ));
+});

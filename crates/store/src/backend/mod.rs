@@ -13,9 +13,9 @@ pub(crate) mod redb;
 
 use std::time::Duration;
 
-use tessera_core::{KeyId, TokenId};
+use tessera_core::{KeyId, SessionId, TokenId};
 
-use crate::codec::{StoredApp, StoredKey, StoredSigningKey, StoredToken};
+use crate::codec::{StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken};
 use crate::error::Result;
 
 /// What a change-log entry records. The log is gap-free and in commit order: a follower that
@@ -70,6 +70,11 @@ pub(crate) trait Tx {
     fn apps(&mut self) -> Result<Vec<(String, StoredApp)>>;
     /// Insert or replace an application.
     fn put_app(&mut self, name: &str, app: &StoredApp) -> Result<()>;
+    /// One session, locked until the transaction ends (concurrent refreshes of one session on
+    /// several nodes take turns).
+    fn session(&mut self, sid: &SessionId) -> Result<Option<StoredSession>>;
+    /// Insert or replace a session.
+    fn put_session(&mut self, sid: &SessionId, session: &StoredSession) -> Result<()>;
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
@@ -91,6 +96,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn signing_keys(&self) -> Result<Vec<(String, StoredSigningKey)>>;
     /// Every application, by name.
     fn apps(&self) -> Result<Vec<(String, StoredApp)>>;
+    /// One session.
+    fn session(&self, sid: &SessionId) -> Result<Option<StoredSession>>;
     /// One token record.
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>>;
     /// Every token record of a subject.

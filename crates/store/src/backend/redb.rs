@@ -3,17 +3,18 @@
 //! Tables: `meta` (schema version, sealed check value), `keys`, `tokens`, `tokens_by_subject`,
 //! `token_children` and `revocations`, which is the change log (its name is from schema 1, when
 //! it held only revocations; key changes are entries too since schema 2), `signing_keys` (schema
-//! 3) and `apps` (schema 4).
+//! 3), `apps` (schema 4) and `sessions` (schema 5).
 
 use std::path::Path;
 use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use tessera_core::{KeyId, TokenId};
+use tessera_core::{KeyId, SessionId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
 use crate::codec::{
-    self, StoredApp, StoredKey, StoredRevocation, StoredSigningKey, StoredTarget, StoredToken, SCHEMA_VERSION,
+    self, StoredApp, StoredKey, StoredRevocation, StoredSession, StoredSigningKey, StoredTarget, StoredToken,
+    SCHEMA_VERSION,
 };
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
@@ -29,6 +30,8 @@ const CHILDREN: TableDefinition<([u8; 16], [u8; 16]), ()> = TableDefinition::new
 const SIGNING: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
 /// Registered applications by name (schema version 4).
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// Sessions by id (schema version 5).
+const SESSIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("sessions");
 
 /// The redb database.
 pub(crate) struct RedbBackend {
@@ -104,19 +107,21 @@ fn init(db: &Database, master: &MasterKey) -> Result<()> {
         txn.open_table(CHILDREN).map_err(storage)?;
         txn.open_table(SIGNING).map_err(storage)?;
         txn.open_table(APPS).map_err(storage)?;
+        txn.open_table(SESSIONS).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
 
 /// Bring an older database to [`SCHEMA_VERSION`] in one transaction: 1 → 2 adds the children
 /// index (existing records have no parent), 2 → 3 the signing keys, 3 → 4 the applications
-/// (existing signing keys have no owner: they are the service's).
+/// (existing signing keys have no owner: they are the service's), 4 → 5 the sessions.
 fn migrate(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(storage)?;
     {
         txn.open_table(CHILDREN).map_err(storage)?;
         txn.open_table(SIGNING).map_err(storage)?;
         txn.open_table(APPS).map_err(storage)?;
+        txn.open_table(SESSIONS).map_err(storage)?;
         let mut meta = txn.open_table(META).map_err(storage)?;
         meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
     }
@@ -268,6 +273,19 @@ impl Tx for RedbTx<'_> {
         Ok(())
     }
 
+    fn session(&mut self, sid: &SessionId) -> Result<Option<StoredSession>> {
+        // One writer per file: the write transaction is the lock.
+        let t = self.txn.open_table(SESSIONS).map_err(storage)?;
+        let v = t.get(sid.as_bytes()).map_err(storage)?;
+        v.map(|v| codec::decode(v.value(), "session")).transpose()
+    }
+
+    fn put_session(&mut self, sid: &SessionId, session: &StoredSession) -> Result<()> {
+        let mut t = self.txn.open_table(SESSIONS).map_err(storage)?;
+        t.insert(sid.as_bytes(), codec::encode(session).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         // One writer thread per database: the next number is the last one plus one.
         let mut log = self.txn.open_table(CHANGES).map_err(storage)?;
@@ -310,6 +328,17 @@ impl Backend for RedbBackend {
 
     fn apps(&self) -> Result<Vec<(String, StoredApp)>> {
         self.read_by_name(APPS, "application")
+    }
+
+    fn session(&self, sid: &SessionId) -> Result<Option<StoredSession>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = match txn.open_table(SESSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        let v = t.get(sid.as_bytes()).map_err(storage)?;
+        v.map(|v| codec::decode(v.value(), "session")).transpose()
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

@@ -13,17 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tessera_core::{KeyId, TokenId};
+use tessera_core::{KeyId, SessionId, TokenId};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 mod rows;
 
 use self::rows::{
-    app_of, bytes, change_of, db, key_of, kind_of, pool_err, signing_key_of, signing_state_name, state_name,
-    token_of, unavailable, SELECT_APPS, SELECT_SIGNING,
+    app_of, bytes, change_of, db, key_of, kind_of, pool_err, session_of, signing_key_of, signing_state_name,
+    state_name, token_of, unavailable, SELECT_APPS, SELECT_SIGNING,
 };
 use super::{ApplyOp, Backend, Change, Event, Tx};
-use crate::codec::{StoredApp, StoredKey, StoredSigningKey, StoredToken, SCHEMA_VERSION};
+use crate::codec::{StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
 
@@ -32,6 +32,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("../migrations/0001_init.sql")),
     (3, include_str!("../migrations/0002_signing_keys.sql")),
     (4, include_str!("../migrations/0003_apps.sql")),
+    (5, include_str!("../migrations/0004_sessions.sql")),
 ];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -439,6 +440,25 @@ impl Tx for PgTx<'_> {
         )
     }
 
+    fn session(&mut self, sid: &SessionId) -> Result<Option<StoredSession>> {
+        let params: Params = vec![p(sid.as_bytes().to_vec())];
+        // FOR UPDATE: a refresh of this session on another node waits for this transaction.
+        self.run("SELECT record FROM tessera_sessions WHERE sid = $1 FOR UPDATE", params, |rows| {
+            rows.first().map(session_of).transpose()
+        })
+    }
+
+    fn put_session(&mut self, sid: &SessionId, session: &StoredSession) -> Result<()> {
+        let params: Params =
+            vec![p(sid.as_bytes().to_vec()), p(session.subject.clone()), p(crate::codec::encode(session))];
+        self.run(
+            "INSERT INTO tessera_sessions (sid, subject, record) VALUES ($1, $2, $3)
+             ON CONFLICT (sid) DO UPDATE SET record = excluded.record",
+            params,
+            |_| Ok(()),
+        )
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         let (kind, id) = kind_of(&event);
         let params: Params = vec![p(at), p(kind), p(id)];
@@ -484,6 +504,13 @@ impl Backend for PostgresBackend {
 
     fn apps(&self) -> Result<Vec<(String, StoredApp)>> {
         self.query(SELECT_APPS, vec![], |rows| rows.iter().map(app_of).collect())
+    }
+
+    fn session(&self, sid: &SessionId) -> Result<Option<StoredSession>> {
+        let params: Params = vec![p(sid.as_bytes().to_vec())];
+        self.query("SELECT record FROM tessera_sessions WHERE sid = $1", params, |rows| {
+            rows.first().map(session_of).transpose()
+        })
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

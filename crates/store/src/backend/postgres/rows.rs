@@ -5,7 +5,9 @@ use tessera_core::{KeyId, TokenId};
 use tokio_postgres::Row;
 
 use crate::backend::{Change, Event};
-use crate::codec::{self, KeyState, SigningKeyState, StoredApp, StoredKey, StoredSigningKey, StoredToken};
+use crate::codec::{
+    self, KeyState, SigningKeyState, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken,
+};
 use crate::error::{Error, Result};
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -141,4 +143,9 @@ pub(super) fn change_of(row: &Row) -> Result<Change> {
         other => return Err(Error::Corrupt(format!("change kind {other}"))),
     };
     Ok(Change { seq: seq as u64, at: row.try_get(1).map_err(db)?, event })
+}
+
+pub(super) fn session_of(row: &Row) -> Result<StoredSession> {
+    let record: Vec<u8> = row.try_get(0).map_err(db)?;
+    codec::decode(&record, "session")
 }

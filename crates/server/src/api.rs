@@ -142,6 +142,71 @@ pub(crate) fn check_subject(subject: Option<&str>) -> Result<()> {
     }
 }
 
+/// A lifetime like `30m`: `default` when absent; positive and at most `max`.
+pub(crate) fn lifetime(
+    what: &str,
+    asked: Option<&str>,
+    default: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration> {
+    let ttl = match asked {
+        None => default,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("{what} \"{t:.40}\": {e} (use e.g. 30m, 6h, 7d)")))?,
+    };
+    if ttl > max || ttl.is_zero() {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be positive and at most {}",
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(ttl)
+}
+
+/// The caveats of requested `operations`, `resources` and `client_ips`, checked.
+pub(crate) fn restriction_caveats(
+    operations: &Option<Vec<String>>,
+    resources: &Option<Vec<String>>,
+    client_ips: &Option<Vec<String>>,
+) -> Result<Vec<String>> {
+    let mut caveats = Vec::new();
+    for (what, name, items) in [
+        ("operations", "allow", operations),
+        ("resources", "resource", resources),
+        ("client_ips", "client-ip", client_ips),
+    ] {
+        if let Some(items) = items {
+            let c = format!("{name} {}", words(what, items)?);
+            tessera_core::Predicate::validate(c.as_bytes())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            caveats.push(c);
+        }
+    }
+    Ok(caveats)
+}
+
+/// The claims of a new token. Claims are the issuer's word about the subject: a subject cannot
+/// vouch for itself. A child keeps the claims of its parent (the handler passes them only for
+/// the parent's own subject); only the admin sets new ones.
+pub(crate) fn claims_for(
+    asked: Option<serde_json::Map<String, serde_json::Value>>,
+    inherited: Option<CustomClaims>,
+    may_set_claims: bool,
+) -> Result<Option<CustomClaims>> {
+    match asked {
+        None => Ok(inherited),
+        Some(_) if !may_set_claims => Err(ApiError::forbidden(
+            "only the admin subject sets custom claims; a token you mint for yourself carries the claims \
+             of your own token",
+        )),
+        Some(asked) => {
+            let mut all = inherited.map(|c| c.as_map().clone()).unwrap_or_default();
+            all.extend(asked);
+            Ok(Some(CustomClaims::new(all).map_err(|e| ApiError::bad_request(e.to_string()))?))
+        }
+    }
+}
+
 /// Everything a mint request asks for, checked, on top of what the caller's token passes on.
 /// No I/O: the handler and the `http_mint` fuzz target share it.
 pub(crate) fn mint_spec(
@@ -152,48 +217,11 @@ pub(crate) fn mint_spec(
     parent: Option<TokenId>,
     may_set_claims: bool,
 ) -> Result<MintSpec> {
-    // Claims are the issuer's word about the subject: a subject cannot vouch for itself. A child
-    // keeps the claims of its parent (the handler passes them only for the parent's own subject);
-    // only the admin sets new ones.
-    let claims = match body.claims {
-        None => inherited.claims,
-        Some(_) if !may_set_claims => {
-            return Err(ApiError::forbidden(
-                "only the admin subject sets custom claims; a token you mint for yourself carries \
-                 the claims of your own token",
-            ))
-        }
-        Some(asked) => {
-            let mut all = inherited.claims.map(|c| c.as_map().clone()).unwrap_or_default();
-            all.extend(asked);
-            Some(CustomClaims::new(all).map_err(|e| ApiError::bad_request(e.to_string()))?)
-        }
-    };
-    let ttl = match &body.ttl {
-        None => config.default_ttl,
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| ApiError::bad_request(format!("ttl \"{t}\": {e} (use e.g. 30m, 6h, 7d)")))?,
-    };
-    if ttl > config.max_ttl || ttl.is_zero() {
-        return Err(ApiError::bad_request(format!(
-            "ttl must be positive and at most {}",
-            humantime::format_duration(config.max_ttl)
-        )));
-    }
+    let claims = claims_for(body.claims, inherited.claims, may_set_claims)?;
+    let ttl = lifetime("ttl", body.ttl.as_deref(), config.default_ttl, config.max_ttl)?;
     let revocable = body.revocable || inherited.revocable;
     let mut caveats = inherited.caveats;
-    if let Some(ops) = &body.operations {
-        caveats.push(format!("allow {}", words("operations", ops)?));
-    }
-    if let Some(rs) = &body.resources {
-        caveats.push(format!("resource {}", words("resources", rs)?));
-    }
-    if let Some(ips) = &body.client_ips {
-        caveats.push(format!("client-ip {}", words("client_ips", ips)?));
-    }
-    for c in &caveats {
-        tessera_core::Predicate::validate(c.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
+    caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
     if body.description.len() > tessera_store::MAX_DESCRIPTION {
         return Err(ApiError::bad_request(format!(
             "description is over {} bytes",

@@ -40,6 +40,7 @@ pub(crate) struct NewAppRequest {
     algorithms: Option<Vec<String>>,
     #[serde(default)]
     own_keys: bool,
+    refresh_strategy: Option<crate::sessions::Strategy>,
     operations: Option<Vec<String>>,
     resources: Option<Vec<String>>,
 }
@@ -51,6 +52,7 @@ fn view(state: &AppState, a: &AppRecord) -> Value {
         "ttl_seconds": a.ttl,
         "algorithms": a.algorithms,
         "own_keys": a.own_keys,
+        "refresh_strategy": a.refresh_strategy.as_deref().unwrap_or(crate::sessions::Strategy::NoRefresh.name()),
         "operations": a.operations,
         "resources": a.resources,
         "credential_tid": a.credential.to_string(),
@@ -129,6 +131,7 @@ fn record_of(state: &AppState, body: NewAppRequest) -> Result<AppRecord> {
         ttl: ttl.as_secs(),
         algorithms,
         own_keys: body.own_keys,
+        refresh_strategy: body.refresh_strategy.map(|s| s.name().to_owned()),
         operations: body.operations,
         resources: body.resources,
         credential: tessera_core::TokenId::from_bytes([0; 16]),

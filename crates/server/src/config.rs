@@ -79,6 +79,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
 }
 
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err("a fraction above 0 and at most 1, e.g. 0.25".into()),
+    }
+}
+
 /// Everything the service can be told. `tessera serve` and `tessera-server` share these flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -152,6 +159,27 @@ pub struct Config {
     #[arg(long, env = "TESSERA_JWKS_MAX_AGE", default_value = "5m", value_parser = duration)]
     pub jwks_max_age: Duration,
 
+    /// Lifetime of a session's access tokens when the request (or its application) names none.
+    #[arg(long, env = "TESSERA_SESSION_ACCESS_TTL", default_value = "15m", value_parser = duration)]
+    pub session_access_ttl: Duration,
+
+    /// Lifetime of a session's refresh tokens when the request names none.
+    #[arg(long, env = "TESSERA_SESSION_REFRESH_TTL", default_value = "72h", value_parser = duration)]
+    pub session_refresh_ttl: Duration,
+
+    /// `refreshOnExpire` rotates the refresh token once less than this fraction of its life is left.
+    #[arg(long, env = "TESSERA_REFRESH_ROTATE_FRACTION", default_value_t = 0.25, value_parser = fraction)]
+    pub refresh_rotate_fraction: f64,
+
+    /// A spent refresh token presented again within this window gets the same answer (a client
+    /// that lost a response); later, it revokes its session.
+    #[arg(long, env = "TESSERA_REFRESH_GRACE", default_value = "10s", value_parser = duration)]
+    pub refresh_grace: Duration,
+
+    /// JSON file of trusted identity providers for `POST /v1/exchange` (see docs/SESSIONS.md).
+    #[arg(long, env = "TESSERA_EXCHANGE_CONFIG")]
+    pub exchange_config: Option<PathBuf>,
+
     /// Requests per second allowed per client address on /v1 (burst: twice that); 0 = no limit.
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
@@ -194,6 +222,11 @@ impl Config {
             jwt_alg: JwtAlg::Es256,
             signing_prepublish: Duration::from_secs(24 * 3600),
             jwks_max_age: Duration::from_secs(300),
+            session_access_ttl: Duration::from_secs(15 * 60),
+            session_refresh_ttl: Duration::from_secs(72 * 3600),
+            refresh_rotate_fraction: 0.25,
+            refresh_grace: Duration::from_secs(10),
+            exchange_config: None,
             rate_limit: 100,
             body_limit: 64 * 1024,
             trusted_proxies: Vec::new(),

@@ -23,7 +23,7 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// Longest accepted `aud` (bytes).
 const MAX_AUDIENCE: usize = 256;
 
-fn algorithm(name: &str) -> Result<Algorithm> {
+pub(crate) fn algorithm(name: &str) -> Result<Algorithm> {
     Algorithm::from_name(name).ok_or_else(|| {
         ApiError::bad_request(format!("alg \"{name}\" is not offered: use ES256, EdDSA or HS256"))
     })
@@ -90,24 +90,7 @@ pub(crate) async fn envelope(
     }
     let ttl = time::Duration::try_from(grant.ttl).map_err(ApiError::internal)?;
     let owner = app.as_ref().filter(|a| a.own_keys).map(|a| a.name.as_str());
-    let (key, kid) = match grant.alg {
-        Algorithm::Hs256 => {
-            let secret =
-                state.store.verifying_key(&root_kid).ok_or(ApiError::unauthorized("key is revoked"))?;
-            let key = envelope::SigningKey::from_secret_bytes(
-                Algorithm::Hs256,
-                secret.envelope_key().expose_secret(),
-            )?;
-            (std::sync::Arc::new(key), root_kid.to_string())
-        }
-        public => {
-            let (kid, key) = state
-                .store
-                .active_signing_key(public, owner)
-                .ok_or_else(|| ApiError::unavailable(format!("no active {public} signing key")))?;
-            (key, kid)
-        }
-    };
+    let (key, kid) = signing_key(&state, grant.alg, root_kid, owner)?;
     let how = envelope::Signing {
         key: &key,
         kid: &kid,
@@ -121,6 +104,35 @@ pub(crate) async fn envelope(
     state.metrics.envelopes_issued.inc();
     Ok(HttpResponse::Ok()
         .json(json!({ "jwt": jwt, "issuer": state.issuer, "kid": kid, "alg": grant.alg.name() })))
+}
+
+/// The key that signs an envelope of `alg` now, with its kid: for HS256 the envelope key of the
+/// root key `root_kid`; otherwise the active key of `owner` (an application with keys of its own)
+/// or of the service.
+pub(crate) fn signing_key(
+    state: &AppState,
+    alg: Algorithm,
+    root_kid: tessera_core::KeyId,
+    owner: Option<&str>,
+) -> Result<(std::sync::Arc<envelope::SigningKey>, String)> {
+    match alg {
+        Algorithm::Hs256 => {
+            let secret =
+                state.store.verifying_key(&root_kid).ok_or(ApiError::unauthorized("key is revoked"))?;
+            let key = envelope::SigningKey::from_secret_bytes(
+                Algorithm::Hs256,
+                secret.envelope_key().expose_secret(),
+            )?;
+            Ok((std::sync::Arc::new(key), root_kid.to_string()))
+        }
+        public => {
+            let (kid, key) = state
+                .store
+                .active_signing_key(public, owner)
+                .ok_or_else(|| ApiError::unavailable(format!("no active {public} signing key")))?;
+            Ok((key, kid))
+        }
+    }
 }
 
 /// How an envelope is made: algorithm, audience, lifetime.
@@ -155,7 +167,7 @@ fn for_app(app: &AppRecord, body: &JwtRequest) -> Result<Grant> {
 
 /// Fold what the application may request into the token's restrictions; 403 when nothing of
 /// what the token allows is left.
-fn narrow_to(r: &mut Restrictions, app: &AppRecord) -> Result<()> {
+pub(crate) fn narrow_to(r: &mut Restrictions, app: &AppRecord) -> Result<()> {
     for (name, allowed) in [("allow", &app.operations), ("resource", &app.resources)] {
         if let Some(allowed) = allowed {
             let text = format!("{name} {}", allowed.join(" "));

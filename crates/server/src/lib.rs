@@ -17,6 +17,7 @@ mod limit;
 mod metrics;
 mod mint;
 mod problem;
+mod sessions;
 mod ticket;
 
 use std::io::Write;
@@ -60,6 +61,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/apps/{name}"),
     ("delete", "/v1/apps/{name}"),
     ("get", "/v1/apps/{name}/jwks.json"),
+    ("post", "/v1/sessions"),
+    ("post", "/v1/sessions/refresh"),
+    ("post", "/v1/sessions/{sid}/revoke"),
 ];
 
 /// Errors that stop the service from starting.
@@ -276,6 +280,9 @@ pub fn app(
                 .route(web::delete().to(apps::disable)),
         )
         .service(resource("/v1/apps/{name}/jwks.json").route(web::get().to(apps::jwks)))
+        .service(resource("/v1/sessions").route(web::post().to(sessions::create)))
+        .service(resource("/v1/sessions/refresh").route(web::post().to(sessions::refresh)))
+        .service(resource("/v1/sessions/{sid}/revoke").route(web::post().to(sessions::revoke)))
         .default_service(web::to(not_found))
 }
 

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub(crate) discharges_issued: Counter,
     pub(crate) envelopes_issued: Counter,
     pub(crate) keys_rotated: Counter,
+    pub(crate) sessions_created: Counter,
+    pub(crate) sessions_refreshed: Counter,
+    pub(crate) sessions_reuse_detected: Counter,
+    pub(crate) exchanges: Counter,
 }
 
 impl Metrics {
@@ -104,6 +108,18 @@ impl Metrics {
         counter("tessera_discharges_issued_total", "Discharges issued.", &[("", &self.discharges_issued)]);
         counter("tessera_envelopes_issued_total", "JWT envelopes issued.", &[("", &self.envelopes_issued)]);
         counter("tessera_keys_rotated_total", "Key rotations.", &[("", &self.keys_rotated)]);
+        counter("tessera_sessions_created_total", "Sessions started.", &[("", &self.sessions_created)]);
+        counter(
+            "tessera_sessions_refreshed_total",
+            "Session renewals answered.",
+            &[("", &self.sessions_refreshed)],
+        );
+        counter(
+            "tessera_sessions_reuse_detected_total",
+            "Spent refresh tokens presented again after the grace window (each revoked its session).",
+            &[("", &self.sessions_reuse_detected)],
+        );
+        counter("tessera_exchanges_total", "Login exchanges answered.", &[("", &self.exchanges)]);
         let _ = writeln!(
             out,
             "# HELP tessera_revoked_tokens Revoked token families in memory.\n# TYPE tessera_revoked_tokens gauge\ntessera_revoked_tokens {revoked}"

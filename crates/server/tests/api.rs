@@ -473,7 +473,8 @@ fn openapi_matches_the_routes() {
             let uri = path
                 .replace("{tid}", &"0".repeat(32))
                 .replace("{kid}", &"0".repeat(16))
-                .replace("{name}", "x");
+                .replace("{name}", "x")
+                .replace("{sid}", &"0".repeat(32));
             let req = match *method {
                 "get" => TestRequest::get(),
                 "delete" => TestRequest::delete(),

@@ -89,6 +89,8 @@ pub struct AppRecord {
     pub algorithms: Vec<String>,
     /// Whether it has signing keys of its own (ES256 and EdDSA) instead of the service's.
     pub own_keys: bool,
+    /// Default renew strategy of its sessions (`noRefresh` when `None`).
+    pub refresh_strategy: Option<String>,
     /// Operations its envelopes may carry (`None` = whatever the token allows).
     pub operations: Option<Vec<String>>,
     /// Resources its envelopes may carry (`None` = whatever the token allows).
@@ -120,6 +122,9 @@ pub struct SessionRecord {
     pub strategy: String,
     /// The caveats every access token is restricted by (the creator's and the requested ones).
     pub caveats: Vec<String>,
+    /// The caveats of every refresh token before its own `time-before` (what it may do:
+    /// `sessions.refresh` on this session; the creator's time and network bounds).
+    pub refresh_caveats: Vec<String>,
     /// Custom claims (compact JSON) every token of the session carries.
     pub claims: Option<String>,
     /// The refresh token family that renews now.
@@ -320,6 +325,9 @@ pub(crate) struct StoredApp {
     pub(crate) ttl: u64,
     pub(crate) algorithms: Vec<String>,
     pub(crate) own_keys: bool,
+    /// Absent before schema version 5.
+    #[serde(default)]
+    pub(crate) refresh_strategy: Option<String>,
     pub(crate) operations: Option<Vec<String>>,
     pub(crate) resources: Option<Vec<String>>,
     pub(crate) credential: [u8; 16],
@@ -335,6 +343,7 @@ impl StoredApp {
             ttl: self.ttl,
             algorithms: self.algorithms,
             own_keys: self.own_keys,
+            refresh_strategy: self.refresh_strategy,
             operations: self.operations,
             resources: self.resources,
             credential: TokenId::from_bytes(self.credential),

@@ -382,6 +382,7 @@ impl Writer {
                     ttl: app.ttl,
                     algorithms: app.algorithms.clone(),
                     own_keys: app.own_keys,
+                    refresh_strategy: app.refresh_strategy.clone(),
                     operations: app.operations.clone(),
                     resources: app.resources.clone(),
                     credential: *credential.tid.as_bytes(),

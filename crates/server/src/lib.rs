@@ -10,6 +10,7 @@ mod api;
 mod apps;
 mod auth;
 mod config;
+mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod jwt;
@@ -64,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sessions"),
     ("post", "/v1/sessions/refresh"),
     ("post", "/v1/sessions/{sid}/revoke"),
+    ("post", "/v1/exchange"),
 ];
 
 /// Errors that stop the service from starting.
@@ -76,6 +78,9 @@ pub enum Error {
     /// Minting the first admin token failed.
     #[error("could not mint the admin token: {0}")]
     Mint(String),
+    /// A configuration file is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
     /// Binding or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -98,6 +103,8 @@ pub struct AppState {
     pub discharge_location: String,
     /// `iss` of envelopes.
     pub issuer: String,
+    /// Trusted issuers of the login exchange (`--exchange-config`).
+    pub exchange: Option<exchange::Exchange>,
 }
 
 /// The state, and the admin token when this start created the first key.
@@ -125,8 +132,13 @@ impl AppState {
                 Store::open_at(&location, master, freshness)?
             }
         };
+        let exchange = match &config.exchange_config {
+            None => None,
+            Some(path) => Some(exchange::Exchange::load(path, config.max_ttl).map_err(Error::Config)?),
+        };
         let location = config.public_url();
         let state = AppState {
+            exchange,
             discharge_location: format!("{location}/v1/discharge"),
             issuer: config.issuer(),
             location,
@@ -283,6 +295,7 @@ pub fn app(
         .service(resource("/v1/sessions").route(web::post().to(sessions::create)))
         .service(resource("/v1/sessions/refresh").route(web::post().to(sessions::refresh)))
         .service(resource("/v1/sessions/{sid}/revoke").route(web::post().to(sessions::revoke)))
+        .service(resource("/v1/exchange").route(web::post().to(exchange::exchange)))
         .default_service(web::to(not_found))
 }
 

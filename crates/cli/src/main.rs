@@ -9,6 +9,7 @@
 mod envelopes;
 mod inspect;
 mod narrow;
+mod sessions;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,11 @@ enum Command {
     Jwt(JwtArgs),
     /// Check a JWT envelope for a request: exit 0 allowed, 1 denied, 2 malformed input or usage.
     JwtCheck(JwtCheckArgs),
+    /// Sessions through a running service: create, refresh, revoke (prints JSON).
+    Session {
+        #[command(subcommand)]
+        action: sessions::SessionAction,
+    },
     /// Manage root keys in the local database (stop the service first).
     Keys {
         #[command(subcommand)]
@@ -319,6 +325,7 @@ fn run(command: Command) -> Result<Result<(), Denied>> {
         Command::Discharge { token, server } => discharge(read_token(token)?, server)?,
         Command::Jwt(args) => return jwt(args),
         Command::JwtCheck(args) => return jwt_check(args),
+        Command::Session { action } => sessions::session(action)?,
         Command::Keys { action, db } => keys(action, &db.open()?)?,
         Command::Tokens { action, db } => tokens(action, &db.open()?)?,
         Command::AdminToken { db, admin_subject, location } => {
@@ -492,12 +499,17 @@ fn mint(args: MintArgs) -> Result<()> {
 }
 
 fn post_json(url: &str, body: &Value) -> Result<Value> {
+    post_json_as(url, None, body)
+}
+
+/// POST a JSON body, with a bearer token if given; the answer, or an error with its detail.
+fn post_json_as(url: &str, bearer: Option<&str>, body: &Value) -> Result<Value> {
     let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-    let mut res = agent
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .with_context(|| format!("POST {url}"))?;
+    let mut req = agent.post(url).header("Content-Type", "application/json");
+    if let Some(b) = bearer {
+        req = req.header("Authorization", format!("Bearer {b}"));
+    }
+    let mut res = req.send(body.to_string()).with_context(|| format!("POST {url}"))?;
     let status = res.status();
     let text = res.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;
     let v: Value = serde_json::from_str(&text).unwrap_or(json!({"detail": text}));

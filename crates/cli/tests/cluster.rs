@@ -126,7 +126,7 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     let db = pg.create_database();
     // Started together on an empty database: exactly one creates the first key.
     let nodes: Vec<Node> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| start(&db, &[]))).collect();
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| start(&db, &["--refresh-grace", "1s"]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let admins: Vec<&String> = nodes.iter().filter_map(|n| n.admin.as_ref()).collect();
@@ -191,6 +191,36 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     let (status, _) = call("DELETE", &format!("{}/v1/apps/billing", c.url), Some(&admin), None);
     assert_eq!(status, 200);
     until(Duration::from_secs(1), || envelope(a).0 == 401).expect("A still serves a disabled application");
+
+    // Sessions: created on A, rotated on B; the spent token replayed on C after the grace window
+    // revokes the session for every node; a second session revoked on C is refused on A at once.
+    let refresh = |n: &Node, token: &str| {
+        call("POST", &format!("{}/v1/sessions/refresh", n.url), None, Some(json!({"refresh_token": token})))
+    };
+    let create = |n: &Node| {
+        let (status, s) = call(
+            "POST",
+            &format!("{}/v1/sessions", n.url),
+            Some(&admin),
+            Some(json!({"subject": "gus", "strategy": "refreshBoth"})),
+        );
+        assert_eq!(status, 201, "{s}");
+        s
+    };
+    let s = create(a);
+    let first = s["refresh_token"].as_str().unwrap().to_owned();
+    let (status, r) = refresh(b, &first);
+    assert_eq!(status, 200, "{r}");
+    let second = r["refresh_token"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(2100)); // past the 1 s grace window of these nodes
+    assert_eq!(refresh(c, &first).0, 401, "reuse on C");
+    assert_eq!(refresh(a, &second).0, 401, "the whole session is gone, on A too");
+    let s = create(b);
+    let token = s["refresh_token"].as_str().unwrap().to_owned();
+    let sid = s["session_id"].as_str().unwrap();
+    let (status, _) = call("POST", &format!("{}/v1/sessions/{sid}/revoke", c.url), Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(refresh(a, &token).0, 401, "revoked on C: refused on A at once");
 }
 
 #[test]

@@ -52,6 +52,83 @@ fn post(url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
 }
 
+/// `tessera serve` on a free port with a fresh data directory: the process, its URL and the
+/// first-start admin token.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> (Serve, String, String) {
+    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("TESSERA_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serve = Serve(child);
+    let mut admin = String::new();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if line.starts_with("Tessera admin token") {
+            admin = lines.next().unwrap().unwrap();
+        } else if let Some(u) = line.strip_prefix("tessera listening on ") {
+            break u.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (serve, url, admin)
+}
+
+/// `tessera session create|refresh|revoke` against the running service.
+#[test]
+fn sessions_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, url, admin) = serve(dir.path(), &["--refresh-grace", "0s"]);
+    let (code, out, err) = tessera(
+        &[
+            "session",
+            "create",
+            "--server",
+            &url,
+            "--token",
+            &admin,
+            "--subject",
+            "fay",
+            "--allow",
+            "read",
+            "--strategy",
+            "refreshBoth",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["strategy"], "refreshBoth");
+    let rt = s["refresh_token"].as_str().unwrap();
+    let (code, out, err) = tessera(&["session", "refresh", "--server", &url], Some(rt));
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["refresh_rotated"], true);
+    assert_eq!(r["session_id"], s["session_id"]);
+    let next = r["refresh_token"].as_str().unwrap();
+    let (code, out, err) =
+        tessera(&["session", "refresh", "--server", &url, next, "--strategy", "noRefresh"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["refresh_rotated"], false);
+    let sid = s["session_id"].as_str().unwrap();
+    let (code, out, err) = tessera(&["session", "revoke", "--server", &url, "--token", &admin, sid], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"revoked\": true"), "{out}");
+    let (code, _, err) = tessera(&["session", "refresh", "--server", &url, next], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = tessera(&["session", "refresh", "--server", &url], Some(""));
+    assert_eq!(code, 2);
+    assert!(err.contains("no refresh token"), "{err}");
+}
+
 #[test]
 fn serve_then_discharge_revocable_tokens() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,26 +210,7 @@ fn serve_then_discharge_revocable_tokens() {
 #[test]
 fn other_languages_verify_envelopes_through_the_jwks_url() {
     let dir = tempfile::tempdir().unwrap();
-    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env_remove("TESSERA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _serve = Serve(child);
-    lines.next(); // "Tessera admin token ..."
-    let admin = lines.next().unwrap().unwrap();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(u) = line.strip_prefix("tessera listening on ") {
-            break u.to_owned();
-        }
-    };
+    let (_serve, url, admin) = serve(dir.path(), &[]);
     let (status, minted) =
         post(&format!("{url}/v1/tokens"), Some(&admin), json!({"subject": "erin", "operations": ["read"]}));
     assert_eq!(status, 201, "{minted}");

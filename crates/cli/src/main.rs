@@ -8,6 +8,7 @@
 
 mod envelopes;
 mod inspect;
+mod local;
 mod narrow;
 mod sessions;
 
@@ -19,9 +20,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tessera_core::{Caveat, Context, CustomClaims, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
+use tessera_core::{Caveat, Context, CustomClaims, RootKey, StaticKeys, Token, TokenId, Verifier};
 use tessera_server::{mint_admin_token, MintSpec};
-use tessera_store::{KeyState, MasterKey, SigningKeyState, Store};
+use tessera_store::{MasterKey, Store};
 use time::OffsetDateTime;
 
 use envelopes::{jwt, jwt_check, JwtArgs, JwtCheckArgs};
@@ -109,14 +110,14 @@ enum Command {
     /// Manage root keys in the local database (stop the service first).
     Keys {
         #[command(subcommand)]
-        action: KeysAction,
+        action: local::KeysAction,
         #[command(flatten)]
         db: Db,
     },
     /// Manage token records in the local database (stop the service first).
     Tokens {
         #[command(subcommand)]
-        action: TokensAction,
+        action: local::TokensAction,
         #[command(flatten)]
         db: Db,
     },
@@ -203,34 +204,6 @@ struct MintArgs {
     claims: Option<String>,
     #[command(flatten)]
     narrow: Narrow,
-}
-
-#[derive(Subcommand)]
-enum KeysAction {
-    /// List keys (metadata only).
-    List,
-    /// Create a new active key; the previous one retires (still verifies).
-    Rotate,
-    /// Revoke a key: every token it signed stops verifying.
-    Revoke {
-        /// Key id (16 hex digits).
-        kid: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokensAction {
-    /// List a subject's token records (never token text).
-    List {
-        /// The subject.
-        #[arg(long)]
-        subject: String,
-    },
-    /// Revoke a token and all its attenuations.
-    Revoke {
-        /// Token id (32 hex digits).
-        tid: String,
-    },
 }
 
 /// Verification denied (exit 1), as opposed to an error (exit 2).
@@ -326,8 +299,8 @@ fn run(command: Command) -> Result<Result<(), Denied>> {
         Command::Jwt(args) => return jwt(args),
         Command::JwtCheck(args) => return jwt_check(args),
         Command::Session { action } => sessions::session(action)?,
-        Command::Keys { action, db } => keys(action, &db.open()?)?,
-        Command::Tokens { action, db } => tokens(action, &db.open()?)?,
+        Command::Keys { action, db } => local::keys(action, &db.open()?)?,
+        Command::Tokens { action, db } => local::tokens(action, &db.open()?)?,
         Command::AdminToken { db, admin_subject, location } => {
             let store = db.open()?;
             if store.active_key().is_none() {
@@ -551,75 +524,4 @@ fn when(t: i64) -> String {
         .ok()
         .and_then(|t| narrow::rfc3339(t).ok())
         .unwrap_or_else(|| t.to_string())
-}
-
-fn keys(action: KeysAction, store: &Store) -> Result<()> {
-    match action {
-        KeysAction::List => {
-            for k in store.list_keys()? {
-                let state = match k.state {
-                    KeyState::Active => "active",
-                    KeyState::Retired => "retired",
-                    KeyState::Revoked => "revoked",
-                };
-                println!("{}  {state:<8} created {}", k.kid, when(k.created));
-            }
-            // JWT signing keys (ES256, EdDSA): the kid is the JWK thumbprint published in JWKS.
-            for k in store.signing_keys() {
-                let state = match k.state {
-                    SigningKeyState::Next => "next",
-                    SigningKeyState::Active => "active",
-                    SigningKeyState::Retired => "retired",
-                };
-                let since = k.retired_at.or(k.activated_at).unwrap_or(k.created);
-                let owner = k.owner.as_deref().map_or(String::new(), |o| format!("  app {o}"));
-                println!("{}  {:<6} {state:<8} since {}{owner}", k.kid, k.alg, when(since));
-            }
-        }
-        KeysAction::Rotate => {
-            let k = store.rotate()?;
-            println!("{}  active (the previous key now only verifies)", k.kid);
-        }
-        KeysAction::Revoke { kid } => {
-            let kid: KeyId = kid.parse().map_err(|e| anyhow!("{e}"))?;
-            match store.revoke_key(kid)? {
-                Some(r) => println!("revoked key {kid} (log entry {})", r.seq),
-                None => println!("key {kid} was already revoked"),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn target_id(t: &tessera_store::RevocationTarget) -> String {
-    match t {
-        tessera_store::RevocationTarget::Token(tid) => tid.to_string(),
-        tessera_store::RevocationTarget::Key(kid) => kid.to_string(),
-    }
-}
-
-fn tokens(action: TokensAction, store: &Store) -> Result<()> {
-    match action {
-        TokensAction::List { subject } => {
-            for r in store.tokens_of(&subject)? {
-                let status = if r.revoked_at.is_some() { "revoked" } else { "live" };
-                let expires = r.expires.map_or("never".into(), when);
-                println!("{}  {status:<7} expires {expires}  {}", r.tid, r.description);
-            }
-        }
-        TokensAction::Revoke { tid } => {
-            let tid: TokenId = tid.parse().map_err(|e| anyhow!("{e}"))?;
-            let entries = store.revoke_token(tid)?;
-            match entries.split_first() {
-                Some((r, descendants)) => {
-                    println!("revoked token {tid} and its attenuations (log entry {})", r.seq);
-                    for d in descendants {
-                        println!("revoked descendant {} (log entry {})", target_id(&d.target), d.seq);
-                    }
-                }
-                None => println!("token {tid} was already revoked"),
-            }
-        }
-    }
-    Ok(())
 }

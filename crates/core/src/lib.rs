@@ -34,6 +34,7 @@ mod error;
 mod format;
 mod id;
 pub mod limits;
+mod restrictions;
 mod token;
 mod verify;
 

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 pub use crate::restrictions::Restrictions;
 
 /// Names of the built-in predicates.
-pub const BUILTIN: [&str; 5] = ["time-before", "time-after", "allow", "resource", "client-ip"];
+pub const BUILTIN: [&str; 7] =
+    ["time-before", "time-after", "allow", "resource", "client-ip", "rate-limit", "once"];
 
 /// What a request asks for: the verifier checks every caveat against it.
 #[derive(Clone, Debug)]
@@ -137,8 +138,64 @@ pub enum Predicate<'a> {
     Resource(&'a str),
     /// `client-ip net...`
     ClientIp(&'a str),
+    /// `rate-limit N/P`: at most N uses of the token family per period P (counted by the service).
+    RateLimit(RateLimit),
+    /// `once`: the token family works for exactly one successful use (recorded by the service).
+    Once,
     /// Any other predicate: application-defined (the whole caveat text).
     Other(&'a str),
+}
+
+/// A `rate-limit` caveat's budget: `count` uses per `period` seconds (fixed windows aligned to
+/// the epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RateLimit {
+    /// Uses allowed per window (1 to 10^9).
+    pub count: u64,
+    /// Window length in seconds (1 s to 30 d).
+    pub period: u64,
+}
+
+impl RateLimit {
+    /// Parse `N/P`: a count, and a period of an optional multiplier and a unit `s`, `m`, `h`, `d`
+    /// (`100/1m`, `5/s`, `1000/d`).
+    pub fn parse(arg: &str) -> Option<RateLimit> {
+        let (n, p) = arg.split_once('/')?;
+        let digits = |t: &str| !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(n) {
+            return None;
+        }
+        let count: u64 = n.parse().ok()?;
+        let (k, unit) = p.split_at(p.len().checked_sub(1)?);
+        let k: u64 = if k.is_empty() {
+            1
+        } else if digits(k) {
+            k.parse().ok()?
+        } else {
+            return None;
+        };
+        let unit = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        let period = k.checked_mul(unit)?;
+        ((1..=1_000_000_000).contains(&count) && (1..=30 * 86_400).contains(&period))
+            .then_some(RateLimit { count, period })
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    /// The canonical form: the largest unit that divides the period.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (k, unit) = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+            .into_iter()
+            .find(|(u, _)| self.period % u == 0)
+            .map_or((self.period, "s"), |(u, n)| (self.period / u, n));
+        write!(f, "{}/{k}{unit}", self.count)
+    }
 }
 
 fn malformed(text: &str, reason: impl Into<String>) -> Error {
@@ -200,6 +257,14 @@ impl<'a> Predicate<'a> {
                 args(text, name, rest)?;
                 Predicate::ClientIp(rest)
             }
+            "rate-limit" => Predicate::RateLimit(RateLimit::parse(rest).ok_or_else(|| {
+                malformed(
+                    text,
+                    "takes one budget N/P: a count of 1 to 10^9 per period of 1s to 30d, e.g. 100/1m",
+                )
+            })?),
+            "once" if rest.is_empty() && text == "once" => Predicate::Once,
+            "once" => return Err(malformed(text, "takes no arguments")),
             _ => Predicate::Other(text),
         })
     }
@@ -263,6 +328,9 @@ impl<'a> Predicate<'a> {
                 Some(r) => Err(format!("resource \"{r}\" is not allowed")),
                 None => Err("request names no resource".into()),
             },
+            Predicate::RateLimit(_) | Predicate::Once => {
+                Err("checked by the Tessera service (it holds the counters and uses); an offline verifier fails closed".into())
+            }
             Predicate::ClientIp(_) | Predicate::Other(_) => Err("no checker for this caveat".into()),
         }
     }

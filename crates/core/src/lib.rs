@@ -38,7 +38,7 @@ mod restrictions;
 mod token;
 mod verify;
 
-pub use caveat::{Context, Predicate, Restrictions};
+pub use caveat::{Context, Predicate, RateLimit, Restrictions};
 pub use claims::{CustomClaims, MAX_CLAIMS, REGISTERED_CLAIMS};
 pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};

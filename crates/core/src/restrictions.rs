@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
-use crate::caveat::{parse_net, resource_matches, Context, Predicate};
+use crate::caveat::{parse_net, resource_matches, Context, Predicate, RateLimit};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, TokenId};
 
@@ -60,6 +60,10 @@ pub struct Restrictions {
     pub networks: Option<Vec<IpNet>>,
     /// Application-defined caveats that registered checkers accepted.
     pub other: Vec<String>,
+    /// Every distinct `rate-limit` budget (all must hold; the service counts them).
+    pub rate_limits: Vec<RateLimit>,
+    /// A `once` caveat: single use (the service records the use).
+    pub once: bool,
 }
 
 impl Restrictions {
@@ -100,6 +104,12 @@ impl Restrictions {
                     }
                 });
             }
+            Predicate::RateLimit(limit) => {
+                if !self.rate_limits.contains(limit) {
+                    self.rate_limits.push(*limit);
+                }
+            }
+            Predicate::Once => self.once = true,
             Predicate::Other(text) => self.other.push((*text).to_owned()),
         }
     }

@@ -74,6 +74,7 @@ pub struct Verifier<'k> {
     keys: Option<&'k dyn KeyProvider>,
     exact: Vec<String>,
     general: Vec<GeneralChecker<'k>>,
+    service: bool,
 }
 
 /// A token that passed verification, with the discharges it used.
@@ -139,6 +140,14 @@ impl<'k> Verifier<'k> {
     /// Accept an application-defined caveat when its text equals `caveat` exactly.
     pub fn satisfy_exact(mut self, caveat: impl Into<String>) -> Self {
         self.exact.push(caveat.into());
+        self
+    }
+
+    /// Accept `rate-limit` and `once` caveats here and report them in the
+    /// [`Restrictions`](crate::Restrictions) (`rate_limits`, `once`): for the Tessera service,
+    /// which counts and records uses after verification. Without this, they fail closed.
+    pub fn service_caveats(mut self) -> Self {
+        self.service = true;
         self
     }
 
@@ -210,6 +219,7 @@ impl<'k> Verifier<'k> {
 
     fn check(&self, cid: &[u8], ctx: &Context) -> Result<()> {
         match Predicate::parse(cid)? {
+            Predicate::RateLimit(_) | Predicate::Once if self.service => Ok(()),
             Predicate::Other(text) => {
                 if self.exact.iter().any(|e| e == text) || self.general.iter().any(|f| f(text, ctx)) {
                     Ok(())

@@ -9,10 +9,11 @@ use tessera_core::{KeyId, TokenId};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
 // index), change log with key changes; 3 = JWT signing keys; 4 = registered applications and
-// signing keys they own; 5 = sessions. Older databases are migrated at open, after the master key
+// signing keys they own; 5 = sessions; 6 = uses, last use and grants of tokens, rate counters,
+// expiry notices. Older databases are migrated at open, after the master key
 // check.
 
 /// The state of a root key.
@@ -223,6 +224,31 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
     /// The token it was minted from through the API, if any (revoking that one revokes this).
     pub parent: Option<TokenId>,
+    /// When its single use happened (a `once` token).
+    pub used_at: Option<i64>,
+    /// When it was last used successfully (batched: up to a flush interval stale).
+    pub last_used: Option<i64>,
+    /// What a link token gives when it is redeemed (JSON).
+    pub grant: Option<String>,
+}
+
+/// An expiry notice for one token at one threshold: claimed once across the cluster, delivered
+/// at least once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// The token family.
+    #[serde(with = "tid")]
+    pub tid: TokenId,
+    /// Seconds before expiry (0: at expiry).
+    pub threshold: i64,
+    /// When it was claimed.
+    pub created: i64,
+    /// When the receiver accepted it.
+    pub delivered_at: Option<i64>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When to try next (undelivered notices).
+    pub next_attempt: i64,
 }
 
 /// What to record for a freshly minted token.
@@ -294,6 +320,13 @@ pub(crate) struct StoredToken {
     /// Absent in records written before schema version 2.
     #[serde(default)]
     pub(crate) parent: Option<[u8; 16]>,
+    /// Absent before schema version 6 (as are the next two).
+    #[serde(default)]
+    pub(crate) used_at: Option<i64>,
+    #[serde(default)]
+    pub(crate) last_used: Option<i64>,
+    #[serde(default)]
+    pub(crate) grant: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -422,6 +455,9 @@ impl StoredToken {
             caveats: self.caveats,
             revoked_at: self.revoked_at,
             parent: self.parent.map(TokenId::from_bytes),
+            used_at: self.used_at,
+            last_used: self.last_used,
+            grant: self.grant,
         }
     }
 }

@@ -34,13 +34,15 @@ mod follow;
 mod master;
 mod memory;
 mod store;
+mod usage;
 mod writer;
 
 pub use backend::postgres::PostgresOptions;
 pub use codec::{
-    AppRecord, KeyInfo, KeyState, NewToken, Refreshed, Revocation, RevocationTarget, SessionRecord,
+    AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,
     SigningKeyInfo, SigningKeyState, Spent, TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION, SCHEMA_VERSION,
 };
 pub use error::{Error, Result};
 pub use master::{MasterKey, MASTER_KEY_ENV};
 pub use store::{Freshness, Location, Store};
+pub use usage::RateDecision;

@@ -68,12 +68,16 @@ impl Default for Freshness {
 /// concurrent mints cost about one commit, not eight.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    backend: Arc<dyn Backend>,
-    mem: Arc<Memory>,
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) mem: Arc<Memory>,
+    /// Rate counters (leases of the shared ones on a cluster).
+    pub(crate) rates: crate::usage::Rates,
+    /// Last uses not yet written (flushed in batches).
+    pub(crate) touched: Mutex<std::collections::HashMap<TokenId, i64>>,
     freshness: Freshness,
     tx: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -149,6 +153,8 @@ impl Store {
             inner: Arc::new(Inner {
                 backend,
                 mem,
+                rates: crate::usage::Rates::default(),
+                touched: Mutex::new(std::collections::HashMap::new()),
                 freshness,
                 tx: Mutex::new(Some(tx)),
                 threads: Mutex::new(threads),
@@ -157,7 +163,7 @@ impl Store {
         })
     }
 
-    fn submit(&self, op: Op) -> Result<Done> {
+    pub(crate) fn submit(&self, op: Op) -> Result<Done> {
         let (reply, answer) = mpsc::sync_channel(1);
         {
             let tx = self.inner.tx.lock().map_err(|_| Error::Closed)?;

@@ -12,7 +12,7 @@ use tessera_core::{KeyId, RootKey, SessionId, TokenId};
 
 use crate::backend::{Backend, Event, Tx};
 use crate::codec::{
-    AppRecord, KeyInfo, KeyState, NewToken, Refreshed, Revocation, RevocationTarget, SessionRecord,
+    AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,
     SigningKeyInfo, SigningKeyState, Spent, StoredApp, StoredKey, StoredSession, StoredSigningKey,
     StoredToken, TokenRecord,
 };
@@ -79,6 +79,19 @@ pub(crate) enum Op {
     },
     /// Revoke a session: every refresh token of it, and the session.
     RevokeSession(SessionId),
+    /// Record a link token with what it grants when redeemed.
+    CreateLink {
+        token: NewToken,
+        grant: String,
+    },
+    /// The single use of a token: `Done::Used(None)` the first time, else when it was used.
+    Consume(TokenId),
+    /// Move tokens' last use forward (a batch from memory).
+    Touch(Vec<(TokenId, i64)>),
+    /// Claim an expiry notice (once per token and threshold, across the cluster).
+    ClaimNotice(Notice),
+    /// Record delivery progress of a notice.
+    PutNotice(Notice),
 }
 
 /// The writer's answer to one [`Op`].
@@ -91,6 +104,9 @@ pub(crate) enum Done {
     App(Box<AppRecord>),
     Session(Box<SessionRecord>),
     Refreshed(Refreshed),
+    Used(Option<i64>),
+    Claimed(bool),
+    Nothing,
 }
 
 /// An operation and where its answer goes.
@@ -171,6 +187,11 @@ impl Writer {
 
     /// Record a freshly minted token (its key usable, its parent recorded and not revoked).
     fn record(tx: &mut dyn Tx, new: &NewToken, at: i64) -> Result<TokenRecord> {
+        Self::record_with(tx, new, at, None)
+    }
+
+    /// [`Writer::record`], with what the token grants when redeemed (a link).
+    fn record_with(tx: &mut dyn Tx, new: &NewToken, at: i64, grant: Option<String>) -> Result<TokenRecord> {
         let key = tx.key(&new.kid)?.ok_or(Error::UnknownKey(new.kid))?;
         if key.state == KeyState::Revoked {
             return Err(Error::KeyRevoked(new.kid));
@@ -195,6 +216,9 @@ impl Writer {
             caveats: new.caveats.clone(),
             revoked_at: None,
             parent: new.parent.map(|p| *p.as_bytes()),
+            used_at: None,
+            last_used: None,
+            grant,
         };
         tx.insert_token(&new.tid, &stored)?;
         Ok(stored.into_record(new.tid))
@@ -458,6 +482,18 @@ impl Writer {
                     None => Err(Error::NotThisSession(sid.to_string())),
                 }
             }
+            Op::CreateLink { token, grant } => {
+                Self::record_with(tx, token, at, Some(grant.clone())).map(Done::Token)
+            }
+            Op::Consume(tid) => tx.mark_used(tid, at).map(Done::Used),
+            Op::Touch(batch) => {
+                for (tid, when) in batch {
+                    tx.touch(tid, *when)?;
+                }
+                Ok(Done::Nothing)
+            }
+            Op::ClaimNotice(n) => tx.claim_notice(n).map(Done::Claimed),
+            Op::PutNotice(n) => tx.put_notice(n).map(|()| Done::Nothing),
             Op::RevokeSession(sid) => {
                 let mut s = tx.session(sid)?.ok_or_else(|| Error::UnknownSession(sid.to_string()))?;
                 if s.revoked_at.is_some() {

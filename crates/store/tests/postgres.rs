@@ -182,3 +182,36 @@ fn a_store_can_be_dropped_on_an_async_runtime() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async move { drop(store) });
 }
+
+/// Three nodes spending one family's budget at once: the cluster never admits more than the
+/// budget (each lease is taken from the shared counter without passing it), and refuses at most
+/// one lease per node early.
+#[test]
+fn rate_budgets_hold_across_three_nodes() {
+    use tessera_core::RateLimit;
+    let url = pg().create_database();
+    let nodes: Vec<Store> = (0..3).map(|_| open(&url, Freshness::default()).unwrap()).collect();
+    nodes[0].rotate().unwrap();
+    let tid = TokenId::generate().unwrap();
+    let limit = RateLimit::parse("1000/1h").unwrap();
+    // Well inside one window.
+    let now = 3600 * 1000 + 10;
+    let allowed: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .flat_map(|n| (0..2).map(move |_| n))
+            .map(|n| {
+                s.spawn(move || {
+                    (0..400).filter(|_| n.take_rate(tid, limit, now).unwrap().allowed).count() as u64
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total: u64 = allowed.iter().sum();
+    let lease = limit.count / 100;
+    assert!(total <= limit.count, "admitted {total} of a budget of {}", limit.count);
+    assert!(total + 3 * lease >= limit.count, "admitted only {total}");
+    // The next window starts afresh.
+    assert!(nodes[1].take_rate(tid, limit, now + 3600).unwrap().allowed);
+}

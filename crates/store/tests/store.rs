@@ -520,3 +520,75 @@ on_both!(sessions_rotate_replay_within_grace_and_die_on_reuse, |db: Db| {
         Err(Error::SessionRevoked(_)) | Err(Error::NotThisSession(_))
     ));
 });
+
+on_both!(single_use_last_use_expiry_and_notices, |db: Db| {
+    use tessera_core::RateLimit;
+    use tessera_store::Notice;
+    let store = db.open();
+    let kid = store.rotate().unwrap().kid;
+    let once = new_token(kid, "alice");
+    store.record_token(once.clone()).unwrap();
+    // Exactly one of many concurrent uses wins.
+    let wins: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8).map(|_| s.spawn(|| store.consume(once.tid).unwrap().is_none())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).filter(|w| *w).count()
+    });
+    assert_eq!(wins, 1);
+    let used_at = store.token(&once.tid).unwrap().unwrap().used_at.unwrap();
+    assert_eq!(store.consume(once.tid).unwrap(), Some(used_at));
+    assert!(matches!(store.consume(TokenId::generate().unwrap()), Err(Error::UnknownToken(_))));
+
+    // Last use: in memory until flushed, never moved back.
+    store.note_use(once.tid, 1_800_000_000);
+    store.note_use(once.tid, 1_700_000_000);
+    assert_eq!(store.token(&once.tid).unwrap().unwrap().last_used, None, "no write before the flush");
+    assert_eq!(store.flush_uses().unwrap(), 1);
+    assert_eq!(store.flush_uses().unwrap(), 0);
+    assert_eq!(store.token(&once.tid).unwrap().unwrap().last_used, Some(1_800_000_000));
+    store.note_use(once.tid, 1_750_000_000);
+    store.flush_uses().unwrap();
+    assert_eq!(store.token(&once.tid).unwrap().unwrap().last_used, Some(1_800_000_000));
+
+    // Expiring and unused tokens.
+    let soon = NewToken { expires: Some(1_000), ..new_token(kid, "bob") };
+    store.record_token(soon.clone()).unwrap();
+    let expiring: Vec<TokenId> = store.tokens_expiring(2_000).unwrap().iter().map(|r| r.tid).collect();
+    assert_eq!(expiring, vec![soon.tid]);
+    let unused: Vec<TokenId> =
+        store.tokens_unused_since(1_800_000_001).unwrap().iter().map(|r| r.tid).collect();
+    assert!(unused.contains(&soon.tid) && unused.contains(&once.tid));
+    assert!(!store.tokens_unused_since(1_800_000_000).unwrap().iter().any(|r| r.tid == once.tid));
+
+    // A notice is claimed once; its progress is recorded; delivered ones are not due.
+    let n = Notice {
+        tid: soon.tid,
+        threshold: 86_400,
+        created: 10,
+        delivered_at: None,
+        attempts: 0,
+        next_attempt: 10,
+    };
+    assert!(store.claim_notice(n.clone()).unwrap());
+    assert!(!store.claim_notice(n.clone()).unwrap(), "claimed once");
+    assert_eq!(store.due_notices(10).unwrap(), vec![n.clone()]);
+    assert!(store.due_notices(9).unwrap().is_empty());
+    store.put_notice(Notice { delivered_at: Some(11), attempts: 1, ..n.clone() }).unwrap();
+    assert!(store.due_notices(100).unwrap().is_empty());
+    assert_eq!(store.notices_of(&soon.tid).unwrap()[0].delivered_at, Some(11));
+
+    // Rate budgets on one node: exact; windows reset.
+    let limit = RateLimit::parse("3/1m").unwrap();
+    let d: Vec<bool> = (0..5).map(|_| store.take_rate(once.tid, limit, 600).unwrap().allowed).collect();
+    assert_eq!(d, [true, true, true, false, false]);
+    let r = store.take_rate(once.tid, limit, 610).unwrap();
+    assert_eq!((r.allowed, r.remaining, r.reset), (false, 0, 50));
+    assert!(store.take_rate(once.tid, limit, 660).unwrap().allowed, "next window");
+
+    // Links keep their grant.
+    let link = new_token(kid, "carol");
+    store.record_link(link.clone(), r#"{"issue":"token"}"#.into()).unwrap();
+    assert_eq!(store.token(&link.tid).unwrap().unwrap().grant.as_deref(), Some(r#"{"issue":"token"}"#));
+    drop(store);
+    let store = db.open();
+    assert_eq!(store.token(&once.tid).unwrap().unwrap().used_at, Some(used_at), "durable");
+});

@@ -210,6 +210,13 @@ pub fn issue_restricted(r: Restrictions, how: &Signing<'_>) -> Result<String> {
             r.other.join(", ")
         )));
     }
+    if r.once || !r.rate_limits.is_empty() {
+        return Err(Error::Envelope(
+            "token has rate-limit or once caveats, which only the service can enforce: a JWT could be \
+             replayed past them"
+                .into(),
+        ));
+    }
     let mut exp = (now + ttl).unix_timestamp();
     if let Some(e) = r.expires {
         // exp is exclusive in both: a time-before T becomes exp <= T (rounded down to seconds).

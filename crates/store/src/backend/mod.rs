@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tessera_core::{KeyId, SessionId, TokenId};
 
-use crate::codec::{StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken};
+use crate::codec::{Notice, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken};
 use crate::error::Result;
 
 /// What a change-log entry records. The log is gap-free and in commit order: a follower that
@@ -60,6 +60,15 @@ pub(crate) trait Tx {
     fn insert_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()>;
     /// Mark a token record revoked at `at`.
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()>;
+    /// Record the single use of a token at `at`: `None` when this is it, `Some(when)` when it
+    /// was used before (nothing changes).
+    fn mark_used(&mut self, tid: &TokenId, at: i64) -> Result<Option<i64>>;
+    /// Move a token's last use forward to `at` (never back). Unknown tokens are skipped.
+    fn touch(&mut self, tid: &TokenId, at: i64) -> Result<()>;
+    /// Insert a notice unless one exists for its token and threshold: whether it was inserted.
+    fn claim_notice(&mut self, notice: &Notice) -> Result<bool>;
+    /// Replace a notice (delivery progress).
+    fn put_notice(&mut self, notice: &Notice) -> Result<()>;
     /// The tokens minted from `tid`.
     fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>>;
     /// Every JWT signing key, by kid.
@@ -98,6 +107,30 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn apps(&self) -> Result<Vec<(String, StoredApp)>>;
     /// One session.
     fn session(&self, sid: &SessionId) -> Result<Option<StoredSession>>;
+    /// Unrevoked tokens whose expiry is at or before `until`.
+    fn tokens_expiring(&self, until: i64) -> Result<Vec<(TokenId, StoredToken)>>;
+    /// Unrevoked tokens last used (or, never used, created) before `cutoff`.
+    fn tokens_unused_since(&self, cutoff: i64) -> Result<Vec<(TokenId, StoredToken)>>;
+    /// Notices not yet delivered whose next attempt is due at `now`.
+    fn due_notices(&self, now: i64) -> Result<Vec<Notice>>;
+    /// Every notice of a token.
+    fn notices_of(&self, tid: &TokenId) -> Result<Vec<Notice>>;
+    /// Lease up to `want` uses from the shared counter of (`tid`, `spec`, `window`) whose budget
+    /// is `count`: `(granted, used after)`. Only a shared database has shared counters.
+    fn take_rate(
+        &self,
+        _tid: &TokenId,
+        _spec: &str,
+        _window: i64,
+        _count: u64,
+        _want: u64,
+    ) -> Result<(u64, u64)> {
+        Err(crate::error::Error::Corrupt("this database keeps no shared rate counters".into()))
+    }
+    /// Drop rate counters of windows that started before `before`.
+    fn prune_rates(&self, _before: i64) -> Result<()> {
+        Ok(())
+    }
     /// One token record.
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>>;
     /// Every token record of a subject.

@@ -3,7 +3,7 @@
 //! Tables: `meta` (schema version, sealed check value), `keys`, `tokens`, `tokens_by_subject`,
 //! `token_children` and `revocations`, which is the change log (its name is from schema 1, when
 //! it held only revocations; key changes are entries too since schema 2), `signing_keys` (schema
-//! 3), `apps` (schema 4) and `sessions` (schema 5).
+//! 3), `apps` (schema 4), `sessions` (schema 5) and `notices` (schema 6).
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use tessera_core::{KeyId, SessionId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
 use crate::codec::{
-    self, StoredApp, StoredKey, StoredRevocation, StoredSession, StoredSigningKey, StoredTarget, StoredToken,
-    SCHEMA_VERSION,
+    self, Notice, StoredApp, StoredKey, StoredRevocation, StoredSession, StoredSigningKey, StoredTarget,
+    StoredToken, SCHEMA_VERSION,
 };
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
@@ -32,6 +32,8 @@ const SIGNING: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 /// Sessions by id (schema version 5).
 const SESSIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("sessions");
+/// Expiry notices by (tid, threshold) (schema version 6).
+const NOTICES: TableDefinition<([u8; 16], i64), &[u8]> = TableDefinition::new("notices");
 
 /// The redb database.
 pub(crate) struct RedbBackend {
@@ -108,13 +110,15 @@ fn init(db: &Database, master: &MasterKey) -> Result<()> {
         txn.open_table(SIGNING).map_err(storage)?;
         txn.open_table(APPS).map_err(storage)?;
         txn.open_table(SESSIONS).map_err(storage)?;
+        txn.open_table(NOTICES).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
 
 /// Bring an older database to [`SCHEMA_VERSION`] in one transaction: 1 → 2 adds the children
 /// index (existing records have no parent), 2 → 3 the signing keys, 3 → 4 the applications
-/// (existing signing keys have no owner: they are the service's), 4 → 5 the sessions.
+/// (existing signing keys have no owner: they are the service's), 4 → 5 the sessions, 5 → 6 the notices
+/// (token records gain their new fields as they are read: absent means none).
 fn migrate(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(storage)?;
     {
@@ -122,6 +126,7 @@ fn migrate(db: &Database) -> Result<()> {
         txn.open_table(SIGNING).map_err(storage)?;
         txn.open_table(APPS).map_err(storage)?;
         txn.open_table(SESSIONS).map_err(storage)?;
+        txn.open_table(NOTICES).map_err(storage)?;
         let mut meta = txn.open_table(META).map_err(storage)?;
         meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
     }
@@ -172,6 +177,39 @@ fn all_keys(table: &impl ReadableTable<[u8; 8], &'static [u8]>) -> Result<Vec<(K
 }
 
 impl RedbBackend {
+    /// Every token record that `keep` accepts (a full scan: housekeeping, not the hot path).
+    fn scan_tokens(&self, keep: impl Fn(&StoredToken) -> bool) -> Result<Vec<(TokenId, StoredToken)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let tokens = txn.open_table(TOKENS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in tokens.range::<[u8; 16]>(..).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let t: StoredToken = codec::decode(v.value(), "token")?;
+            if keep(&t) {
+                out.push((TokenId::from_bytes(k.value()), t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every notice that `keep` accepts.
+    fn scan_notices(&self, keep: impl Fn(&Notice) -> bool) -> Result<Vec<Notice>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(NOTICES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.range::<([u8; 16], i64)>(..).map_err(storage)? {
+            let n: Notice = codec::decode(row.map_err(storage)?.1.value(), "notice")?;
+            if keep(&n) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every row of a table keyed by name, in a read transaction (none when it does not exist).
     fn read_by_name<T: serde::de::DeserializeOwned>(
         &self,
@@ -251,6 +289,44 @@ impl Tx for RedbTx<'_> {
 
     fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>> {
         children(&self.txn.open_table(CHILDREN).map_err(storage)?, tid)
+    }
+
+    fn mark_used(&mut self, tid: &TokenId, at: i64) -> Result<Option<i64>> {
+        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
+        let mut stored = get_token(&tokens, tid)?.ok_or(Error::UnknownToken(*tid))?;
+        if let Some(t) = stored.used_at {
+            return Ok(Some(t));
+        }
+        stored.used_at = Some(at);
+        tokens.insert(tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
+        Ok(None)
+    }
+
+    fn touch(&mut self, tid: &TokenId, at: i64) -> Result<()> {
+        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
+        if let Some(mut stored) = get_token(&tokens, tid)? {
+            if stored.last_used.is_none_or(|l| l < at) {
+                stored.last_used = Some(at);
+                tokens.insert(tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn claim_notice(&mut self, n: &Notice) -> Result<bool> {
+        let mut t = self.txn.open_table(NOTICES).map_err(storage)?;
+        let key = (*n.tid.as_bytes(), n.threshold);
+        if t.get(key).map_err(storage)?.is_some() {
+            return Ok(false);
+        }
+        t.insert(key, codec::encode(n).as_slice()).map_err(storage)?;
+        Ok(true)
+    }
+
+    fn put_notice(&mut self, n: &Notice) -> Result<()> {
+        let mut t = self.txn.open_table(NOTICES).map_err(storage)?;
+        t.insert((*n.tid.as_bytes(), n.threshold), codec::encode(n).as_slice()).map_err(storage)?;
+        Ok(())
     }
 
     fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>> {
@@ -358,6 +434,22 @@ impl Backend for RedbBackend {
             }
         }
         Ok(out)
+    }
+
+    fn tokens_expiring(&self, until: i64) -> Result<Vec<(TokenId, StoredToken)>> {
+        self.scan_tokens(|t| t.revoked_at.is_none() && t.expires.is_some_and(|e| e <= until))
+    }
+
+    fn tokens_unused_since(&self, cutoff: i64) -> Result<Vec<(TokenId, StoredToken)>> {
+        self.scan_tokens(|t| t.revoked_at.is_none() && t.last_used.unwrap_or(t.created) < cutoff)
+    }
+
+    fn due_notices(&self, now: i64) -> Result<Vec<Notice>> {
+        self.scan_notices(|n| n.delivered_at.is_none() && n.next_attempt <= now)
+    }
+
+    fn notices_of(&self, tid: &TokenId) -> Result<Vec<Notice>> {
+        self.scan_notices(|n| n.tid == *tid)
     }
 
     fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>> {

@@ -18,12 +18,25 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 mod rows;
 
+/// `SELECT` of the columns `rows::token_of` reads, with the rest of the statement.
+macro_rules! select_tokens {
+    ($rest:literal) => {
+        concat!(
+            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent, used_at, \
+             last_used, grant_json FROM tessera_tokens ",
+            $rest
+        )
+    };
+}
+
 use self::rows::{
-    app_of, bytes, change_of, db, key_of, kind_of, pool_err, session_of, signing_key_of, signing_state_name,
-    state_name, token_of, unavailable, SELECT_APPS, SELECT_SIGNING,
+    app_of, bytes, change_of, db, key_of, kind_of, notice_of, pool_err, session_of, signing_key_of,
+    signing_state_name, state_name, token_of, unavailable, SELECT_APPS, SELECT_SIGNING,
 };
 use super::{ApplyOp, Backend, Change, Event, Tx};
-use crate::codec::{StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken, SCHEMA_VERSION};
+use crate::codec::{
+    Notice, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken, SCHEMA_VERSION,
+};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
 
@@ -33,6 +46,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("../migrations/0002_signing_keys.sql")),
     (4, include_str!("../migrations/0003_apps.sql")),
     (5, include_str!("../migrations/0004_sessions.sql")),
+    (6, include_str!("../migrations/0005_limits.sql")),
 ];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -360,12 +374,9 @@ impl Tx for PgTx<'_> {
 
     fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
         let params: Params = vec![p(tid.as_bytes().to_vec())];
-        self.run(
-            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent
-             FROM tessera_tokens WHERE tid = $1",
-            params,
-            |rows| rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t)),
-        )
+        self.run(select_tokens!("WHERE tid = $1"), params, |rows| {
+            rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t))
+        })
     }
 
     fn insert_token(&mut self, tid: &TokenId, t: &StoredToken) -> Result<()> {
@@ -378,10 +389,11 @@ impl Tx for PgTx<'_> {
             p(t.expires),
             p(t.caveats.clone()),
             p(t.parent.map(|b| b.to_vec())),
+            p(t.grant.clone()),
         ];
         self.run(
-            "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             params,
             |_| Ok(()),
         )
@@ -435,6 +447,68 @@ impl Tx for PgTx<'_> {
         self.run(
             "INSERT INTO tessera_apps (name, audience, record) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+            params,
+            |_| Ok(()),
+        )
+    }
+
+    fn mark_used(&mut self, tid: &TokenId, at: i64) -> Result<Option<i64>> {
+        let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
+        // Locks the row: of two nodes using one token at once, the second sees the first's use.
+        self.run("SELECT used_at FROM tessera_tokens WHERE tid = $1 FOR UPDATE", params, move |rows| {
+            let row = rows.first().ok_or(crate::error::Error::UnknownToken(TokenId::from_bytes([0; 16])))?;
+            row.try_get::<_, Option<i64>>(0).map_err(db)
+        })
+        .map_err(|e| match e {
+            crate::error::Error::UnknownToken(_) => crate::error::Error::UnknownToken(*tid),
+            e => e,
+        })
+        .and_then(|used| match used {
+            Some(t) => Ok(Some(t)),
+            None => {
+                let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
+                self.run("UPDATE tessera_tokens SET used_at = $2 WHERE tid = $1", params, |_| Ok(None))
+            }
+        })
+    }
+
+    fn touch(&mut self, tid: &TokenId, at: i64) -> Result<()> {
+        let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
+        self.run(
+            "UPDATE tessera_tokens SET last_used = $2 WHERE tid = $1 AND (last_used IS NULL OR last_used < $2)",
+            params,
+            |_| Ok(()),
+        )
+    }
+
+    fn claim_notice(&mut self, n: &Notice) -> Result<bool> {
+        let params: Params = vec![
+            p(n.tid.as_bytes().to_vec()),
+            p(n.threshold),
+            p(n.created),
+            p(n.delivered_at),
+            p(i32::try_from(n.attempts).unwrap_or(i32::MAX)),
+            p(n.next_attempt),
+        ];
+        self.run(
+            "INSERT INTO tessera_notices (tid, threshold, created, delivered_at, attempts, next_attempt)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tid, threshold) DO NOTHING RETURNING tid",
+            params,
+            |rows| Ok(!rows.is_empty()),
+        )
+    }
+
+    fn put_notice(&mut self, n: &Notice) -> Result<()> {
+        let params: Params = vec![
+            p(n.tid.as_bytes().to_vec()),
+            p(n.threshold),
+            p(n.delivered_at),
+            p(i32::try_from(n.attempts).unwrap_or(i32::MAX)),
+            p(n.next_attempt),
+        ];
+        self.run(
+            "UPDATE tessera_notices SET delivered_at = $3, attempts = $4, next_attempt = $5
+             WHERE tid = $1 AND threshold = $2",
             params,
             |_| Ok(()),
         )
@@ -513,22 +587,75 @@ impl Backend for PostgresBackend {
         })
     }
 
-    fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {
+    fn tokens_expiring(&self, until: i64) -> Result<Vec<(TokenId, StoredToken)>> {
         self.query(
-            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent
-             FROM tessera_tokens WHERE tid = $1",
-            vec![p(tid.as_bytes().to_vec())],
-            |rows| rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t)),
+            select_tokens!("WHERE expires IS NOT NULL AND revoked_at IS NULL AND expires <= $1"),
+            vec![p(until)],
+            |rows| rows.iter().map(token_of).collect(),
         )
     }
 
-    fn tokens_of(&self, subject: &str) -> Result<Vec<(TokenId, StoredToken)>> {
+    fn tokens_unused_since(&self, cutoff: i64) -> Result<Vec<(TokenId, StoredToken)>> {
         self.query(
-            "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent
-             FROM tessera_tokens WHERE subject = $1",
-            vec![p(subject.to_owned())],
+            select_tokens!("WHERE revoked_at IS NULL AND COALESCE(last_used, created) < $1"),
+            vec![p(cutoff)],
             |rows| rows.iter().map(token_of).collect(),
         )
+    }
+
+    fn due_notices(&self, now: i64) -> Result<Vec<Notice>> {
+        self.query(
+            "SELECT tid, threshold, created, delivered_at, attempts, next_attempt FROM tessera_notices
+             WHERE delivered_at IS NULL AND next_attempt <= $1 ORDER BY next_attempt",
+            vec![p(now)],
+            |rows| rows.iter().map(notice_of).collect(),
+        )
+    }
+
+    fn notices_of(&self, tid: &TokenId) -> Result<Vec<Notice>> {
+        self.query(
+            "SELECT tid, threshold, created, delivered_at, attempts, next_attempt FROM tessera_notices
+             WHERE tid = $1 ORDER BY threshold DESC",
+            vec![p(tid.as_bytes().to_vec())],
+            |rows| rows.iter().map(notice_of).collect(),
+        )
+    }
+
+    fn take_rate(&self, tid: &TokenId, spec: &str, window: i64, count: u64, want: u64) -> Result<(u64, u64)> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let want = i64::try_from(want).unwrap_or(i64::MAX);
+        // One statement, row-locked: a grant never takes the counter past the budget.
+        self.query(
+            "INSERT INTO tessera_rates AS r (tid, spec, win, used, last_grant)
+             VALUES ($1, $2, $3::bigint, LEAST($4::bigint, $5::bigint), LEAST($4::bigint, $5::bigint))
+             ON CONFLICT (tid, spec, win) DO UPDATE
+               SET used = r.used + LEAST($4::bigint, GREATEST($5::bigint - r.used, 0)),
+                   last_grant = LEAST($4::bigint, GREATEST($5::bigint - r.used, 0))
+             RETURNING last_grant, used",
+            vec![p(tid.as_bytes().to_vec()), p(spec.to_owned()), p(window), p(want), p(count)],
+            |rows| {
+                let row = rows.first().ok_or_else(|| crate::error::Error::Corrupt("no rate row".into()))?;
+                let granted: i64 = row.try_get(0).map_err(db)?;
+                let used: i64 = row.try_get(1).map_err(db)?;
+                Ok((u64::try_from(granted).unwrap_or(0), u64::try_from(used).unwrap_or(0)))
+            },
+        )
+    }
+
+    fn prune_rates(&self, before: i64) -> Result<()> {
+        self.query("DELETE FROM tessera_rates WHERE win < $1", vec![p(before)], |_| Ok(()))
+    }
+
+    fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        self.query(select_tokens!("WHERE tid = $1"), vec![p(tid.as_bytes().to_vec())], |rows| {
+            rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t))
+        })
+    }
+
+    fn tokens_of(&self, subject: &str) -> Result<Vec<(TokenId, StoredToken)>> {
+        self.query(select_tokens!("WHERE subject = $1"), vec![p(subject.to_owned())], |rows| {
+            rows.iter().map(token_of).collect()
+        })
     }
 
     fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>> {

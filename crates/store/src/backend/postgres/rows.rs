@@ -6,7 +6,8 @@ use tokio_postgres::Row;
 
 use crate::backend::{Change, Event};
 use crate::codec::{
-    self, KeyState, SigningKeyState, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken,
+    self, KeyState, Notice, SigningKeyState, StoredApp, StoredKey, StoredSession, StoredSigningKey,
+    StoredToken,
 };
 use crate::error::{Error, Result};
 
@@ -86,8 +87,23 @@ pub(super) fn token_of(row: &Row) -> Result<(TokenId, StoredToken)> {
             caveats: row.try_get(6).map_err(db)?,
             revoked_at: row.try_get(7).map_err(db)?,
             parent: parent.map(|p| bytes(p, "parent")).transpose()?,
+            used_at: row.try_get(9).map_err(db)?,
+            last_used: row.try_get(10).map_err(db)?,
+            grant: row.try_get(11).map_err(db)?,
         },
     ))
+}
+
+pub(super) fn notice_of(row: &Row) -> Result<Notice> {
+    let attempts: i32 = row.try_get(4).map_err(db)?;
+    Ok(Notice {
+        tid: TokenId::from_bytes(bytes(row.try_get(0).map_err(db)?, "tid")?),
+        threshold: row.try_get(1).map_err(db)?,
+        created: row.try_get(2).map_err(db)?,
+        delivered_at: row.try_get(3).map_err(db)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt: row.try_get(5).map_err(db)?,
+    })
 }
 
 pub(super) fn signing_key_of(row: &Row) -> Result<(String, StoredSigningKey)> {

@@ -453,7 +453,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn mark_used(&mut self, tid: &TokenId, at: i64) -> Result<Option<i64>> {
-        let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
+        let params: Params = vec![p(tid.as_bytes().to_vec())];
         // Locks the row: of two nodes using one token at once, the second sees the first's use.
         self.run("SELECT used_at FROM tessera_tokens WHERE tid = $1 FOR UPDATE", params, move |rows| {
             let row = rows.first().ok_or(crate::error::Error::UnknownToken(TokenId::from_bytes([0; 16])))?;

@@ -17,6 +17,13 @@ pub(crate) fn describe(cid: &[u8]) -> String {
         Ok(Predicate::Allow(ops)) => format!("only operations: {}", ops.replace(' ', ", ")),
         Ok(Predicate::Resource(r)) => format!("only resources: {}", r.replace(' ', ", ")),
         Ok(Predicate::ClientIp(n)) => format!("only from client addresses in: {}", n.replace(' ', ", ")),
+        Ok(Predicate::RateLimit(l)) => format!(
+            "at most {} uses per {} s for the whole token family (counted by the Tessera service; offline verifiers refuse it)",
+            l.count, l.period
+        ),
+        Ok(Predicate::Once) => {
+            "works for one successful use (recorded by the Tessera service; offline verifiers refuse it)".into()
+        }
         Ok(Predicate::Other(t)) => format!("application caveat \"{t}\" (fails unless the verifier knows it)"),
         Err(e) => format!("INVALID: {e}"),
     }
@@ -94,6 +101,13 @@ pub(crate) fn text(t: &Token, show_signature: bool) -> String {
     out.push_str(&format!("  client ips: {}\n", list(&nets)));
     out.push_str(&format!("  not before: {}\n", r.not_before.map_or("-".into(), when)));
     out.push_str(&format!("  expires:    {}\n", r.expires.map_or("never".into(), when)));
+    if !r.rate_limits.is_empty() {
+        let l: Vec<String> = r.rate_limits.iter().map(ToString::to_string).collect();
+        out.push_str(&format!("  rate limit: {} (all hold)\n", l.join(", ")));
+    }
+    if r.once {
+        out.push_str("  single use\n");
+    }
     if show_signature {
         out.push_str(&format!("signature:  {}\n", b64(t.signature())));
     }
@@ -133,6 +147,8 @@ pub(crate) fn json(t: &Token, show_signature: bool) -> Value {
             "client_ips": r.networks.map(|n| n.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "not_before": r.not_before.map(when),
             "expires": r.expires.map(when),
+            "rate_limits": r.rate_limits.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "once": r.once,
         },
         "verified": false,
     });

@@ -89,6 +89,8 @@ pub(crate) struct MintRequest {
     #[serde(default)]
     revocable: bool,
     claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A `rate-limit` budget for the new token, e.g. `100/1m`.
+    rate_limit: Option<String>,
 }
 
 impl MintRequest {
@@ -222,6 +224,11 @@ pub(crate) fn mint_spec(
     let revocable = body.revocable || inherited.revocable;
     let mut caveats = inherited.caveats;
     caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
+    if let Some(budget) = &body.rate_limit {
+        let c = format!("rate-limit {budget}");
+        tessera_core::Predicate::validate(c.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        caveats.push(c);
+    }
     if body.description.len() > tessera_store::MAX_DESCRIPTION {
         return Err(ApiError::bad_request(format!(
             "description is over {} bytes",
@@ -420,10 +427,18 @@ fn state_of(req: &HttpRequest) -> Result<&AppState> {
 /// A verify request, decoded and checked against the store's keys: the JSON answer, or why not.
 /// No I/O: the handler and the `http_verify` fuzz target share it.
 pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyRequest) -> Result<Vec<u8>> {
+    verify_checked(keys, body).map(|(bytes, _)| bytes)
+}
+
+/// [`verify_request`], with the restrictions (for the checks that need the service).
+fn verify_checked(
+    keys: &dyn tessera_core::KeyProvider,
+    body: VerifyRequest,
+) -> Result<(Vec<u8>, Restrictions)> {
     let token = decode_token(&body.token)?;
     let discharges = decode_all(&body.discharges)?;
     let ctx = context(body.context)?;
-    let v = Verifier::with_keys(keys).verify(&token, &discharges, &ctx)?;
+    let v = Verifier::with_keys(keys).service_caveats().verify(&token, &discharges, &ctx)?;
     let r = v.restrictions();
     let out = Verified {
         valid: true,
@@ -433,16 +448,31 @@ pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyR
         claims: r.claims.as_ref().map(CustomClaims::as_map),
         restrictions: RestrictionsView::new(&r),
     };
-    serde_json::to_vec(&out).map_err(ApiError::internal)
+    let bytes = serde_json::to_vec(&out).map_err(ApiError::internal)?;
+    Ok((bytes, r))
 }
 
 pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
     let state = state_of(&req)?;
     state.store.check_fresh()?;
-    match verify_request(&state.store, body.into_inner()) {
-        Ok(bytes) => {
+    let outcome = match verify_checked(&state.store, body.into_inner()) {
+        Ok((bytes, r)) if crate::uses::needs_database(state, &r) => {
+            let st = web::Data::clone(
+                req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal("no app state"))?,
+            );
+            blocking(move || crate::uses::record(&st, &r)).await.map(|h| (bytes, h))
+        }
+        Ok((bytes, r)) => crate::uses::record(state, &r).map(|h| (bytes, h)),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok((bytes, headers)) => {
             state.metrics.verify_allowed.inc();
-            Ok(HttpResponse::Ok().content_type("application/json").body(bytes))
+            let mut res = HttpResponse::Ok();
+            for (name, value) in headers {
+                res.insert_header((name, value));
+            }
+            Ok(res.content_type("application/json").body(bytes))
         }
         Err(e) => {
             state.metrics.verify_denied.inc();

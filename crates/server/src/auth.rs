@@ -155,7 +155,8 @@ pub(crate) fn authenticate(state: &AppState, req: &HttpRequest) -> Result<(), Ap
     state.store.check_fresh()?;
     let (token, discharges) = bearer(req)?;
     claimed_identity(&token)?;
-    Verifier::with_keys(&state.store).verify(
+    // Budgets and single use are counted by `authorize`, which always follows.
+    Verifier::with_keys(&state.store).service_caveats().verify(
         &token,
         &discharges,
         &Context::deferring_scope(time::OffsetDateTime::now_utc()),
@@ -185,7 +186,9 @@ pub(crate) fn authorize(
     if let Some(ip) = client_ip_of(state, req)? {
         ctx = ctx.client_ip(ip);
     }
-    Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx)?;
+    let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
+    // Management calls count against the token's budgets and use it up like verification does.
+    crate::uses::record(state, &v.restrictions())?;
     let admin = claimed.sub == state.config.admin_subject;
     if let Some(area) = admin_area.filter(|_| !admin) {
         return Err(ApiError::forbidden(format!("{area} management is for the admin subject")));
@@ -221,7 +224,8 @@ pub(crate) fn application(state: &AppState, req: &HttpRequest) -> Result<Option<
     if let Some(ip) = client_ip_of(state, req)? {
         ctx = ctx.client_ip(ip);
     }
-    Verifier::with_keys(&state.store).verify(&token, &discharges, &ctx)?;
+    let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
+    crate::uses::record(state, &v.restrictions())?;
     let app = state
         .store
         .app(name)

@@ -15,11 +15,13 @@ mod exchange;
 pub mod fuzzing;
 mod jwt;
 mod limit;
+mod links;
 mod metrics;
 mod mint;
 mod problem;
 mod sessions;
 mod ticket;
+mod uses;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -66,6 +68,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sessions/refresh"),
     ("post", "/v1/sessions/{sid}/revoke"),
     ("post", "/v1/exchange"),
+    ("post", "/v1/links"),
+    ("post", "/v1/links/redeem"),
 ];
 
 /// Errors that stop the service from starting.
@@ -296,6 +300,8 @@ pub fn app(
         .service(resource("/v1/sessions/refresh").route(web::post().to(sessions::refresh)))
         .service(resource("/v1/sessions/{sid}/revoke").route(web::post().to(sessions::revoke)))
         .service(resource("/v1/exchange").route(web::post().to(exchange::exchange)))
+        .service(resource("/v1/links").route(web::post().to(links::create)))
+        .service(resource("/v1/links/redeem").route(web::post().to(links::redeem)))
         .default_service(web::to(not_found))
 }
 

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub(crate) sessions_refreshed: Counter,
     pub(crate) sessions_reuse_detected: Counter,
     pub(crate) exchanges: Counter,
+    pub(crate) token_rate_limited: Counter,
 }
 
 impl Metrics {
@@ -120,6 +121,11 @@ impl Metrics {
             &[("", &self.sessions_reuse_detected)],
         );
         counter("tessera_exchanges_total", "Login exchanges answered.", &[("", &self.exchanges)]);
+        counter(
+            "tessera_token_rate_limited_total",
+            "Uses refused because a token's rate-limit budget was spent.",
+            &[("", &self.token_rate_limited)],
+        );
         let _ = writeln!(
             out,
             "# HELP tessera_revoked_tokens Revoked token families in memory.\n# TYPE tessera_revoked_tokens gauge\ntessera_revoked_tokens {revoked}"

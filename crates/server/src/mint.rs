@@ -135,8 +135,12 @@ pub(crate) fn inheritance(store: &Store, caller: &Caller) -> Result<Inheritance,
     };
     let mut caveats = Vec::new();
     let mut revocable = false;
+    let budget = |cid: &[u8]| matches!(Predicate::parse(cid), Ok(Predicate::RateLimit(_)));
     for c in caller.token.caveats() {
         match c {
+            Caveat::FirstParty(cid) if budget(cid) => {
+                return Err(cannot("it has a rate-limit, whose budget would not bind a new token family"))
+            }
             Caveat::FirstParty(cid) => caveats.push(text(cid)),
             Caveat::ThirdParty { id, .. } if is_own_ticket(store, id, &caller.tid) => revocable = true,
             Caveat::ThirdParty { .. } => {
@@ -149,6 +153,11 @@ pub(crate) fn inheritance(store: &Store, caller: &Caller) -> Result<Inheritance,
         for (i, c) in d.caveats().enumerate() {
             match c {
                 Caveat::FirstParty(cid) if own && i == 0 && cid.starts_with(b"time-before ") => {}
+                Caveat::FirstParty(cid) if budget(cid) => {
+                    return Err(cannot(
+                        "a discharge has a rate-limit, whose budget would not bind a new token family",
+                    ))
+                }
                 Caveat::FirstParty(cid) => caveats.push(text(cid)),
                 Caveat::ThirdParty { .. } => return Err(cannot("a discharge has a third-party caveat")),
             }

@@ -12,6 +12,7 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     caveat: Option<String>,
+    headers: Vec<(&'static str, String)>,
 }
 
 #[derive(Serialize)]
@@ -33,7 +34,7 @@ impl std::fmt::Display for ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, title, detail: detail.into(), caveat: None }
+        ApiError { status, title, detail: detail.into(), caveat: None, headers: Vec::new() }
     }
     /// What went wrong, in words.
     pub fn detail(&self) -> &str {
@@ -84,6 +85,10 @@ impl ApiError {
             "too many requests from this client; slow down",
         )
     }
+    /// 429 for a token whose `rate-limit` budget is spent.
+    pub(crate) fn token_rate_limited(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "token rate limit", detail)
+    }
     /// 409: the request conflicts with the current state (e.g. a rotation that is too early).
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
@@ -97,6 +102,12 @@ impl ApiError {
         eprintln!("tessera: internal error: {cause}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "the service failed; see its log")
     }
+    /// Add response headers (e.g. `Retry-After` and the `RateLimit` fields on a 429).
+    pub(crate) fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
     fn with_caveat(mut self, caveat: String) -> Self {
         self.caveat = Some(caveat);
         self
@@ -125,6 +136,9 @@ impl ResponseError for ApiError {
         res.content_type("application/problem+json");
         if self.status == StatusCode::UNAUTHORIZED {
             res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        for (name, value) in &self.headers {
+            res.insert_header((*name, value.as_str()));
         }
         res.body(serde_json::to_string(&body).unwrap_or_default())
     }
@@ -156,6 +170,9 @@ impl From<tessera_store::Error> for ApiError {
             E::ParentRevoked(_) => Self::unauthorized(e.to_string()),
             E::UnknownKey(_) | E::UnknownApp(_) => Self::not_found(e.to_string()),
             E::AppExists(_) => Self::conflict(e.to_string()),
+            E::UnknownSession(_) | E::SessionRevoked(_) | E::NotThisSession(_) => {
+                Self::unauthorized(e.to_string())
+            }
             E::TooLarge { .. } | E::NulInText(_) => Self::bad_request(e.to_string()),
             E::DuplicateToken(_) | E::KeyRevoked(_) | E::NoActiveKey => Self::unavailable(e.to_string()),
             E::Unavailable(_) | E::Stale { .. } => Self::unavailable(e.to_string()),

@@ -37,10 +37,13 @@ struct Counter {
     used_seen: u64,
 }
 
+/// One budget of one token family.
+type Budget = (TokenId, RateLimit);
+
 /// Rate counters by token family and budget.
 #[derive(Debug, Default)]
 pub(crate) struct Rates {
-    counters: Mutex<HashMap<(TokenId, RateLimit), Arc<Mutex<Counter>>>>,
+    counters: Mutex<HashMap<Budget, Arc<Mutex<Counter>>>>,
 }
 
 /// Longest a window's counters are kept (the longest period allowed).

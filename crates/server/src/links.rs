@@ -1,0 +1,220 @@
+//! Single-use links (magic links): `POST /v1/links` mints a short-lived `once` token for a
+//! subject, for an application to put in a link; `POST /v1/links/redeem` uses it up, exactly once
+//! across the cluster, and returns what it was minted to give: a session, or a token.
+//!
+//! Never consume a link on a GET: mail scanners and link previews fetch every URL they see. The
+//! link should open a page of the application that asks the user to confirm and then POSTs the
+//! token (docs/SESSIONS.md, "Magic links").
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tessera_core::{Context, Predicate, Verifier};
+use time::OffsetDateTime;
+
+use crate::api::{blocking, check_subject, decode_token, lifetime, restriction_caveats};
+use crate::auth::{authorize, client_ip_of};
+use crate::mint::{build, inheritance, mint, Inheritance, MintSpec};
+use crate::problem::ApiError;
+use crate::sessions::{plan, start, NewSessionRequest, Strategy};
+use crate::AppState;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Default life of a link.
+const DEFAULT_LINK_TTL: Duration = Duration::from_secs(120);
+/// Longest life of a link.
+pub(crate) const MAX_LINK_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// What a redeemed link gives.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Issue {
+    /// A session (access + refresh token).
+    #[default]
+    Session,
+    /// A Tessera token.
+    Token,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewLinkRequest {
+    subject: Option<String>,
+    /// Life of the link (default 2 min, at most 15 min).
+    ttl: Option<String>,
+    #[serde(default)]
+    issue: Issue,
+    operations: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
+    client_ips: Option<Vec<String>>,
+    /// Life of the token a redeemed link gives (`issue: token`; default the service's).
+    token_ttl: Option<String>,
+    /// Renew strategy of the session a redeemed link gives (`issue: session`).
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    description: String,
+}
+
+/// What the link's record keeps (JSON in the token record's `grant`).
+#[derive(Serialize, Deserialize)]
+struct Grant {
+    issue: Issue,
+    /// Every caveat the product carries: the creator's, then the requested ones.
+    caveats: Vec<String>,
+    /// Token life in seconds (`issue: token`).
+    token_ttl: u64,
+    strategy: Option<Strategy>,
+    description: String,
+}
+
+pub(crate) async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<NewLinkRequest>,
+) -> Result<HttpResponse> {
+    let body = body.into_inner();
+    check_subject(body.subject.as_deref())?;
+    let (caller, subject) = authorize(&state, &req, "links.create", body.subject.as_deref())?;
+    let mut inherited = inheritance(&state.store, &caller)?;
+    if caller.subject != subject {
+        inherited.claims = None;
+    }
+    let ttl = lifetime("ttl", body.ttl.as_deref(), DEFAULT_LINK_TTL, MAX_LINK_TTL)?;
+    let token_ttl =
+        lifetime("token_ttl", body.token_ttl.as_deref(), state.config.default_ttl, state.config.max_ttl)?;
+    if body.description.len() > tessera_store::MAX_DESCRIPTION {
+        return Err(ApiError::bad_request("description is too long"));
+    }
+    let mut caveats = inherited.caveats.clone();
+    caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
+    let grant = Grant {
+        issue: body.issue,
+        caveats,
+        token_ttl: token_ttl.as_secs(),
+        strategy: body.strategy,
+        description: body.description,
+    };
+    // The link itself may only be redeemed, once, soon, from where the creator's token may be used.
+    let mut link_caveats: Vec<String> = inherited
+        .caveats
+        .iter()
+        .filter(|c| {
+            matches!(
+                Predicate::parse(c.as_bytes()),
+                Ok(Predicate::TimeBefore(_) | Predicate::TimeAfter(_) | Predicate::ClientIp(_))
+            )
+        })
+        .cloned()
+        .collect();
+    link_caveats.push("allow links.redeem".into());
+    link_caveats.push("once".into());
+    let expires = OffsetDateTime::now_utc() + time::Duration::try_from(ttl).map_err(ApiError::internal)?;
+    let spec = MintSpec {
+        subject: subject.clone(),
+        description: format!(
+            "single-use link ({})",
+            match grant.issue {
+                Issue::Session => "session",
+                Issue::Token => "token",
+            }
+        ),
+        caveats: link_caveats,
+        expires: Some(expires),
+        revocable: false,
+        parent: Some(caller.tid),
+        claims: inherited.claims,
+    };
+    let grant_json = serde_json::to_string(&grant).map_err(ApiError::internal)?;
+    let st = state.clone();
+    let (token, record) = blocking(move || {
+        let (token, new) = build(&st.store, &st.location, &st.discharge_location, spec)?;
+        Ok((token, st.store.record_link(new, grant_json)?))
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(json!({
+        "link_token": token.encode(),
+        "tid": record.tid.to_string(),
+        "subject": subject,
+        "expires": crate::api::rfc3339(record.expires.unwrap_or_default()),
+        "issue": grant.issue,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedeemRequest {
+    token: String,
+}
+
+pub(crate) async fn redeem(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RedeemRequest>,
+) -> Result<HttpResponse> {
+    state.store.check_fresh()?;
+    let token = decode_token(&body.token)?;
+    let mut ctx = Context::now().operation("links.redeem");
+    if let Some(ip) = client_ip_of(&state, &req)? {
+        ctx = ctx.client_ip(ip);
+    }
+    let verified = Verifier::with_keys(&state.store).service_caveats().verify(&token, &[], &ctx)?;
+    let r = verified.restrictions();
+    let (Some(tid), true) = (r.tid, r.once) else {
+        return Err(ApiError::bad_request("not a link token (it is not single-use)"));
+    };
+    let st = state.clone();
+    let grant = blocking(move || {
+        let grant = st
+            .store
+            .token(&tid)?
+            .and_then(|rec| rec.grant)
+            .ok_or_else(|| ApiError::bad_request("this token was not minted as a link"))?;
+        // The one use, exactly once across the cluster: a second redemption stops here.
+        crate::uses::record(&st, &r)?;
+        Ok(grant)
+    })
+    .await?;
+    let grant: Grant = serde_json::from_str(&grant).map_err(ApiError::internal)?;
+    let id = token.tessera_identifier().ok_or_else(|| ApiError::unauthorized("not a Tessera token"))?;
+    let inherited = Inheritance { caveats: grant.caveats, revocable: false, claims: id.claims };
+    match grant.issue {
+        Issue::Session => {
+            let body = NewSessionRequest { strategy: grant.strategy, ..NewSessionRequest::default() };
+            let (sid, record, spec) = plan(&state, body, id.sub, inherited, Some(tid), false)?;
+            let mut out = start(state, sid, record, spec).await?;
+            out["issued"] = json!("session");
+            Ok(HttpResponse::Ok().json(out))
+        }
+        Issue::Token => {
+            let expires = OffsetDateTime::now_utc()
+                + time::Duration::seconds(i64::try_from(grant.token_ttl).unwrap_or(i64::MAX / 2));
+            let spec = MintSpec {
+                subject: id.sub,
+                description: if grant.description.is_empty() {
+                    "from a single-use link".into()
+                } else {
+                    grant.description
+                },
+                caveats: inherited.caveats,
+                expires: Some(expires),
+                revocable: false,
+                parent: Some(tid),
+                claims: inherited.claims,
+            };
+            let st = state.clone();
+            let minted =
+                blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
+            state.metrics.tokens_minted.inc();
+            Ok(HttpResponse::Ok().json(json!({
+                "issued": "token",
+                "token": minted.token.encode(),
+                "tid": minted.record.tid.to_string(),
+                "subject": minted.record.subject,
+                "expires": minted.record.expires.and_then(crate::api::rfc3339),
+            })))
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Limits that need the service: a token's `rate-limit` budget (exact on one node, with the
+//! `RateLimit` headers and a 429 with `Retry-After` when spent; a holder's tighter budget wins;
+//! management calls count), single use (`once`), and single-use links (redeemed once, expired,
+//! replayed).
+
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test::{call_service, init_service, read_body, TestRequest};
+use common::*;
+use serde_json::{json, Value};
+use tessera_core::Token;
+
+/// Verify through the real app, keeping the response headers.
+async fn verify_with_headers(e: &Env, token: &str) -> (StatusCode, Vec<(String, String)>, Value) {
+    let svc = init_service(tessera_server::app(e.state.clone())).await;
+    let req = post("/v1/verify", json!({"token": token, "context": {"operation": "read"}}))
+        .peer_addr("127.0.0.1:40000".parse().unwrap())
+        .to_request();
+    let res = call_service(&svc, req).await;
+    let status = res.status();
+    let headers =
+        res.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
+    let body = serde_json::from_slice(&read_body(res).await).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_token_budget_is_exact_on_one_node_and_says_so_in_headers() {
+    run(async {
+        let e = env();
+        let token =
+            mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"], "rate_limit": "3/1m"}))
+                .await;
+        for left in [2, 1, 0] {
+            let (status, h, _) = verify_with_headers(&e, &token).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(header(&h, "ratelimit-limit"), Some("3"));
+            assert_eq!(header(&h, "ratelimit-remaining"), Some(left.to_string().as_str()));
+            assert_eq!(header(&h, "ratelimit-policy"), Some("3;w=60"));
+            let rl = header(&h, "ratelimit").unwrap();
+            assert!(rl.starts_with(&format!("limit=3, remaining={left}, reset=")), "{rl}");
+        }
+        let (status, h, body) = verify_with_headers(&e, &token).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        let retry: u64 = header(&h, "retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("0"));
+        assert!(body["detail"].as_str().unwrap().contains("3/1m"), "{body}");
+        // Tokens without a budget answer without the headers.
+        let plain = mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"]})).await;
+        let (status, h, _) = verify_with_headers(&e, &plain).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(header(&h, "ratelimit-limit").is_none());
+        let m = get(&e, "/metrics").await;
+        assert!(m.raw.contains("tessera_token_rate_limited_total 1"), "{}", m.raw);
+    })
+}
+
+#[test]
+fn a_holders_tighter_budget_wins_and_management_calls_count() {
+    run(async {
+        let e = env();
+        let token = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "helper", "operations": ["read", "tokens.list"], "rate_limit": "100/1m"}),
+        )
+        .await;
+        let tight = Token::decode(&token).unwrap().attenuate("rate-limit 2/1h").unwrap().encode();
+        for _ in 0..2 {
+            assert_eq!(verify_with_headers(&e, &tight).await.0, StatusCode::OK);
+        }
+        let (status, h, _) = verify_with_headers(&e, &tight).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&h, "ratelimit-policy"), Some("100;w=60, 2;w=3600"));
+        // The family's 100/1m budget counted those uses too; the untightened token still works.
+        let (status, h, _) = verify_with_headers(&e, &token).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("96"), "3 counted, this one too");
+        // Management calls made with a budgeted token count against it.
+        let list = |t: String| {
+            let e = &e;
+            async move { send(e, auth(TestRequest::get().uri("/v1/tokens"), &t)).await.status }
+        };
+        let small = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "helper", "operations": ["tokens.list"], "rate_limit": "2/1m"}),
+        )
+        .await;
+        assert_eq!(list(small.clone()).await, StatusCode::OK);
+        assert_eq!(list(small.clone()).await, StatusCode::OK);
+        assert_eq!(list(small).await, StatusCode::TOO_MANY_REQUESTS);
+        // A budgeted token cannot mint (a child family would get a fresh budget).
+        let minter = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "helper", "operations": ["tokens.mint"], "rate_limit": "10/1m"}),
+        )
+        .await;
+        let a = mint(&e, &minter, json!({})).await;
+        assert_problem(&a, StatusCode::FORBIDDEN);
+        assert!(a.body["detail"].as_str().unwrap().contains("rate-limit"), "{}", a.raw);
+        assert_problem(
+            &mint(&e, &e.admin, json!({"subject": "x", "rate_limit": "0/1m"})).await,
+            StatusCode::BAD_REQUEST,
+        );
+        assert_problem(
+            &mint(&e, &e.admin, json!({"subject": "x", "rate_limit": "5/1w"})).await,
+            StatusCode::BAD_REQUEST,
+        );
+    })
+}
+
+#[test]
+fn a_once_token_works_exactly_once() {
+    run(async {
+        let e = env();
+        let token = mint_ok(&e, &e.admin, json!({"subject": "carol", "operations": ["read"]})).await;
+        let once = Token::decode(&token).unwrap().attenuate("once").unwrap().encode();
+        assert_eq!(verify(&e, &once, json!({"operation": "read"})).await.status, StatusCode::OK);
+        let again = verify(&e, &once, json!({"operation": "read"})).await;
+        assert_problem(&again, StatusCode::UNAUTHORIZED);
+        assert!(again.body["detail"].as_str().unwrap().contains("used already"), "{}", again.raw);
+        // A use denied for another reason does not spend it.
+        let fresh = mint_ok(&e, &e.admin, json!({"subject": "carol", "operations": ["read"]})).await;
+        let fresh_once = Token::decode(&fresh).unwrap().attenuate("once").unwrap().encode();
+        assert_problem(&verify(&e, &fresh_once, json!({"operation": "write"})).await, StatusCode::FORBIDDEN);
+        assert_eq!(verify(&e, &fresh_once, json!({"operation": "read"})).await.status, StatusCode::OK);
+    })
+}
+
+async fn link(e: &Env, body: Value) -> Answer {
+    send(e, auth(post("/v1/links", body), &e.admin)).await
+}
+
+async fn redeem(e: &Env, token: &str) -> Answer {
+    send(e, post("/v1/links/redeem", json!({"token": token}))).await
+}
+
+#[test]
+fn a_link_is_redeemed_once_for_what_it_was_minted_to_give() {
+    run(async {
+        let e = env();
+        let l =
+            link(&e, json!({"subject": "dana", "issue": "token", "operations": ["read"], "token_ttl": "1h"}))
+                .await;
+        assert_eq!(l.status, StatusCode::CREATED, "{}", l.raw);
+        let lt = l.body["link_token"].as_str().unwrap().to_owned();
+        // The link itself grants nothing but its redemption.
+        assert_problem(&verify(&e, &lt, json!({"operation": "read"})).await, StatusCode::FORBIDDEN);
+        let r = redeem(&e, &lt).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+        assert_eq!(r.body["issued"], "token");
+        let t = r.body["token"].as_str().unwrap();
+        assert_eq!(verify(&e, t, json!({"operation": "read"})).await.status, StatusCode::OK);
+        assert_problem(&verify(&e, t, json!({"operation": "write"})).await, StatusCode::FORBIDDEN);
+        // Replayed: refused, clearly.
+        let again = redeem(&e, &lt).await;
+        assert_problem(&again, StatusCode::UNAUTHORIZED);
+        assert!(again.body["detail"].as_str().unwrap().contains("used already"), "{}", again.raw);
+
+        // A session, by default.
+        let l = link(&e, json!({"subject": "dana"})).await;
+        let s = redeem(&e, l.body["link_token"].as_str().unwrap()).await;
+        assert_eq!(s.status, StatusCode::OK, "{}", s.raw);
+        assert_eq!(s.body["issued"], "session");
+        assert!(s.body["refresh_token"].is_string() && s.body["access_token"].is_string());
+
+        // Expired.
+        let l = link(&e, json!({"subject": "dana", "ttl": "1s"})).await;
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let x = redeem(&e, l.body["link_token"].as_str().unwrap()).await;
+        assert_problem(&x, StatusCode::FORBIDDEN);
+        assert!(x.body["detail"].as_str().unwrap().contains("expired"), "{}", x.raw);
+        // Limits and bad input.
+        assert_problem(&link(&e, json!({"subject": "dana", "ttl": "16m"})).await, StatusCode::BAD_REQUEST);
+        assert_problem(&link(&e, json!({"subject": "dana", "issue": "pony"})).await, StatusCode::BAD_REQUEST);
+        let plain = mint_ok(&e, &e.admin, json!({"subject": "dana"})).await;
+        assert_problem(&redeem(&e, &plain).await, StatusCode::BAD_REQUEST);
+        let once = Token::decode(&plain).unwrap().attenuate("once").unwrap().encode();
+        let a = redeem(&e, &once).await;
+        assert_problem(&a, StatusCode::BAD_REQUEST);
+        assert!(a.body["detail"].as_str().unwrap().contains("not minted as a link"), "{}", a.raw);
+        assert_eq!(verify(&e, &once, json!({})).await.status, StatusCode::OK, "not spent by the refusal");
+        let reader = mint_ok(&e, &e.admin, json!({"subject": "dana", "operations": ["read"]})).await;
+        assert_problem(&redeem(&e, &reader).await, StatusCode::FORBIDDEN);
+        // Only who may act for the subject creates links for it.
+        let dana = mint_ok(&e, &e.admin, json!({"subject": "dana", "operations": ["links.create"]})).await;
+        let a = send(&e, auth(post("/v1/links", json!({"subject": "erin"})), &dana)).await;
+        assert_problem(&a, StatusCode::FORBIDDEN);
+        let own = send(&e, auth(post("/v1/links", json!({"issue": "token"})), &dana)).await;
+        assert_eq!(own.status, StatusCode::CREATED, "{}", own.raw);
+    })
+}

@@ -112,6 +112,10 @@ struct TokenView {
     revoked: bool,
     revoked_at: Option<String>,
     parent: Option<String>,
+    /// Last successful use (written in batches: up to `--housekeeping-interval` stale).
+    last_used: Option<String>,
+    /// The single use of a `once` token.
+    used_at: Option<String>,
 }
 
 impl From<TokenRecord> for TokenView {
@@ -127,6 +131,8 @@ impl From<TokenRecord> for TokenView {
             revoked: r.revoked_at.is_some(),
             revoked_at: r.revoked_at.and_then(rfc3339),
             parent: r.parent.map(|p| p.to_string()),
+            last_used: r.last_used.and_then(rfc3339),
+            used_at: r.used_at.and_then(rfc3339),
         }
     }
 }
@@ -220,7 +226,17 @@ pub(crate) fn mint_spec(
     may_set_claims: bool,
 ) -> Result<MintSpec> {
     let claims = claims_for(body.claims, inherited.claims, may_set_claims)?;
-    let ttl = lifetime("ttl", body.ttl.as_deref(), config.default_ttl, config.max_ttl)?;
+    let never = body.ttl.as_deref() == Some("never");
+    if never && !config.allow_no_expiry {
+        return Err(ApiError::bad_request(
+            "every token must expire: give a ttl (the service runs without --allow-no-expiry)",
+        ));
+    }
+    let ttl = if never {
+        config.max_ttl
+    } else {
+        lifetime("ttl", body.ttl.as_deref(), config.default_ttl, config.max_ttl)?
+    };
     let revocable = body.revocable || inherited.revocable;
     let mut caveats = inherited.caveats;
     caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
@@ -238,15 +254,8 @@ pub(crate) fn mint_spec(
     let expires = OffsetDateTime::now_utc()
         .checked_add(time::Duration::try_from(ttl).map_err(|_| ApiError::bad_request("ttl is too long"))?)
         .ok_or_else(|| ApiError::bad_request("ttl is too long"))?;
-    Ok(MintSpec {
-        subject,
-        description: body.description,
-        caveats,
-        expires: Some(expires),
-        revocable,
-        parent,
-        claims,
-    })
+    let expires = (!never).then_some(expires);
+    Ok(MintSpec { subject, description: body.description, caveats, expires, revocable, parent, claims })
 }
 
 pub(crate) async fn mint_token(
@@ -292,6 +301,8 @@ pub(crate) async fn mint_token(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     subject: Option<String>,
+    /// Only unrevoked tokens expiring within this long (e.g. `7d`); expired ones are left out.
+    expiring_within: Option<String>,
 }
 
 pub(crate) async fn list_tokens(
@@ -299,10 +310,26 @@ pub(crate) async fn list_tokens(
     req: HttpRequest,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse> {
+    let query = query.into_inner();
     let (_, subject) = authorize(&state, &req, "tokens.list", query.subject.as_deref())?;
+    let within =
+        match &query.expiring_within {
+            None => None,
+            Some(w) => Some(humantime::parse_duration(w).map_err(|e| {
+                ApiError::bad_request(format!("expiring_within \"{w:.40}\": {e} (use e.g. 7d)"))
+            })?),
+        };
     let st = state.clone();
     let records = blocking(move || st.store.tokens_of(&subject).map_err(ApiError::from)).await?;
-    let tokens: Vec<TokenView> = records.into_iter().map(TokenView::from).collect();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let records = records.into_iter().filter(|r| match within {
+        None => true,
+        Some(w) => {
+            let until = now.saturating_add(i64::try_from(w.as_secs()).unwrap_or(i64::MAX));
+            r.revoked_at.is_none() && r.expires.is_some_and(|e| e > now && e <= until)
+        }
+    });
+    let tokens: Vec<TokenView> = records.map(TokenView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "tokens": tokens })))
 }
 

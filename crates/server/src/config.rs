@@ -180,6 +180,31 @@ pub struct Config {
     #[arg(long, env = "TESSERA_EXCHANGE_CONFIG")]
     pub exchange_config: Option<PathBuf>,
 
+    /// Allow `"ttl": "never"` at mint (tokens without expiry). Off: every minted token expires.
+    #[arg(long, env = "TESSERA_ALLOW_NO_EXPIRY")]
+    pub allow_no_expiry: bool,
+
+    /// How often the housekeeping round runs: last uses written, expiry notices, unused tokens.
+    #[arg(long, env = "TESSERA_HOUSEKEEPING_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub housekeeping_interval: Duration,
+
+    /// Receives a signed JSON event for each token at each expiry threshold (at least once).
+    #[arg(long, env = "TESSERA_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
+
+    /// File holding the webhook's HMAC-SHA256 secret (at least 32 bytes); `TESSERA_NOTIFY_SECRET`
+    /// takes precedence.
+    #[arg(long, env = "TESSERA_NOTIFY_SECRET_FILE")]
+    pub notify_secret_file: Option<PathBuf>,
+
+    /// Expiry notice thresholds before expiry (0s: at expiry), comma-separated.
+    #[arg(long, env = "TESSERA_NOTIFY_THRESHOLDS", value_delimiter = ',', default_value = "7d,1d,0s", value_parser = duration)]
+    pub notify_thresholds: Vec<Duration>,
+
+    /// Revoke tokens unused (never, or not since) for this long. Off by default.
+    #[arg(long, env = "TESSERA_REVOKE_UNUSED_AFTER", value_parser = duration)]
+    pub revoke_unused_after: Option<Duration>,
+
     /// Requests per second allowed per client address on /v1 (burst: twice that); 0 = no limit.
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
@@ -227,6 +252,16 @@ impl Config {
             refresh_rotate_fraction: 0.25,
             refresh_grace: Duration::from_secs(10),
             exchange_config: None,
+            allow_no_expiry: false,
+            housekeeping_interval: Duration::from_secs(30),
+            notify_webhook: None,
+            notify_secret_file: None,
+            notify_thresholds: vec![
+                Duration::from_secs(7 * 86_400),
+                Duration::from_secs(86_400),
+                Duration::ZERO,
+            ],
+            revoke_unused_after: None,
             rate_limit: 100,
             body_limit: 64 * 1024,
             trusted_proxies: Vec::new(),

@@ -13,6 +13,7 @@ mod config;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod housekeeping;
 mod jwt;
 mod limit;
 mod links;
@@ -109,6 +110,8 @@ pub struct AppState {
     pub issuer: String,
     /// Trusted issuers of the login exchange (`--exchange-config`).
     pub exchange: Option<exchange::Exchange>,
+    /// The expiry-notice webhook (`--notify-webhook`).
+    pub notifier: Option<housekeeping::Notifier>,
 }
 
 /// The state, and the admin token when this start created the first key.
@@ -140,9 +143,11 @@ impl AppState {
             None => None,
             Some(path) => Some(exchange::Exchange::load(path, config.max_ttl).map_err(Error::Config)?),
         };
+        let notifier = housekeeping::Notifier::load(&config).map_err(Error::Config)?;
         let location = config.public_url();
         let state = AppState {
             exchange,
+            notifier,
             discharge_location: format!("{location}/v1/discharge"),
             issuer: config.issuer(),
             location,
@@ -351,14 +356,20 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     println!("tessera listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let state = opened.state;
-    actix_web::rt::System::new().block_on(async move {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let housekeeper = housekeeping::spawn(state.clone(), stop.clone());
+    let served = actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || app(state.clone()))
             .workers(workers)
             .shutdown_timeout(30)
             .listen(listener)?
             .run()
             .await
-    })?;
+    });
+    // The last uses noted in memory are written before the process ends.
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = housekeeper.join();
+    served?;
     eprintln!("tessera: stopped");
     Ok(())
 }

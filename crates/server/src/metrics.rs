@@ -64,9 +64,18 @@ pub struct Metrics {
     pub(crate) sessions_reuse_detected: Counter,
     pub(crate) exchanges: Counter,
     pub(crate) token_rate_limited: Counter,
+    /// Tokens expiring within each notice threshold, as of the last housekeeping round.
+    expiring: std::sync::Mutex<Vec<(String, usize)>>,
 }
 
 impl Metrics {
+    /// Set the expiring-token gauges (threshold label, count).
+    pub(crate) fn set_expiring(&self, gauges: Vec<(String, usize)>) {
+        if let Ok(mut g) = self.expiring.lock() {
+            *g = gauges;
+        }
+    }
+
     pub(crate) fn observe(&self, status: u16) {
         match status {
             200..=299 => self.responses_2xx.inc(),
@@ -126,6 +135,13 @@ impl Metrics {
             "Uses refused because a token's rate-limit budget was spent.",
             &[("", &self.token_rate_limited)],
         );
+        let _ = writeln!(
+            out,
+            "# HELP tessera_tokens_expiring Unrevoked tokens expiring within each notice threshold.\n# TYPE tessera_tokens_expiring gauge"
+        );
+        for (within, n) in self.expiring.lock().map(|g| g.clone()).unwrap_or_default() {
+            let _ = writeln!(out, "tessera_tokens_expiring{{within=\"{within}\"}} {n}");
+        }
         let _ = writeln!(
             out,
             "# HELP tessera_revoked_tokens Revoked token families in memory.\n# TYPE tessera_revoked_tokens gauge\ntessera_revoked_tokens {revoked}"

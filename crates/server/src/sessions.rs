@@ -330,6 +330,7 @@ pub(crate) async fn refresh(
     let (Some(presented), Some(root_kid)) = (r.tid, r.kid) else {
         return Err(ApiError::unauthorized("not a Tessera token"));
     };
+    state.store.note_use(presented, OffsetDateTime::now_utc().unix_timestamp());
     let st = state.clone();
     let session = blocking(move || st.store.session(&sid).map_err(ApiError::from))
         .await?

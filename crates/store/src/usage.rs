@@ -185,6 +185,15 @@ impl Store {
         }
     }
 
+    /// Take a due notice for delivery until `until`: true for the one node that gets it (it is
+    /// not due again before `until` unless it is recorded undelivered sooner).
+    pub fn lease_notice(&self, notice: &Notice, now: i64, until: i64) -> Result<bool> {
+        match self.submit(Op::LeaseNotice { tid: notice.tid, threshold: notice.threshold, now, until })? {
+            Done::Claimed(c) => Ok(c),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
     /// Undelivered notices due at `now`.
     pub fn due_notices(&self, now: i64) -> Result<Vec<Notice>> {
         self.inner.backend.due_notices(now)

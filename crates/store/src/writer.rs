@@ -92,6 +92,14 @@ pub(crate) enum Op {
     ClaimNotice(Notice),
     /// Record delivery progress of a notice.
     PutNotice(Notice),
+    /// Take a due notice for delivery until `until` (so no other node delivers it meanwhile):
+    /// `Done::Claimed(true)` for the one taker.
+    LeaseNotice {
+        tid: TokenId,
+        threshold: i64,
+        now: i64,
+        until: i64,
+    },
 }
 
 /// The writer's answer to one [`Op`].
@@ -494,6 +502,14 @@ impl Writer {
             }
             Op::ClaimNotice(n) => tx.claim_notice(n).map(Done::Claimed),
             Op::PutNotice(n) => tx.put_notice(n).map(|()| Done::Nothing),
+            Op::LeaseNotice { tid, threshold, now, until } => match tx.notice(tid, *threshold)? {
+                Some(mut n) if n.delivered_at.is_none() && n.next_attempt <= *now => {
+                    n.next_attempt = *until;
+                    tx.put_notice(&n)?;
+                    Ok(Done::Claimed(true))
+                }
+                _ => Ok(Done::Claimed(false)),
+            },
             Op::RevokeSession(sid) => {
                 let mut s = tx.session(sid)?.ok_or_else(|| Error::UnknownSession(sid.to_string()))?;
                 if s.revoked_at.is_some() {

@@ -69,6 +69,8 @@ pub(crate) trait Tx {
     fn claim_notice(&mut self, notice: &Notice) -> Result<bool>;
     /// Replace a notice (delivery progress).
     fn put_notice(&mut self, notice: &Notice) -> Result<()>;
+    /// One notice, locked until the transaction ends.
+    fn notice(&mut self, tid: &TokenId, threshold: i64) -> Result<Option<Notice>>;
     /// The tokens minted from `tid`.
     fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>>;
     /// Every JWT signing key, by kid.

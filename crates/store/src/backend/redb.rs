@@ -323,6 +323,12 @@ impl Tx for RedbTx<'_> {
         Ok(true)
     }
 
+    fn notice(&mut self, tid: &TokenId, threshold: i64) -> Result<Option<Notice>> {
+        let t = self.txn.open_table(NOTICES).map_err(storage)?;
+        let v = t.get((*tid.as_bytes(), threshold)).map_err(storage)?;
+        v.map(|v| codec::decode(v.value(), "notice")).transpose()
+    }
+
     fn put_notice(&mut self, n: &Notice) -> Result<()> {
         let mut t = self.txn.open_table(NOTICES).map_err(storage)?;
         t.insert((*n.tid.as_bytes(), n.threshold), codec::encode(n).as_slice()).map_err(storage)?;

@@ -498,6 +498,16 @@ impl Tx for PgTx<'_> {
         )
     }
 
+    fn notice(&mut self, tid: &TokenId, threshold: i64) -> Result<Option<Notice>> {
+        let params: Params = vec![p(tid.as_bytes().to_vec()), p(threshold)];
+        self.run(
+            "SELECT tid, threshold, created, delivered_at, attempts, next_attempt FROM tessera_notices
+             WHERE tid = $1 AND threshold = $2 FOR UPDATE",
+            params,
+            |rows| rows.first().map(notice_of).transpose(),
+        )
+    }
+
     fn put_notice(&mut self, n: &Notice) -> Result<()> {
         let params: Params = vec![
             p(n.tid.as_bytes().to_vec()),

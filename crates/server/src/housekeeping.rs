@@ -1,0 +1,288 @@
+//! The housekeeping round, every `--housekeeping-interval` on every node: last uses written in
+//! one batch, the gauges of tokens expiring within each threshold, expiry notices (claimed once
+//! per token and threshold across the cluster, delivered at least once to `--notify-webhook`,
+//! signed, with retries and backoff), and, with `--revoke-unused-after`, the revocation of unused
+//! tokens.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use tessera_store::{Notice, TokenRecord};
+use zeroize::Zeroizing;
+
+use crate::api::rfc3339;
+use crate::AppState;
+
+/// First retry after a failed delivery; doubled each time, at most [`MAX_BACKOFF`].
+const FIRST_BACKOFF: i64 = 5;
+const MAX_BACKOFF: i64 = 3600;
+/// Deliveries tried before a notice is given up (about a day of retries).
+const MAX_ATTEMPTS: u32 = 30;
+/// How long a node holds a notice it is delivering before another may try.
+const DELIVERY_LEASE: i64 = 60;
+/// Notices at expiry are not sent for tokens that expired longer ago than this.
+const LATE_LIMIT: i64 = 7 * 86_400;
+
+/// The webhook: where, and the HMAC secret. `Debug` never shows the secret.
+pub struct Notifier {
+    url: String,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").field("url", &self.url).field("secret", &"[redacted]").finish()
+    }
+}
+
+impl Notifier {
+    /// The configured webhook, if any: its secret from `TESSERA_NOTIFY_SECRET` or
+    /// `--notify-secret-file` (at least 32 bytes; required with a webhook).
+    pub fn load(config: &crate::Config) -> Result<Option<Notifier>, String> {
+        let Some(url) = &config.notify_webhook else { return Ok(None) };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("--notify-webhook {url:.100}: an http:// or https:// URL"));
+        }
+        let secret = match (std::env::var("TESSERA_NOTIFY_SECRET"), &config.notify_secret_file) {
+            (Ok(s), _) => Zeroizing::new(s.into_bytes()),
+            (Err(_), Some(path)) => Zeroizing::new(
+                std::fs::read(path).map_err(|e| format!("--notify-secret-file {}: {e}", path.display()))?,
+            ),
+            (Err(_), None) => {
+                return Err(
+                    "--notify-webhook needs a secret: TESSERA_NOTIFY_SECRET or --notify-secret-file".into()
+                )
+            }
+        };
+        let trimmed = Zeroizing::new(secret.trim_ascii().to_vec());
+        if trimmed.len() < 32 {
+            return Err("the webhook secret must be at least 32 bytes".into());
+        }
+        Ok(Some(Notifier { url: url.clone(), secret: trimmed }))
+    }
+
+    /// `sha256=<hex HMAC-SHA256 of the body>`, as sent in `X-Tessera-Signature`.
+    pub fn sign(&self, body: &[u8]) -> String {
+        // HMAC takes keys of any length: this cannot fail.
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret) else {
+            return String::new();
+        };
+        mac.update(body);
+        let tag = mac.finalize().into_bytes();
+        format!("sha256={}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Last uses written.
+    pub flushed: usize,
+    /// Notices claimed by this node.
+    pub claimed: usize,
+    /// Notices delivered.
+    pub delivered: usize,
+    /// Delivery attempts that failed (retried later).
+    pub failed: usize,
+    /// Unused tokens revoked.
+    pub revoked: usize,
+}
+
+/// `7d`, `1d`, `12h`, `30m`, `0s`: the largest unit that divides the threshold.
+fn label(threshold: i64) -> String {
+    [(86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(u, _)| threshold > 0 && threshold % u == 0)
+        .map_or(format!("{threshold}s"), |(u, n)| format!("{}{n}", threshold / u))
+}
+
+/// One round at `now` (seconds since the epoch). Errors are logged and the round goes on: the
+/// next one retries.
+pub fn tick(state: &AppState, now: i64) -> Round {
+    let mut round = Round::default();
+    match state.store.flush_uses() {
+        Ok(n) => round.flushed = n,
+        Err(e) => eprintln!("tessera: housekeeping: writing last uses: {e}"),
+    }
+    let thresholds: Vec<i64> = state
+        .config
+        .notify_thresholds
+        .iter()
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .collect();
+    let longest = thresholds.iter().copied().max().unwrap_or(0);
+    let expiring = match state.store.tokens_expiring(now.saturating_add(longest)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tessera: housekeeping: expiring tokens: {e}");
+            Vec::new()
+        }
+    };
+    let gauges = thresholds
+        .iter()
+        .filter(|t| **t > 0)
+        .map(|t| {
+            (
+                label(*t),
+                expiring.iter().filter(|r| r.expires.is_some_and(|e| e > now && e <= now + t)).count(),
+            )
+        })
+        .collect();
+    state.metrics.set_expiring(gauges);
+    if let Some(notifier) = &state.notifier {
+        claim_notices(state, &expiring, &thresholds, now, &mut round);
+        deliver(state, notifier, now, &mut round);
+    }
+    if let Some(after) = state.config.revoke_unused_after {
+        revoke_unused(state, now - i64::try_from(after.as_secs()).unwrap_or(i64::MAX / 2), &mut round);
+    }
+    round
+}
+
+/// A token crosses a threshold once `now` passes `expires - threshold`; it gets that notice only
+/// if it existed before then (a one-hour token gets no "7 days left" notice), and no notice at
+/// expiry for tokens that expired long ago.
+fn claim_notices(
+    state: &AppState,
+    expiring: &[TokenRecord],
+    thresholds: &[i64],
+    now: i64,
+    round: &mut Round,
+) {
+    for r in expiring {
+        let Some(expires) = r.expires else { continue };
+        for &t in thresholds {
+            let crossed = expires - t;
+            let due = now >= crossed && r.created < crossed && (t > 0 || now - expires < LATE_LIMIT);
+            if !due || (t > 0 && now >= expires) {
+                continue;
+            }
+            let n = Notice {
+                tid: r.tid,
+                threshold: t,
+                created: now,
+                delivered_at: None,
+                attempts: 0,
+                next_attempt: now,
+            };
+            match state.store.claim_notice(n) {
+                Ok(true) => round.claimed += 1,
+                Ok(false) => {}
+                Err(e) => eprintln!("tessera: housekeeping: claiming a notice: {e}"),
+            }
+        }
+    }
+}
+
+fn deliver(state: &AppState, notifier: &Notifier, now: i64, round: &mut Round) {
+    let due = match state.store.due_notices(now) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("tessera: housekeeping: due notices: {e}"),
+    };
+    for n in due {
+        // One node at a time delivers a notice.
+        if !state.store.lease_notice(&n, now, now + DELIVERY_LEASE).unwrap_or(false) {
+            continue;
+        }
+        let record = match state.store.token(&n.tid) {
+            Ok(Some(r)) => r,
+            _ => continue,
+        };
+        let body = json!({
+            "id": format!("{}-{}", n.tid, n.threshold),
+            "type": if n.threshold == 0 { "token.expired" } else { "token.expiring" },
+            "threshold": label(n.threshold),
+            "threshold_seconds": n.threshold,
+            "token": {
+                "tid": n.tid.to_string(),
+                "subject": record.subject,
+                "description": record.description,
+                "expires": record.expires.and_then(rfc3339),
+            },
+            "sent_at": rfc3339(now),
+        })
+        .to_string();
+        let ok = send(notifier, &body, &format!("{}-{}", n.tid, n.threshold));
+        let attempts = n.attempts + 1;
+        let next = if ok {
+            round.delivered += 1;
+            Notice { delivered_at: Some(now), attempts, ..n }
+        } else {
+            round.failed += 1;
+            let backoff = (FIRST_BACKOFF << (attempts - 1).min(20)).min(MAX_BACKOFF);
+            let next_attempt = if attempts >= MAX_ATTEMPTS { i64::MAX } else { now + backoff };
+            if attempts >= MAX_ATTEMPTS {
+                eprintln!(
+                    "tessera: housekeeping: giving up the notice {}-{} after {attempts} attempts",
+                    n.tid, n.threshold
+                );
+            }
+            Notice { attempts, next_attempt, ..n }
+        };
+        if let Err(e) = state.store.put_notice(next) {
+            eprintln!("tessera: housekeeping: recording a notice: {e}");
+        }
+    }
+}
+
+/// POST the event; true on a 2xx answer.
+fn send(notifier: &Notifier, body: &str, id: &str) -> bool {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let res = agent
+        .post(&notifier.url)
+        .header("Content-Type", "application/json")
+        .header("X-Tessera-Signature", notifier.sign(body.as_bytes()))
+        .header("X-Tessera-Delivery", id)
+        .send(body);
+    match res {
+        Ok(r) if r.status().is_success() => true,
+        Ok(r) => {
+            eprintln!("tessera: housekeeping: webhook answered {} for {id}", r.status());
+            false
+        }
+        Err(e) => {
+            eprintln!("tessera: housekeeping: webhook: {e}");
+            false
+        }
+    }
+}
+
+fn revoke_unused(state: &AppState, cutoff: i64, round: &mut Round) {
+    let unused = match state.store.tokens_unused_since(cutoff) {
+        Ok(u) => u,
+        Err(e) => return eprintln!("tessera: housekeeping: unused tokens: {e}"),
+    };
+    // The admin's own tokens are kept: revoking them could lock the operator out.
+    for r in unused.into_iter().filter(|r| r.subject != state.config.admin_subject) {
+        match state.store.revoke_token(r.tid) {
+            Ok(entries) => round.revoked += entries.len(),
+            Err(e) => eprintln!("tessera: housekeeping: revoking unused {}: {e}", r.tid),
+        }
+    }
+}
+
+/// Run rounds every `--housekeeping-interval` until `stop`; a last flush of uses at the end.
+pub(crate) fn spawn(state: web::Data<AppState>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let step = Duration::from_millis(200);
+        let mut waited = Duration::ZERO;
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(step);
+            waited += step;
+            if waited >= state.config.housekeeping_interval {
+                waited = Duration::ZERO;
+                tick(&state, time::OffsetDateTime::now_utc().unix_timestamp());
+            }
+        }
+        let _ = state.store.flush_uses();
+    })
+}

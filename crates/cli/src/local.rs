@@ -28,6 +28,9 @@ pub(crate) enum TokensAction {
         /// The subject.
         #[arg(long)]
         subject: String,
+        /// Only unrevoked tokens expiring within this long (e.g. 7d).
+        #[arg(long, value_name = "DURATION")]
+        expiring_within: Option<String>,
     },
     /// Revoke a token and all its attenuations.
     Revoke {
@@ -83,11 +86,26 @@ fn target_id(t: &tessera_store::RevocationTarget) -> String {
 
 pub(crate) fn tokens(action: TokensAction, store: &Store) -> Result<()> {
     match action {
-        TokensAction::List { subject } => {
+        TokensAction::List { subject, expiring_within } => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let until = match expiring_within {
+                None => None,
+                Some(w) => {
+                    let d =
+                        humantime::parse_duration(&w).map_err(|e| anyhow!("--expiring-within {w}: {e}"))?;
+                    Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+                }
+            };
             for r in store.tokens_of(&subject)? {
+                if until
+                    .is_some_and(|u| r.revoked_at.is_some() || !r.expires.is_some_and(|e| e > now && e <= u))
+                {
+                    continue;
+                }
                 let status = if r.revoked_at.is_some() { "revoked" } else { "live" };
                 let expires = r.expires.map_or("never".into(), when);
-                println!("{}  {status:<7} expires {expires}  {}", r.tid, r.description);
+                let used = r.last_used.map_or("never".into(), when);
+                println!("{}  {status:<7} expires {expires}  last used {used}  {}", r.tid, r.description);
             }
         }
         TokensAction::Revoke { tid } => {

@@ -192,6 +192,15 @@ fn local_administration_against_the_database() {
 
     let list = ok(tessera(&["tokens", "list", "--db", db, "--subject", "alice"]));
     assert!(list.contains("live") && list.contains("laptop"), "{list}");
+    assert!(list.contains("last used never"), "{list}");
+    let soon = ok(tessera(&["tokens", "list", "--db", db, "--subject", "alice", "--expiring-within", "2h"]));
+    assert!(soon.contains("laptop"), "expires in 1h: {soon}");
+    let none = ok(tessera(&["tokens", "list", "--db", db, "--subject", "alice", "--expiring-within", "30m"]));
+    assert!(!none.contains("laptop"), "{none}");
+    assert_eq!(
+        tessera(&["tokens", "list", "--db", db, "--subject", "alice", "--expiring-within", "soon"]).code,
+        2
+    );
     assert!(!list.contains(&token[..30]), "never token text");
     let tid = list.split_whitespace().next().unwrap().to_owned();
 

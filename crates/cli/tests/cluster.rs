@@ -326,3 +326,67 @@ fn bad_database_settings_are_clear_errors_at_start() {
     let err = start_fails(&db, MASTER);
     assert!(err.contains("newer"), "{err}");
 }
+
+/// Limits that need the service, across three nodes: one link redeemed by 100 concurrent
+/// requests spread over the nodes succeeds once; a token's budget is never exceeded by the
+/// cluster (and at most one lease per node is left unused).
+#[test]
+fn single_use_and_budgets_hold_across_three_nodes() {
+    let pg = PgServer::start();
+    let db = pg.create_database();
+    let nodes: Vec<Node> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| start(&db, &[]))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admin = nodes.iter().find_map(|n| n.admin.clone()).unwrap();
+
+    let (status, link) = call(
+        "POST",
+        &format!("{}/v1/links", nodes[0].url),
+        Some(&admin),
+        Some(json!({"subject": "kim", "issue": "token"})),
+    );
+    assert_eq!(status, 201, "{link}");
+    let link = link["link_token"].as_str().unwrap().to_owned();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..100)
+            .map(|i| {
+                let (node, link) = (&nodes[i % 3], &link);
+                s.spawn(move || {
+                    call("POST", &format!("{}/v1/links/redeem", node.url), None, Some(json!({"token": link})))
+                        .0
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 99, "{statuses:?}");
+
+    let (_, m) = call(
+        "POST",
+        &format!("{}/v1/tokens", nodes[1].url),
+        Some(&admin),
+        Some(json!({"subject": "kim", "operations": ["read"], "rate_limit": "300/1h"})),
+    );
+    let token = m["token"].as_str().unwrap().to_owned();
+    let ok: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..9)
+            .map(|i| {
+                let (node, token) = (&nodes[i % 3], &token);
+                s.spawn(move || {
+                    (0..100)
+                        .filter(|_| {
+                            let body = json!({"token": token, "context": {"operation": "read"}});
+                            call("POST", &format!("{}/v1/verify", node.url), None, Some(body)).0 == 200
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    eprintln!("budget 300/1h across three nodes: {ok} admitted of 900 requests");
+    assert!(ok <= 300, "the cluster admitted {ok} of a budget of 300");
+    assert!(ok >= 300 - 3 * 3, "the cluster admitted only {ok}");
+}

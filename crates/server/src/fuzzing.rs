@@ -3,9 +3,10 @@
 
 use tessera_core::{KeyId, KeyProvider, RootKey, TokenId};
 
-use crate::api::{check_subject, mint_spec, verify_request, MintRequest, VerifyRequest};
+use crate::api::{check_subject, mint_spec, MintRequest};
 use crate::mint::Inheritance;
 use crate::problem::ApiError;
+use crate::verify::{verify_request, VerifyRequest};
 use crate::{ticket, Config};
 
 /// A `POST /v1/verify` body as the handler treats it: JSON, then decode and verify with `keys`

@@ -23,6 +23,7 @@ mod problem;
 mod sessions;
 mod ticket;
 mod uses;
+mod verify;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -276,7 +277,7 @@ pub fn app(
         .app_data(web::PayloadConfig::default().limit(limit))
         .wrap(actix_web::middleware::from_fn(guard))
         // The hot path first: static routes before templated ones (which match by regex).
-        .service(resource("/v1/verify").route(web::post().to(api::verify)))
+        .service(resource("/v1/verify").route(web::post().to(verify::verify)))
         .service(resource("/health").route(web::get().to(api::health)))
         .service(resource("/metrics").route(web::get().to(api::metrics)))
         .service(

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster
+.PHONY: browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster
 
 all: test
 
@@ -13,7 +13,7 @@ run:
 	target/release/tessera serve --data-dir ./data
 
 ## test: the whole suite (unit, integration, vectors, property, interop, PostgreSQL and cluster tests)
-test: venv postgres node-peers
+test: venv postgres node-peers browser
 	TESSERA_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets --exclude tessera-peers
 	$(CARGO) test --workspace --doc --exclude tessera-peers
 
@@ -48,6 +48,11 @@ audit:
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client; }
+
+## browser: Debian's Chromium for the token page's browser test (driven by npm playwright-core,
+## which downloads no browser); installed if missing
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 ## node-peers: the npm `jose` verifier for the JWKS interop test (npm ci from the lock file)
 node-peers: tests/interop/js/node_modules/.ok

@@ -4,21 +4,12 @@
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
 
-use common::{jose, peer};
+use common::{jose, peer, serve, Serve};
 use serde_json::{json, Value};
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn tessera(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -50,35 +41,6 @@ fn post(url: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
     let mut res = req.send(body.to_string()).unwrap();
     let status = res.status().as_u16();
     (status, serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
-}
-
-/// `tessera serve` on a free port with a fresh data directory: the process, its URL and the
-/// first-start admin token.
-fn serve(dir: &std::path::Path, extra: &[&str]) -> (Serve, String, String) {
-    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("TESSERA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let serve = Serve(child);
-    let mut admin = String::new();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = lines.next().unwrap().unwrap();
-        } else if let Some(u) = line.strip_prefix("tessera listening on ") {
-            break u.to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (serve, url, admin)
 }
 
 /// `tessera session create|refresh|revoke` against the running service.

@@ -116,6 +116,11 @@ fn decode(text: &str, what: &str) -> Result<Token, ApiError> {
     Token::decode(text).map_err(|e| ApiError::unauthorized(format!("{what}: {e}")))
 }
 
+/// The bearer token and its discharges, decoded (not verified).
+pub(crate) fn bearer_token(req: &HttpRequest) -> Result<(Token, Vec<Token>), ApiError> {
+    bearer(req)
+}
+
 fn bearer(req: &HttpRequest) -> Result<(Token, Vec<Token>), ApiError> {
     let header = req
         .headers()

@@ -22,6 +22,7 @@ mod mint;
 mod problem;
 mod sessions;
 mod ticket;
+mod ui;
 mod uses;
 mod verify;
 
@@ -72,7 +73,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/exchange"),
     ("post", "/v1/links"),
     ("post", "/v1/links/redeem"),
+    ("get", "/v1/whoami"),
 ];
+
+/// The token page's routes (not API: they serve the page built into the binary).
+pub const PAGE_ROUTES: &[&str] = &["/", "/ui/", "/ui/app.js", "/ui/style.css", "/favicon.ico"];
 
 /// Errors that stop the service from starting.
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +313,12 @@ pub fn app(
         .service(resource("/v1/exchange").route(web::post().to(exchange::exchange)))
         .service(resource("/v1/links").route(web::post().to(links::create)))
         .service(resource("/v1/links/redeem").route(web::post().to(links::redeem)))
+        .service(resource("/v1/whoami").route(web::get().to(ui::whoami)))
+        .service(resource("/").route(web::get().to(ui::root)))
+        .service(resource("/ui/").route(web::get().to(ui::index)))
+        .service(resource("/ui/app.js").route(web::get().to(ui::script)))
+        .service(resource("/ui/style.css").route(web::get().to(ui::style)))
+        .service(resource("/favicon.ico").route(web::get().to(ui::favicon)))
         .default_service(web::to(not_found))
 }
 

@@ -57,6 +57,10 @@ pub(crate) struct RestrictionsView<'a> {
     operations: Option<&'a [String]>,
     resources: Option<&'a [String]>,
     client_ips: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rate_limits: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    once: bool,
 }
 
 impl<'a> RestrictionsView<'a> {
@@ -68,6 +72,8 @@ impl<'a> RestrictionsView<'a> {
             operations: r.operations.as_deref(),
             resources: r.resources.as_deref(),
             client_ips: r.networks.as_ref().map(|n| n.iter().map(ToString::to_string).collect()),
+            rate_limits: r.rate_limits.iter().map(ToString::to_string).collect(),
+            once: r.once,
         }
     }
 }

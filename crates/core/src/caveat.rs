@@ -213,11 +213,46 @@ fn args(text: &str, name: &str, rest: &str) -> Result<()> {
 }
 
 fn parse_time(text: &str, arg: &str) -> Result<OffsetDateTime> {
+    if let Some(t) = parse_utc_seconds(arg.as_bytes()) {
+        return Ok(t);
+    }
     if arg.contains(' ') {
         return Err(malformed(text, "takes exactly one RFC 3339 time"));
     }
     OffsetDateTime::parse(arg, &Rfc3339)
         .map_err(|_| malformed(text, "time must be RFC 3339, e.g. 2030-01-01T00:00:00Z"))
+}
+
+/// The one RFC 3339 form Tessera writes, `YYYY-MM-DDTHH:MM:SSZ`, read without the general parser
+/// (the hot path of every time caveat). Anything else, including valid RFC 3339 in other forms
+/// and leap seconds, is `None` and goes to the general parser, so this never decides alone what
+/// a time means (a test holds the two to agreement).
+pub(crate) fn parse_utc_seconds(s: &[u8]) -> Option<OffsetDateTime> {
+    if s.len() != 20
+        || s[4] != b'-'
+        || s[7] != b'-'
+        || s[10] != b'T'
+        || s[13] != b':'
+        || s[16] != b':'
+        || s[19] != b'Z'
+    {
+        return None;
+    }
+    let digit = |i: usize| -> Option<u16> {
+        let d = s[i].wrapping_sub(b'0');
+        (d < 10).then_some(u16::from(d))
+    };
+    let two = |i: usize| -> Option<u16> { Some(digit(i)? * 10 + digit(i + 1)?) };
+    let year = two(0)? * 100 + two(2)?;
+    let month = time::Month::try_from(u8::try_from(two(5)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::from(year), month, u8::try_from(two(8)?).ok()?).ok()?;
+    let hms = time::Time::from_hms(
+        u8::try_from(two(11)?).ok()?,
+        u8::try_from(two(14)?).ok()?,
+        u8::try_from(two(17)?).ok()?,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, hms).assume_utc())
 }
 
 /// Parse a network or a bare address (one host).
@@ -371,7 +406,8 @@ fn is_dot_segment(segment: &str) -> bool {
 
 /// Does a resource name or pattern have a `.` or `..` segment (plain or percent-encoded)?
 pub fn has_dot_segment(name: &str) -> bool {
-    name.split('/').any(is_dot_segment)
+    // Every dot segment has a `.` or a `%`: most names have neither and need no split.
+    name.bytes().any(|b| b == b'.' || b == b'%') && name.split('/').any(is_dot_segment)
 }
 
 /// Does `resource` match `pattern`? Equal names match; a pattern ending in `/*` matches every
@@ -394,6 +430,44 @@ mod tests {
             .operation("read")
             .resource("issues/42")
             .client_ip("10.1.2.3".parse().unwrap())
+    }
+
+    #[test]
+    fn the_fast_time_path_agrees_with_the_rfc3339_parser() {
+        let full = |t: &str| OffsetDateTime::parse(t, &Rfc3339).ok();
+        for t in [
+            "2030-01-01T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "9999-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_utc_seconds(t.as_bytes()), full(t), "{t}");
+            assert!(parse_utc_seconds(t.as_bytes()).is_some(), "{t}");
+        }
+        // Not the one form: left to the general parser (which accepts or refuses it).
+        for t in [
+            "2023-02-29T00:00:00Z",
+            "2030-13-01T00:00:00Z",
+            "2030-01-01T24:00:00Z",
+            "2030-01-01T00:60:00Z",
+            "2016-12-31T23:59:60Z",
+            "2030-01-01t00:00:00z",
+            "2030-01-01T00:00:00+00:00",
+            "2030-01-01T00:00:00.5Z",
+            "203O-01-01T00:00:00Z",
+            "2030-01-01 00:00:00Z",
+            "+030-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_utc_seconds(t.as_bytes()), None, "{t}");
+        }
+        // Every second of a few days, and across years, agrees.
+        let mut t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for _ in 0..5000 {
+            let text = t.format(&Rfc3339).unwrap();
+            assert_eq!(parse_utc_seconds(text.as_bytes()), Some(t), "{text}");
+            t += time::Duration::seconds(86_400 * 37 + 3_761);
+        }
     }
 
     fn holds(caveat: &str, ctx: &Context) -> bool {

@@ -44,7 +44,7 @@ pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};
 pub use id::{Identifier, KeyId, SessionId, TokenId, MAX_SUBJECT};
 pub use token::{Caveat, Token};
-pub use verify::{KeyProvider, StaticKeys, Verified, Verifier};
+pub use verify::{ChainKeyCache, KeyProvider, StaticKeys, Verified, Verifier};
 
 /// Footguns for tests and vector generation. Do not use in production code.
 pub mod dangerous {

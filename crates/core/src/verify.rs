@@ -1,6 +1,9 @@
 //! The verifier: recompute the chain, check every caveat, use every discharge exactly once.
 
 use std::collections::HashMap;
+use std::sync::RwLock;
+
+use zeroize::Zeroizing;
 
 use crate::caveat::{Context, Failure, Predicate, Restrictions};
 use crate::crypto::{self, RootKey, Tag, TokenKey};
@@ -15,9 +18,71 @@ pub trait KeyProvider {
     /// the key is unknown or revoked.
     fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey>;
 
+    /// The key the signature chain of `tid` starts from: the per-token key, derived
+    /// (`derive(token_key)`). Providers that see the same tokens again cache it
+    /// ([`ChainKeyCache`]).
+    fn chain_key(&self, kid: &KeyId, tid: &TokenId) -> Option<Zeroizing<[u8; 32]>> {
+        self.token_key(kid, tid).map(|k| k.derived())
+    }
+
     /// Whether the token family `tid` has been revoked. Checked after the signature.
     fn is_revoked(&self, _tid: &TokenId) -> bool {
         false
+    }
+}
+
+/// The chain keys of recently verified token families, so that verifying a token again skips
+/// its per-token key and derivation (four SHA-256 compressions). Bounded: when full it starts
+/// over. Entries are zeroized when dropped; `Debug` shows only the count.
+pub struct ChainKeyCache {
+    map: RwLock<HashMap<(KeyId, TokenId), Zeroizing<Tag>>>,
+    limit: usize,
+}
+
+impl ChainKeyCache {
+    /// A cache of at most `limit` token families.
+    pub fn new(limit: usize) -> Self {
+        ChainKeyCache { map: RwLock::new(HashMap::new()), limit }
+    }
+
+    /// The cached chain key of (`kid`, `tid`), or `derive`'s answer, cached.
+    pub fn get_or(
+        &self,
+        kid: &KeyId,
+        tid: &TokenId,
+        derive: impl FnOnce() -> Option<TokenKey>,
+    ) -> Option<Zeroizing<[u8; 32]>> {
+        if let Some(k) = self.map.read().ok().and_then(|m| m.get(&(*kid, *tid)).cloned()) {
+            return Some(k);
+        }
+        let key = derive()?.derived();
+        if let Ok(mut m) = self.map.write() {
+            if m.len() >= self.limit {
+                m.clear();
+            }
+            m.insert((*kid, *tid), key.clone());
+        }
+        Some(key)
+    }
+
+    /// Forget everything (keys changed).
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.map.write() {
+            m.clear();
+        }
+    }
+}
+
+impl Default for ChainKeyCache {
+    fn default() -> Self {
+        Self::new(65_536)
+    }
+}
+
+impl std::fmt::Debug for ChainKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.read().map(|m| m.len()).unwrap_or(0);
+        write!(f, "ChainKeyCache({n} entries)")
     }
 }
 
@@ -25,6 +90,7 @@ pub trait KeyProvider {
 #[derive(Default, Debug)]
 pub struct StaticKeys {
     keys: HashMap<KeyId, RootKey>,
+    cache: ChainKeyCache,
 }
 
 impl StaticKeys {
@@ -36,12 +102,17 @@ impl StaticKeys {
     /// Add a key.
     pub fn insert(&mut self, kid: KeyId, key: RootKey) {
         self.keys.insert(kid, key);
+        self.cache.clear();
     }
 }
 
 impl KeyProvider for StaticKeys {
     fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey> {
         self.keys.get(kid).map(|k| k.token_key(tid))
+    }
+
+    fn chain_key(&self, kid: &KeyId, tid: &TokenId) -> Option<Zeroizing<[u8; 32]>> {
+        self.cache.get_or(kid, tid, || self.token_key(kid, tid))
     }
 }
 
@@ -166,8 +237,8 @@ impl<'k> Verifier<'k> {
     ) -> Result<Verified<'t>> {
         let keys = self.keys.ok_or(Error::ForeignIdentifier)?;
         let (kid, tid) = Identifier::peek(token.identifier()).ok_or(Error::ForeignIdentifier)?;
-        let key = keys.token_key(&kid, &tid).ok_or(Error::UnknownKey(kid))?;
-        let verified = self.verify_derived(token, &key.derived(), discharges, ctx)?;
+        let key = keys.chain_key(&kid, &tid).ok_or(Error::UnknownKey(kid))?;
+        let verified = self.verify_derived(token, &key, discharges, ctx)?;
         if keys.is_revoked(&tid) {
             return Err(Error::Revoked);
         }

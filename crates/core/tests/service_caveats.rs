@@ -90,3 +90,23 @@ fn offline_verifiers_fail_closed_and_the_service_gets_them_reported() {
     let e = envelope::issue_signed(&v, &key, "k", "iss", None, ctx.time, Duration::minutes(5)).unwrap_err();
     assert!(e.to_string().contains("only the service"), "{e}");
 }
+
+/// The chain-key cache gives the same answers as deriving, and forgets on `clear` and when full.
+#[test]
+fn the_chain_key_cache_agrees_with_derivation() {
+    use tessera_core::{ChainKeyCache, KeyProvider};
+    let (keys, t) = token(&["allow read"]);
+    let id = t.tessera_identifier().unwrap();
+    let cache = ChainKeyCache::new(2);
+    let derive = || keys.token_key(&id.kid, &id.tid);
+    let first = cache.get_or(&id.kid, &id.tid, derive).unwrap();
+    let again = cache.get_or(&id.kid, &id.tid, || panic!("cached")).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(Some(first.clone()), keys.chain_key(&id.kid, &id.tid));
+    cache.clear();
+    assert!(cache.get_or(&id.kid, &id.tid, || None).is_none(), "cleared: derives again");
+    for i in 0..3u8 {
+        cache.get_or(&id.kid, &TokenId::from_bytes([i; 16]), derive);
+    }
+    assert!(format!("{cache:?}").contains("1 entries"), "{cache:?}: started over when full");
+}

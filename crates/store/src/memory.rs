@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use tessera_core::envelope::{Algorithm, SigningKey};
-use tessera_core::{KeyId, RootKey, TokenId, TokenKey};
+use tessera_core::{ChainKeyCache, KeyId, RootKey, TokenId, TokenKey};
 
 use crate::codec::{
     AppRecord, KeyState, SigningKeyInfo, SigningKeyState, StoredApp, StoredKey, StoredSigningKey,
@@ -38,6 +38,8 @@ pub(crate) fn signing_label(kid: &str) -> Vec<u8> {
 /// The in-memory state.
 pub(crate) struct Memory {
     keys: RwLock<HashMap<KeyId, KeyEntry>>,
+    /// Chain keys of recently verified families (cleared whenever the keys change).
+    chain_keys: ChainKeyCache,
     signing: RwLock<Vec<SigningEntry>>,
     apps: RwLock<Vec<AppRecord>>,
     active: RwLock<Option<KeyId>>,
@@ -66,6 +68,7 @@ impl Memory {
     pub(crate) fn new() -> Self {
         Memory {
             keys: RwLock::new(HashMap::new()),
+            chain_keys: ChainKeyCache::default(),
             signing: RwLock::new(Vec::new()),
             apps: RwLock::new(Vec::new()),
             active: RwLock::new(None),
@@ -92,6 +95,7 @@ impl Memory {
         // Swap both under their locks; a reader never sees an active kid without its key.
         let mut keys_guard = self.keys.write().map_err(|_| Error::Closed)?;
         *keys_guard = keys;
+        self.chain_keys.clear();
         *self.active.write().map_err(|_| Error::Closed)? = active;
         Ok(())
     }
@@ -193,6 +197,14 @@ impl Memory {
     pub(crate) fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey> {
         let keys = self.keys.read().ok()?;
         keys.get(kid).filter(|e| e.state != KeyState::Revoked).map(|e| e.secret.token_key(tid))
+    }
+
+    /// The chain key of `tid`, cached; the key must still be usable (checked on every call, so a
+    /// cached entry never outlives its key's revocation).
+    pub(crate) fn chain_key(&self, kid: &KeyId, tid: &TokenId) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        let keys = self.keys.read().ok()?;
+        let entry = keys.get(kid).filter(|e| e.state != KeyState::Revoked)?;
+        self.chain_keys.get_or(kid, tid, || Some(entry.secret.token_key(tid)))
     }
 
     pub(crate) fn is_revoked(&self, tid: &TokenId) -> bool {

@@ -518,6 +518,10 @@ impl KeyProvider for Store {
         self.inner.mem.token_key(kid, tid)
     }
 
+    fn chain_key(&self, kid: &KeyId, tid: &TokenId) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        self.inner.mem.chain_key(kid, tid)
+    }
+
     /// Fails closed: a stale node (a shared database unheard past `max_staleness`) treats every
     /// token as revoked.
     fn is_revoked(&self, tid: &TokenId) -> bool {

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster
+.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster
 
 all: test
 
@@ -74,6 +74,10 @@ clean:
 ## bench-http: wrk load test of verify and mint against a constant actix endpoint (release build)
 bench-http:
 	scripts/bench-http.sh
+
+## bench-instructions: instructions of one verification (valgrind callgrind; repeatable)
+bench-instructions:
+	scripts/instructions.sh
 
 ## fuzz: coverage-guided fuzzing of every target, FUZZ_SECONDS each (default 60; cargo-fuzz on
 ## stable, installed if missing); new inputs are merged into fuzz/corpus. `make test` replays it.

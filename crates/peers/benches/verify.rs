@@ -149,12 +149,20 @@ fn benches(c: &mut Criterion) {
     });
     let mut tid_input = b"tessera/token/v1".to_vec();
     tid_input.extend_from_slice(s.tid.as_bytes());
-    g.bench_function("chain+token_key/5", |b| {
-        b.iter(|| {
-            let k = h(black_box(s.secret.expose_secret()), &tid_input);
-            floor_chain(&k, &id, &cavs, &sig)
-        })
-    });
+    for n in [1usize, 5, 20] {
+        let t = token(&s, n);
+        let id = t.identifier().to_vec();
+        let sig = *t.signature();
+        let cavs: Vec<Vec<u8>> = (0..n).map(|i| KINDS[i % KINDS.len()].as_bytes().to_vec()).collect();
+        let cavs: Vec<&[u8]> = cavs.iter().map(Vec::as_slice).collect();
+        assert!(floor_chain(token_key.expose_secret(), &id, &cavs, &sig));
+        g.bench_function(format!("chain+token_key/{n}"), |b| {
+            b.iter(|| {
+                let k = h(black_box(s.secret.expose_secret()), &tid_input);
+                floor_chain(&k, &id, &cavs, &sig)
+            })
+        });
+    }
     g.finish();
 
     macaroon::initialize().expect("sodium init");

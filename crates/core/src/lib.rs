@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod args;
 pub mod caveat;
 mod claims;
 mod crypto;

@@ -118,6 +118,11 @@ impl Restrictions {
     /// claim carries them). Application-defined caveats are not re-checked here.
     pub fn check(&self, ctx: &Context) -> Result<()> {
         let unmet = |what: &str, reason: String| Err(Error::CaveatNotMet { caveat: what.to_owned(), reason });
+        if self.once || !self.rate_limits.is_empty() {
+            // Like the caveats themselves offline: only the service can count uses.
+            let what = if self.once { "once" } else { "rate-limit" };
+            return unmet(what, "checked by the Tessera service; fails closed here".into());
+        }
         if let Some(e) = self.expires {
             if ctx.time >= e {
                 return unmet("exp", "token has expired".into());

@@ -41,6 +41,10 @@ fn budgets_parse_strictly_and_print_canonically() {
         "1/m1",
         "1/+1m",
         "99999999999/1s",
+        "1/é",
+        "1/1é",
+        "é/1m",
+        "1/",
     ] {
         assert_eq!(RateLimit::parse(bad), None, "{bad}");
     }

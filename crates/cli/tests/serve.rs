@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 mod common;
 
-use common::{jose, peer, serve, Serve};
+use common::{jose, peer, serve};
 use serde_json::{json, Value};
 
 fn tessera(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
@@ -94,27 +94,7 @@ fn sessions_from_the_command_line() {
 #[test]
 fn serve_then_discharge_revocable_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--discharge-ttl", "2m"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env_remove("TESSERA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _serve = Serve(child);
-    let mut admin = String::new();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = lines.next().unwrap().unwrap();
-        } else if let Some(a) = line.strip_prefix("tessera listening on ") {
-            break a.to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let (_serve, addr, admin) = serve(dir.path(), &["--discharge-ttl", "2m"]);
 
     let (status, minted) = post(
         &format!("{addr}/v1/tokens"),

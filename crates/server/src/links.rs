@@ -11,12 +11,12 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tessera_core::{Context, Predicate, Verifier};
+use tessera_core::{Context, Verifier};
 use time::OffsetDateTime;
 
 use crate::api::{blocking, check_subject, decode_token, lifetime, restriction_caveats};
 use crate::auth::{authorize, client_ip_of};
-use crate::mint::{build, inheritance, mint, Inheritance, MintSpec};
+use crate::mint::{build, inheritance, mint, time_and_network_bounds, Inheritance, MintSpec};
 use crate::problem::ApiError;
 use crate::sessions::{plan, start, NewSessionRequest, Strategy};
 use crate::AppState;
@@ -98,17 +98,7 @@ pub(crate) async fn create(
         description: body.description,
     };
     // The link itself may only be redeemed, once, soon, from where the creator's token may be used.
-    let mut link_caveats: Vec<String> = inherited
-        .caveats
-        .iter()
-        .filter(|c| {
-            matches!(
-                Predicate::parse(c.as_bytes()),
-                Ok(Predicate::TimeBefore(_) | Predicate::TimeAfter(_) | Predicate::ClientIp(_))
-            )
-        })
-        .cloned()
-        .collect();
+    let mut link_caveats = time_and_network_bounds(&inherited.caveats);
     link_caveats.push("allow links.redeem".into());
     link_caveats.push("once".into());
     let expires = OffsetDateTime::now_utc() + time::Duration::try_from(ttl).map_err(ApiError::internal)?;

@@ -166,3 +166,19 @@ pub(crate) fn inheritance(store: &Store, caller: &Caller) -> Result<Inheritance,
     let claims = caller.token.tessera_identifier().and_then(|id| id.claims);
     Ok(Inheritance { caveats, revocable, claims })
 }
+
+/// The caveats of `caveats` that bound time and network only (`time-before`, `time-after`,
+/// `client-ip`): what a token that can do one thing (refresh a session, redeem a link) keeps of
+/// its creator's, so it never outlives it or works from elsewhere.
+pub(crate) fn time_and_network_bounds(caveats: &[String]) -> Vec<String> {
+    caveats
+        .iter()
+        .filter(|c| {
+            matches!(
+                Predicate::parse(c.as_bytes()),
+                Ok(Predicate::TimeBefore(_) | Predicate::TimeAfter(_) | Predicate::ClientIp(_))
+            )
+        })
+        .cloned()
+        .collect()
+}

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::api::{blocking, check_subject, claims_for, decode_token, lifetime, restriction_caveats};
 use crate::auth::{authenticate, authorize, client_ip_of};
 use crate::jwt::{algorithm, narrow_to, signing_key};
-use crate::mint::{build, inheritance, Inheritance, MintSpec};
+use crate::mint::{build, inheritance, time_and_network_bounds, Inheritance, MintSpec};
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -128,16 +128,7 @@ pub(crate) fn plan(
     caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
     let sid = SessionId::generate()?;
     // The refresh token keeps the creator's time and network bounds; what it may do is refresh.
-    let mut refresh_caveats: Vec<String> = caveats
-        .iter()
-        .filter(|c| {
-            matches!(
-                Predicate::parse(c.as_bytes()),
-                Ok(Predicate::TimeBefore(_) | Predicate::TimeAfter(_) | Predicate::ClientIp(_))
-            )
-        })
-        .cloned()
-        .collect();
+    let mut refresh_caveats = time_and_network_bounds(&caveats);
     refresh_caveats.push("allow sessions.refresh".into());
     refresh_caveats.push(format!("resource sessions/{sid}"));
     let record = SessionRecord {

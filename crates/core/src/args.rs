@@ -117,10 +117,80 @@ pub fn resource_matches(pattern: &str, resource: &str) -> bool {
     pattern == resource
 }
 
+/// `s.split(' ')`, searching bytes: a space is one byte in UTF-8, so every piece starts and
+/// ends on a character boundary. (The general string searcher costs more than these few-byte
+/// words do.)
+pub(crate) fn words(s: &str) -> impl Iterator<Item = &str> + '_ {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == b' ') {
+            Some(i) => {
+                rest = r.get(i + 1..);
+                r.get(..i)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// `s.split_once(' ')`, or the whole of `s` and nothing, searching bytes as [`words`] does.
+pub(crate) fn first_word(s: &str) -> (&str, &str) {
+    match s.bytes().position(|b| b == b' ') {
+        Some(i) => (s.get(..i).unwrap_or(s), s.get(i + 1..).unwrap_or("")),
+        None => (s, ""),
+    }
+}
+
+/// Whether `s` has two spaces in a row.
+pub(crate) fn has_double_space(s: &str) -> bool {
+    s.as_bytes().windows(2).any(|w| w == b"  ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::format_description::well_known::Rfc3339;
+
+    #[test]
+    fn the_byte_word_splitters_agree_with_the_string_ones() {
+        let cases = [
+            "",
+            " ",
+            "  ",
+            "a",
+            "a b",
+            " a",
+            "a ",
+            "a  b",
+            "allow read write",
+            "résumé naïve",
+            "é",
+            "é é",
+            " é ",
+            "日本 語  x",
+            "client-ip 10.0.0.0/8 ::1",
+            "\u{a0}a\u{a0}b",
+            "a\tb c",
+        ];
+        for s in cases {
+            assert_eq!(words(s).collect::<Vec<_>>(), s.split(' ').collect::<Vec<_>>(), "{s:?}");
+            assert_eq!(first_word(s), s.split_once(' ').unwrap_or((s, "")), "{s:?}");
+            assert_eq!(has_double_space(s), s.contains("  "), "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_byte_word_splitters_agree_on_any_text(s in "[a é\u{a0}日/ ]{0,16}") {
+            proptest::prop_assert_eq!(words(&s).collect::<Vec<_>>(), s.split(' ').collect::<Vec<_>>());
+            proptest::prop_assert_eq!(first_word(&s), s.split_once(' ').unwrap_or((&s, "")));
+            proptest::prop_assert_eq!(has_double_space(&s), s.contains("  "));
+        }
+    }
 
     #[test]
     fn the_fast_ipv4_path_agrees_with_ipnet() {

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::args::parse_utc_seconds;
+use crate::args::{first_word, has_double_space, parse_utc_seconds, words};
 pub use crate::args::{has_dot_segment, parse_net, resource_matches};
 use crate::error::{Error, Result};
 pub use crate::restrictions::Restrictions;
@@ -212,7 +212,7 @@ fn args(text: &str, name: &str, rest: &str) -> Result<()> {
     if rest.is_empty() {
         return Err(malformed(text, format!("{name} needs at least one argument")));
     }
-    if rest.starts_with(' ') || rest.ends_with(' ') || rest.contains("  ") {
+    if rest.starts_with(' ') || rest.ends_with(' ') || has_double_space(rest) {
         return Err(malformed(text, "arguments are separated by single spaces"));
     }
     Ok(())
@@ -236,7 +236,7 @@ impl<'a> Predicate<'a> {
     pub fn parse(cid: &'a [u8]) -> Result<Predicate<'a>> {
         let text = std::str::from_utf8(cid)
             .map_err(|_| Error::UnknownCaveat(String::from_utf8_lossy(cid).into_owned()))?;
-        let (name, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let (name, rest) = first_word(text);
         Ok(match name {
             "time-before" => Predicate::TimeBefore(parse_time(text, rest)?),
             "time-after" => Predicate::TimeAfter(parse_time(text, rest)?),
@@ -246,7 +246,7 @@ impl<'a> Predicate<'a> {
             }
             "resource" => {
                 args(text, name, rest)?;
-                if let Some(bad) = rest.split(' ').find(|r| has_dot_segment(r)) {
+                if let Some(bad) = words(rest).find(|r| has_dot_segment(r)) {
                     return Err(malformed(
                         text,
                         format!("\"{bad}\" has a `.` or `..` segment (also percent-encoded): name resources plainly"),
@@ -274,7 +274,7 @@ impl<'a> Predicate<'a> {
     pub fn validate(cid: &'a [u8]) -> Result<Predicate<'a>> {
         let p = Self::parse(cid)?;
         if let Predicate::ClientIp(nets) = p {
-            if let Some(bad) = nets.split(' ').find(|a| parse_net(a).is_none()) {
+            if let Some(bad) = words(nets).find(|a| parse_net(a).is_none()) {
                 let text = String::from_utf8_lossy(cid);
                 return Err(malformed(&text, format!("\"{bad}\" is not an IP address or network")));
             }
@@ -287,7 +287,7 @@ impl<'a> Predicate<'a> {
     pub fn check(&self, ctx: &Context) -> Result<(), Failure> {
         if ctx.defer_scope {
             if let Predicate::ClientIp(nets) = self {
-                if let Some(bad) = nets.split(' ').find(|a| parse_net(a).is_none()) {
+                if let Some(bad) = words(nets).find(|a| parse_net(a).is_none()) {
                     return Err(Failure::Malformed(format!("\"{bad}\" is not an IP address or network")));
                 }
             }
@@ -298,7 +298,7 @@ impl<'a> Predicate<'a> {
         if let Predicate::ClientIp(nets) = self {
             // One pass: every network must parse, and one must contain the client.
             let mut hit = false;
-            for arg in nets.split(' ') {
+            for arg in words(nets) {
                 let net = parse_net(arg).ok_or_else(|| {
                     Failure::Malformed(format!("\"{arg}\" is not an IP address or network"))
                 })?;
@@ -320,12 +320,12 @@ impl<'a> Predicate<'a> {
             Predicate::TimeAfter(t) if ctx.time >= *t => Ok(()),
             Predicate::TimeAfter(_) => Err("token is not valid yet".into()),
             Predicate::Allow(ops) => match &ctx.operation {
-                Some(op) if ops.split(' ').any(|a| a == op) => Ok(()),
+                Some(op) if words(ops).any(|a| a == op) => Ok(()),
                 Some(op) => Err(format!("operation \"{op}\" is not allowed")),
                 None => Err("request names no operation".into()),
             },
             Predicate::Resource(names) => match &ctx.resource {
-                Some(r) if names.split(' ').any(|p| resource_matches(p, r)) => Ok(()),
+                Some(r) if words(names).any(|p| resource_matches(p, r)) => Ok(()),
                 Some(r) => Err(format!("resource \"{r}\" is not allowed")),
                 None => Err("request names no resource".into()),
             },

@@ -5,7 +5,8 @@
 //! - [`Predicate`]: the first-party caveat language (`time-before`, `time-after`, `allow`,
 //!   `resource`, `client-ip`); unknown caveats fail closed.
 //! - [`Verifier`]: checks a token and its discharges against a request [`Context`], returning
-//!   [`Verified`] with the effective [`Restrictions`].
+//!   [`Verified`] with the effective [`Restrictions`]; with a [`SignatureMemo`], a token text
+//!   presented again skips its signature chain (its caveats are still checked).
 //! - [`CustomClaims`]: data the issuer binds into a token's identifier.
 //! - [`envelope`]: JWT envelopes (HS256, ES256, EdDSA) of a verified token.
 //!
@@ -35,6 +36,7 @@ mod error;
 mod format;
 mod id;
 pub mod limits;
+mod memo;
 mod restrictions;
 mod token;
 mod verify;
@@ -44,6 +46,7 @@ pub use claims::{CustomClaims, MAX_CLAIMS, REGISTERED_CLAIMS};
 pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};
 pub use id::{Identifier, KeyId, SessionId, TokenId, MAX_SUBJECT};
+pub use memo::{SignatureMemo, VerifiedText, MEMO_MAX_TEXT};
 pub use token::{Caveat, Token};
 pub use verify::{ChainKeyCache, KeyProvider, StaticKeys, Verified, Verifier};
 

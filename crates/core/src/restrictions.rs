@@ -4,6 +4,7 @@
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
+use crate::args::words;
 use crate::caveat::{parse_net, resource_matches, Context, Predicate, RateLimit};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, TokenId};
@@ -77,14 +78,14 @@ impl Restrictions {
                 self.not_before = Some(self.not_before.map_or(*t, |n| n.max(*t)));
             }
             Predicate::Allow(ops) => {
-                let new: Vec<String> = ops.split(' ').map(str::to_owned).collect();
+                let new: Vec<String> = words(ops).map(str::to_owned).collect();
                 self.operations = Some(match self.operations.take() {
                     None => dedup(new),
                     Some(old) => old.into_iter().filter(|o| new.contains(o)).collect(),
                 });
             }
             Predicate::Resource(names) => {
-                let new: Vec<&str> = names.split(' ').collect();
+                let new: Vec<&str> = words(names).collect();
                 self.resources = Some(match self.resources.take() {
                     None => dedup(new.iter().map(|s| s.to_string()).collect()),
                     Some(old) => dedup(
@@ -96,7 +97,7 @@ impl Restrictions {
                 });
             }
             Predicate::ClientIp(nets) => {
-                let new: Vec<IpNet> = nets.split(' ').filter_map(parse_net).collect();
+                let new: Vec<IpNet> = words(nets).filter_map(parse_net).collect();
                 self.networks = Some(match self.networks.take() {
                     None => dedup(new),
                     Some(old) => {

@@ -1,7 +1,7 @@
 //! The verifier: recompute the chain, check every caveat, use every discharge exactly once.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
@@ -10,6 +10,7 @@ use crate::crypto::{self, RootKey, Tag, TokenKey};
 use crate::error::{Error, Result};
 use crate::id::{Identifier, KeyId, TokenId};
 use crate::limits::{MAX_DISCHARGES, MAX_DISCHARGE_DEPTH};
+use crate::memo::{SignatureMemo, VerifiedText};
 use crate::token::{Caveat, Token};
 
 /// Chooses the root key for a Tessera token. The key store implements it.
@@ -28,6 +29,13 @@ pub trait KeyProvider {
     /// Whether the token family `tid` has been revoked. Checked after the signature.
     fn is_revoked(&self, _tid: &TokenId) -> bool {
         false
+    }
+
+    /// A number that changes whenever any key changes (added, rotated, revoked), for the
+    /// [`SignatureMemo`]; `None` (the default) means the provider cannot say, and nothing is
+    /// remembered.
+    fn generation(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -91,6 +99,7 @@ impl std::fmt::Debug for ChainKeyCache {
 pub struct StaticKeys {
     keys: HashMap<KeyId, RootKey>,
     cache: ChainKeyCache,
+    generation: u64,
 }
 
 impl StaticKeys {
@@ -103,6 +112,7 @@ impl StaticKeys {
     pub fn insert(&mut self, kid: KeyId, key: RootKey) {
         self.keys.insert(kid, key);
         self.cache.clear();
+        self.generation += 1;
     }
 }
 
@@ -113,6 +123,10 @@ impl KeyProvider for StaticKeys {
 
     fn chain_key(&self, kid: &KeyId, tid: &TokenId) -> Option<Zeroizing<[u8; 32]>> {
         self.cache.get_or(kid, tid, || self.token_key(kid, tid))
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation)
     }
 }
 
@@ -146,6 +160,7 @@ pub struct Verifier<'k> {
     exact: Vec<String>,
     general: Vec<GeneralChecker<'k>>,
     service: bool,
+    memo: Option<&'k SignatureMemo>,
 }
 
 /// A token that passed verification, with the discharges it used.
@@ -169,7 +184,7 @@ impl<'t> Verified<'t> {
     /// Everything the token and its discharges allow, folded together.
     pub fn restrictions(&self) -> Restrictions {
         let mut r = Restrictions::default();
-        if let Some(id) = self.identifier() {
+        if let Some(id) = self.token.tessera_identifier() {
             r.kid = Some(id.kid);
             r.tid = Some(id.tid);
             r.subject = Some(id.sub);
@@ -226,6 +241,57 @@ impl<'k> Verifier<'k> {
     pub fn satisfy_general(mut self, check: impl Fn(&str, &Context) -> bool + Send + Sync + 'k) -> Self {
         self.general.push(Box::new(check));
         self
+    }
+
+    /// Remember token texts that verify in `memo`, for [`Verifier::verify_text`].
+    pub fn memo(mut self, memo: &'k SignatureMemo) -> Self {
+        self.memo = Some(memo);
+        self
+    }
+
+    /// Decode and verify a Tessera token's text (without discharges).
+    ///
+    /// With a [`memo`](Verifier::memo) and a key provider that reports its
+    /// [`generation`](KeyProvider::generation), a text that verified before under the same keys
+    /// skips decoding and the signature chain; its caveats, subject and revocation are checked
+    /// as on the first call, with the same errors.
+    pub fn verify_text(&self, text: &str, ctx: &Context) -> Result<VerifiedText> {
+        let keys = self.keys.ok_or(Error::ForeignIdentifier)?;
+        // Read before verifying: a key change during this call makes the entry a miss.
+        let memo = self.memo.zip(keys.generation());
+        if let Some(hit) = memo.and_then(|(m, g)| m.get(text, g)) {
+            self.recheck(&hit, ctx)?;
+            let (_, tid) = Identifier::peek(hit.token.identifier()).ok_or(Error::ForeignIdentifier)?;
+            if keys.is_revoked(&tid) {
+                return Err(Error::Revoked);
+            }
+            return Ok(hit);
+        }
+        let token = Token::decode(text)?;
+        let restrictions = self.verify(&token, &[], ctx)?.restrictions();
+        let out = VerifiedText { token: Arc::new(token), restrictions: Arc::new(restrictions) };
+        if let Some((m, g)) = memo {
+            if out.token.caveats().all(|c| matches!(c, Caveat::FirstParty(_))) {
+                m.insert(text, g, &out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The request-dependent half of verification, for a text whose signature is known good:
+    /// every caveat in order (the first failure is the answer), then the subject.
+    fn recheck(&self, v: &VerifiedText, ctx: &Context) -> Result<()> {
+        for c in v.token.caveats() {
+            match c {
+                Caveat::FirstParty(cid) => self.check(cid, ctx)?,
+                // Never remembered; refuse rather than skip if one ever were.
+                Caveat::ThirdParty { .. } => return Err(Error::InvalidSignature),
+            }
+        }
+        if ctx.subject.is_some() {
+            ctx.check_subject(v.restrictions.subject.as_deref())?;
+        }
+        Ok(())
     }
 
     /// Verify a Tessera token: the root key is chosen by its key id through the key provider.

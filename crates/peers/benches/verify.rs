@@ -1,6 +1,7 @@
 //! Verify, attenuate and envelope benchmarks, with the floor and a peer measured in the same run.
 //!
 //! - `verify/text/N`: decode token text + parse + chain + caveat checks, N caveats (ours).
+//! - `verify/memo/N`: the same text again through a signature memo (caveats checked, no chain).
 //! - `floor/chain/5`: the bare HMAC-SHA256 chain of the same 5-caveat token with the hmac crate
 //!   (derive + 6 HMACs + constant-time compare), as DESIGN.md defines the floor.
 //! - `floor/chain+token_key/5`: the same plus the per-token key derivation a Tessera token needs.
@@ -16,7 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tessera_core::{envelope, Context, Identifier, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
+use tessera_core::{
+    envelope, Context, Identifier, KeyId, RootKey, SignatureMemo, StaticKeys, Token, TokenId, Verifier,
+};
 use time::macros::datetime;
 use time::Duration;
 
@@ -132,6 +135,18 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // The same texts presented again to a verifier with a signature memo: no decode, no chain;
+    // every caveat still checked, the folded restrictions shared (compare `text+restrictions`).
+    let memo = SignatureMemo::default();
+    let remembering = Verifier::with_keys(&s.keys).memo(&memo);
+    for n in [1usize, 5, 20] {
+        let text = token(&s, n).encode();
+        remembering.verify_text(&text, &ctx).expect("first verification");
+        g.bench_function(format!("memo/{n}"), |b| {
+            b.iter(|| black_box(remembering.verify_text(black_box(&text), &ctx).expect("verify")))
+        });
+    }
+    assert_eq!(memo.len(), 3, "the benchmarked texts were hits");
     g.finish();
 
     // The same 5-caveat token for the floor and the peer.

@@ -118,6 +118,9 @@ pub struct AppState {
     pub exchange: Option<exchange::Exchange>,
     /// The expiry-notice webhook (`--notify-webhook`).
     pub notifier: Option<housekeeping::Notifier>,
+    /// Token texts `/v1/verify` has verified, so the same token again skips its signature chain
+    /// (keyed to the store's key generation: any key change makes every entry a miss).
+    pub memo: tessera_core::SignatureMemo,
 }
 
 /// The state, and the admin token when this start created the first key.
@@ -159,6 +162,7 @@ impl AppState {
             location,
             limiter: RateLimiter::new(config.rate_limit),
             metrics: Metrics::default(),
+            memo: tessera_core::SignatureMemo::default(),
             store,
             config,
         };

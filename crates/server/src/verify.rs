@@ -3,7 +3,9 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use tessera_core::{Context, CustomClaims, Restrictions, Verifier};
+use std::sync::Arc;
+
+use tessera_core::{Context, CustomClaims, Restrictions, SignatureMemo, Verifier};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -97,19 +99,28 @@ fn state_of(req: &HttpRequest) -> Result<&AppState> {
 /// A verify request, decoded and checked against the store's keys: the JSON answer, or why not.
 /// No I/O: the handler and the `http_verify` fuzz target share it.
 pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyRequest) -> Result<Vec<u8>> {
-    verify_checked(keys, body).map(|(bytes, _)| bytes)
+    verify_checked(keys, None, body).map(|(bytes, _)| bytes)
 }
 
-/// [`verify_request`], with the restrictions (for the checks that need the service).
+/// [`verify_request`], with the restrictions (for the checks that need the service). A token
+/// without discharges goes through the signature memo, when there is one.
 fn verify_checked(
     keys: &dyn tessera_core::KeyProvider,
+    memo: Option<&SignatureMemo>,
     body: VerifyRequest,
-) -> Result<(Vec<u8>, Restrictions)> {
-    let token = decode_token(&body.token)?;
-    let discharges = decode_all(&body.discharges)?;
+) -> Result<(Vec<u8>, Arc<Restrictions>)> {
     let ctx = context(body.context)?;
-    let v = Verifier::with_keys(keys).service_caveats().verify(&token, &discharges, &ctx)?;
-    let r = v.restrictions();
+    let mut verifier = Verifier::with_keys(keys).service_caveats();
+    let r = if body.discharges.is_empty() {
+        if let Some(memo) = memo {
+            verifier = verifier.memo(memo);
+        }
+        verifier.verify_text(&body.token, &ctx)?.shared_restrictions()
+    } else {
+        let token = decode_token(&body.token)?;
+        let discharges = decode_all(&body.discharges)?;
+        Arc::new(verifier.verify(&token, &discharges, &ctx)?.restrictions())
+    };
     let out = Verified {
         valid: true,
         subject: r.subject.as_deref(),
@@ -125,7 +136,7 @@ fn verify_checked(
 pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
     let state = state_of(&req)?;
     state.store.check_fresh()?;
-    let outcome = match verify_checked(&state.store, body.into_inner()) {
+    let outcome = match verify_checked(&state.store, Some(&state.memo), body.into_inner()) {
         Ok((bytes, r)) if crate::uses::needs_database(state, &r) => {
             let st = web::Data::clone(
                 req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal("no app state"))?,

@@ -40,6 +40,8 @@ pub(crate) struct Memory {
     keys: RwLock<HashMap<KeyId, KeyEntry>>,
     /// Chain keys of recently verified families (cleared whenever the keys change).
     chain_keys: ChainKeyCache,
+    /// Bumped whenever the keys change, under the keys' lock (for the signature memo).
+    key_generation: AtomicU64,
     signing: RwLock<Vec<SigningEntry>>,
     apps: RwLock<Vec<AppRecord>>,
     active: RwLock<Option<KeyId>>,
@@ -69,6 +71,7 @@ impl Memory {
         Memory {
             keys: RwLock::new(HashMap::new()),
             chain_keys: ChainKeyCache::default(),
+            key_generation: AtomicU64::new(0),
             signing: RwLock::new(Vec::new()),
             apps: RwLock::new(Vec::new()),
             active: RwLock::new(None),
@@ -96,6 +99,7 @@ impl Memory {
         let mut keys_guard = self.keys.write().map_err(|_| Error::Closed)?;
         *keys_guard = keys;
         self.chain_keys.clear();
+        self.key_generation.fetch_add(1, Ordering::AcqRel);
         *self.active.write().map_err(|_| Error::Closed)? = active;
         Ok(())
     }
@@ -192,6 +196,11 @@ impl Memory {
     pub(crate) fn verifying_key(&self, kid: &KeyId) -> Option<RootKey> {
         let keys = self.keys.read().ok()?;
         keys.get(kid).filter(|e| e.state != KeyState::Revoked).map(|e| e.secret.clone())
+    }
+
+    /// Changes whenever the keys do.
+    pub(crate) fn key_generation(&self) -> u64 {
+        self.key_generation.load(Ordering::Acquire)
     }
 
     pub(crate) fn token_key(&self, kid: &KeyId, tid: &TokenId) -> Option<TokenKey> {

@@ -527,6 +527,10 @@ impl KeyProvider for Store {
     fn is_revoked(&self, tid: &TokenId) -> bool {
         self.inner.mem.is_revoked(tid) || self.inner.mem.is_stale()
     }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.inner.mem.key_generation())
+    }
 }
 
 fn check_len(what: &'static str, size: usize, limit: usize) -> Result<()> {

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use tessera_core::{Context, Error as CoreError, Identifier, KeyId, Token, TokenId, Verifier};
+use tessera_core::{Context, Error as CoreError, Identifier, KeyId, SignatureMemo, Token, TokenId, Verifier};
 use tessera_store::{
     Error, KeyState, MasterKey, NewToken, RevocationTarget, Store, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION,
 };
@@ -84,11 +84,20 @@ on_both!(rotation_one_signs_retired_verify_revoked_do_not, |db: Db| {
     assert_eq!(state(k2.kid), KeyState::Active);
     assert_eq!(keys.iter().filter(|k| k.state == KeyState::Active).count(), 1);
     verify(&store, &t1).unwrap();
+    // Remembered by a signature memo (twice: the second is a hit).
+    let memo = SignatureMemo::default();
+    let text = t1.encode();
+    let remembered =
+        |s: &Store| Verifier::with_keys(s).memo(&memo).verify_text(&text, &Context::now()).map(|_| ());
+    remembered(&store).unwrap();
+    remembered(&store).unwrap();
+    assert_eq!(memo.len(), 1);
 
-    // Revoking the retired key kills its tokens and stops records under it.
+    // Revoking the retired key kills its tokens (remembered ones too) and stops records under it.
     let rev = store.revoke_key(k1.kid).unwrap().unwrap();
     assert_eq!(rev.target, RevocationTarget::Key(k1.kid));
     assert_eq!(verify(&store, &t1), Err(CoreError::UnknownKey(k1.kid)));
+    assert_eq!(remembered(&store), Err(CoreError::UnknownKey(k1.kid)));
     assert!(matches!(store.record_token(new_token(k1.kid, "bob")), Err(Error::KeyRevoked(_))));
     assert_eq!(store.revoke_key(k1.kid).unwrap(), None, "revoking twice changes nothing");
 

@@ -1,0 +1,215 @@
+//! The signature memo: token texts whose signature chain verified, so that the same token
+//! presented again skips base64, parsing and the HMAC chain. Everything that depends on the
+//! request is still checked on every call (each caveat against the context, the subject,
+//! revocation); only the context-free part, "these exact bytes carry a valid signature under
+//! these keys", is remembered.
+//!
+//! Soundness rests on four rules, each with a test:
+//! - only tokens that verified completely are remembered, so a forged or tampered text is never
+//!   an entry and always goes through the chain;
+//! - a lookup matches the whole text, compared in constant time, never a hash or a prefix;
+//! - an entry holds the key generation ([`KeyProvider::generation`](crate::KeyProvider)) read
+//!   before its verification started: any key change (rotation, key revocation) makes every
+//!   older entry a miss, and a verification racing with the change cannot outlive it;
+//! - tokens with third-party caveats (and requests with discharges) are never remembered.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock};
+
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::Zeroizing;
+
+use crate::caveat::Restrictions;
+use crate::token::Token;
+
+/// A token that verified, with its folded restrictions, as [`Verifier::verify_text`] returns it
+/// (shared with the memo: cloning is two reference counts).
+///
+/// [`Verifier::verify_text`]: crate::Verifier::verify_text
+#[derive(Debug, Clone)]
+pub struct VerifiedText {
+    pub(crate) token: Arc<Token>,
+    pub(crate) restrictions: Arc<Restrictions>,
+}
+
+impl VerifiedText {
+    /// The verified token.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// Everything the token allows, folded together (as [`Verified::restrictions`]).
+    ///
+    /// [`Verified::restrictions`]: crate::Verified::restrictions
+    pub fn restrictions(&self) -> &Restrictions {
+        &self.restrictions
+    }
+
+    /// The restrictions, shared (for work that outlives the request, such as a database write).
+    pub fn shared_restrictions(&self) -> Arc<Restrictions> {
+        Arc::clone(&self.restrictions)
+    }
+}
+
+struct Entry {
+    /// The exact token text (a bearer credential: zeroized when the entry goes).
+    text: Zeroizing<Box<str>>,
+    generation: u64,
+    verified: VerifiedText,
+}
+
+struct Inner {
+    /// By [`SignatureMemo::slot`]; on a collision the newer entry replaces the older.
+    map: HashMap<u64, Entry>,
+    bytes: usize,
+}
+
+/// Token texts that verified, bounded in entries and bytes; when either bound would be passed
+/// it starts over. `Debug` shows only the count.
+///
+/// ```
+/// use tessera_core::{Context, Identifier, KeyId, RootKey, SignatureMemo, StaticKeys, Token, TokenId, Verifier};
+///
+/// let secret = RootKey::generate()?;
+/// let kid = KeyId::generate()?;
+/// let id = Identifier::new(kid, TokenId::generate()?, "alice")?;
+/// let text = Token::mint_tessera(None, &secret, &id)?.attenuate("allow read")?.encode();
+/// let mut keys = StaticKeys::new();
+/// keys.insert(kid, secret);
+///
+/// let memo = SignatureMemo::default();
+/// let verifier = Verifier::with_keys(&keys).memo(&memo);
+/// let ctx = Context::now().operation("read");
+/// verifier.verify_text(&text, &ctx)?; // the chain is computed, the text remembered
+/// let again = verifier.verify_text(&text, &ctx)?; // no chain: the caveats are checked
+/// assert_eq!(again.restrictions().subject.as_deref(), Some("alice"));
+/// assert!(verifier.verify_text(&text, &ctx.operation("write")).is_err());
+/// assert_eq!(memo.len(), 1);
+/// # Ok::<(), tessera_core::Error>(())
+/// ```
+pub struct SignatureMemo {
+    hasher: RandomState,
+    inner: RwLock<Inner>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// Constant-time equality of two texts (their lengths are not secret), eight bytes at a time:
+/// `subtle` byte by byte costs more than the rest of a remembered verification.
+fn same_text(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| c.iter().rev().fold(0u64, |w, b| w << 8 | u64::from(*b));
+    let (mut xs, mut ys) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut same = Choice::from(1);
+    for (x, y) in xs.by_ref().zip(ys.by_ref()) {
+        same &= word(x).ct_eq(&word(y));
+    }
+    same &= word(xs.remainder()).ct_eq(&word(ys.remainder()));
+    same.into()
+}
+
+/// Texts longer than this are not remembered (a typical token is a few hundred bytes).
+pub const MEMO_MAX_TEXT: usize = 4 * 1024;
+
+impl SignatureMemo {
+    /// A memo of at most `max_entries` texts and `max_bytes` of text in all.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        SignatureMemo {
+            hasher: RandomState::new(),
+            inner: RwLock::new(Inner { map: HashMap::new(), bytes: 0 }),
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Where `text` is kept: a keyed hash of its last 64 bytes, which hold the signature (unique
+    /// to each token; texts that share them share a slot, and the whole text decides).
+    fn slot(&self, text: &str) -> u64 {
+        let b = text.as_bytes();
+        self.hasher.hash_one(&b[b.len().saturating_sub(64)..])
+    }
+
+    /// The remembered verification of exactly `text` under key generation `generation`.
+    pub(crate) fn get(&self, text: &str, generation: u64) -> Option<VerifiedText> {
+        let h = self.slot(text);
+        let inner = self.inner.read().ok()?;
+        let e = inner.map.get(&h)?;
+        (e.generation == generation && same_text(e.text.as_bytes(), text.as_bytes()))
+            .then(|| e.verified.clone())
+    }
+
+    /// Remember that `text` verified under key generation `generation`.
+    pub(crate) fn insert(&self, text: &str, generation: u64, verified: &VerifiedText) {
+        if text.len() > MEMO_MAX_TEXT || text.len() > self.max_bytes || self.max_entries == 0 {
+            return;
+        }
+        let h = self.slot(text);
+        let Ok(mut inner) = self.inner.write() else { return };
+        if inner.map.len() >= self.max_entries || inner.bytes + text.len() > self.max_bytes {
+            inner.map.clear();
+            inner.bytes = 0;
+        }
+        let entry = Entry { text: Zeroizing::new(text.into()), generation, verified: verified.clone() };
+        inner.bytes += text.len();
+        if let Some(old) = inner.map.insert(h, entry) {
+            inner.bytes -= old.text.len();
+        }
+    }
+
+    /// Number of remembered texts.
+    pub fn len(&self) -> usize {
+        self.inner.read().map(|i| i.map.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget everything.
+    pub fn clear(&self) {
+        if let Ok(mut inner) = self.inner.write() {
+            inner.map.clear();
+            inner.bytes = 0;
+        }
+    }
+}
+
+impl Default for SignatureMemo {
+    /// 65,536 texts, 32 MiB of text.
+    fn default() -> Self {
+        Self::new(65_536, 32 << 20)
+    }
+}
+
+impl std::fmt::Debug for SignatureMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SignatureMemo({} entries)", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_text;
+
+    #[test]
+    fn texts_are_equal_exactly_when_every_byte_is() {
+        let a = b"AgEWaHR0cHM6Ly90ZXNzZXJhLmV4YW1wbGUCMA";
+        assert!(same_text(a, a));
+        assert!(same_text(b"", b""));
+        for i in 0..a.len() {
+            let mut b = *a;
+            b[i] ^= 1;
+            assert!(!same_text(a, &b), "differs at {i}");
+        }
+        assert!(!same_text(a, &a[..a.len() - 1]));
+        // A shorter text padded with zeros is still a different text; tails count.
+        assert!(!same_text(b"abc", b"abc\0"));
+        assert!(!same_text(b"abcdefgh1", b"abcdefgh2"));
+        assert!(same_text(b"abcdefgh12", b"abcdefgh12"));
+    }
+}

@@ -44,6 +44,10 @@ pids+=($!)
 target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/data" --rate-limit 0 \
   --workers "$WORKERS" >"$work/tessera.out" 2>"$work/tessera.err" &
 pids+=($!)
+# The same without the signature memo: every request computes the chain (the cold path).
+target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/cold" --rate-limit 0 \
+  --workers "$WORKERS" --verify-memo 0 >"$work/cold.out" 2>"$work/cold.err" &
+pids+=($!)
 # A cluster node (PostgreSQL backend) beside the redb node: verification is from memory on both.
 pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 pgwork=$(mktemp -d) && chmod 755 "$pgwork"   # the postgres user must reach its data directory
@@ -56,6 +60,8 @@ pids+=($!)
 const_addr=$(wait_addr "$work/constant.out")
 tess_addr=$(wait_addr "$work/tessera.out")
 admin=$(sed -n '2p' "$work/tessera.out")
+cold_addr=$(wait_addr "$work/cold.out")
+cold_admin=$(sed -n '2p' "$work/cold.out")
 cluster_addr=$(wait_addr "$work/cluster.out")
 cluster_admin=$(sed -n '2p' "$work/cluster.out")
 
@@ -67,6 +73,9 @@ verify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"is
 curl -sf -X POST "http://$tess_addr/v1/verify" -H 'Content-Type: application/json' -d "$verify_body" >/dev/null
 ctoken=$(curl -sf -X POST "http://$cluster_addr/v1/tokens" -H "Authorization: Bearer $cluster_admin" \
   -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+coldtoken=$(curl -sf -X POST "http://$cold_addr/v1/tokens" -H "Authorization: Bearer $cold_admin" \
+  -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+coldverify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$coldtoken")
 cverify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$ctoken")
 curl -sf -X POST "http://$cluster_addr/v1/verify" -H 'Content-Type: application/json' -d "$cverify_body" >/dev/null
 
@@ -90,6 +99,7 @@ lua GET "" >"$work/get.lua"
 lua POST "$verify_body" >"$work/parse.lua"
 lua POST "$verify_body" >"$work/verify.lua"
 lua POST "$cverify_body" >"$work/cverify.lua"
+lua POST "$coldverify_body" >"$work/coldverify.lua"
 lua POST "{\"token\":\"$token\",\"alg\":\"HS256\"}" >"$work/jwt-hs256.lua"
 lua POST "{\"token\":\"$token\",\"alg\":\"ES256\"}" >"$work/jwt-es256.lua"
 lua POST '{"subject":"alice","operations":["read"],"ttl":"1h"}' "$admin" >"$work/mint.lua"
@@ -104,6 +114,7 @@ for round in $(seq "$ROUNDS"); do
   run constant-get "http://$const_addr/constant" "$work/get.lua"
   run constant-post-parse "http://$const_addr/parse" "$work/parse.lua"
   run tessera-verify "http://$tess_addr/v1/verify" "$work/verify.lua"
+  run verify-no-memo "http://$cold_addr/v1/verify" "$work/coldverify.lua"
   run cluster-node-verify "http://$cluster_addr/v1/verify" "$work/cverify.lua"
   run tessera-mint "http://$tess_addr/v1/tokens" "$work/mint.lua"
   run jwt-hs256 "http://$tess_addr/v1/jwt" "$work/jwt-hs256.lua"
@@ -131,6 +142,8 @@ print()
 print("per-round verify / constant GET: " + ", ".join(f"{x:.2f}" for x in ratios))
 print(f"median verify / constant GET = {med['tessera-verify'][0] / med['constant-get'][0]:.2f}; "
       f"verify / constant POST+parse = {med['tessera-verify'][0] / med['constant-post-parse'][0]:.2f}")
+print(f"without the signature memo (--verify-memo 0): verify / constant GET = {med['verify-no-memo'][0] / med['constant-get'][0]:.2f}; "
+      f"verify / constant POST+parse = {med['verify-no-memo'][0] / med['constant-post-parse'][0]:.2f}")
 print(f"verify on a cluster node (PostgreSQL) / on the redb node = {med['cluster-node-verify'][0] / med['tessera-verify'][0]:.2f}")
 print(f"/v1/jwt ES256 / HS256 = {med['jwt-es256'][0] / med['jwt-hs256'][0]:.2f}; ES256 / constant POST+parse = {med['jwt-es256'][0] / med['constant-post-parse'][0]:.2f}")
 PY

@@ -16,7 +16,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use subtle::{Choice, ConstantTimeEq};
 use zeroize::Zeroizing;
@@ -32,6 +32,8 @@ use crate::token::Token;
 pub struct VerifiedText {
     pub(crate) token: Arc<Token>,
     pub(crate) restrictions: Arc<Restrictions>,
+    /// The caller's rendering of the restrictions, kept as long as the token is remembered.
+    pub(crate) rendered: Arc<OnceLock<Box<[u8]>>>,
 }
 
 impl VerifiedText {
@@ -50,6 +52,25 @@ impl VerifiedText {
     /// The restrictions, shared (for work that outlives the request, such as a database write).
     pub fn shared_restrictions(&self) -> Arc<Restrictions> {
         Arc::clone(&self.restrictions)
+    }
+
+    /// The caller's rendering of the restrictions (the service's JSON answer, say): `render`
+    /// runs the first time, and the bytes are kept with the token while the memo remembers it.
+    /// They must depend on the restrictions alone, never on the request.
+    pub fn rendered<E>(&self, render: impl FnOnce(&Restrictions) -> Result<Vec<u8>, E>) -> Result<&[u8], E> {
+        if let Some(bytes) = self.rendered.get() {
+            return Ok(bytes);
+        }
+        let bytes = render(&self.restrictions)?.into_boxed_slice();
+        Ok(self.rendered.get_or_init(|| bytes))
+    }
+
+    pub(crate) fn new(token: Token, restrictions: Restrictions) -> Self {
+        VerifiedText {
+            token: Arc::new(token),
+            restrictions: Arc::new(restrictions),
+            rendered: Arc::new(OnceLock::new()),
+        }
     }
 }
 
@@ -97,18 +118,20 @@ pub struct SignatureMemo {
 }
 
 /// Constant-time equality of two texts (their lengths are not secret), eight bytes at a time:
-/// `subtle` byte by byte costs more than the rest of a remembered verification.
+/// `subtle` byte by byte cost more than the rest of a remembered verification.
 fn same_text(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
+    // Differences gathered eight bytes at a time, without branching on them; `subtle` decides.
     let word = |c: &[u8]| c.iter().rev().fold(0u64, |w, b| w << 8 | u64::from(*b));
     let (mut xs, mut ys) = (a.chunks_exact(8), b.chunks_exact(8));
-    let mut same = Choice::from(1);
+    let mut diff = 0u64;
     for (x, y) in xs.by_ref().zip(ys.by_ref()) {
-        same &= word(x).ct_eq(&word(y));
+        diff |= word(x) ^ word(y);
     }
-    same &= word(xs.remainder()).ct_eq(&word(ys.remainder()));
+    diff |= word(xs.remainder()) ^ word(ys.remainder());
+    let same: Choice = diff.ct_eq(&0);
     same.into()
 }
 

@@ -1,7 +1,7 @@
 //! The verifier: recompute the chain, check every caveat, use every discharge exactly once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use zeroize::Zeroizing;
 
@@ -269,7 +269,7 @@ impl<'k> Verifier<'k> {
         }
         let token = Token::decode(text)?;
         let restrictions = self.verify(&token, &[], ctx)?.restrictions();
-        let out = VerifiedText { token: Arc::new(token), restrictions: Arc::new(restrictions) };
+        let out = VerifiedText::new(token, restrictions);
         if let Some((m, g)) = memo {
             if out.token.caveats().all(|c| matches!(c, Caveat::FirstParty(_))) {
                 m.insert(text, g, &out);

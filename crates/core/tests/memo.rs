@@ -233,3 +233,29 @@ fn the_memo_is_bounded_and_starts_over_when_full() {
     assert!(small.is_empty());
     assert_eq!(format!("{small:?}"), "SignatureMemo(0 entries)");
 }
+
+#[test]
+fn a_rendering_is_kept_with_a_remembered_token_only() {
+    let (keys, secret, kid) = setup();
+    let text = token(&secret, kid, 1, &CAVEATS).encode();
+    let memo = SignatureMemo::default();
+    let v = Verifier::with_keys(&keys).memo(&memo);
+    let renders = std::cell::Cell::new(0);
+    let render = |r: &tessera_core::Restrictions| -> Result<Vec<u8>, ()> {
+        renders.set(renders.get() + 1);
+        Ok(format!("{:?}", r.operations).into_bytes())
+    };
+    for _ in 0..3 {
+        assert_eq!(v.verify_text(&text, &ok_ctx()).unwrap().rendered(render).unwrap(), b"Some([\"read\"])");
+    }
+    assert_eq!(renders.get(), 1);
+    // A failed rendering keeps nothing.
+    let fresh = Verifier::with_keys(&keys).verify_text(&text, &ok_ctx()).unwrap();
+    assert_eq!(fresh.rendered(|_| Err::<Vec<u8>, _>("no")), Err("no"));
+    assert_eq!(fresh.rendered(render).unwrap(), b"Some([\"read\"])");
+    // Without the memo, every verification renders afresh.
+    for _ in 0..2 {
+        Verifier::with_keys(&keys).verify_text(&text, &ok_ctx()).unwrap().rendered(render).unwrap();
+    }
+    assert_eq!(renders.get(), 4);
+}

@@ -209,6 +209,12 @@ pub struct Config {
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
 
+    /// Token texts `/v1/verify` remembers after they verify, so the same token again skips its
+    /// signature chain (caveats and revocation are still checked; any key change forgets them);
+    /// 0 = remember nothing.
+    #[arg(long, env = "TESSERA_VERIFY_MEMO", default_value_t = 65_536)]
+    pub verify_memo: usize,
+
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "TESSERA_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
@@ -263,6 +269,7 @@ impl Config {
             ],
             revoke_unused_after: None,
             rate_limit: 100,
+            verify_memo: 65_536,
             body_limit: 64 * 1024,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,

@@ -162,7 +162,11 @@ impl AppState {
             location,
             limiter: RateLimiter::new(config.rate_limit),
             metrics: Metrics::default(),
-            memo: tessera_core::SignatureMemo::default(),
+            // 512 bytes of text per entry on average before it starts over (tokens are ~250).
+            memo: tessera_core::SignatureMemo::new(
+                config.verify_memo,
+                config.verify_memo.saturating_mul(512),
+            ),
             store,
             config,
         };

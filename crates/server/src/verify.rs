@@ -111,26 +111,32 @@ fn verify_checked(
 ) -> Result<(Vec<u8>, Arc<Restrictions>)> {
     let ctx = context(body.context)?;
     let mut verifier = Verifier::with_keys(keys).service_caveats();
-    let r = if body.discharges.is_empty() {
+    if body.discharges.is_empty() {
         if let Some(memo) = memo {
             verifier = verifier.memo(memo);
         }
-        verifier.verify_text(&body.token, &ctx)?.shared_restrictions()
+        // A remembered token keeps its answer too: it depends on the restrictions alone.
+        let v = verifier.verify_text(&body.token, &ctx)?;
+        Ok((v.rendered(answer)?.to_vec(), v.shared_restrictions()))
     } else {
         let token = decode_token(&body.token)?;
         let discharges = decode_all(&body.discharges)?;
-        Arc::new(verifier.verify(&token, &discharges, &ctx)?.restrictions())
-    };
+        let r = verifier.verify(&token, &discharges, &ctx)?.restrictions();
+        Ok((answer(&r)?, Arc::new(r)))
+    }
+}
+
+/// The JSON answer to a successful verification.
+fn answer(r: &Restrictions) -> Result<Vec<u8>> {
     let out = Verified {
         valid: true,
         subject: r.subject.as_deref(),
         tid: r.tid.map(|t| t.to_string()),
         kid: r.kid.map(|k| k.to_string()),
         claims: r.claims.as_ref().map(CustomClaims::as_map),
-        restrictions: RestrictionsView::new(&r),
+        restrictions: RestrictionsView::new(r),
     };
-    let bytes = serde_json::to_vec(&out).map_err(ApiError::internal)?;
-    Ok((bytes, r))
+    serde_json::to_vec(&out).map_err(ApiError::internal)
 }
 
 pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {

@@ -83,6 +83,14 @@ fn mint_verify_list_revoke() {
         )
         .await;
         assert_problem(&a, StatusCode::FORBIDDEN);
+        // Verified (and so remembered by the signature memo), then presented again: the same
+        // answer; after the revocation below, refused.
+        let ctx42 = json!({"operation": "read", "resource": "issues/42", "client_ip": "10.1.2.3"});
+        let first = verify(&e, &narrow, ctx42.clone()).await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.raw);
+        assert_eq!(verify(&e, &narrow, ctx42.clone()).await.raw, first.raw);
+        assert_eq!(verify(&e, &token, ctx42.clone()).await.raw, ok.raw);
+        assert_eq!(e.state.memo.len(), 2, "the two tokens that verified");
 
         let list = send(&e, auth(TestRequest::get().uri("/v1/tokens?subject=alice"), &e.admin)).await;
         assert_eq!(list.status, StatusCode::OK);
@@ -105,6 +113,7 @@ fn mint_verify_list_revoke() {
         )
         .await;
         assert_problem(&dead, StatusCode::UNAUTHORIZED);
+        assert_problem(&verify(&e, &token, ctx42).await, StatusCode::UNAUTHORIZED);
         let feed = send(&e, TestRequest::get().uri("/v1/revocations?after=0")).await;
         assert_eq!(feed.body["revocations"][0]["id"], tid.as_str());
         // Numbers are the change log's (the first key was entry 1).
@@ -488,4 +497,18 @@ fn openapi_matches_the_routes() {
             assert!(a.status.as_u16() < 500, "{method} {path}: {}", a.raw);
         }
     })
+}
+
+#[test]
+fn verify_memo_zero_remembers_nothing() {
+    run(async {
+        let e = env_with(|c| c.verify_memo = 0);
+        let a = mint(&e, &e.admin, json!({"subject": "alice", "operations": ["read"]})).await;
+        let token = a.body["token"].as_str().unwrap().to_owned();
+        for _ in 0..2 {
+            let ok = verify(&e, &token, json!({"operation": "read"})).await;
+            assert_eq!(ok.status, StatusCode::OK, "{}", ok.raw);
+        }
+        assert!(e.state.memo.is_empty());
+    });
 }

@@ -67,7 +67,7 @@ impl Db {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Narrow a token offline (no key needed) and print the new token.
     Attenuate {
         /// The token (`-` or absent: read standard input).

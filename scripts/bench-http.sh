@@ -70,6 +70,14 @@ mint_body='{"subject":"alice","operations":["read"],"resources":["issues/*"],"cl
 token=$(curl -sf -X POST "http://$tess_addr/v1/tokens" -H "Authorization: Bearer $admin" \
   -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 verify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$token")
+# The same with a budget (far above what wrk can spend): every verification counts it and answers
+# the RateLimit fields.
+rltoken=$(curl -sf -X POST "http://$tess_addr/v1/tokens" -H "Authorization: Bearer $admin" \
+  -H 'Content-Type: application/json' -d "${mint_body%\}},\"rate_limit\":\"1000000000/1h\"}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+rlverify_body=$(printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$rltoken")
+curl -sf -D - -o /dev/null -X POST "http://$tess_addr/v1/verify" -H 'Content-Type: application/json' -d "$rlverify_body" \
+  | grep -qi '^ratelimit-remaining' || { echo "the budgeted token got no RateLimit fields" >&2; exit 1; }
 curl -sf -X POST "http://$tess_addr/v1/verify" -H 'Content-Type: application/json' -d "$verify_body" >/dev/null
 ctoken=$(curl -sf -X POST "http://$cluster_addr/v1/tokens" -H "Authorization: Bearer $cluster_admin" \
   -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
@@ -100,6 +108,7 @@ lua POST "$verify_body" >"$work/parse.lua"
 lua POST "$verify_body" >"$work/verify.lua"
 lua POST "$cverify_body" >"$work/cverify.lua"
 lua POST "$coldverify_body" >"$work/coldverify.lua"
+lua POST "$rlverify_body" >"$work/rlverify.lua"
 lua POST "{\"token\":\"$token\",\"alg\":\"HS256\"}" >"$work/jwt-hs256.lua"
 lua POST "{\"token\":\"$token\",\"alg\":\"ES256\"}" >"$work/jwt-es256.lua"
 lua POST '{"subject":"alice","operations":["read"],"ttl":"1h"}' "$admin" >"$work/mint.lua"
@@ -114,6 +123,7 @@ for round in $(seq "$ROUNDS"); do
   run constant-get "http://$const_addr/constant" "$work/get.lua"
   run constant-post-parse "http://$const_addr/parse" "$work/parse.lua"
   run tessera-verify "http://$tess_addr/v1/verify" "$work/verify.lua"
+  run verify-budgeted-token "http://$tess_addr/v1/verify" "$work/rlverify.lua"
   run verify-no-memo "http://$cold_addr/v1/verify" "$work/coldverify.lua"
   run cluster-node-verify "http://$cluster_addr/v1/verify" "$work/cverify.lua"
   run tessera-mint "http://$tess_addr/v1/tokens" "$work/mint.lua"
@@ -142,6 +152,7 @@ print()
 print("per-round verify / constant GET: " + ", ".join(f"{x:.2f}" for x in ratios))
 print(f"median verify / constant GET = {med['tessera-verify'][0] / med['constant-get'][0]:.2f}; "
       f"verify / constant POST+parse = {med['tessera-verify'][0] / med['constant-post-parse'][0]:.2f}")
+print(f"a token with a rate-limit budget / one without = {med['verify-budgeted-token'][0] / med['tessera-verify'][0]:.2f}")
 print(f"without the signature memo (--verify-memo 0): verify / constant GET = {med['verify-no-memo'][0] / med['constant-get'][0]:.2f}; "
       f"verify / constant POST+parse = {med['verify-no-memo'][0] / med['constant-post-parse'][0]:.2f}")
 print(f"verify on a cluster node (PostgreSQL) / on the redb node = {med['cluster-node-verify'][0] / med['tessera-verify'][0]:.2f}")

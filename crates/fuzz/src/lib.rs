@@ -2,7 +2,7 @@
 //!
 //! A target panics only on a finding: besides "never panics", each one asserts a property of
 //! what it parsed (canonical re-encoding, round trips, folded restrictions that agree with the
-//! caveats checked one by one, an envelope that never allows what its `cap` denies, a verify
+//! caveats checked one by one, a remembered token answering like a fresh one, an envelope that never allows what its `cap` denies, a verify
 //! answer that is well-formed). The cargo-fuzz crate in `fuzz/` runs them under libFuzzer
 //! (`make fuzz`); `tests/replay.rs` runs the committed corpus through them in `make test`.
 //!
@@ -21,7 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use tessera_core::caveat::resource_matches;
 use tessera_core::{
-    envelope, Caveat, Context, Identifier, KeyId, Predicate, Restrictions, RootKey, StaticKeys,
+    envelope, Caveat, Context, Identifier, KeyId, Predicate, Restrictions, RootKey, SignatureMemo, StaticKeys,
 };
 use tessera_core::{Token, TokenId, Verifier};
 use time::OffsetDateTime;
@@ -191,6 +191,29 @@ pub fn caveat(data: &[u8]) {
     for ctx in contexts(&texts) {
         let direct = preds.iter().all(|p| p.check(&ctx).is_ok());
         assert_eq!(folded.check(&ctx).is_ok(), direct, "folded {folded:?} disagrees on {:?}", ctx.resource);
+    }
+    remembered_like_fresh(&texts);
+}
+
+/// A token with `caveats`, verified through a signature memo context after context (a hit once
+/// one succeeded), answers exactly as a fresh verification of it does.
+fn remembered_like_fresh(caveats: &[&str]) {
+    let f = fixture();
+    let mut t = fixture_token(&[]);
+    for c in caveats {
+        match t.attenuate(c) {
+            Ok(next) => t = next,
+            Err(_) => return,
+        }
+    }
+    let text = t.encode();
+    let memo = SignatureMemo::default();
+    let remembering = Verifier::with_keys(&f.keys).service_caveats().memo(&memo);
+    let plain = Verifier::with_keys(&f.keys).service_caveats();
+    for ctx in contexts(caveats) {
+        let fresh = plain.verify(&t, &[], &ctx).map(|v| v.restrictions());
+        let via = remembering.verify_text(&text, &ctx).map(|v| v.restrictions().clone());
+        assert_eq!(via, fresh, "the signature memo disagrees on {ctx:?}");
     }
 }
 

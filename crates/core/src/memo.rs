@@ -11,11 +11,14 @@
 //! - an entry holds the key generation ([`KeyProvider::generation`](crate::KeyProvider)) read
 //!   before its verification started: any key change (rotation, key revocation) makes every
 //!   older entry a miss, and a verification racing with the change cannot outlive it;
+//!   generations come from one process-wide counter ([`new_key_generation`]), so two providers
+//!   sharing a memo never share one;
 //! - tokens with third-party caveats (and requests with discharges) are never remembered.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use subtle::{Choice, ConstantTimeEq};
@@ -133,6 +136,17 @@ fn same_text(a: &[u8], b: &[u8]) -> bool {
     diff |= word(xs.remainder()) ^ word(ys.remainder());
     let same: Choice = diff.ct_eq(&0);
     same.into()
+}
+
+/// A key generation no provider in this process has had: what a [`KeyProvider`] returns from
+/// [`generation`](KeyProvider::generation) after each change of its keys. Values never repeat
+/// (a process-wide counter), so a memo shared by two providers never takes a token one of them
+/// verified for the other's.
+///
+/// [`KeyProvider`]: crate::KeyProvider
+pub fn new_key_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Texts longer than this are not remembered (a typical token is a few hundred bytes).

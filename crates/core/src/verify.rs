@@ -32,8 +32,9 @@ pub trait KeyProvider {
     }
 
     /// A number that changes whenever any key changes (added, rotated, revoked), for the
-    /// [`SignatureMemo`]; `None` (the default) means the provider cannot say, and nothing is
-    /// remembered.
+    /// [`SignatureMemo`]: take each from [`new_key_generation`](crate::new_key_generation), so
+    /// that no two providers ever have the same one. `None` (the default) means the provider
+    /// cannot say, and nothing is remembered.
     fn generation(&self) -> Option<u64> {
         None
     }
@@ -112,7 +113,7 @@ impl StaticKeys {
     pub fn insert(&mut self, kid: KeyId, key: RootKey) {
         self.keys.insert(kid, key);
         self.cache.clear();
-        self.generation += 1;
+        self.generation = crate::memo::new_key_generation();
     }
 }
 

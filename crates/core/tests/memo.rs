@@ -150,6 +150,19 @@ fn a_key_change_makes_every_remembered_token_verify_again() {
     assert_eq!(err, Error::InvalidSignature);
 }
 
+#[test]
+fn a_memo_shared_by_two_providers_never_carries_a_token_across() {
+    let (a, secret, kid) = setup();
+    let mut b = StaticKeys::new();
+    b.insert(kid, RootKey::new(&[0x44; 32]).unwrap());
+    let text = token(&secret, kid, 1, &CAVEATS).encode();
+    let memo = SignatureMemo::default();
+    Verifier::with_keys(&a).memo(&memo).verify_text(&text, &ok_ctx()).unwrap();
+    assert_eq!(memo.len(), 1);
+    let err = Verifier::with_keys(&b).memo(&memo).verify_text(&text, &ok_ctx()).unwrap_err();
+    assert_eq!(err, Error::InvalidSignature);
+}
+
 /// A provider whose families can be revoked while verifiers use it.
 struct Revocable {
     keys: StaticKeys,
@@ -173,7 +186,11 @@ impl KeyProvider for Revocable {
 fn revocation_is_asked_on_every_hit() {
     let (keys, secret, kid) = setup();
     let text = token(&secret, kid, 1, &CAVEATS).encode();
-    let p = Revocable { keys, revoked: RwLock::new(HashSet::new()), generation: Some(7) };
+    let p = Revocable {
+        keys,
+        revoked: RwLock::new(HashSet::new()),
+        generation: Some(tessera_core::new_key_generation()),
+    };
     let memo = SignatureMemo::default();
     let v = Verifier::with_keys(&p).memo(&memo);
     v.verify_text(&text, &ok_ctx()).unwrap();

@@ -71,7 +71,7 @@ impl Memory {
         Memory {
             keys: RwLock::new(HashMap::new()),
             chain_keys: ChainKeyCache::default(),
-            key_generation: AtomicU64::new(0),
+            key_generation: AtomicU64::new(tessera_core::new_key_generation()),
             signing: RwLock::new(Vec::new()),
             apps: RwLock::new(Vec::new()),
             active: RwLock::new(None),
@@ -99,7 +99,7 @@ impl Memory {
         let mut keys_guard = self.keys.write().map_err(|_| Error::Closed)?;
         *keys_guard = keys;
         self.chain_keys.clear();
-        self.key_generation.fetch_add(1, Ordering::AcqRel);
+        self.key_generation.store(tessera_core::new_key_generation(), Ordering::Release);
         *self.active.write().map_err(|_| Error::Closed)? = active;
         Ok(())
     }

@@ -18,18 +18,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tessera_core::{
-    envelope, Context, Identifier, KeyId, RootKey, SignatureMemo, StaticKeys, Token, TokenId, Verifier,
+    envelope, Identifier, KeyId, RootKey, SignatureMemo, StaticKeys, Token, TokenId, Verifier,
 };
+use tessera_peers::{request, KINDS};
 use time::macros::datetime;
 use time::Duration;
-
-const KINDS: [&str; 5] = [
-    "allow read",
-    "resource issues/42",
-    "time-after 2026-01-01T00:00:00Z",
-    "time-before 2030-01-01T00:00:00Z",
-    "client-ip 10.0.0.0/8",
-];
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct JwtClaims {
@@ -74,13 +67,6 @@ fn token_with(s: &Setup, n: usize, claims: Option<&str>) -> Token {
     t
 }
 
-fn ctx() -> Context {
-    Context::at(datetime!(2027-06-01 0:00 UTC))
-        .operation("read")
-        .resource("issues/42")
-        .client_ip("10.1.2.3".parse().expect("ip"))
-}
-
 type HmacSha256 = Hmac<Sha256>;
 
 fn h(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -100,7 +86,7 @@ fn floor_chain(root: &[u8], id: &[u8], caveats: &[&[u8]], sig: &[u8; 32]) -> boo
 
 fn benches(c: &mut Criterion) {
     let s = setup();
-    let ctx = ctx();
+    let ctx = request();
     let verifier = Verifier::with_keys(&s.keys);
 
     let mut g = c.benchmark_group("verify");

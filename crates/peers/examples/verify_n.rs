@@ -5,34 +5,15 @@
 //! `verify_n N memo`: the same through a signature memo (the first call computes the chain, the
 //! others are hits).
 
-use tessera_core::{
-    Context, Identifier, KeyId, RootKey, SignatureMemo, StaticKeys, Token, TokenId, Verifier,
-};
-use time::macros::datetime;
+use tessera_core::{SignatureMemo, Token, TokenId, Verifier};
+use tessera_peers::{five_caveat_token, keys, request};
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let with_memo = std::env::args().nth(2).as_deref() == Some("memo");
-    let secret = RootKey::new(&[0x5a; 32]).expect("key");
-    let kid = KeyId::from_bytes([1; 8]);
-    let id = Identifier::new(kid, TokenId::from_bytes([2; 16]), "alice").expect("id");
-    let mut t = Token::mint_tessera(Some("https://tessera.example"), &secret, &id).expect("mint");
-    for c in [
-        "allow read",
-        "resource issues/42",
-        "time-after 2026-01-01T00:00:00Z",
-        "time-before 2030-01-01T00:00:00Z",
-        "client-ip 10.0.0.0/8",
-    ] {
-        t = t.attenuate(c).expect("attenuate");
-    }
-    let text = t.encode();
-    let mut keys = StaticKeys::new();
-    keys.insert(kid, secret);
-    let ctx = Context::at(datetime!(2027-06-01 0:00 UTC))
-        .operation("read")
-        .resource("issues/42")
-        .client_ip("10.1.2.3".parse().expect("ip"));
+    let (secret, kid, keys) = keys();
+    let text = five_caveat_token(&secret, kid, TokenId::from_bytes([2; 16])).encode();
+    let ctx = request();
     let memo = SignatureMemo::default();
     let mut ok = 0;
     if with_memo {

@@ -40,7 +40,8 @@ pub(crate) struct Memory {
     keys: RwLock<HashMap<KeyId, KeyEntry>>,
     /// Chain keys of recently verified families (cleared whenever the keys change).
     chain_keys: ChainKeyCache,
-    /// Bumped whenever the keys change, under the keys' lock (for the signature memo).
+    /// A fresh generation (`new_key_generation`) whenever the keys change, set under the keys' lock
+    /// (for the signature memo).
     key_generation: AtomicU64,
     signing: RwLock<Vec<SigningEntry>>,
     apps: RwLock<Vec<AppRecord>>,

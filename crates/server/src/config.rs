@@ -231,6 +231,21 @@ pub struct Config {
     /// Worker threads (default: one per core).
     #[arg(long, env = "TESSERA_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Time a client has to send a request's head (method, path, headers) once it connected or
+    /// finished its previous request; slower: 408 and the connection is closed.
+    #[arg(long, env = "TESSERA_HEAD_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub head_timeout: Duration,
+
+    /// Time a client has to send a request's whole body, counted from its head; slower: 408
+    /// and the connection is closed (a body trickled byte by byte holds nothing for longer).
+    #[arg(long, env = "TESSERA_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_timeout: Duration,
+
+    /// Open connections allowed per client address (IPv6 per /64); a connection over it is
+    /// closed as it is accepted. Trusted proxies are not counted. 0 = no cap.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_connections_per_address: usize,
 }
 
 impl Config {
@@ -274,6 +289,9 @@ impl Config {
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,
             workers: None,
+            head_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            max_connections_per_address: 256,
         }
     }
 

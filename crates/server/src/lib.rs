@@ -10,6 +10,7 @@ mod api;
 mod apps;
 mod auth;
 mod config;
+mod conn;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -40,6 +41,7 @@ use tessera_store::{Freshness, Location, MasterKey, PostgresOptions, Store};
 
 pub use auth::{client_ip, DISCHARGE_HEADER};
 pub use config::{Config, DatabaseUrl, ForwardedHeader, JwtAlg};
+pub use conn::ConnectionCap;
 pub use limit::RateLimiter;
 pub use metrics::{Counter, Metrics};
 pub use mint::{mint, MintSpec, Minted};
@@ -215,6 +217,7 @@ fn json_error(err: JsonPayloadError) -> actix_web::Error {
             ApiError::too_large(format!("body is over the limit of {limit} bytes"))
         }
         JsonPayloadError::ContentType => ApiError::unsupported_media(),
+        JsonPayloadError::Payload(p) if conn::is_body_timeout(p) => ApiError::body_timeout(),
         JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid JSON body: {e}")),
         other => ApiError::bad_request(other.to_string()),
     };
@@ -241,7 +244,7 @@ const UNLIMITED: &[&str] =
 /// Rate limiting (every path but [`UNLIMITED`], whatever it routes to) and response counting,
 /// around every request.
 async fn guard(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
@@ -261,6 +264,7 @@ async fn guard(
             state.metrics.observe(e.status().as_u16());
             return Ok(req.into_response(e.error_response()));
         }
+        conn::body_deadline(&mut req, state.config.body_timeout);
     }
     let res = next.call(req).await?.map_into_boxed_body();
     if let Some(state) = state {
@@ -378,8 +382,13 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     let state = opened.state;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let housekeeper = housekeeping::spawn(state.clone(), stop.clone());
+    let cap = ConnectionCap::new(state.config.max_connections_per_address, state.config.trusted_proxies.clone());
+    let head_timeout = state.config.head_timeout;
     let served = actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || app(state.clone()))
+            .on_connect(move |io, ext| cap.on_connect(io, ext))
+            .client_request_timeout(head_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
             .workers(workers)
             .shutdown_timeout(30)
             .listen(listener)?

@@ -47,7 +47,9 @@ impl RateLimiter {
     }
 }
 
-fn bucket_of(ip: IpAddr) -> IpAddr {
+/// The key a client is counted under: its address, IPv6 by /64 (one host usually holds a whole
+/// /64), IPv4-mapped addresses as IPv4.
+pub(crate) fn bucket_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

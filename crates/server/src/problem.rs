@@ -69,6 +69,14 @@ impl ApiError {
     pub fn too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request too large", detail)
     }
+    /// 408: the request body did not arrive within `--body-timeout`.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request timeout",
+            "the request body did not arrive in time (--body-timeout)",
+        )
+    }
     /// 415.
     pub fn unsupported_media() -> Self {
         Self::new(

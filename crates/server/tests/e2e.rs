@@ -28,10 +28,15 @@ impl Drop for Server {
     }
 }
 
-#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
 fn start(data: &Path) -> Server {
+    start_with(data, &[])
+}
+
+#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
+fn start_with(data: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
         .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
         .arg("--data-dir")
         .arg(data)
         .env_remove("TESSERA_MASTER_KEY")
@@ -172,4 +177,63 @@ fn wrong_master_key_refuses_to_start() {
     let bad_flag =
         Command::new(env!("CARGO_BIN_EXE_tessera-server")).args(["--default-ttl", "soon"]).output().unwrap();
     assert_eq!(bad_flag.status.code(), Some(2), "usage errors exit 2");
+}
+
+/// Security review round 3, finding 11: a body trickled byte by byte held its connection open
+/// for as long as the client liked. Now the whole body has `--body-timeout` from the head: the
+/// client gets a 408 (problem+json) and the connection is closed.
+#[test]
+fn a_trickled_body_is_cut_off_at_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), &["--body-timeout", "1s"]);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /v1/verify HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        server.addr
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // Keep trickling, one byte every 200 ms, well past the deadline: it must not matter.
+    let mut t = s.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..40 {
+            if t.write_all(b" ").is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw); // ends when the server closes the connection
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(raw.contains("application/problem+json"), "{raw}");
+    assert!(trickle.join().unwrap(), "the server closed the connection before the trickle ended");
+}
+
+/// Finding 11: a few thousand idle connections from one address exhausted file descriptors.
+/// Connections over `--max-connections-per-address` are closed as they are accepted; a closed
+/// one gives its place back, and the service keeps answering.
+#[test]
+fn connections_over_the_per_address_cap_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), &["--max-connections-per-address", "3", "--head-timeout", "30s"]);
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&server.addr).unwrap()).collect();
+    // The server may need a moment to accept the three before it counts them.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&server.addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let read = extra.read_to_end(&mut buf);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the fourth connection was served: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = http(&server.addr, "GET", "/health", None, None);
+    assert_eq!(status, 200, "{body}");
 }

@@ -1,0 +1,170 @@
+//! Connection limits: a per-address cap on open connections, checked as each connection is
+//! accepted, and a deadline for a request's whole body.
+//!
+//! Without them a client that trickles a body, or opens connections and says nothing, holds a
+//! file descriptor each for as long as it likes: a few thousand from one address exhaust the
+//! process's descriptors. actix-web bounds the request head (`client_request_timeout`) and idle
+//! keep-alive connections; these bound the rest.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::dev::{Extensions, Payload, ServiceRequest};
+use actix_web::HttpMessage as _;
+use actix_web::error::PayloadError;
+use actix_web::web::Bytes;
+use futures_core::Stream;
+use ipnet::IpNet;
+
+use crate::limit::bucket_of;
+
+/// Open connections per client address (IPv6 per /64, like the rate limiter). A connection over
+/// the cap is shut down as it is accepted, before any request is read.
+#[derive(Debug)]
+pub struct ConnectionCap {
+    cap: usize,
+    exempt: Vec<IpNet>,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Held in a connection's data while it is open; gives its place back when actix drops it.
+struct Held {
+    cap: Arc<ConnectionCap>,
+    key: IpAddr,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut open = self.cap.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl ConnectionCap {
+    /// At most `cap` open connections per address (0: no cap); `exempt` networks (the trusted
+    /// proxies, whose connections carry many clients) are not counted.
+    pub fn new(cap: usize, exempt: Vec<IpNet>) -> Arc<Self> {
+        Arc::new(ConnectionCap { cap, exempt, open: Mutex::new(HashMap::new()) })
+    }
+
+    /// Count a connection from `peer`: true when it may stay open. Every call that returns a
+    /// place is released when `ext` (the connection's data) is dropped.
+    fn admit(self: &Arc<Self>, peer: IpAddr, ext: &mut Extensions) -> bool {
+        if self.cap == 0 || self.exempt.iter().any(|n| n.contains(&peer)) {
+            return true;
+        }
+        let key = bucket_of(peer);
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.cap {
+            return false;
+        }
+        *n += 1;
+        drop(open);
+        ext.insert(Held { cap: self.clone(), key });
+        true
+    }
+
+    /// Open connections counted now, across every address (for tests and metrics).
+    pub fn open_connections(&self) -> usize {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().sum()
+    }
+
+    /// The `HttpServer::on_connect` hook: counts the connection, or shuts it down at once when
+    /// its address is over the cap (the client sees the connection closed).
+    pub fn on_connect(self: &Arc<Self>, io: &dyn std::any::Any, ext: &mut Extensions) {
+        let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>() else { return };
+        let Ok(peer) = stream.peer_addr() else { return };
+        if !self.admit(peer.ip(), ext) {
+            let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The error a body that did not arrive in time ends with; [`is_body_timeout`] recognises it.
+fn timed_out() -> PayloadError {
+    PayloadError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "request body took too long"))
+}
+
+/// True for the error of a body that missed its deadline (answered 408).
+pub(crate) fn is_body_timeout(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// A request body that must arrive whole within a deadline counted from when the request head
+/// was read; past it the body ends with a time-out error and the connection is closed.
+struct Deadline {
+    inner: Payload,
+    sleep: Pin<Box<actix_web::rt::time::Sleep>>,
+    done: bool,
+}
+
+impl Stream for Deadline {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(timed_out())));
+        }
+        Poll::Pending
+    }
+}
+
+/// Give the request's body a deadline of `limit` from now.
+pub(crate) fn body_deadline(req: &mut ServiceRequest, limit: Duration) {
+    let inner = req.take_payload();
+    let sleep = Box::pin(actix_web::rt::time::sleep(limit));
+    let stream: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+        Box::pin(Deadline { inner, sleep, done: false });
+    req.set_payload(Payload::from(stream));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_counts_per_address_and_gives_places_back() {
+        let cap = ConnectionCap::new(2, vec!["10.9.0.0/16".parse().unwrap()]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let (mut e1, mut e2, mut e3) = (Extensions::new(), Extensions::new(), Extensions::new());
+        assert!(cap.admit(a, &mut e1));
+        assert!(cap.admit(a, &mut e2));
+        assert!(!cap.admit(a, &mut e3), "a third connection from one address is refused");
+        assert!(cap.admit("192.0.2.2".parse().unwrap(), &mut Extensions::new()), "others are not");
+        drop(e1);
+        assert!(cap.admit(a, &mut e3), "a closed connection gives its place back");
+        // A /64 is one client; trusted proxies are not counted.
+        let mut held = Vec::new();
+        for i in 1..=2u16 {
+            let mut e = Extensions::new();
+            assert!(cap.admit(format!("2001:db8::{i}").parse().unwrap(), &mut e));
+            held.push(e);
+        }
+        assert!(!cap.admit("2001:db8::ffff".parse().unwrap(), &mut Extensions::new()));
+        for _ in 0..10 {
+            let mut e = Extensions::new();
+            assert!(cap.admit("10.9.1.1".parse().unwrap(), &mut e));
+            held.push(e);
+        }
+        drop((e2, e3, held));
+        assert_eq!(cap.open_connections(), 0);
+    }
+}

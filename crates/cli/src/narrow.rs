@@ -49,8 +49,18 @@ pub(crate) fn time_or_duration(text: &str, now: OffsetDateTime) -> Result<Offset
     Ok(now + d)
 }
 
+/// `t` in whole seconds, rounded down: right for an upper bound (`time-before`), which it only
+/// narrows.
 pub(crate) fn rfc3339(t: OffsetDateTime) -> Result<String> {
     Ok(t.replace_nanosecond(0).unwrap_or(t).format(&Rfc3339)?)
+}
+
+/// `t` in whole seconds, rounded up: a lower bound (`time-after`) rounded down would make the
+/// token valid before the holder asked, and a narrowing must never widen.
+fn rfc3339_ceil(t: OffsetDateTime) -> Result<String> {
+    let whole = t.replace_nanosecond(0).unwrap_or(t);
+    let up = if whole == t { whole } else { whole + time::Duration::SECOND };
+    rfc3339(up)
 }
 
 impl Narrow {
@@ -69,7 +79,7 @@ impl Narrow {
         if let Some(t) = &self.not_before {
             let t = OffsetDateTime::parse(t, &Rfc3339)
                 .with_context(|| format!("--not-before \"{t}\" is not RFC 3339"))?;
-            out.push(format!("time-after {}", rfc3339(t)?));
+            out.push(format!("time-after {}", rfc3339_ceil(t)?));
         }
         if let Some(e) = &self.expires {
             out.push(format!("time-before {}", rfc3339(time_or_duration(e, now)?)?));
@@ -84,5 +94,30 @@ impl Narrow {
             Predicate::validate(c.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn narrow_not_before(t: &str) -> Vec<String> {
+        let n = Narrow { not_before: Some(t.into()), ..Narrow::default() };
+        n.caveats(OffsetDateTime::UNIX_EPOCH).unwrap()
+    }
+
+    #[test]
+    fn not_before_with_a_fraction_rounds_up_never_down() {
+        assert_eq!(narrow_not_before("2026-12-05T01:00:41.300Z"), ["time-after 2026-12-05T01:00:42Z"]);
+        assert_eq!(narrow_not_before("2026-12-05T01:00:41.000000001Z"), ["time-after 2026-12-05T01:00:42Z"]);
+        assert_eq!(narrow_not_before("2026-12-31T23:59:59.5Z"), ["time-after 2027-01-01T00:00:00Z"]);
+        // Whole seconds stay as they are.
+        assert_eq!(narrow_not_before("2026-12-05T01:00:41Z"), ["time-after 2026-12-05T01:00:41Z"]);
+    }
+
+    #[test]
+    fn expires_with_a_fraction_rounds_down() {
+        let n = Narrow { expires: Some("2026-12-05T01:00:41.900Z".into()), ..Narrow::default() };
+        assert_eq!(n.caveats(OffsetDateTime::UNIX_EPOCH).unwrap(), ["time-before 2026-12-05T01:00:41Z"]);
     }
 }

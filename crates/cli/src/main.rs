@@ -36,31 +36,62 @@ struct Cli {
     command: Command,
 }
 
-/// Where the local database and its master key are.
+/// Where the database and its master key are: the embedded file (`--db`), or a cluster's
+/// PostgreSQL (`--database`).
 #[derive(clap::Args, Debug)]
 struct Db {
     /// The database file (the service's `<data-dir>/tessera.redb`).
     #[arg(long, global = true, env = "TESSERA_DB", default_value = "./data/tessera.redb")]
     db: PathBuf,
+    /// A cluster's PostgreSQL database instead of the file (`postgres://user:password@host/db`),
+    /// as given to `tessera serve --database`; the master key from TESSERA_MASTER_KEY or
+    /// --master-key-file. The service may keep running: every node follows the change.
+    #[arg(long, global = true, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    database: Option<tessera_server::DatabaseUrl>,
     /// Master key file (default: master.key next to the database); TESSERA_MASTER_KEY wins.
     #[arg(long, global = true, env = "TESSERA_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
 }
 
 impl Db {
+    fn key_path(&self) -> Result<PathBuf> {
+        let path = match (&self.master_key_file, &self.database) {
+            (Some(p), _) => p.clone(),
+            (None, None) => self.db.parent().unwrap_or(Path::new(".")).join("master.key"),
+            (None, Some(_)) if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_some() => PathBuf::new(),
+            (None, Some(_)) => {
+                bail!("--database needs the master key: set TESSERA_MASTER_KEY or --master-key-file")
+            }
+        };
+        if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_none() && !path.exists() {
+            bail!("no master key at {} (and TESSERA_MASTER_KEY is not set)", path.display());
+        }
+        Ok(path)
+    }
+
     fn open(&self) -> Result<Store> {
-        let key_path = self
-            .master_key_file
-            .clone()
-            .unwrap_or_else(|| self.db.parent().unwrap_or(Path::new(".")).join("master.key"));
-        if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_none() && !key_path.exists() {
-            bail!("no master key at {} (and TESSERA_MASTER_KEY is not set)", key_path.display());
+        let given = self.db.to_string_lossy();
+        if given.starts_with("postgres://") || given.starts_with("postgresql://") {
+            // Never echoed: the URL may hold a password.
+            bail!("--db takes the embedded database's file; for PostgreSQL use --database URL");
         }
-        if !self.db.exists() {
-            bail!("no database at {}", self.db.display());
-        }
+        let key_path = self.key_path()?;
         let (master, _) = MasterKey::from_env_or_file(&key_path)?;
-        Ok(Store::open(&self.db, master)?)
+        let Some(url) = &self.database else {
+            if !self.db.exists() {
+                bail!("no database at {}", self.db.display());
+            }
+            return Ok(Store::open(&self.db, master)?);
+        };
+        let location = tessera_store::Location::Postgres {
+            url: url.expose().to_owned(),
+            options: tessera_store::PostgresOptions::default(),
+        };
+        // Whatever the driver says, the password never reaches the terminal.
+        Store::open_at(&location, master, tessera_store::Freshness::default()).map_err(|e| {
+            let said = e.to_string().replace(url.expose(), &url.redacted());
+            anyhow::anyhow!("database {}: {said}", url.redacted())
+        })
     }
 }
 
@@ -268,7 +299,7 @@ fn read_key_file(path: &Path) -> Result<RootKey> {
 }
 
 fn db_of(db: &Path, master_key_file: Option<PathBuf>) -> Db {
-    Db { db: db.to_owned(), master_key_file }
+    Db { db: db.to_owned(), database: None, master_key_file }
 }
 
 fn run(command: Command) -> Result<Result<(), Denied>> {

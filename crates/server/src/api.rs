@@ -241,7 +241,11 @@ pub(crate) fn mint_spec(
     let mut caveats = inherited.caveats;
     caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
     if let Some(budget) = &body.rate_limit {
-        let c = format!("rate-limit {budget}");
+        // Written canonically (`3/120m` is `rate-limit 3/2h`); what does not parse is refused below.
+        let c = match tessera_core::RateLimit::parse(budget) {
+            Some(limit) => format!("rate-limit {limit}"),
+            None => format!("rate-limit {budget}"),
+        };
         tessera_core::Predicate::validate(c.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
         caveats.push(c);
     }
@@ -442,6 +446,42 @@ pub(crate) async fn rotate_keys(state: web::Data<AppState>, req: HttpRequest) ->
     let key = blocking(move || st.store.rotate().map_err(ApiError::from)).await?;
     state.metrics.keys_rotated.inc();
     Ok(HttpResponse::Created().json(key_view(&key)))
+}
+
+/// `POST /v1/keys/{kid}/revoke`: every token the key signed stops verifying, on every node as it
+/// follows the change log. Revoking the active key first makes a new key active, so minting goes
+/// on; revoking the key that signed the caller's own credential is allowed (a compromised key's
+/// admin token is compromised too): `tessera admin-token` makes a new one.
+pub(crate) async fn revoke_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    // The credential first: nothing is said about a key id to a caller who may not revoke keys.
+    authorize(&state, &req, "keys.revoke", None)?;
+    let kid: KeyId = path.parse().map_err(|_| ApiError::bad_request("key id must be 16 hex digits"))?;
+    let st = state.clone();
+    let (rotated_to, entry) = blocking(move || {
+        let known = st.store.list_keys().map_err(ApiError::from)?;
+        let key = known
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| ApiError::not_found(format!("no key {kid}")))?;
+        let rotated_to = match key.state {
+            KeyState::Active => Some(st.store.rotate().map_err(ApiError::from)?.kid),
+            _ => None,
+        };
+        let entry = st.store.revoke_key(kid).map_err(ApiError::from)?;
+        Ok((rotated_to, entry))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "kid": kid.to_string(),
+        "revoked": true,
+        "already_revoked": entry.is_none(),
+        "seq": entry.map(|e| e.seq),
+        "active": rotated_to.map(|k| k.to_string()),
+    })))
 }
 
 pub(crate) async fn envelope_key(

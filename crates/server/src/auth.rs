@@ -2,7 +2,7 @@
 //!
 //! The management API is guarded by Tessera tokens (`Authorization: Bearer <token>`, discharges
 //! in `X-Tessera-Discharge`, comma-separated). A request is checked as the operation it performs
-//! (`tokens.mint`, `tokens.list`, `tokens.revoke`, `keys.list`, `keys.rotate`, `keys.envelope`,
+//! (`tokens.mint`, `tokens.list`, `tokens.revoke`, `keys.list`, `keys.rotate`, `keys.revoke`, `keys.envelope`,
 //! `apps.manage`) on the resource `subjects/<subject>` (or `keys`, `apps`), from the client's
 //! address, now. The admin subject may act for anyone; any other subject only for itself; key
 //! and application management is the admin's alone.
@@ -192,8 +192,6 @@ pub(crate) fn authorize(
         ctx = ctx.client_ip(ip);
     }
     let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
-    // Management calls count against the token's budgets and use it up like verification does.
-    crate::uses::record(state, &v.restrictions())?;
     let admin = claimed.sub == state.config.admin_subject;
     if let Some(area) = admin_area.filter(|_| !admin) {
         return Err(ApiError::forbidden(format!("{area} management is for the admin subject")));
@@ -204,6 +202,9 @@ pub(crate) fn authorize(
             claimed.sub
         )));
     }
+    // Management calls count against the token's budgets (once authorized: a refusal spends
+    // nothing) and use it up like verification does; the answer carries the budget's headers.
+    crate::uses::record_for(state, req, &v.restrictions())?;
     Ok((Caller { token, discharges, tid: claimed.tid, subject: claimed.sub }, target))
 }
 
@@ -230,7 +231,6 @@ pub(crate) fn application(state: &AppState, req: &HttpRequest) -> Result<Option<
         ctx = ctx.client_ip(ip);
     }
     let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
-    crate::uses::record(state, &v.restrictions())?;
     let app = state
         .store
         .app(name)
@@ -239,5 +239,6 @@ pub(crate) fn application(state: &AppState, req: &HttpRequest) -> Result<Option<
     if app.disabled_at.is_some() {
         return Err(ApiError::forbidden(format!("application \"{name}\" is disabled")));
     }
+    crate::uses::record_for(state, req, &v.restrictions())?;
     Ok(Some(app))
 }

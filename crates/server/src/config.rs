@@ -23,11 +23,36 @@ impl std::str::FromStr for DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// The URL with its password replaced by `***`: the only form that may be printed or put in
+    /// an error message.
+    pub fn redacted(&self) -> String {
+        let (base, query) = self.0.split_once('?').map_or((self.0.as_str(), None), |(b, q)| (b, Some(q)));
+        let mut out = match (base.find("://"), base.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let user = base[s + 3..at].split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &base[..s + 3], &base[at..])
+            }
+            _ => base.to_owned(),
+        };
+        // A password may also come as a parameter (`?password=...`).
+        if let Some(q) = query {
+            let params: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            out = format!("{out}?{}", params.join("&"));
+        }
+        out
+    }
+}
+
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let masked =
-            Config { database_url: Some(self.clone()), ..Config::for_data_dir(".") }.database_display();
-        write!(f, "DatabaseUrl({masked:?})")
+        write!(f, "DatabaseUrl({:?})", self.redacted())
     }
 }
 
@@ -304,14 +329,7 @@ impl Config {
     pub fn database_display(&self) -> String {
         match &self.database_url {
             None => self.db_path().display().to_string(),
-            Some(DatabaseUrl(url)) => match (url.find("://"), url.rfind('@')) {
-                (Some(s), Some(at)) if at > s => {
-                    let creds = &url[s + 3..at];
-                    let user = creds.split(':').next().unwrap_or("");
-                    format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-                }
-                _ => url.clone(),
-            },
+            Some(url) => url.redacted(),
         }
     }
 
@@ -346,5 +364,14 @@ mod tests {
         let shown = format!("{c:?} {}", c.database_display());
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         assert!(shown.contains("postgres://tessera:***@db.internal:5432/tessera"), "{shown}");
+        for url in [
+            "postgres://db.internal/tessera?user=t&password=s3cret-pw",
+            "postgres://t@db.internal/tessera?sslmode=require&password=s3cret-pw",
+            "postgres://t:s3cret-pw@db.internal/tessera?sslmode=require",
+        ] {
+            let shown = DatabaseUrl(url.into()).redacted();
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+            assert!(shown.contains("db.internal/tessera"), "{shown}");
+        }
     }
 }

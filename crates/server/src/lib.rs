@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/keys"),
     ("post", "/v1/keys/rotate"),
     ("get", "/v1/keys/{kid}/envelope-key"),
+    ("post", "/v1/keys/{kid}/revoke"),
     ("get", "/v1/revocations"),
     ("get", "/.well-known/jwks.json"),
     ("get", "/.well-known/openid-configuration"),
@@ -241,8 +242,8 @@ async fn method_not_allowed() -> actix_web::HttpResponse {
 const UNLIMITED: &[&str] =
     &["/health", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
-/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to) and response counting,
-/// around every request.
+/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
+/// budget headers of management calls (`uses::add_headers`), around every request.
 async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -266,7 +267,8 @@ async fn guard(
         }
         conn::body_deadline(&mut req, state.config.body_timeout);
     }
-    let res = next.call(req).await?.map_into_boxed_body();
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    uses::add_headers(&mut res);
     if let Some(state) = state {
         state.metrics.observe(res.status().as_u16());
     }
@@ -308,6 +310,7 @@ pub fn app(
         .service(resource("/v1/keys").route(web::get().to(api::list_keys)))
         .service(resource("/v1/keys/rotate").route(web::post().to(api::rotate_keys)))
         .service(resource("/v1/keys/{kid}/envelope-key").route(web::get().to(api::envelope_key)))
+        .service(resource("/v1/keys/{kid}/revoke").route(web::post().to(api::revoke_key)))
         .service(resource("/v1/revocations").route(web::get().to(api::revocations)))
         .service(resource("/.well-known/jwks.json").route(web::get().to(jwt::jwks)))
         .service(resource("/.well-known/openid-configuration").route(web::get().to(jwt::discovery)))

@@ -322,3 +322,57 @@ fn a_leaked_token_is_refused_for_another_requester() {
         assert_eq!(without.status, StatusCode::OK, "no subject named: no binding");
     })
 }
+
+/// Security review round 3, finding 13: a compromised root key could only be rotated while its
+/// tokens kept verifying; there was no HTTP route to revoke it. `POST /v1/keys/{kid}/revoke` is
+/// the admin's (`keys.revoke`); revoking the active key makes a new one active first.
+#[test]
+fn a_root_key_is_revoked_over_http() {
+    run(async {
+        let e = env();
+        let alice_token = alice(&e).await;
+        // Rotate so the admin's own token is signed by a key that is not the one revoked.
+        let rotated = send(&e, auth(TestRequest::post().uri("/v1/keys/rotate"), &e.admin)).await;
+        assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.raw);
+        let kid = rotated.body["kid"].as_str().unwrap().to_owned();
+        let victim = mint_ok(&e, &e.admin, json!({"subject": "bob", "operations": ["read"]})).await;
+        let ctx = json!({"operation": "read", "resource": "x"});
+        assert_eq!(verify(&e, &victim, ctx.clone()).await.status, StatusCode::OK);
+
+        let path = format!("/v1/keys/{kid}/revoke");
+        // Only the admin; nothing is said about the id before the credential is checked.
+        assert_problem(&send(&e, TestRequest::post().uri(&path)).await, StatusCode::UNAUTHORIZED);
+        assert_problem(
+            &send(&e, auth(TestRequest::post().uri(&path), &alice_token)).await,
+            StatusCode::FORBIDDEN,
+        );
+        let bad = send(&e, auth(TestRequest::post().uri("/v1/keys/xyz/revoke"), &e.admin)).await;
+        assert_problem(&bad, StatusCode::BAD_REQUEST);
+        let unknown =
+            send(&e, auth(TestRequest::post().uri("/v1/keys/00112233445566ff/revoke"), &e.admin)).await;
+        assert_problem(&unknown, StatusCode::NOT_FOUND);
+
+        let r = send(&e, auth(TestRequest::post().uri(&path), &e.admin)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+        assert_eq!(r.body["already_revoked"], false);
+        let active = r.body["active"].as_str().expect("the active key was replaced").to_owned();
+        assert_ne!(active, kid);
+        assert_problem(&verify(&e, &victim, ctx.clone()).await, StatusCode::UNAUTHORIZED);
+        // Minting goes on under the new active key.
+        let a = mint(&e, &e.admin, json!({"subject": "carol"})).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
+        assert_eq!(a.body["kid"], active.as_str());
+        let keys = send(&e, auth(TestRequest::get().uri("/v1/keys"), &e.admin)).await;
+        let state = keys.body["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).unwrap()
+            ["state"]
+            .clone();
+        assert_eq!(state, "revoked");
+        // The revocation feed names the key; a second revoke changes nothing.
+        let feed = send(&e, auth(TestRequest::get().uri("/v1/revocations"), &e.admin)).await;
+        assert!(feed.raw.contains(&kid), "{}", feed.raw);
+        let again = send(&e, auth(TestRequest::post().uri(&path), &e.admin)).await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.raw);
+        assert_eq!(again.body["already_revoked"], true);
+        assert!(again.body["active"].is_null());
+    })
+}

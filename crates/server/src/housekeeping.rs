@@ -4,6 +4,7 @@
 //! signed, with retries and backoff), and, with `--revoke-unused-after`, the revocation of unused
 //! tokens.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use actix_web::web;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
+use tessera_core::TokenId;
 use tessera_store::{Notice, TokenRecord};
 use zeroize::Zeroizing;
 
@@ -257,17 +259,46 @@ fn send(notifier: &Notifier, body: &str, id: &str) -> bool {
 }
 
 fn revoke_unused(state: &AppState, cutoff: i64, round: &mut Round) {
-    let unused = match state.store.tokens_unused_since(cutoff) {
+    // Every unrevoked token: an unrevoked token's ancestors are all unrevoked (revocation is
+    // transitive), so each one's parent chain is in here.
+    let all = match state.store.tokens_unused_since(i64::MAX) {
         Ok(u) => u,
         Err(e) => return eprintln!("tessera: housekeeping: unused tokens: {e}"),
     };
-    // The admin's own tokens are kept: revoking them could lock the operator out.
-    for r in unused.into_iter().filter(|r| r.subject != state.config.admin_subject) {
-        match state.store.revoke_token(r.tid) {
+    for tid in unused_families(&all, cutoff, &state.config.admin_subject) {
+        match state.store.revoke_token(tid) {
             Ok(entries) => round.revoked += entries.len(),
-            Err(e) => eprintln!("tessera: housekeeping: revoking unused {}: {e}", r.tid),
+            Err(e) => eprintln!("tessera: housekeeping: revoking unused {tid}: {e}"),
         }
     }
+}
+
+/// The tops of the families nobody used: a token is unused when neither it nor any descendant was
+/// used (or, never used, created) at or after `cutoff`. Revoking a parent revokes its children,
+/// so a parent one of whose descendants is in use is kept, and only the topmost unused token of
+/// each unused subtree is named (its descendants go with it). The admin's tokens are kept:
+/// revoking them could lock the operator out. Linear in the number of tokens.
+fn unused_families(all: &[TokenRecord], cutoff: i64, admin: &str) -> Vec<TokenId> {
+    let parent_of: HashMap<TokenId, Option<TokenId>> = all.iter().map(|r| (r.tid, r.parent)).collect();
+    let mut in_use: HashSet<TokenId> = HashSet::new();
+    for r in all.iter().filter(|r| r.last_used.unwrap_or(r.created) >= cutoff) {
+        // Mark the token and its ancestors; stop where an earlier walk already did.
+        let mut at = Some(r.tid);
+        while let Some(tid) = at {
+            if !in_use.insert(tid) {
+                break;
+            }
+            at = parent_of.get(&tid).copied().flatten();
+        }
+    }
+    let kept: HashSet<TokenId> = all.iter().filter(|r| r.subject == admin).map(|r| r.tid).collect();
+    let revoked = |tid: &TokenId| parent_of.contains_key(tid) && !in_use.contains(tid) && !kept.contains(tid);
+    all.iter()
+        .filter(|r| revoked(&r.tid))
+        // A child of a revoked parent goes with it.
+        .filter(|r| !r.parent.is_some_and(|p| revoked(&p)))
+        .map(|r| r.tid)
+        .collect()
 }
 
 /// Run rounds every `--housekeeping-interval` until `stop`; a last flush of uses at the end.

@@ -234,3 +234,35 @@ fn a_webhook_needs_a_real_secret() {
     c.notify_webhook = Some("ftp://x".into());
     assert!(AppState::open(c).err().unwrap().to_string().contains("http"));
 }
+
+/// Security review round 3, finding 10: `--revoke-unused-after` revoked an unused parent and the
+/// revocation cascaded to its children in daily use (a child verified every 0.3 s died). A
+/// family is unused only if no member of it (the token, its attenuations, every descendant) was
+/// used or created within the period; an idle family beside it still goes.
+#[test]
+fn revoke_unused_keeps_a_family_whose_descendant_is_in_use() {
+    run(async {
+        let e = env_with(|c| c.revoke_unused_after = Some(std::time::Duration::from_secs(1)));
+        let parent = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "kim", "operations": ["read", "tokens.mint"], "ttl": "1d"}),
+        )
+        .await;
+        let child = mint_ok(&e, &parent, json!({"subject": "kim", "ttl": "1h"})).await;
+        let grandchild = mint_ok(&e, &child, json!({"subject": "kim", "ttl": "1h"})).await;
+        let idle = mint_ok(&e, &e.admin, json!({"subject": "kim", "ttl": "1d"})).await;
+        // Times are whole seconds: the parent and the idle token are now older than the period.
+        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        assert_eq!(verify(&e, &grandchild, json!({"operation": "read"})).await.status, StatusCode::OK);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let round = tick(&e.state, now);
+        assert!(round.flushed >= 1, "{round:?}");
+        for (name, token) in [("parent", &parent), ("child", &child), ("grandchild", &grandchild)] {
+            let a = verify(&e, token, json!({"operation": "read"})).await;
+            assert_eq!(a.status, StatusCode::OK, "{name} of a family in use was revoked: {}", a.raw);
+        }
+        assert_problem(&verify(&e, &idle, json!({})).await, StatusCode::UNAUTHORIZED);
+        assert!(round.revoked >= 1, "{round:?}");
+    })
+}

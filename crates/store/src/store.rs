@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     /// Last uses not yet written (flushed in batches).
     pub(crate) touched: Mutex<std::collections::HashMap<TokenId, i64>>,
     freshness: Freshness,
+    /// Shared with the writer: token records its revocation walks visited.
+    visits: Arc<std::sync::atomic::AtomicU64>,
     tx: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
@@ -134,7 +136,13 @@ impl Store {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Job>();
         let mut threads = Vec::new();
-        let writer = Writer { backend: Arc::clone(&backend), follower: Arc::clone(&follower), master };
+        let visits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = Writer {
+            backend: Arc::clone(&backend),
+            follower: Arc::clone(&follower),
+            master,
+            visits: Arc::clone(&visits),
+        };
         threads.push(spawn("tessera-store-writer", move || writer.run(rx))?);
         if backend.shared() {
             let follow_stop = Arc::clone(&stop);
@@ -156,6 +164,7 @@ impl Store {
                 rates: crate::usage::Rates::default(),
                 touched: Mutex::new(std::collections::HashMap::new()),
                 freshness,
+                visits,
                 tx: Mutex::new(Some(tx)),
                 threads: Mutex::new(threads),
                 stop,
@@ -500,6 +509,14 @@ impl Store {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// How many token records this store's revocation walks have visited since it opened: the
+    /// work revocations cost, counted so tests can hold it to the number of tokens revoked
+    /// (not a stable API).
+    #[doc(hidden)]
+    pub fn revocation_visits(&self) -> u64 {
+        self.inner.visits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a token family is revoked (in-memory set, O(1)).

@@ -5,6 +5,7 @@
 //! backend's [`Tx`] primitives.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -125,6 +126,9 @@ pub(crate) struct Writer {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) follower: Arc<Follower>,
     pub(crate) master: MasterKey,
+    /// Token records visited by revocation walks, ever (the work a revocation costs, counted
+    /// for tests: [`crate::Store::revocation_visits`]).
+    pub(crate) visits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -233,7 +237,7 @@ impl Writer {
     }
 
     /// Revoke the family `tid` and, breadth first, every family minted from it.
-    fn revoke_family(tx: &mut dyn Tx, tid: &TokenId, at: i64) -> Result<Vec<Revocation>> {
+    fn revoke_family(&self, tx: &mut dyn Tx, tid: &TokenId, at: i64) -> Result<Vec<Revocation>> {
         if tx.token(tid)?.is_none() {
             return Err(Error::UnknownToken(*tid));
         }
@@ -241,6 +245,7 @@ impl Writer {
         let mut queue = VecDeque::from([*tid]);
         let mut seen = HashSet::from([*tid]);
         while let Some(t) = queue.pop_front() {
+            self.visits.fetch_add(1, Ordering::Relaxed);
             if let Some(entry) = Self::revoke_one(tx, &t, at)? {
                 entries.push(entry);
             }
@@ -255,6 +260,7 @@ impl Writer {
 
     /// Revoke every refresh token family of a session, and the session.
     fn end_session(
+        &self,
         tx: &mut dyn Tx,
         sid: &SessionId,
         s: &mut StoredSession,
@@ -262,7 +268,7 @@ impl Writer {
     ) -> Result<Vec<Revocation>> {
         let mut entries = Vec::new();
         for tid in s.refreshes.clone() {
-            entries.extend(Self::revoke_family(tx, &tid, at)?);
+            entries.extend(self.revoke_family(tx, &tid, at)?);
         }
         s.revoked_at = Some(at);
         tx.put_session(sid, s)?;
@@ -395,7 +401,7 @@ impl Writer {
                 out.push(stored.info(&kid));
                 Ok(Done::Signing(out))
             }
-            Op::RevokeToken(tid) => Self::revoke_family(tx, tid, at).map(Done::Revocations),
+            Op::RevokeToken(tid) => self.revoke_family(tx, tid, at).map(Done::Revocations),
             Op::CreateApp { app, credential, keys } => {
                 tx.append(at, Event::Apps)?;
                 let apps = tx.apps()?;
@@ -440,7 +446,7 @@ impl Writer {
                 if stored.disabled_at.is_none() {
                     stored.disabled_at = Some(at);
                     tx.put_app(name, &stored)?;
-                    Self::revoke_family(tx, &TokenId::from_bytes(stored.credential), at)?;
+                    self.revoke_family(tx, &TokenId::from_bytes(stored.credential), at)?;
                 }
                 Ok(Done::App(Box::new(stored.into_record(name.clone()))))
             }
@@ -484,7 +490,7 @@ impl Writer {
                     Some(_) => {
                         // Reuse: whoever holds a spent token may have stolen it. Everything goes,
                         // and this commits (the answer is an error to the caller, not to the batch).
-                        Self::end_session(tx, sid, &mut s, at)?;
+                        self.end_session(tx, sid, &mut s, at)?;
                         Ok(Done::Refreshed(Refreshed::ReuseDetected))
                     }
                     None => Err(Error::NotThisSession(sid.to_string())),
@@ -515,7 +521,7 @@ impl Writer {
                 if s.revoked_at.is_some() {
                     return Ok(Done::Revocations(Vec::new()));
                 }
-                Self::end_session(tx, sid, &mut s, at).map(Done::Revocations)
+                self.end_session(tx, sid, &mut s, at).map(Done::Revocations)
             }
         }
     }

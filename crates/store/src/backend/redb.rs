@@ -529,7 +529,7 @@ mod tests {
         let backend = Arc::new(RedbBackend::open(&dir.path().join("t.redb"), &master).unwrap());
         let mem = Arc::new(Memory::new());
         let follower = Arc::new(Follower::new(backend.clone(), mem.clone(), master.clone()));
-        let w = Writer { backend: backend.clone(), follower, master };
+        let w = Writer { backend: backend.clone(), follower, master, visits: Default::default() };
 
         let kid = KeyId::generate().unwrap();
         let (add, rx) = job(Op::AddKey {

@@ -15,8 +15,10 @@ use tessera_core::{Context, Verifier};
 use time::OffsetDateTime;
 
 use crate::api::{blocking, check_subject, decode_token, lifetime, restriction_caveats};
-use crate::auth::{authorize, client_ip_of};
-use crate::mint::{build, inheritance, mint, time_and_network_bounds, Inheritance, MintSpec};
+use crate::auth::{authorize, client_ip_of, Caller};
+use crate::mint::{
+    added_by_holder, build, inheritance, mint, time_and_network_bounds, Inheritance, MintSpec,
+};
 use crate::problem::ApiError;
 use crate::sessions::{plan, start, NewSessionRequest, Strategy};
 use crate::AppState;
@@ -62,8 +64,13 @@ pub(crate) struct NewLinkRequest {
 #[derive(Serialize, Deserialize)]
 struct Grant {
     issue: Issue,
-    /// Every caveat the product carries: the creator's, then the requested ones.
+    /// Every caveat the product carries: the creator's, then the requested ones (then, at
+    /// redemption, those the link's holder added).
     caveats: Vec<String>,
+    /// The creator's token is revocable, so a token the link gives is too (carries the service's
+    /// `not-revoked` ticket). Absent in links made before it was kept: they live 15 min at most.
+    #[serde(default)]
+    revocable: bool,
     /// Token life in seconds (`issue: token`).
     token_ttl: u64,
     strategy: Option<Strategy>,
@@ -93,11 +100,14 @@ pub(crate) async fn create(
     let grant = Grant {
         issue: body.issue,
         caveats,
+        revocable: inherited.revocable,
         token_ttl: token_ttl.as_secs(),
         strategy: body.strategy,
         description: body.description,
     };
     // The link itself may only be redeemed, once, soon, from where the creator's token may be used.
+    // It carries no ticket: only this service accepts it, and it checks revocation on every use
+    // (the link is recorded as the creator's child, so it dies with the creator's token).
     let mut link_caveats = time_and_network_bounds(&inherited.caveats);
     link_caveats.push("allow links.redeem".into());
     link_caveats.push("once".into());
@@ -133,6 +143,12 @@ pub(crate) async fn create(
     })))
 }
 
+/// What a redemption will issue, checked, before the link is used up.
+enum Product {
+    Session(Box<(tessera_core::SessionId, tessera_store::SessionRecord, MintSpec)>),
+    Token(MintSpec),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedeemRequest {
@@ -155,33 +171,33 @@ pub(crate) async fn redeem(
     let (Some(tid), true) = (r.tid, r.once) else {
         return Err(ApiError::bad_request("not a link token (it is not single-use)"));
     };
+    let id = token.tessera_identifier().ok_or_else(|| ApiError::unauthorized("not a Tessera token"))?;
+    let presented = Caller { token: token.clone(), discharges: Vec::new(), tid, subject: id.sub.clone() };
     let st = state.clone();
-    let grant = blocking(move || {
-        let grant = st
-            .store
-            .token(&tid)?
-            .and_then(|rec| rec.grant)
-            .ok_or_else(|| ApiError::bad_request("this token was not minted as a link"))?;
-        // The one use, exactly once across the cluster: a second redemption stops here.
-        crate::uses::record(&st, &r)?;
-        Ok(grant)
+    let (grant, added) = blocking(move || {
+        let record = st.store.token(&tid)?;
+        let Some((recorded, Some(grant))) = record.map(|rec| (rec.caveats, rec.grant)) else {
+            return Err(ApiError::bad_request("this token was not minted as a link"));
+        };
+        // What the holder added to the link binds what it gives (or, when it cannot be
+        // copied, refuses the redemption before the link is used up).
+        Ok((grant, added_by_holder(&st.store, &presented, &recorded)?))
     })
     .await?;
     let grant: Grant = serde_json::from_str(&grant).map_err(ApiError::internal)?;
-    let id = token.tessera_identifier().ok_or_else(|| ApiError::unauthorized("not a Tessera token"))?;
-    let inherited = Inheritance { caveats: grant.caveats, revocable: false, claims: id.claims };
-    match grant.issue {
+    let mut caveats = grant.caveats;
+    caveats.extend(added);
+    let inherited = Inheritance { caveats, revocable: grant.revocable, claims: id.claims };
+    // Everything is checked before the one use is taken: a refusal leaves the link unspent.
+    let product = match grant.issue {
         Issue::Session => {
             let body = NewSessionRequest { strategy: grant.strategy, ..NewSessionRequest::default() };
-            let (sid, record, spec) = plan(&state, body, id.sub, inherited, Some(tid), false)?;
-            let mut out = start(state, sid, record, spec).await?;
-            out["issued"] = json!("session");
-            Ok(HttpResponse::Ok().json(out))
+            Product::Session(Box::new(plan(&state, body, id.sub, inherited, Some(tid), false)?))
         }
         Issue::Token => {
             let expires = OffsetDateTime::now_utc()
                 + time::Duration::seconds(i64::try_from(grant.token_ttl).unwrap_or(i64::MAX / 2));
-            let spec = MintSpec {
+            Product::Token(MintSpec {
                 subject: id.sub,
                 description: if grant.description.is_empty() {
                     "from a single-use link".into()
@@ -190,10 +206,23 @@ pub(crate) async fn redeem(
                 },
                 caveats: inherited.caveats,
                 expires: Some(expires),
-                revocable: false,
+                revocable: inherited.revocable,
                 parent: Some(tid),
                 claims: inherited.claims,
-            };
+            })
+        }
+    };
+    // The one use, exactly once across the cluster: a second redemption stops here.
+    let st = state.clone();
+    blocking(move || crate::uses::record(&st, &r).map(drop)).await?;
+    match product {
+        Product::Session(planned) => {
+            let (sid, record, spec) = *planned;
+            let mut out = start(state, sid, record, spec).await?;
+            out["issued"] = json!("session");
+            Ok(HttpResponse::Ok().json(out))
+        }
+        Product::Token(spec) => {
             let st = state.clone();
             let minted =
                 blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;

@@ -167,6 +167,22 @@ pub(crate) fn inheritance(store: &Store, caller: &Caller) -> Result<Inheritance,
     Ok(Inheritance { caveats, revocable, claims })
 }
 
+/// The caveats the holder of `presented`, a credential this service minted with the first-party
+/// caveats `recorded` for one purpose (a link token, a refresh token), added to it since: read
+/// through [`inheritance`], so that what it is redeemed for keeps them (../shared/DESIGN.md
+/// section 16) and a condition that cannot be copied refuses the redemption (403).
+pub(crate) fn added_by_holder(
+    store: &Store,
+    presented: &Caller,
+    recorded: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let all = inheritance(store, presented)?.caveats;
+    // A verified token begins with what was minted: attenuation only appends.
+    all.strip_prefix(recorded)
+        .map(<[String]>::to_vec)
+        .ok_or_else(|| ApiError::unauthorized("the token does not begin with the caveats it was issued with"))
+}
+
 /// The caveats of `caveats` that bound time and network only (`time-before`, `time-after`,
 /// `client-ip`): what a token that can do one thing (refresh a session, redeem a link) keeps of
 /// its creator's, so it never outlives it or works from elsewhere.

@@ -19,9 +19,9 @@ use tessera_store::{AppRecord, Refreshed, SessionRecord, TokenRecord};
 use time::OffsetDateTime;
 
 use crate::api::{blocking, check_subject, claims_for, decode_token, lifetime, restriction_caveats};
-use crate::auth::{authenticate, authorize, client_ip_of};
+use crate::auth::{authenticate, authorize, client_ip_of, Caller};
 use crate::jwt::{algorithm, narrow_to, signing_key};
-use crate::mint::{build, inheritance, time_and_network_bounds, Inheritance, MintSpec};
+use crate::mint::{added_by_holder, build, inheritance, time_and_network_bounds, Inheritance, MintSpec};
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -58,6 +58,64 @@ impl Strategy {
             _ => Strategy::NoRefresh,
         }
     }
+
+    /// How far renewals may extend a session: `noRefresh` never issues a new refresh token (the
+    /// session ends with its refresh token), `refreshOnExpire` only near the end of one,
+    /// `refreshBoth` at every renewal. Lower is stricter.
+    fn looseness(self) -> u8 {
+        match self {
+            Strategy::NoRefresh => 0,
+            Strategy::RefreshOnExpire => 1,
+            Strategy::RefreshBoth => 2,
+        }
+    }
+
+    /// The stricter of the two.
+    fn stricter(self, other: Strategy) -> Strategy {
+        if other.looseness() < self.looseness() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// `self` when it is as strict as `policy` (the session's, its application's or a
+    /// template's) or stricter; a looser request is refused (403): the requester may give up
+    /// renewals, never add them.
+    pub(crate) fn within(self, policy: Strategy, whose: &str) -> Result<Strategy> {
+        if self.looseness() > policy.looseness() {
+            return Err(ApiError::forbidden(format!(
+                "strategy {} is looser than {whose}'s {}: a request may only choose a strategy as strict \
+                 or stricter (noRefresh, then refreshOnExpire, then refreshBoth)",
+                self.name(),
+                policy.name()
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// Refuse caveats the session's access tokens (JWTs) could not carry: `once` and `rate-limit`
+/// (only the service counts uses; a JWT could be replayed past them) and application-defined
+/// ones (a JWT verifier would not know them). Checked before anything is written.
+fn access_tokens_can_carry(caveats: &[String]) -> Result<()> {
+    let mut r = Restrictions::default();
+    for c in caveats {
+        r.add(&Predicate::parse(c.as_bytes())?);
+    }
+    let mut cannot: Vec<String> = r.other;
+    if r.once {
+        cannot.push("once".into());
+    }
+    cannot.extend(r.rate_limits.iter().map(|l| format!("rate-limit {l}")));
+    if cannot.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "a session's access tokens are JWTs, which cannot carry {}: only the service counts uses, \
+         and a JWT verifier knows no application-defined caveat",
+        cannot.join(", ")
+    )))
 }
 
 #[derive(Deserialize, Default)]
@@ -119,13 +177,19 @@ pub(crate) fn plan(
         state.config.session_refresh_ttl,
         state.config.max_ttl,
     )?;
-    let strategy = body
-        .strategy
-        .or_else(|| app.as_ref().and_then(|a| a.refresh_strategy.as_deref()).map(Strategy::from_name))
-        .unwrap_or(Strategy::NoRefresh);
+    let app_policy = app.as_ref().and_then(|a| a.refresh_strategy.as_deref()).map(Strategy::from_name);
+    let strategy = match (body.strategy, app_policy, &app) {
+        (Some(asked), Some(policy), Some(app)) => {
+            asked.within(policy, &format!("application \"{}\"", app.name))?
+        }
+        (Some(asked), _, _) => asked,
+        (None, Some(policy), _) => policy,
+        (None, None, _) => Strategy::NoRefresh,
+    };
     let claims = claims_for(body.claims, inherited.claims, may_set_claims)?;
     let mut caveats = inherited.caveats;
     caveats.extend(restriction_caveats(&body.operations, &body.resources, &body.client_ips)?);
+    access_tokens_can_carry(&caveats)?;
     let sid = SessionId::generate()?;
     // The refresh token keeps the creator's time and network bounds; what it may do is refresh.
     let mut refresh_caveats = time_and_network_bounds(&caveats);
@@ -147,14 +211,16 @@ pub(crate) fn plan(
         spent: Vec::new(),
         revoked_at: None,
     };
-    let spec = refresh_spec(&record, sid, refresh_ttl, parent)?;
+    let spec = refresh_spec(&record, sid, &[], refresh_ttl, parent)?;
     Ok((sid, record, spec))
 }
 
-/// The mint spec of a refresh token of `session`.
+/// The mint spec of a refresh token of `session`: its refresh caveats, then `held` (what
+/// holders added to the refresh tokens before it), then its own expiry.
 fn refresh_spec(
     session: &SessionRecord,
     sid: SessionId,
+    held: &[String],
     ttl: Duration,
     parent: Option<TokenId>,
 ) -> Result<MintSpec> {
@@ -163,7 +229,7 @@ fn refresh_spec(
     Ok(MintSpec {
         subject: session.subject.clone(),
         description: format!("refresh token of session {sid}"),
-        caveats: session.refresh_caveats.clone(),
+        caveats: session.refresh_caveats.iter().chain(held).cloned().collect(),
         expires: Some(expires),
         revocable: false,
         parent,
@@ -171,12 +237,14 @@ fn refresh_spec(
     })
 }
 
-/// An access token of the session, now: the session's caveats (and its application's limits)
-/// folded, `sid`, a fresh `jti`, signed in the session's algorithm.
+/// An access token of the session, now: the session's caveats, then `held` (what holders added to
+/// the refresh token presented and to those before it), and its application's limits, folded;
+/// `sid`, a fresh `jti`, signed in the session's algorithm.
 fn access_token(
     state: &AppState,
     sid: SessionId,
     s: &SessionRecord,
+    held: &[String],
     root_kid: tessera_core::KeyId,
 ) -> Result<Value> {
     let alg = algorithm(&s.alg)?;
@@ -188,7 +256,7 @@ fn access_token(
         claims: s.claims.as_deref().map(CustomClaims::from_json).transpose()?,
         ..Restrictions::default()
     };
-    for c in &s.caveats {
+    for c in s.caveats.iter().chain(held) {
         r.add(&Predicate::parse(c.as_bytes())?);
     }
     if let Some(app) = &app {
@@ -233,7 +301,7 @@ pub(crate) async fn start(
         Ok((token, new, session))
     })
     .await?;
-    let mut out = access_token(&state, sid, &session, new.kid)?;
+    let mut out = access_token(&state, sid, &session, &[], new.kid)?;
     out["session_id"] = json!(sid.to_string());
     out["refresh_token"] = json!(refresh.encode());
     out["refresh_expires"] = json!(new.expires.and_then(crate::api::rfc3339));
@@ -287,6 +355,43 @@ fn session_of(token: &Token) -> Result<SessionId> {
         .ok_or_else(|| ApiError::unauthorized("not a refresh token (it names no session)"))
 }
 
+fn not_this_session() -> ApiError {
+    ApiError::unauthorized("not a refresh token of this session")
+}
+
+/// What holders added to the refresh token `record` (it was minted as the session's refresh
+/// caveats, the caveats carried from its predecessors, then its own expiry) and to the refresh
+/// tokens before it: the carried ones, then `added` (those on the token as presented).
+fn held_caveats(session: &SessionRecord, record: &TokenRecord, added: Vec<String>) -> Result<Vec<String>> {
+    let carried = record
+        .caveats
+        .strip_prefix(session.refresh_caveats.as_slice())
+        .and_then(<[String]>::split_last)
+        .filter(|(expiry, _)| expiry.starts_with("time-before "))
+        .map(|(_, carried)| carried)
+        .ok_or_else(not_this_session)?;
+    Ok(carried.iter().cloned().chain(added).collect())
+}
+
+/// The strategy of a renewal: the request's, when it is as strict as the session's and its
+/// application's or stricter; else the stricter of those two.
+fn strategy_for(state: &AppState, session: &SessionRecord, asked: Option<Strategy>) -> Result<Strategy> {
+    let own = Strategy::from_name(&session.strategy);
+    let app = session
+        .app
+        .as_deref()
+        .and_then(|name| state.store.app(name))
+        .and_then(|a| a.refresh_strategy.as_deref().map(Strategy::from_name).map(|p| (a.name, p)));
+    let Some(asked) = asked else {
+        return Ok(app.map_or(own, |(_, policy)| own.stricter(policy)));
+    };
+    asked.within(own, "the session")?;
+    if let Some((name, policy)) = app {
+        asked.within(policy, &format!("application \"{name}\""))?;
+    }
+    Ok(asked)
+}
+
 /// Rebuild a recorded refresh token (deterministic: same key, identifier and caveats), for the
 /// answer repeated within the grace window.
 fn rebuild(state: &AppState, record: &TokenRecord, claims: Option<&str>) -> Result<Token> {
@@ -322,22 +427,44 @@ pub(crate) async fn refresh(
         return Err(ApiError::unauthorized("not a Tessera token"));
     };
     state.store.note_use(presented, OffsetDateTime::now_utc().unix_timestamp());
+    let caller = Caller {
+        token: token.clone(),
+        discharges: Vec::new(),
+        tid: presented,
+        subject: r.subject.clone().unwrap_or_default(),
+    };
     let st = state.clone();
-    let session = blocking(move || st.store.session(&sid).map_err(ApiError::from))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the session is unknown"))?;
-    let strategy = body.strategy.unwrap_or_else(|| Strategy::from_name(&session.strategy));
+    let (session, record, added) = blocking(move || {
+        let session =
+            st.store.session(&sid)?.ok_or_else(|| ApiError::unauthorized("the session is unknown"))?;
+        let record = st.store.token(&presented)?.ok_or_else(not_this_session)?;
+        let added = added_by_holder(&st.store, &caller, &record.caveats)?;
+        Ok((session, record, added))
+    })
+    .await?;
+    // Caveats holders added to this refresh token and to those before it bind every access
+    // token and every next refresh token (../shared/DESIGN.md section 16). Checked, like the
+    // strategy, before anything is written.
+    let held = held_caveats(&session, &record, added)?;
+    let mut all = session.caveats.clone();
+    all.extend(held.iter().cloned());
+    access_tokens_can_carry(&all)?;
+    let strategy = strategy_for(&state, &session, body.strategy)?;
     let now = OffsetDateTime::now_utc();
     let rotate = match strategy {
         Strategy::NoRefresh => false,
         Strategy::RefreshBoth => true,
+        // Of the refresh token's own life, which its creator's expiry may have made shorter than
+        // the session's refresh_ttl.
         Strategy::RefreshOnExpire => r.expires.is_none_or(|e| {
             let left = (e - now).as_seconds_f64();
-            left < state.config.refresh_rotate_fraction * session.refresh_ttl as f64
+            let life = record.expires.map_or(session.refresh_ttl as f64, |x| (x - record.created) as f64);
+            left < state.config.refresh_rotate_fraction * life
         }),
     };
     let successor = if rotate {
-        let spec = refresh_spec(&session, sid, Duration::from_secs(session.refresh_ttl), Some(presented))?;
+        let ttl = Duration::from_secs(session.refresh_ttl);
+        let spec = refresh_spec(&session, sid, &held, ttl, Some(presented))?;
         Some(build(&state.store, &state.location, &state.discharge_location, spec)?)
     } else {
         None
@@ -360,7 +487,12 @@ pub(crate) async fn refresh(
             let record = blocking(move || st.store.token(&successor).map_err(ApiError::from))
                 .await?
                 .ok_or_else(|| ApiError::internal("a spent refresh token's successor has no record"))?;
-            let again = rebuild(&state, &record, session.claims.as_deref())?;
+            let mut again = rebuild(&state, &record, session.claims.as_deref())?;
+            // The same successor, bound by what this presentation carries as well (it may have
+            // been narrowed otherwise than the one that spent it).
+            for c in held.iter().filter(|c| !record.caveats.contains(c)) {
+                again = again.attenuate(c)?;
+            }
             (session, Some(again.encode()))
         }
         Refreshed::ReuseDetected => {
@@ -371,7 +503,7 @@ pub(crate) async fn refresh(
             ));
         }
     };
-    let mut out = access_token(&state, sid, &session, root_kid)?;
+    let mut out = access_token(&state, sid, &session, &held, root_kid)?;
     out["session_id"] = json!(sid.to_string());
     out["refresh_rotated"] = json!(refresh_text.is_some());
     out["refresh_token"] = json!(refresh_text);

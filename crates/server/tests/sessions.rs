@@ -90,14 +90,89 @@ fn no_refresh_keeps_the_refresh_token_refresh_both_rotates_it() {
             assert!(b["refresh_token"].is_null());
             assert_eq!(b["strategy"], "noRefresh");
         }
-        // Per request, refreshBoth overrides the session's strategy: a new refresh token each time.
-        let r1 = refresh(&e, &rt, Some("refreshBoth")).await;
+        // refreshBoth: a new refresh token each time.
+        let s = alice_session(&e, "refreshBoth").await;
+        let rt = s["refresh_token"].as_str().unwrap().to_owned();
+        let r1 = refresh(&e, &rt, None).await;
         let rt2 = ok(&r1, StatusCode::OK)["refresh_token"].as_str().unwrap().to_owned();
         assert_ne!(rt2, rt);
-        let r2 = refresh(&e, &rt2, Some("refreshBoth")).await;
+        let r2 = refresh(&e, &rt2, None).await;
         let rt3 = ok(&r2, StatusCode::OK)["refresh_token"].as_str().unwrap().to_owned();
         assert_ne!(rt3, rt2);
         assert_eq!(r2.body["session_id"], s["session_id"]);
+    })
+}
+
+/// Issue 19, finding 9: the strategy of a refresh request may be as strict as the session's or
+/// stricter (noRefresh, then refreshOnExpire, then refreshBoth), never looser, so a noRefresh
+/// session ends when its refresh token does.
+#[test]
+fn a_refresh_request_may_only_choose_a_strategy_as_strict_as_its_sessions() {
+    run(async {
+        let e = env();
+        let s = alice_session(&e, "noRefresh").await;
+        let rt = s["refresh_token"].as_str().unwrap().to_owned();
+        for looser in ["refreshBoth", "refreshOnExpire"] {
+            let r = refresh(&e, &rt, Some(looser)).await;
+            assert_problem(&r, StatusCode::FORBIDDEN);
+            assert!(r.body["detail"].as_str().unwrap().contains("noRefresh"), "{}", r.raw);
+        }
+        let r = refresh(&e, &rt, Some("noRefresh")).await;
+        assert_eq!(ok(&r, StatusCode::OK)["refresh_rotated"], false);
+
+        let s = alice_session(&e, "refreshOnExpire").await;
+        let rt = s["refresh_token"].as_str().unwrap().to_owned();
+        assert_problem(&refresh(&e, &rt, Some("refreshBoth")).await, StatusCode::FORBIDDEN);
+        let r = refresh(&e, &rt, Some("noRefresh")).await;
+        assert_eq!(ok(&r, StatusCode::OK)["strategy"], "noRefresh");
+
+        // A refreshBoth session may be renewed with any strategy.
+        let s = alice_session(&e, "refreshBoth").await;
+        let rt = s["refresh_token"].as_str().unwrap().to_owned();
+        let r = refresh(&e, &rt, Some("noRefresh")).await;
+        assert_eq!(ok(&r, StatusCode::OK)["refresh_rotated"], false);
+        let r = refresh(&e, &rt, Some("refreshBoth")).await;
+        assert_eq!(ok(&r, StatusCode::OK)["refresh_rotated"], true);
+
+        // An application's refresh_strategy bounds the sessions created for it.
+        let app = send(
+            &e,
+            auth(
+                post(
+                    "/v1/apps",
+                    json!({"name": "web", "audience": "https://web.example",
+                                        "refresh_strategy": "refreshOnExpire"}),
+                ),
+                &e.admin,
+            ),
+        )
+        .await;
+        assert_eq!(app.status, StatusCode::CREATED, "{}", app.raw);
+        let looser =
+            create(&e, &e.admin, json!({"subject": "dana", "app": "web", "strategy": "refreshBoth"})).await;
+        assert_problem(&looser, StatusCode::FORBIDDEN);
+        let s = create(&e, &e.admin, json!({"subject": "dana", "app": "web", "strategy": "noRefresh"})).await;
+        let rt = ok(&s, StatusCode::CREATED)["refresh_token"].as_str().unwrap().to_owned();
+        assert_problem(&refresh(&e, &rt, Some("refreshOnExpire")).await, StatusCode::FORBIDDEN);
+    })
+}
+
+/// Issue 20: "less than a quarter of its life left" is of the refresh token's own life. A
+/// refresh token capped at its creator's 1 h does not rotate on its first refresh.
+#[test]
+fn refresh_on_expire_measures_the_refresh_tokens_own_life() {
+    run(async {
+        let e = env();
+        let alice = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "alice", "ttl": "1h", "operations": ["read", "sessions.create"]}),
+        )
+        .await;
+        let s = create(&e, &alice, json!({"strategy": "refreshOnExpire"})).await;
+        let rt = ok(&s, StatusCode::CREATED)["refresh_token"].as_str().unwrap().to_owned();
+        let r = refresh(&e, &rt, None).await;
+        assert_eq!(ok(&r, StatusCode::OK)["refresh_rotated"], false, "1 h of 1 h left: {}", r.raw);
     })
 }
 

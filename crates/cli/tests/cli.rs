@@ -332,3 +332,40 @@ fn jwt_check_refuses_bad_key_sources_with_exit_2() {
     let jwt = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IngifQ.e30.AAAA";
     assert_eq!(tessera(&["jwt-check", jwt, "--jwks", empty.to_str().unwrap(), "--issuer", "i"]).code, 1);
 }
+
+/// Security review 3, finding 14: `jwt-check --jwks` took the algorithm from the JWK's `kty` and
+/// `crv` only, so an entry saying `"alg": "EdDSA"` over a P-256 key still verified an ES256
+/// envelope. A JWK whose `alg` is not its key's, or whose `use` is not `sig`, names no key.
+#[test]
+fn jwt_check_refuses_a_jwk_whose_alg_or_use_disagrees() {
+    use tessera_core::envelope::{self, Algorithm, SigningKey};
+    use tessera_core::{Context, Identifier, KeyId, RootKey, StaticKeys, Token, TokenId, Verifier};
+    let secret = RootKey::new(&[9u8; 32]).unwrap();
+    let kid = KeyId::from_bytes([1; 8]);
+    let id = Identifier::new(kid, TokenId::from_bytes([2; 16]), "alice").unwrap();
+    let token = Token::mint_tessera(None, &secret, &id).unwrap();
+    let mut keys = StaticKeys::new();
+    keys.insert(kid, secret);
+    let now = time::OffsetDateTime::now_utc();
+    let verified = Verifier::with_keys(&keys).verify(&token, &[], &Context::at(now)).unwrap();
+    let es = SigningKey::generate(Algorithm::Es256).unwrap();
+    let public = es.public_key().unwrap();
+    let jwt =
+        envelope::issue_signed(&verified, &es, &public.thumbprint(), "iss", None, now, time::Duration::minutes(5))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |edit: &dyn Fn(&mut Value)| {
+        let mut jwk = public.jwk();
+        edit(&mut jwk);
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, json!({"keys": [jwk]}).to_string()).unwrap();
+        tessera(&["jwt-check", &jwt, "--jwks", path.to_str().unwrap(), "--issuer", "iss"])
+    };
+    let o = check(&|_| {});
+    assert_eq!(o.code, 0, "as published: {}", o.stderr);
+    for (name, value) in [("alg", "EdDSA"), ("alg", "HS256"), ("use", "enc")] {
+        let o = check(&|j| j[name] = json!(value));
+        assert_eq!(o.code, 1, "{name}: {value}: {}{}", o.stdout, o.stderr);
+        assert!(o.stderr.contains(name), "{name}: {}", o.stderr);
+    }
+}

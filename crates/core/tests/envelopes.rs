@@ -182,3 +182,79 @@ fn hs256_envelopes_still_decode_with_the_old_api() {
     let kid = KeyId::from_bytes([1; 8]).to_string();
     assert!(decode(&jwt, &[(kid, VerifyKey::Public(es))], None, &ctx()).is_err());
 }
+
+/// Security review 3, finding 14: the key a kid names fixes the algorithm, and a JWK that says
+/// otherwise is no key at all. A JWK's `alg`, when present, must be its key's algorithm (an EC
+/// P-256 entry saying `EdDSA` verified ES256 envelopes before); `use`, when present, must be
+/// `sig`; `key_ops`, when present, must allow `verify`.
+#[test]
+fn a_jwk_whose_alg_or_use_disagrees_is_no_key() {
+    for (alg, wrong) in [
+        (Algorithm::Es256, ["EdDSA", "HS256", "ES384", "RS256", "none", "es256"]),
+        (Algorithm::EdDsa, ["ES256", "HS256", "Ed25519", "EdDSA ", "none", "eddsa"]),
+    ] {
+        let k = SigningKey::generate(alg).unwrap();
+        let public = k.public_key().unwrap();
+        let jwk = public.jwk();
+        assert_eq!(PublicKey::from_jwk(&jwk).unwrap(), public, "alg and use: sig, as published");
+        let with = |name: &str, v: Value| {
+            let mut j = jwk.clone();
+            j[name] = v;
+            PublicKey::from_jwk(&j)
+        };
+        for w in wrong {
+            let e = with("alg", json!(w)).unwrap_err();
+            assert!(e.to_string().contains("alg"), "{w}: {e}");
+        }
+        assert!(with("alg", json!(7)).is_err());
+        for u in [json!("enc"), json!("SIG"), json!(""), json!(["sig"])] {
+            let e = with("use", u.clone()).unwrap_err();
+            assert!(e.to_string().contains("use"), "{u}: {e}");
+        }
+        for ops in [json!(["sign"]), json!(["encrypt", "wrapKey"]), json!([]), json!("verify")] {
+            let e = with("key_ops", ops.clone()).unwrap_err();
+            assert!(e.to_string().contains("key_ops"), "{ops}: {e}");
+        }
+        assert_eq!(with("key_ops", json!(["sign", "verify"])).unwrap(), public);
+        let mut bare = jwk.clone();
+        bare.as_object_mut().unwrap().retain(|n, _| n != "alg" && n != "use");
+        assert_eq!(PublicKey::from_jwk(&bare).unwrap(), public, "alg and use are optional");
+
+        // Through an envelope, as `tessera jwt-check --jwks` looks keys up: the header names the
+        // key's real algorithm, the JWKS entry another; refused.
+        let kid = public.thumbprint();
+        let jwt = issue(&k, &kid, None);
+        let mut lying = jwk.clone();
+        lying["alg"] = json!(wrong[0]);
+        let lookup = |_: &str| PublicKey::from_jwk(&lying).map(VerifyKey::Public);
+        let e = envelope::decode_with(&jwt, lookup, ISS, None, &ctx()).unwrap_err();
+        assert!(e.to_string().contains("alg"), "{e}");
+        let honest = |_: &str| PublicKey::from_jwk(&jwk).map(VerifyKey::Public);
+        envelope::decode_with(&jwt, honest, ISS, None, &ctx()).unwrap();
+    }
+}
+
+/// Finding 12 for envelopes: a lifetime or a signed time past the calendar is an error, never a
+/// panic (issuing added the ttl unchecked).
+#[test]
+fn times_past_the_calendar_are_errors_in_envelopes() {
+    let (keys, t) = token();
+    let v = Verifier::with_keys(&keys).verify(&t, &[], &ctx()).unwrap();
+    let k = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let at = datetime!(2027-06-01 0:00 UTC);
+    for ttl in [Duration::MAX, Duration::days(3_000_000)] {
+        let e = envelope::issue_signed(&v, &k, "k", ISS, None, at, ttl).unwrap_err();
+        assert!(e.to_string().contains("ttl"), "{e}");
+    }
+    // A signed envelope whose exp or nbf lies past the calendar: refused, not a panic.
+    let public = k.public_key().unwrap();
+    let keys = vec![("k".to_owned(), VerifyKey::Public(public))];
+    for (name, value) in [("exp", json!(i64::MAX)), ("nbf", json!(i64::MIN)), ("exp", json!(253_402_300_800i64))] {
+        let mut claims = json!({"iss": ISS, "sub": "alice", "jti": "00", "iat": 0, "exp": 1_900_000_000, "cap": {}});
+        claims[name] = value;
+        let h = json!({"alg": "EdDSA", "typ": "JWT", "kid": "k"});
+        let input = format!("{}.{}", b64(h.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let jwt = format!("{input}.{}", b64(&k.sign(input.as_bytes())));
+        assert!(matches!(decode(&jwt, &keys, None, &ctx()), Err(Error::Envelope(_))), "{name}");
+    }
+}

@@ -194,3 +194,68 @@ fn a_token_presented_by_another_subject_is_refused() {
     let e = envelope::decode_with(&jwt, lookup, ISS, None, &ctx.subject("mallory")).unwrap_err();
     assert!(e.to_string().contains("mallory"), "{e}");
 }
+
+/// Security review 3, finding 12: no time in a token reaches a panic. An `exp` of 9999-12-31
+/// plus the leeway overflowed the date type (a 500 at the exchange); every NumericDate at or past
+/// the edges of the calendar is answered, and rules at the edges too.
+#[test]
+fn times_at_the_edges_of_the_calendar_are_answered_never_panicked() {
+    let idp = Idp::new();
+    let with = |k: &str, v: Value| {
+        let mut c = claims();
+        c[k] = v;
+        idp.token(c)
+    };
+    let last = datetime!(9999-12-31 23:59:59 UTC).unix_timestamp();
+    let first = datetime!(-9999-01-01 0:00 UTC).unix_timestamp();
+    // The far future is a valid expiry; a start there is not valid yet.
+    idp.check(&with("exp", json!(last))).unwrap();
+    refused(idp.check(&with("nbf", json!(last))), "not valid yet");
+    // The far past: expired; a start there is fine.
+    refused(idp.check(&with("exp", json!(first))), "expired");
+    idp.check(&with("nbf", json!(first))).unwrap();
+    // Past the calendar, or not an integer: not a NumericDate.
+    for v in [json!(last + 1), json!(first - 1), json!(i64::MAX), json!(i64::MIN), json!(u64::MAX), json!(1e300)] {
+        refused(idp.check(&with("exp", v.clone())), "NumericDate");
+        refused(idp.check(&with("nbf", v)), "NumericDate");
+    }
+    // Rules at the edges: a leeway past the calendar (or negative), a clock at either end.
+    let token = with("exp", json!(last));
+    let public = idp.public();
+    for (now, leeway) in [
+        (now(), Duration::MAX),
+        (now(), Duration::MIN),
+        (now(), Duration::seconds(-1)),
+        (datetime!(9999-12-31 23:59:59 UTC), Duration::seconds(60)),
+        (datetime!(-9999-01-01 0:00 UTC), Duration::seconds(60)),
+    ] {
+        let rules = IdTokenRules { issuer: ISS, audience: AUD, algorithms: &[Algorithm::Es256], now, leeway };
+        let r = verify_id_token(&token, |_| Ok(VerifyKey::Public(public)), &rules);
+        if leeway < Duration::ZERO || leeway > Duration::days(1) {
+            refused(r, "leeway");
+        }
+    }
+}
+
+/// Finding 14 for issuers' keys: a JWKS entry whose `alg` is not its key's (or whose `use` is not
+/// `sig`) names no key, so an ID token under its kid is refused.
+#[test]
+fn an_issuer_jwk_whose_alg_or_use_disagrees_names_no_key() {
+    let idp = Idp::new();
+    let rules = IdTokenRules {
+        issuer: ISS,
+        audience: AUD,
+        algorithms: &[Algorithm::Es256, Algorithm::EdDsa],
+        now: now(),
+        leeway: Duration::seconds(30),
+    };
+    let token = idp.token(claims());
+    for (name, value) in [("alg", json!("EdDSA")), ("use", json!("enc"))] {
+        let mut jwk = idp.public().jwk();
+        jwk[name] = value;
+        let lookup = |_: &str| PublicKey::from_jwk(&jwk).map(VerifyKey::Public);
+        refused(verify_id_token(&token, lookup, &rules), name);
+    }
+    let jwk = idp.public().jwk();
+    verify_id_token(&token, |_: &str| PublicKey::from_jwk(&jwk).map(VerifyKey::Public), &rules).unwrap();
+}

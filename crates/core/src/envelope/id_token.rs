@@ -5,9 +5,13 @@
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
-use super::jws::{verify_compact, HeaderRules};
+use super::jws::{parse, verify_compact, HeaderRules};
 use super::{bad, Algorithm, VerifyKey};
 use crate::error::Result;
+
+/// The largest clock leeway [`IdTokenRules`] may allow (a leeway is for clock skew, not for
+/// accepting expired tokens).
+pub const MAX_LEEWAY: Duration = Duration::HOUR;
 
 /// What a token of a trusted issuer must satisfy.
 #[derive(Clone, Debug)]
@@ -20,7 +24,7 @@ pub struct IdTokenRules<'a> {
     pub algorithms: &'a [Algorithm],
     /// The current time.
     pub now: OffsetDateTime,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf`: 0 to [`MAX_LEEWAY`] (anything else is refused).
     pub leeway: Duration,
 }
 
@@ -62,25 +66,41 @@ pub fn verify_id_token(
     if !aud_ok {
         return Err(bad(format!("token is not for audience \"{}\"", rules.audience)));
     }
+    // Only the rules' own values are added to: a NumericDate anywhere in the calendar (9999-12-31
+    // included) is compared, never computed with, so no claim reaches an overflow.
+    if rules.leeway.is_negative() || rules.leeway > MAX_LEEWAY {
+        return Err(bad(format!("leeway must be between 0 and {MAX_LEEWAY}")));
+    }
+    let out_of_range = || bad("the current time minus or plus the leeway is outside the calendar");
+    let earliest = rules.now.checked_sub(rules.leeway).ok_or_else(out_of_range)?;
+    let latest = rules.now.checked_add(rules.leeway).ok_or_else(out_of_range)?;
     let time = |name: &str| -> Result<Option<OffsetDateTime>> {
         match claims.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                .map(Some)
-                .ok_or_else(|| bad(format!("{name} is not a NumericDate"))),
+            Some(v) => {
+                v.as_i64().and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()).map(Some).ok_or_else(
+                    || bad(format!("{name} is not a NumericDate (whole seconds within years 1-9999)")),
+                )
+            }
         }
     };
     let exp = time("exp")?.ok_or_else(|| bad("token has no exp"))?;
-    if rules.now >= exp + rules.leeway {
+    if exp <= earliest {
         return Err(bad("token has expired"));
     }
-    if time("nbf")?.is_some_and(|nbf| rules.now + rules.leeway < nbf) {
+    if time("nbf")?.is_some_and(|nbf| nbf > latest) {
         return Err(bad("token is not valid yet (nbf)"));
     }
     if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(bad("token has no sub"));
     }
     Ok(claims)
+}
+
+/// The `kid` of a token of a trusted issuer, once its header passed every check
+/// [`verify_id_token`] makes of it (size, form, `alg` among `algorithms`, a `kid`, no `crit`);
+/// nothing is verified yet. For a caller that must find the key (perhaps fetching its issuer's
+/// JWKS) before it verifies: a token refused by its header never causes a fetch.
+pub fn id_token_key_id(jwt: &str, algorithms: &[Algorithm]) -> Result<String> {
+    parse(jwt, &HeaderRules::Foreign { allowed: algorithms }).map(|p| p.kid)
 }

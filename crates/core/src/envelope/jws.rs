@@ -18,14 +18,20 @@ pub(crate) enum HeaderRules<'a> {
     Foreign { allowed: &'a [Algorithm] },
 }
 
-/// Verify a compact JWS; returns its payload bytes. `key_for` returns the key the `kid` names;
-/// the header's `alg` must be that key's algorithm (an HS256 token "signed" with a public key
-/// never verifies), and `none` or any algorithm outside [`Algorithm`] is refused.
-pub(crate) fn verify_compact(
-    jwt: &str,
-    key_for: impl Fn(&str) -> Result<VerifyKey>,
-    rules: HeaderRules<'_>,
-) -> Result<Vec<u8>> {
+/// A compact JWS whose header passed its checks; nothing verified yet.
+pub(crate) struct Parsed<'a> {
+    /// The header's algorithm (one of [`Algorithm`], allowed by the rules).
+    pub(crate) alg: Algorithm,
+    /// The header's `kid`.
+    pub(crate) kid: String,
+    signing_input: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
+
+/// Split a compact JWS and check its header against `rules`: size, form, `alg` (never `none`,
+/// only an [`Algorithm`], and for foreign tokens one of the allowed), `kid`, `typ`, `crit`.
+pub(crate) fn parse<'a>(jwt: &'a str, rules: &HeaderRules<'_>) -> Result<Parsed<'a>> {
     if jwt.len() > MAX_ENVELOPE_TEXT {
         return Err(Error::TooLarge { what: "JWT", size: jwt.len(), limit: MAX_ENVELOPE_TEXT });
     }
@@ -57,7 +63,7 @@ pub(crate) fn verify_compact(
             if !allowed.iter().any(|a| a.name() == alg) {
                 let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
                 return Err(bad(format!(
-                    "algorithm \"{alg}\" is not allowed for this issuer ({})",
+                    "algorithm \"{alg:.20}\" is not allowed for this issuer ({})",
                     names.join(", ")
                 )));
             }
@@ -66,16 +72,27 @@ pub(crate) fn verify_compact(
         }
     };
     let alg = Algorithm::from_name(&alg_name)
-        .ok_or_else(|| bad(format!("algorithm \"{alg_name}\" is not allowed (HS256, ES256, EdDSA)")))?;
+        .ok_or_else(|| bad(format!("algorithm \"{alg_name:.20}\" is not allowed (HS256, ES256, EdDSA)")))?;
+    Ok(Parsed { alg, kid, signing_input: &jwt[..h.len() + 1 + p.len()], payload: p, signature: s })
+}
+
+/// Verify a compact JWS; returns its payload bytes. `key_for` returns the key the `kid` names;
+/// the header's `alg` must be that key's algorithm (an HS256 token "signed" with a public key
+/// never verifies), and `none` or any algorithm outside [`Algorithm`] is refused.
+pub(crate) fn verify_compact(
+    jwt: &str,
+    key_for: impl Fn(&str) -> Result<VerifyKey>,
+    rules: HeaderRules<'_>,
+) -> Result<Vec<u8>> {
+    let Parsed { alg, kid, signing_input, payload, signature } = parse(jwt, &rules)?;
     let key = key_for(&kid)?;
     if key.algorithm() != alg {
         // Algorithm confusion (e.g. HS256 with a public key as the HMAC secret): never.
-        return Err(bad(format!("kid {kid} is a {} key; the header says {alg}", key.algorithm())));
+        return Err(bad(format!("kid {kid:.80} is a {} key; the header says {alg}", key.algorithm())));
     }
-    let sig = decode_base64(s).map_err(|_| bad("signature is not base64url"))?;
-    let signing_input = &jwt[..h.len() + 1 + p.len()];
+    let sig = decode_base64(signature).map_err(|_| bad("signature is not base64url"))?;
     if !key.verify(signing_input.as_bytes(), &sig) {
         return Err(Error::InvalidSignature);
     }
-    decode_base64(p).map_err(|_| bad("claims are not base64url"))
+    decode_base64(payload).map_err(|_| bad("claims are not base64url"))
 }

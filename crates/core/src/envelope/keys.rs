@@ -199,7 +199,41 @@ impl PublicKey {
     }
 
     /// Read a public key from a JWK (EC P-256 or OKP Ed25519; private members are ignored).
+    ///
+    /// The key fixes the algorithm it verifies, so a JWK that says otherwise is refused: `alg`,
+    /// when present, must be the key's (`ES256` for P-256, `EdDSA` for Ed25519); `use`, when
+    /// present, must be `sig`; `key_ops`, when present, must allow `verify` (RFC 7517 4.2-4.4).
     pub fn from_jwk(jwk: &Value) -> Result<Self> {
+        let key = Self::from_jwk_members(jwk)?;
+        match jwk.get("alg") {
+            None => {}
+            Some(Value::String(a)) if a == key.algorithm().name() => {}
+            Some(a) => {
+                return Err(Error::Envelope(format!(
+                    "JWK \"alg\" {:.40} is not its key's algorithm {}",
+                    a.to_string(),
+                    key.algorithm()
+                )))
+            }
+        }
+        match jwk.get("use") {
+            None => {}
+            Some(Value::String(u)) if u == "sig" => {}
+            Some(u) => {
+                return Err(Error::Envelope(format!("JWK \"use\" {:.40} is not \"sig\"", u.to_string())))
+            }
+        }
+        if let Some(ops) = jwk.get("key_ops") {
+            let verify = ops.as_array().is_some_and(|ops| ops.iter().any(|o| o.as_str() == Some("verify")));
+            if !verify {
+                return Err(Error::Envelope("JWK \"key_ops\" does not allow verify".into()));
+            }
+        }
+        Ok(key)
+    }
+
+    /// The key of a JWK's `kty`, `crv` and coordinates.
+    fn from_jwk_members(jwk: &Value) -> Result<Self> {
         match (field(jwk, "kty")?, field(jwk, "crv")?) {
             ("EC", "P-256") => {
                 let mut sec1 = [0u8; 65];

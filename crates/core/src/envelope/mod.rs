@@ -16,7 +16,7 @@ mod id_token;
 mod jws;
 mod keys;
 
-pub use id_token::{verify_id_token, IdTokenRules};
+pub use id_token::{id_token_key_id, verify_id_token, IdTokenRules, MAX_LEEWAY};
 pub use keys::{Algorithm, PublicKey, SigningKey, VerifyKey};
 
 use std::fmt;
@@ -217,7 +217,11 @@ pub fn issue_restricted(r: Restrictions, how: &Signing<'_>) -> Result<String> {
                 .into(),
         ));
     }
-    let mut exp = (now + ttl).unix_timestamp();
+    let mut exp = now
+        .checked_add(ttl)
+        .filter(|_| ttl.is_positive())
+        .ok_or_else(|| bad("the envelope's ttl must be positive and end within the calendar"))?
+        .unix_timestamp();
     if let Some(e) = r.expires {
         // exp is exclusive in both: a time-before T becomes exp <= T (rounded down to seconds).
         exp = exp.min(e.unix_timestamp());

@@ -350,9 +350,16 @@ fn jwt_check_refuses_a_jwk_whose_alg_or_use_disagrees() {
     let verified = Verifier::with_keys(&keys).verify(&token, &[], &Context::at(now)).unwrap();
     let es = SigningKey::generate(Algorithm::Es256).unwrap();
     let public = es.public_key().unwrap();
-    let jwt =
-        envelope::issue_signed(&verified, &es, &public.thumbprint(), "iss", None, now, time::Duration::minutes(5))
-            .unwrap();
+    let jwt = envelope::issue_signed(
+        &verified,
+        &es,
+        &public.thumbprint(),
+        "iss",
+        None,
+        now,
+        time::Duration::minutes(5),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let check = |edit: &dyn Fn(&mut Value)| {
         let mut jwk = public.jwk();

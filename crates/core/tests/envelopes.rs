@@ -249,8 +249,11 @@ fn times_past_the_calendar_are_errors_in_envelopes() {
     // A signed envelope whose exp or nbf lies past the calendar: refused, not a panic.
     let public = k.public_key().unwrap();
     let keys = vec![("k".to_owned(), VerifyKey::Public(public))];
-    for (name, value) in [("exp", json!(i64::MAX)), ("nbf", json!(i64::MIN)), ("exp", json!(253_402_300_800i64))] {
-        let mut claims = json!({"iss": ISS, "sub": "alice", "jti": "00", "iat": 0, "exp": 1_900_000_000, "cap": {}});
+    for (name, value) in
+        [("exp", json!(i64::MAX)), ("nbf", json!(i64::MIN)), ("exp", json!(253_402_300_800i64))]
+    {
+        let mut claims =
+            json!({"iss": ISS, "sub": "alice", "jti": "00", "iat": 0, "exp": 1_900_000_000, "cap": {}});
         claims[name] = value;
         let h = json!({"alg": "EdDSA", "typ": "JWT", "kid": "k"});
         let input = format!("{}.{}", b64(h.to_string().as_bytes()), b64(claims.to_string().as_bytes()));

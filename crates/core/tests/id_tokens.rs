@@ -215,7 +215,9 @@ fn times_at_the_edges_of_the_calendar_are_answered_never_panicked() {
     refused(idp.check(&with("exp", json!(first))), "expired");
     idp.check(&with("nbf", json!(first))).unwrap();
     // Past the calendar, or not an integer: not a NumericDate.
-    for v in [json!(last + 1), json!(first - 1), json!(i64::MAX), json!(i64::MIN), json!(u64::MAX), json!(1e300)] {
+    for v in
+        [json!(last + 1), json!(first - 1), json!(i64::MAX), json!(i64::MIN), json!(u64::MAX), json!(1e300)]
+    {
         refused(idp.check(&with("exp", v.clone())), "NumericDate");
         refused(idp.check(&with("nbf", v)), "NumericDate");
     }

@@ -290,6 +290,14 @@ fn a_database_outage_is_survived_and_recovered_without_restarts() {
     assert_eq!(status, 503);
     assert_eq!(health["status"], "stale");
     assert!(health["detail"].as_str().unwrap().contains("database"), "{health}");
+    // Issue 20: the revocation feed checks staleness before it asks the database, so it answers
+    // at once with the reason instead of waiting on the database first.
+    let (status, feed) = call("GET", &format!("{}/v1/revocations", a.url), None, None);
+    assert_eq!(status, 503, "{feed}");
+    assert!(feed["detail"].as_str().unwrap().contains("has not heard from the database"), "{feed}");
+    // Public keys are served from memory while stale (documented in API.md and CLUSTER.md):
+    // they are public, and a verifier refusing envelopes would not make anything safer.
+    assert_eq!(call("GET", &format!("{}/.well-known/jwks.json", a.url), None, None).0, 200);
     // Back: the same process recovers.
     pg.start_again();
     until(Duration::from_secs(10), || verify(&a, &token) == 200).expect("did not recover");

@@ -54,3 +54,40 @@ fn readme_walkthrough_runs_as_written() {
     // The admin token was never echoed into the transcript by the walkthrough itself.
     assert!(!stdout.contains("Tessera admin token"));
 }
+
+/// Issue 20: the README's dependency notes said envelopes were written without p256 and
+/// ed25519-dalek and that jsonwebtoken stayed out, long after both changed. Each crate the notes
+/// name is held to Cargo.lock: present where they say it is used, absent where they say it
+/// stays out.
+#[test]
+fn readme_dependency_notes_match_the_lock_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let notes = readme.split("## Dependency notes").nth(1).expect("README has dependency notes");
+    let notes = notes.split("\n## ").next().unwrap();
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let locked = |name: &str| lock.lines().any(|l| l == format!("name = \"{name}\""));
+    let used = [
+        "actix-web",
+        "ciborium",
+        "crypto_secretbox",
+        "hmac",
+        "p256",
+        "ed25519-dalek",
+        "base64",
+        "serde_json",
+        "jsonwebtoken",
+        "macaroon",
+        "ring",
+    ];
+    let kept_out = ["serde_cbor", "rsa", "h2"];
+    for name in used.iter().chain(&kept_out) {
+        assert!(notes.contains(name), "the notes no longer name {name}: update this test with them");
+    }
+    for name in used {
+        assert!(locked(name), "the notes say {name} is used, but Cargo.lock has no {name}");
+    }
+    for name in kept_out {
+        assert!(!locked(name), "the notes say {name} stays out, but Cargo.lock has it");
+    }
+}

@@ -520,6 +520,8 @@ pub(crate) async fn revocations(
     state: web::Data<AppState>,
     query: web::Query<FeedQuery>,
 ) -> Result<HttpResponse> {
+    // A stale node answers at once rather than after waiting on the database it cannot reach.
+    state.store.check_fresh()?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
     let after = query.after;
     let st = state.clone();

@@ -104,6 +104,20 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
 }
 
+/// A duration as a person writes it in a flag, in its largest whole unit: `90d`, `6h`, `30s`,
+/// `250ms` (what `humantime` would print as `2months 29days 2h 52m 48s` for 90 days).
+pub(crate) fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    [(86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(u, _)| s > 0 && s % u == 0)
+        .map_or(format!("{s}s"), |(u, n)| format!("{}{n}", s / u))
+}
+
 fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
@@ -356,6 +370,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_configured() {
+        for text in ["90d", "24h", "1d", "5m", "30s", "0s", "250ms", "90m", "36h"] {
+            let d = duration(text).unwrap();
+            let shown = show_duration(d);
+            assert_eq!(duration(&shown).unwrap(), d, "{text} -> {shown}");
+        }
+        assert_eq!(show_duration(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(show_duration(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(show_duration(Duration::from_secs(36 * 3600)), "36h");
+    }
 
     #[test]
     fn the_database_password_never_prints() {

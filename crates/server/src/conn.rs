@@ -15,9 +15,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::dev::{Extensions, Payload, ServiceRequest};
-use actix_web::HttpMessage as _;
 use actix_web::error::PayloadError;
 use actix_web::web::Bytes;
+use actix_web::HttpMessage as _;
 use futures_core::Stream;
 use ipnet::IpNet;
 

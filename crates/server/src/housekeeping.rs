@@ -97,10 +97,7 @@ pub struct Round {
 
 /// `7d`, `1d`, `12h`, `30m`, `0s`: the largest unit that divides the threshold.
 fn label(threshold: i64) -> String {
-    [(86_400, "d"), (3600, "h"), (60, "m")]
-        .into_iter()
-        .find(|(u, _)| threshold > 0 && threshold % u == 0)
-        .map_or(format!("{threshold}s"), |(u, n)| format!("{}{n}", threshold / u))
+    crate::config::show_duration(Duration::from_secs(u64::try_from(threshold).unwrap_or(0)))
 }
 
 /// One round at `now` (seconds since the epoch). Errors are logged and the round goes on: the

@@ -275,6 +275,12 @@ pub(crate) async fn rotate(
     // `Option` would silently treat a malformed body as absent).
     let body: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RotateRequest::default()
+    } else if !req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
+        return Err(ApiError::unsupported_media());
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };

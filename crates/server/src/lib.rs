@@ -249,6 +249,11 @@ async fn guard(
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    // HEAD is served wherever GET is (RFC 9110): routed as GET; the connection still knows the
+    // request was HEAD and sends the headers without the body.
+    if req.method() == actix_web::http::Method::HEAD {
+        req.head_mut().method = actix_web::http::Method::GET;
+    }
     if let Some(state) = &state {
         // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is
         // served as `/v1/verify`): so it counts every path except the exact unlimited ones.
@@ -267,7 +272,7 @@ async fn guard(
         }
         conn::body_deadline(&mut req, state.config.body_timeout);
     }
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let mut res = problem::as_problem(next.call(req).await?.map_into_boxed_body());
     uses::add_headers(&mut res);
     if let Some(state) = state {
         state.metrics.observe(res.status().as_u16());
@@ -294,6 +299,7 @@ pub fn app(
         .app_data(web::JsonConfig::default().limit(limit).error_handler(|e, _| json_error(e)))
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e)))
         .app_data(web::PayloadConfig::default().limit(limit))
+        .app_data(web::FormConfig::default().limit(limit))
         .wrap(actix_web::middleware::from_fn(guard))
         // The hot path first: static routes before templated ones (which match by regex).
         .service(resource("/v1/verify").route(web::post().to(verify::verify)))
@@ -353,7 +359,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
          forwarded_header={} workers={workers}",
         config.data_dir.display(),
         config.database_display(),
-        humantime::format_duration(config.max_staleness),
+        config::show_duration(config.max_staleness),
         if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_some() {
             "(from TESSERA_MASTER_KEY)".to_owned()
         } else {
@@ -362,10 +368,10 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         config.public_url(),
         config.issuer(),
         config.admin_subject,
-        humantime::format_duration(config.default_ttl),
-        humantime::format_duration(config.max_ttl),
-        humantime::format_duration(config.discharge_ttl),
-        humantime::format_duration(config.jwt_ttl),
+        config::show_duration(config.default_ttl),
+        config::show_duration(config.max_ttl),
+        config::show_duration(config.discharge_ttl),
+        config::show_duration(config.jwt_ttl),
         config.rate_limit,
         config.body_limit,
         config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -385,7 +391,8 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     let state = opened.state;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let housekeeper = housekeeping::spawn(state.clone(), stop.clone());
-    let cap = ConnectionCap::new(state.config.max_connections_per_address, state.config.trusted_proxies.clone());
+    let cap =
+        ConnectionCap::new(state.config.max_connections_per_address, state.config.trusted_proxies.clone());
     let head_timeout = state.config.head_timeout;
     let served = actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || app(state.clone()))

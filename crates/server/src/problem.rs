@@ -1,6 +1,7 @@
 //! Errors as `application/problem+json` (RFC 9457). Client errors keep their message; internal
 //! errors are logged and answered with a generic 500.
 
+use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -150,6 +151,42 @@ impl ResponseError for ApiError {
         }
         res.body(serde_json::to_string(&body).unwrap_or_default())
     }
+}
+
+/// Every error answer as problem+json, whatever produced it: an extractor of actix-web (raw
+/// bytes over the limit, a form that does not parse, a body that missed `--body-timeout`)
+/// answers `text/plain` on its own. Answers that are problem+json already, and answers a handler
+/// built itself, pass unchanged.
+pub(crate) fn as_problem(res: ServiceResponse) -> ServiceResponse {
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    // Only answers that carry an error: a handler's own answer (`/health`'s 503) stays as it is.
+    let Some(error) = res.response().error() else { return res };
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let error = Some(error);
+    let timed_out = error
+        .and_then(|e| e.as_error::<actix_web::error::PayloadError>())
+        .is_some_and(crate::conn::is_body_timeout);
+    let detail = match error {
+        Some(e) if status.is_client_error() => e.to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let problem = match status {
+        _ if timed_out => ApiError::body_timeout(),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(detail),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::unsupported_media(),
+        StatusCode::NOT_FOUND => ApiError::not_found(detail),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(),
+        s if s.is_client_error() => ApiError::new(s, "malformed request", detail),
+        s => ApiError::new(s, "internal error", "the service failed; see its log"),
+    };
+    let (req, _) = res.into_parts();
+    ServiceResponse::new(req, problem.error_response())
 }
 
 impl From<tessera_core::Error> for ApiError {

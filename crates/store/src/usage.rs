@@ -119,10 +119,13 @@ impl Store {
 
     /// Write the last uses noted since the previous flush, in one batch. Returns how many.
     pub fn flush_uses(&self) -> Result<usize> {
-        let batch: Vec<(TokenId, i64)> = match self.inner.touched.lock() {
+        let mut batch: Vec<(TokenId, i64)> = match self.inner.touched.lock() {
             Ok(mut t) => t.drain().collect(),
             Err(_) => return Err(Error::Closed),
         };
+        // Rows are locked in one order on every node (by token id): two nodes whose batches
+        // overlap then wait for each other instead of deadlocking (PostgreSQL's 40P01).
+        batch.sort_unstable_by_key(|(tid, _)| *tid.as_bytes());
         let n = batch.len();
         if n > 0 {
             if let Err(e) = self.submit(Op::Touch(batch.clone())) {

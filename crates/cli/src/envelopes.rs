@@ -33,10 +33,11 @@ pub(crate) struct JwtArgs {
     /// Longest lifetime of the envelope (--db).
     #[arg(long, default_value = "5m")]
     ttl: String,
-    /// Algorithm asked of --server: HS256 (what `tessera jwt-check` verifies, with the envelope
-    /// key), or ES256 / EdDSA (verify those against the service's /.well-known/jwks.json).
-    #[arg(long, default_value = "HS256", value_parser = ["HS256", "ES256", "EdDSA"])]
-    alg: String,
+    /// Algorithm asked of --server; default: the service's own (`--jwt-alg`, ES256 unless set).
+    /// ES256 / EdDSA verify against the service's /.well-known/jwks.json; HS256 with the envelope
+    /// key (`jwt-check --key-hex`). --db signs HS256 only.
+    #[arg(long, value_parser = ["HS256", "ES256", "EdDSA"])]
+    alg: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -72,14 +73,18 @@ pub(crate) fn jwt(args: JwtArgs) -> Result<Result<(), Denied>> {
     let token = read_token(args.token)?;
     if let Some(server) = &args.server {
         let url = format!("{}/v1/jwt", server.trim_end_matches('/'));
-        let answer = post_json(
-            &url,
-            &json!({"token": token.encode(), "discharges": args.discharges, "alg": args.alg}),
-        )?;
+        let mut ask = json!({"token": token.encode(), "discharges": args.discharges});
+        if let Some(alg) = &args.alg {
+            ask["alg"] = json!(alg);
+        }
+        let answer = post_json(&url, &ask)?;
         println!("{}", answer["jwt"].as_str().ok_or_else(|| anyhow!("{url} sent no jwt"))?);
         return Ok(Ok(()));
     }
     let Some(db) = &args.db else { bail!("give --db or --server") };
+    if args.alg.as_deref().is_some_and(|a| a != "HS256") {
+        bail!("--db signs HS256 envelopes only; ask a running service (--server) for ES256 or EdDSA");
+    }
     let discharges = decode_all(&args.discharges)?;
     let store = db_of(db, args.master_key_file).open()?;
     let now = OffsetDateTime::now_utc();

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 mod common;
 
+use base64::Engine as _;
 use common::{jose, peer, serve};
 use serde_json::{json, Value};
 
@@ -130,6 +131,12 @@ fn serve_then_discharge_revocable_tokens() {
     let (code, jwt, err) = tessera(&["jwt", "--server", &addr, "--discharge", &bound[0]], Some(&token));
     assert_eq!(code, 0, "{err}");
     assert_eq!(jwt.trim().split('.').count(), 3);
+    // Issue 20: one default for the CLI and the service (ES256, the service's --jwt-alg).
+    let header = jwt.trim().split('.').next().unwrap();
+    let header: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+            .unwrap();
+    assert_eq!(header["alg"], "ES256", "{header}");
 
     let (status, _) = post(&format!("{addr}/v1/tokens/{tid}/revoke"), Some(&admin), json!({}));
     assert_eq!(status, 200);

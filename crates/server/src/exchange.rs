@@ -4,25 +4,33 @@
 //!
 //! Trusted issuers come from the JSON file named by `--exchange-config` (docs/SESSIONS.md): each
 //! has its issuer URL, this service's client id at it (`audience`), its JWKS (a URL fetched and
-//! cached, refetched at most every [`REFETCH`] for an unknown `kid`; or a file), the algorithms
-//! allowed (ES256, EdDSA), a clock leeway, and the template.
+//! cached, [`jwks`]; or a file), the algorithms allowed (ES256, EdDSA), a clock leeway, the
+//! prefix that namespaces its subjects, and the template.
+//!
+//! The handler runs in three steps, the first and last without I/O (the fuzz target drives them
+//! through `crate::fuzzing`): [`ask`] parses and checks the request up to the `kid`; the key is
+//! looked up (perhaps fetched); [`admit`] verifies the ID token and names the subject.
 
-use std::collections::HashMap;
+mod jwks;
+
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tessera_core::envelope::{verify_id_token, Algorithm, IdTokenRules, PublicKey, VerifyKey};
+use tessera_core::envelope::{
+    id_token_key_id, verify_id_token, Algorithm, IdTokenRules, PublicKey, VerifyKey, MAX_LEEWAY,
+};
 use tessera_core::{CustomClaims, REGISTERED_CLAIMS};
 
 use crate::api::{blocking, check_subject, lifetime, restriction_caveats};
+use crate::auth::APP_SUBJECT_PREFIX;
 use crate::mint::{mint, Inheritance, MintSpec};
 use crate::problem::ApiError;
 use crate::sessions::{plan, start, NewSessionRequest, Strategy};
 use crate::AppState;
+use jwks::{parse_jwks, IssuerKeys, Missing};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -35,11 +43,6 @@ const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// A Tessera token (a macaroon), for `requested_token_type`.
 pub(crate) const TESSERA_TOKEN: &str = "urn:tessera:params:oauth:token-type:tessera";
-/// Shortest time between two fetches of an issuer's JWKS (for an unknown `kid`).
-const REFETCH: Duration = Duration::from_secs(30);
-/// Largest JWKS document read.
-const MAX_JWKS: u64 = 256 * 1024;
-
 /// The trusted issuers file.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -93,19 +96,13 @@ enum Issue {
     Session,
 }
 
-/// One trusted issuer, checked, with its JWKS cache.
+/// One trusted issuer, checked, with its keys.
 #[derive(Debug)]
 struct Issuer {
     config: IssuerConfig,
     algorithms: Vec<Algorithm>,
-    leeway: Duration,
-    keys: Mutex<Keys>,
-}
-
-#[derive(Debug, Default)]
-struct Keys {
-    by_kid: HashMap<String, PublicKey>,
-    fetched: Option<Instant>,
+    leeway: time::Duration,
+    keys: IssuerKeys,
 }
 
 /// The configured issuers.
@@ -114,23 +111,42 @@ pub struct Exchange {
     issuers: Vec<Issuer>,
 }
 
+impl Issue {
+    fn name(self) -> &'static str {
+        match self {
+            Issue::Token => "Tessera tokens",
+            Issue::Session => "sessions",
+        }
+    }
+}
+
 impl Exchange {
     /// Read and check the trusted issuers file: every mistake is an error naming the issuer.
     pub fn load(path: &Path, max_ttl: Duration) -> std::result::Result<Exchange, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: File = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut issuers = Vec::new();
+        let read =
+            |file: &Path| std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()));
+        Exchange::parse(&text, &path.display().to_string(), max_ttl, &read)
+    }
+
+    /// Check the trusted issuers file's `text` (named `origin` in errors); `read` reads the
+    /// `jwks_file`s it names.
+    pub(crate) fn parse(
+        text: &str,
+        origin: &str,
+        max_ttl: Duration,
+        read: &dyn Fn(&Path) -> std::result::Result<String, String>,
+    ) -> std::result::Result<Exchange, String> {
+        let file: File = serde_json::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        let mut issuers: Vec<Issuer> = Vec::new();
         for c in file.issuers {
             let name = c.issuer.clone();
-            let bad = |why: String| format!("{}: issuer \"{name}\": {why}", path.display());
-            if c.issuer.is_empty() || issuers.iter().any(|i: &Issuer| i.config.issuer == c.issuer) {
+            let bad = |why: String| format!("{origin}: issuer \"{name}\": {why}");
+            if c.issuer.is_empty() || issuers.iter().any(|i| i.config.issuer == c.issuer) {
                 return Err(bad("issuer must be non-empty and listed once".into()));
             }
             if c.audience.is_empty() {
                 return Err(bad("audience (this service's client id at the issuer) is required".into()));
-            }
-            if c.jwks_url.is_some() == c.jwks_file.is_some() {
-                return Err(bad("give exactly one of jwks_url and jwks_file".into()));
             }
             let mut algorithms = Vec::new();
             for a in &c.algorithms {
@@ -150,6 +166,16 @@ impl Exchange {
                 None => Duration::from_secs(60),
                 Some(l) => humantime::parse_duration(l).map_err(|e| bad(format!("leeway: {e}")))?,
             };
+            let leeway = time::Duration::try_from(leeway)
+                .ok()
+                .filter(|l| *l <= MAX_LEEWAY)
+                .ok_or_else(|| bad(format!("leeway must be at most {MAX_LEEWAY} (it is for clock skew)")))?;
+            if c.subject_prefix.starts_with(APP_SUBJECT_PREFIX) {
+                return Err(bad(format!(
+                    "subject_prefix \"{}\" would make every subject an application's ({APP_SUBJECT_PREFIX}...)",
+                    c.subject_prefix
+                )));
+            }
             let t = &c.template;
             if let Some(name) = t.claims.iter().find(|n| REGISTERED_CLAIMS.contains(&n.as_str())) {
                 return Err(bad(format!("template claim \"{name}\" is a registered claim")));
@@ -158,68 +184,47 @@ impl Exchange {
                 .map_err(|e| bad(e.detail().to_owned()))?;
             lifetime("ttl", t.ttl.as_deref(), Duration::from_secs(3600), max_ttl)
                 .map_err(|e| bad(e.detail().to_owned()))?;
-            let mut keys = Keys::default();
-            if let Some(file) = &c.jwks_file {
-                let text =
-                    std::fs::read_to_string(file).map_err(|e| bad(format!("{}: {e}", file.display())))?;
-                let doc: Value =
-                    serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", file.display())))?;
-                keys.by_kid = parse_jwks(&doc).map_err(bad)?;
-            }
-            issuers.push(Issuer { config: c, algorithms, leeway, keys: Mutex::new(keys) });
+            let keys = match (&c.jwks_url, &c.jwks_file) {
+                (Some(url), None) => IssuerKeys::from_url(&c.issuer, url),
+                (None, Some(file)) => {
+                    let text = read(file).map_err(&bad)?;
+                    let doc: Value =
+                        serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", file.display())))?;
+                    IssuerKeys::from_file(&c.issuer, parse_jwks(&doc).map_err(&bad)?)
+                }
+                _ => return Err(bad("give exactly one of jwks_url and jwks_file".into())),
+            };
+            issuers.push(Issuer { config: c, algorithms, leeway, keys });
         }
+        check_namespaces(&issuers).map_err(|e| format!("{origin}: {e}"))?;
         Ok(Exchange { issuers })
     }
 }
 
-/// The public keys of a JWKS with a `kid` (keys of other types are skipped).
-fn parse_jwks(doc: &Value) -> std::result::Result<HashMap<String, PublicKey>, String> {
-    let keys = doc["keys"].as_array().ok_or("the JWKS has no \"keys\" array")?;
-    Ok(keys
-        .iter()
-        .filter_map(|k| Some((k["kid"].as_str()?.to_owned(), PublicKey::from_jwk(k).ok()?)))
-        .collect())
-}
-
-fn fetch_jwks(url: &str) -> std::result::Result<HashMap<String, PublicKey>, String> {
-    let agent =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().new_agent();
-    let mut res = agent.get(url).call().map_err(|e| format!("fetching the JWKS {url}: {e}"))?;
-    let text = res
-        .body_mut()
-        .with_config()
-        .limit(MAX_JWKS)
-        .read_to_string()
-        .map_err(|e| format!("reading the JWKS {url}: {e}"))?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("the JWKS {url} is not JSON: {e}"))?;
-    parse_jwks(&doc)
-}
-
-impl Issuer {
-    /// The key a `kid` names: from the cache, or after a refetch of the JWKS URL (at most every
-    /// [`REFETCH`]).
-    fn key(&self, kid: &str) -> Result<PublicKey> {
-        let stale = {
-            let keys = self.keys.lock().map_err(|_| ApiError::internal("JWKS cache poisoned"))?;
-            if let Some(k) = keys.by_kid.get(kid) {
-                return Ok(*k);
-            }
-            keys.fetched.is_none_or(|t| t.elapsed() >= REFETCH)
-        };
-        if let (Some(url), true) = (&self.config.jwks_url, stale) {
-            let fetched = fetch_jwks(url).map_err(ApiError::unavailable)?;
-            let mut keys = self.keys.lock().map_err(|_| ApiError::internal("JWKS cache poisoned"))?;
-            keys.by_kid = fetched;
-            keys.fetched = Some(Instant::now());
-            if let Some(k) = keys.by_kid.get(kid) {
-                return Ok(*k);
+/// Two issuers never share a subject, so with more than one, each needs a non-empty prefix that
+/// no other's starts with (`idp:` and `idp:2:` would both map some `sub` to `idp:2:x`).
+fn check_namespaces(issuers: &[Issuer]) -> std::result::Result<(), String> {
+    if issuers.len() < 2 {
+        return Ok(());
+    }
+    for a in issuers {
+        let (name, prefix) = (&a.config.issuer, &a.config.subject_prefix);
+        if prefix.is_empty() {
+            return Err(format!(
+                "issuer \"{name}\": with more than one issuer, each needs its own non-empty subject_prefix (e.g. \"{}:\")",
+                name.trim_start_matches("https://").split(['/', '.']).next().unwrap_or("idp")
+            ));
+        }
+        for b in issuers.iter().filter(|b| !std::ptr::eq(*b, a)) {
+            if b.config.subject_prefix.starts_with(prefix.as_str()) {
+                return Err(format!(
+                    "issuers \"{name}\" and \"{}\": subject_prefix \"{prefix}\" starts subject_prefix \"{}\", so their subjects could meet; give each issuer a prefix no other starts with",
+                    b.config.issuer, b.config.subject_prefix
+                ));
             }
         }
-        Err(ApiError::unauthorized(format!(
-            "kid \"{kid:.80}\" is not in the JWKS of issuer \"{}\"",
-            self.config.issuer
-        )))
     }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -246,13 +251,16 @@ fn claimed_issuer(jwt: &str) -> Option<String> {
     v["iss"].as_str().map(str::to_owned)
 }
 
-/// A form (RFC 8693's encoding) or JSON body.
-fn parse_body(req: &HttpRequest, body: &[u8]) -> Result<ExchangeRequest> {
-    let json = req
-        .headers()
+/// Whether a request's body is JSON (else RFC 8693's form encoding).
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// A form or JSON body.
+fn parse_body(json: bool, body: &[u8]) -> Result<ExchangeRequest> {
     if json {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     } else {
@@ -261,16 +269,21 @@ fn parse_body(req: &HttpRequest, body: &[u8]) -> Result<ExchangeRequest> {
     }
 }
 
-pub(crate) async fn exchange(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse> {
-    state.store.check_fresh()?;
-    let Some(exchange) = state.exchange.as_ref() else {
-        return Err(ApiError::not_found("no trusted issuers are configured (--exchange-config)"));
-    };
-    let r = parse_body(&req, &body)?;
+/// A request checked up to the key lookup.
+#[derive(Debug)]
+pub(crate) struct Asked {
+    issuer: usize,
+    token: String,
+    kid: String,
+    issue: Issue,
+}
+
+/// Step 1: parse and check the request (grant, types, which issuer, what it may issue, the ID
+/// token's header), no I/O. A request may only ask for what the issuer's template issues: the
+/// one choice it has is the issued type, and neither type is stricter than the other (a
+/// session renews; a Tessera token outlives an access token and is not ended with a session).
+pub(crate) fn ask(exchange: &Exchange, json: bool, body: &[u8]) -> Result<Asked> {
+    let r = parse_body(json, body)?;
     if r.grant_type != GRANT_TYPE {
         return Err(ApiError::bad_request(format!("grant_type must be {GRANT_TYPE}")));
     }
@@ -284,43 +297,10 @@ pub(crate) async fn exchange(
         .iter()
         .position(|i| i.config.issuer == iss)
         .ok_or_else(|| ApiError::unauthorized(format!("issuer \"{iss:.200}\" is not trusted")))?;
-    // Verification may fetch the issuer's JWKS: off the async workers.
-    let st = state.clone();
-    let token = r.subject_token.clone();
-    let claims = blocking(move || {
-        let Some(i) = st.exchange.as_ref().and_then(|x| x.issuers.get(issuer)) else {
-            return Err(ApiError::internal("issuer vanished"));
-        };
-        let rules = IdTokenRules {
-            issuer: &i.config.issuer,
-            audience: &i.config.audience,
-            algorithms: &i.algorithms,
-            now: time::OffsetDateTime::now_utc(),
-            leeway: time::Duration::try_from(i.leeway).map_err(ApiError::internal)?,
-        };
-        // The key lookup answers in ApiError terms; carry its detail through the core's error.
-        let lookup = |kid: &str| {
-            i.key(kid)
-                .map(VerifyKey::Public)
-                .map_err(|e| tessera_core::Error::Envelope(e.detail().to_owned()))
-        };
-        verify_id_token(&token, lookup, &rules)
-            .map_err(|e| ApiError::unauthorized(format!("subject_token: {e}")))
-    })
-    .await?;
     let i = &exchange.issuers[issuer];
-    let t = &i.config.template;
-    let sub = claims["sub"].as_str().unwrap_or_default();
-    let subject = format!("{}{sub}", i.config.subject_prefix);
-    check_subject(Some(&subject))?;
-    let copied: Map<String, Value> =
-        t.claims.iter().filter_map(|n| claims.get(n).map(|v| (n.clone(), v.clone()))).collect();
-    let custom = (!copied.is_empty())
-        .then(|| CustomClaims::new(copied))
-        .transpose()
-        .map_err(|e| ApiError::unauthorized(format!("subject_token claims: {e}")))?;
+    let template = i.config.template.issue;
     let issue = match r.requested_token_type.as_deref() {
-        None => t.issue,
+        None => template,
         Some(ACCESS_TOKEN) => Issue::Session,
         Some(TESSERA_TOKEN) => Issue::Token,
         Some(other) => {
@@ -329,6 +309,122 @@ pub(crate) async fn exchange(
             )))
         }
     };
+    if issue != template {
+        return Err(ApiError::forbidden(format!(
+            "the template of issuer \"{}\" issues {}: a request may ask only for what its template issues",
+            i.config.issuer,
+            template.name()
+        )));
+    }
+    let kid = id_token_key_id(&r.subject_token, &i.algorithms)
+        .map_err(|e| ApiError::unauthorized(format!("subject_token: {e}")))?;
+    Ok(Asked { issuer, token: r.subject_token, kid, issue })
+}
+
+/// Step 2: the key the ID token's `kid` names (from the cache, or fetched).
+async fn key(exchange: &Exchange, asked: &Asked) -> Result<PublicKey> {
+    let i = &exchange.issuers[asked.issuer];
+    i.keys.key(&asked.kid).await.map_err(|m| missing(i, &asked.kid, m))
+}
+
+fn missing(i: &Issuer, kid: &str, why: Missing) -> ApiError {
+    match why {
+        Missing::Unknown => ApiError::unauthorized(format!(
+            "subject_token: kid \"{kid:.80}\" is not in the JWKS of issuer \"{}\"",
+            i.config.issuer
+        )),
+        // The details (where, what the upstream said) are in the log, not for the caller.
+        Missing::Unavailable => ApiError::unavailable(format!(
+            "the keys of issuer \"{}\" cannot be fetched right now; try again later",
+            i.config.issuer
+        )),
+    }
+}
+
+/// What a verified ID token gets.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// `<subject_prefix><sub>`: never the admin subject nor an application's.
+    pub(crate) subject: String,
+    /// The template's claims copied from the ID token.
+    pub(crate) custom: Option<CustomClaims>,
+    issue: Issue,
+    issuer: usize,
+}
+
+impl Admitted {
+    /// `session` or `token`.
+    pub(crate) fn issues_session(&self) -> bool {
+        self.issue == Issue::Session
+    }
+}
+
+/// Step 3: verify the ID token with `key` at `now` and name its subject, no I/O. The final
+/// subject is what is checked, so no prefix and `sub` together make a reserved one.
+pub(crate) fn admit(
+    exchange: &Exchange,
+    asked: &Asked,
+    key: PublicKey,
+    now: time::OffsetDateTime,
+    admin_subject: &str,
+) -> Result<Admitted> {
+    let i = &exchange.issuers[asked.issuer];
+    let rules = IdTokenRules {
+        issuer: &i.config.issuer,
+        audience: &i.config.audience,
+        algorithms: &i.algorithms,
+        now,
+        leeway: i.leeway,
+    };
+    let lookup = |kid: &str| {
+        if kid == asked.kid {
+            Ok(VerifyKey::Public(key))
+        } else {
+            Err(tessera_core::Error::Envelope("kid changed between looking and verifying".into()))
+        }
+    };
+    let claims = verify_id_token(&asked.token, lookup, &rules)
+        .map_err(|e| ApiError::unauthorized(format!("subject_token: {e}")))?;
+    let sub = claims["sub"].as_str().unwrap_or_default();
+    let subject = format!("{}{sub}", i.config.subject_prefix);
+    if subject == admin_subject || subject.starts_with(APP_SUBJECT_PREFIX) {
+        return Err(ApiError::forbidden(format!(
+            "subject_token: the subject \"{subject:.100}\" is reserved (the admin's or an application's) and is never given by an exchange"
+        )));
+    }
+    check_subject(Some(&subject))?;
+    let t = &i.config.template;
+    let copied: Map<String, Value> =
+        t.claims.iter().filter_map(|n| claims.get(n).map(|v| (n.clone(), v.clone()))).collect();
+    let custom = (!copied.is_empty())
+        .then(|| CustomClaims::new(copied))
+        .transpose()
+        .map_err(|e| ApiError::unauthorized(format!("subject_token claims: {e}")))?;
+    Ok(Admitted { subject, custom, issue: asked.issue, issuer: asked.issuer })
+}
+
+/// The key for a request without fetching (the fuzz target's issuers read their keys from files).
+pub(crate) fn cached_key(exchange: &Exchange, asked: &Asked) -> Result<PublicKey> {
+    let i = &exchange.issuers[asked.issuer];
+    i.keys.cached(&asked.kid).ok_or_else(|| missing(i, &asked.kid, Missing::Unknown))
+}
+
+pub(crate) async fn exchange(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    state.store.check_fresh()?;
+    let Some(exchange) = state.exchange.as_ref() else {
+        return Err(ApiError::not_found("no trusted issuers are configured (--exchange-config)"));
+    };
+    let asked = ask(exchange, is_json(&req), &body)?;
+    let key = key(exchange, &asked).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let Admitted { subject, custom, issue, issuer } =
+        admit(exchange, &asked, key, now, &state.config.admin_subject)?;
+    let i = &exchange.issuers[issuer];
+    let t = &i.config.template;
     state.metrics.exchanges.inc();
     match issue {
         Issue::Session => {
@@ -352,8 +448,10 @@ pub(crate) async fn exchange(
         }
         Issue::Token => {
             let ttl = lifetime("ttl", t.ttl.as_deref(), Duration::from_secs(3600), state.config.max_ttl)?;
-            let expires = time::OffsetDateTime::now_utc()
-                + time::Duration::try_from(ttl).map_err(|_| ApiError::bad_request("ttl is too long"))?;
+            let expires = time::Duration::try_from(ttl)
+                .ok()
+                .and_then(|ttl| now.checked_add(ttl))
+                .ok_or_else(|| ApiError::bad_request("the template's ttl ends past the calendar"))?;
             let spec = MintSpec {
                 subject,
                 description: format!("login through {}", i.config.issuer),

@@ -1,9 +1,13 @@
 //! Entry points for the fuzz targets (`crates/fuzz`, `fuzz/`): the service's own code paths for
-//! request bodies and discharge tickets, without HTTP. Not a stable API.
+//! request bodies, login exchanges and discharge tickets, without HTTP. Not a stable API.
+
+use std::path::Path;
+use std::time::Duration;
 
 use tessera_core::{KeyId, KeyProvider, RootKey, TokenId};
 
 use crate::api::{check_subject, mint_spec, MintRequest};
+use crate::exchange::{admit, ask, cached_key, Exchange};
 use crate::mint::Inheritance;
 use crate::problem::ApiError;
 use crate::verify::{verify_request, VerifyRequest};
@@ -42,4 +46,53 @@ pub fn seal_ticket(kid: KeyId, secret: &RootKey, tid: TokenId) -> Option<Vec<u8>
 pub fn open_sealed_plaintext(kid: KeyId, secret: &RootKey, plaintext: &[u8]) -> Option<(String, TokenId)> {
     let sealed = ticket::seal_raw(kid, secret, plaintext).ok()?;
     open_ticket(&sealed, secret)
+}
+
+/// Trusted issuers for the exchange target: an issuers file whose `jwks_file`s all stand for one
+/// JWKS given inline, so keys are never fetched.
+#[derive(Debug)]
+pub struct ExchangeFixture {
+    exchange: Exchange,
+    admin_subject: String,
+}
+
+impl ExchangeFixture {
+    /// Check `issuers` (the trusted issuers file's text) as the service does at start, every
+    /// `jwks_file` reading as `jwks`; `admin_subject` as `--admin-subject`.
+    pub fn new(issuers: &str, jwks: &str, admin_subject: &str) -> Result<Self, String> {
+        let read = |_: &Path| Ok(jwks.to_owned());
+        let exchange = Exchange::parse(issuers, "fuzz", Duration::from_secs(90 * 86_400), &read)?;
+        Ok(ExchangeFixture { exchange, admin_subject: admin_subject.to_owned() })
+    }
+}
+
+/// What an exchange would issue.
+#[derive(Debug)]
+pub struct Exchanged {
+    /// The subject it would be for.
+    pub subject: String,
+    /// A session (else a Tessera token).
+    pub session: bool,
+    /// The custom claims copied from the ID token.
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A `POST /v1/exchange` body (JSON when `json`, else a form) through the handler's own steps at
+/// `now`, up to what it would issue (the key from the fixture's JWKS, never fetched): `Ok` says
+/// for whom and what; `Err` is the answer's status.
+pub fn exchange_body(
+    fixture: &ExchangeFixture,
+    json: bool,
+    body: &[u8],
+    now: time::OffsetDateTime,
+) -> Result<Exchanged, u16> {
+    let status = |e: ApiError| e.status().as_u16();
+    let asked = ask(&fixture.exchange, json, body).map_err(status)?;
+    let key = cached_key(&fixture.exchange, &asked).map_err(status)?;
+    let admitted = admit(&fixture.exchange, &asked, key, now, &fixture.admin_subject).map_err(status)?;
+    Ok(Exchanged {
+        session: admitted.issues_session(),
+        claims: admitted.custom.as_ref().map(|c| c.as_map().clone()),
+        subject: admitted.subject,
+    })
 }

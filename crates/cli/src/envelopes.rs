@@ -48,7 +48,8 @@ pub(crate) struct JwtCheckArgs {
     #[arg(long, value_name = "HEX", required_unless_present = "jwks", conflicts_with = "jwks")]
     key_hex: Option<String>,
     /// ES256 / EdDSA: the JWKS, as a URL (the service's /.well-known/jwks.json) or a file; the
-    /// key is chosen by the envelope's kid and fixes the algorithm.
+    /// key is chosen by the envelope's kid and fixes the algorithm (an entry whose alg is not its
+    /// key's, or whose use is not sig, names no key).
     #[arg(long, value_name = "URL|FILE")]
     jwks: Option<String>,
     /// The audience this check is for: the envelope's aud must equal it (an envelope with an
@@ -109,8 +110,18 @@ type KeyLookup = Box<dyn Fn(&str) -> tessera_core::Result<envelope::VerifyKey>>;
 /// A JWKS from a URL or a file.
 fn load_jwks(at: &str) -> Result<Value> {
     let text = if at.starts_with("http://") || at.starts_with("https://") {
-        let agent = ureq::Agent::config_builder().http_status_as_error(true).build().new_agent();
-        agent.get(at).call().with_context(|| format!("GET {at}"))?.body_mut().read_to_string()?
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(true)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let mut answer = agent.get(at).call().with_context(|| format!("GET {at}"))?;
+        answer
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_string()
+            .with_context(|| format!("GET {at}"))?
     } else {
         std::fs::read_to_string(at).with_context(|| format!("reading {at}"))?
     };

@@ -251,12 +251,16 @@ fn claimed_issuer(jwt: &str) -> Option<String> {
     v["iss"].as_str().map(str::to_owned)
 }
 
-/// Whether a request's body is JSON (else RFC 8693's form encoding).
-fn is_json(req: &HttpRequest) -> bool {
-    req.headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+/// Whether a request's body is JSON (`true`) or RFC 8693's form encoding (`false`, also when no
+/// Content-Type is sent); any other type is a 415.
+fn is_json(req: &HttpRequest) -> Result<bool> {
+    let Some(value) = req.headers().get("content-type") else { return Ok(false) };
+    let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
+    match value.split(';').next().unwrap_or_default().trim() {
+        "application/json" => Ok(true),
+        "application/x-www-form-urlencoded" => Ok(false),
+        _ => Err(ApiError::unsupported_media()),
+    }
 }
 
 /// A form or JSON body.
@@ -418,7 +422,7 @@ pub(crate) async fn exchange(
     let Some(exchange) = state.exchange.as_ref() else {
         return Err(ApiError::not_found("no trusted issuers are configured (--exchange-config)"));
     };
-    let asked = ask(exchange, is_json(&req), &body)?;
+    let asked = ask(exchange, is_json(&req)?, &body)?;
     let key = key(exchange, &asked).await?;
     let now = time::OffsetDateTime::now_utc();
     let Admitted { subject, custom, issue, issuer } =

@@ -565,3 +565,37 @@ fn a_jwks_server_that_never_answers_is_cut_off_at_the_deadline() {
     }
     assert_eq!(idp.fetched(), 1);
 }
+
+/// Issue 20, with trusted issuers configured (tests/errors.rs walks the route without them): an
+/// over-limit body is a 413 and a body of another type than form or JSON a 415, each as
+/// problem+json, never "invalid form body".
+#[test]
+fn body_errors_at_the_exchange_are_problem_json() {
+    run(async {
+        let idp = Idp::start();
+        let dir = tempfile::tempdir().unwrap();
+        let path = config_file(dir.path(), json!([issuer(&idp)]));
+        let e = env_with(|c| {
+            c.exchange_config = Some(path);
+            c.body_limit = 1024;
+        });
+        let big = "x".repeat(4096);
+        for (content_type, body, status) in [
+            ("application/json", format!("{{\"pad\":\"{big}\"}}"), StatusCode::PAYLOAD_TOO_LARGE),
+            ("application/x-www-form-urlencoded", format!("pad={big}"), StatusCode::PAYLOAD_TOO_LARGE),
+            ("text/plain", "grant_type=x".to_owned(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ("application/xml", "<x/>".to_owned(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ] {
+            let req = TestRequest::post()
+                .uri("/v1/exchange")
+                .insert_header(("Content-Type", content_type))
+                .set_payload(body);
+            assert_problem(&send(&e, req).await, status);
+        }
+        // Without a Content-Type the body is read as RFC 8693's form.
+        let req = TestRequest::post().uri("/v1/exchange").set_payload("grant_type=password");
+        let a = send(&e, req).await;
+        assert_problem(&a, StatusCode::BAD_REQUEST);
+        assert!(a.body["detail"].as_str().unwrap().contains("form"), "{}", a.raw);
+    })
+}

@@ -9,12 +9,13 @@ use tessera_core::{KeyId, TokenId};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
 // index), change log with key changes; 3 = JWT signing keys; 4 = registered applications and
 // signing keys they own; 5 = sessions; 6 = uses, last use and grants of tokens, rate counters,
-// expiry notices. Older databases are migrated at open, after the master key
-// check.
+// expiry notices; 7 = rate counters one row per family and budget with the end of its window
+// (PostgreSQL only: redb keeps no rate counters). Older databases are migrated at open, after the
+// master key check.
 
 /// The state of a root key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,4 +45,4 @@ pub use codec::{
 pub use error::{Error, Result};
 pub use master::{MasterKey, MASTER_KEY_ENV};
 pub use store::{Freshness, Location, Store};
-pub use usage::RateDecision;
+pub use usage::{RateDecision, RateTake, DEFAULT_RATE_CAPACITY, MAX_FAMILY_BUDGETS, PRUNE_PER_TAKE};

@@ -215,3 +215,52 @@ fn rate_budgets_hold_across_three_nodes() {
     // The next window starts afresh.
     assert!(nodes[1].take_rate(tid, limit, now + 3600).unwrap().allowed);
 }
+
+/// Issue 19, finding 4, across nodes: a use one node refuses because one budget is spent takes
+/// nothing from the family's other budgets in the shared counters: another node finds them whole.
+#[test]
+fn a_refused_take_leaves_the_other_budgets_untouched_across_nodes() {
+    use tessera_core::RateLimit;
+    use tessera_store::RateTake;
+    let url = pg().create_database();
+    let (a, b) = (open(&url, Freshness::default()).unwrap(), open(&url, Freshness::default()).unwrap());
+    let tid = TokenId::generate().unwrap();
+    let (hour, day) = (RateLimit::parse("6/1h").unwrap(), RateLimit::parse("3/1d").unwrap());
+    let now = 86_400 * 20_000 + 100;
+    let taken = |r: RateTake| matches!(r, RateTake::Taken(_));
+    let on_a: Vec<bool> = (0..6).map(|_| taken(a.take_rates(tid, &[hour, day], now).unwrap())).collect();
+    assert_eq!(on_a, [true, true, true, false, false, false]);
+    let on_b: Vec<bool> = (0..6).map(|_| taken(b.take_rates(tid, &[hour], now).unwrap())).collect();
+    assert_eq!(on_b, [true, true, true, false, false, false], "6/1h had three uses left");
+}
+
+/// Issue 19, finding 3, across nodes: one family holds at most 8 distinct budgets in the shared
+/// counters, however its uses are spread over nodes; a refused budget leaves no counter anywhere.
+#[test]
+fn a_familys_distinct_budgets_are_capped_across_nodes() {
+    use tessera_core::RateLimit;
+    use tessera_store::RateTake;
+    let url = pg().create_database();
+    let (a, b) = (open(&url, Freshness::default()).unwrap(), open(&url, Freshness::default()).unwrap());
+    let tid = TokenId::generate().unwrap();
+    let now = 86_400 * 20_000 + 100;
+    let budget = |n: u64| RateLimit::parse(&format!("{n}/1h")).unwrap();
+    for n in 1..=5 {
+        assert!(matches!(a.take_rates(tid, &[budget(n)], now).unwrap(), RateTake::Taken(_)));
+    }
+    for n in 6..=8 {
+        assert!(matches!(b.take_rates(tid, &[budget(n)], now).unwrap(), RateTake::Taken(_)));
+    }
+    assert_eq!(
+        b.take_rates(tid, &[budget(9)], now).unwrap(),
+        RateTake::TooManyBudgets { held: 8, adding: 1, limit: 8 }
+    );
+    assert_eq!(b.rate_counters(), 3, "no counter kept for the refused budget");
+    let rows = pg().sql(&url, "SELECT count(*) FROM tessera_rates");
+    assert_eq!(rows.trim(), "8");
+    // Budgets the family holds still work on any node; after their windows, new ones do.
+    assert!(matches!(b.take_rates(tid, &[budget(1)], now).unwrap(), RateTake::Spent(_)));
+    assert!(matches!(b.take_rates(tid, &[budget(2)], now).unwrap(), RateTake::Taken(_)));
+    assert!(matches!(b.take_rates(tid, &[budget(9)], now + 3600).unwrap(), RateTake::Taken(_)));
+    assert_eq!(pg().sql(&url, "SELECT count(*) FROM tessera_rates").trim(), "1", "ended rows dropped");
+}

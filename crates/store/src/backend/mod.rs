@@ -117,21 +117,21 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn due_notices(&self, now: i64) -> Result<Vec<Notice>>;
     /// Every notice of a token.
     fn notices_of(&self, tid: &TokenId) -> Result<Vec<Notice>>;
-    /// Lease up to `want` uses from the shared counter of (`tid`, `spec`, `window`) whose budget
-    /// is `count`: `(granted, used after)`. Only a shared database has shared counters.
-    fn take_rate(
+    /// Lease units of several budgets of the family `tid` at `now`, all or none: each budget in
+    /// `wants` must have room for a unit, and the family may hold at most `max_budgets` budgets
+    /// whose window has not ended. Only a shared database has shared counters.
+    fn take_rates(
         &self,
         _tid: &TokenId,
-        _spec: &str,
-        _window: i64,
-        _count: u64,
-        _want: u64,
-    ) -> Result<(u64, u64)> {
+        _now: i64,
+        _wants: &[crate::usage::RateWant],
+        _max_budgets: usize,
+    ) -> Result<crate::usage::RateLease> {
         Err(crate::error::Error::Corrupt("this database keeps no shared rate counters".into()))
     }
-    /// Drop rate counters of windows that started before `before`.
-    fn prune_rates(&self, _before: i64) -> Result<()> {
-        Ok(())
+    /// Drop a batch of shared rate counters whose window ended by `now`; how many.
+    fn prune_rates(&self, _now: i64) -> Result<u64> {
+        Ok(0)
     }
     /// One token record.
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>>;

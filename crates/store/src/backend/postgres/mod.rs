@@ -16,6 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tessera_core::{KeyId, SessionId, TokenId};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+mod rates;
 mod rows;
 
 /// `SELECT` of the columns `rows::token_of` reads, with the rest of the statement.
@@ -42,6 +43,7 @@ use crate::codec::{
 };
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
+use crate::usage::{RateLease, RateWant};
 
 /// Migrations, in order: (schema version reached, SQL).
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -50,6 +52,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (4, include_str!("../migrations/0003_apps.sql")),
     (5, include_str!("../migrations/0004_sessions.sql")),
     (6, include_str!("../migrations/0005_limits.sql")),
+    (7, include_str!("../migrations/0006_rates.sql")),
 ];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -325,29 +328,34 @@ impl Backend for PostgresBackend {
         )
     }
 
-    fn take_rate(&self, tid: &TokenId, spec: &str, window: i64, count: u64, want: u64) -> Result<(u64, u64)> {
-        let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let want = i64::try_from(want).unwrap_or(i64::MAX);
-        // One statement, row-locked: a grant never takes the counter past the budget.
-        self.query(
-            "INSERT INTO tessera_rates AS r (tid, spec, win, used, last_grant)
-             VALUES ($1, $2, $3::bigint, LEAST($4::bigint, $5::bigint), LEAST($4::bigint, $5::bigint))
-             ON CONFLICT (tid, spec, win) DO UPDATE
-               SET used = r.used + LEAST($4::bigint, GREATEST($5::bigint - r.used, 0)),
-                   last_grant = LEAST($4::bigint, GREATEST($5::bigint - r.used, 0))
-             RETURNING last_grant, used",
-            vec![p(tid.as_bytes().to_vec()), p(spec.to_owned()), p(window), p(want), p(count)],
-            |rows| {
-                let row = rows.first().ok_or_else(|| crate::error::Error::Corrupt("no rate row".into()))?;
-                let granted: i64 = row.try_get(0).map_err(db)?;
-                let used: i64 = row.try_get(1).map_err(db)?;
-                Ok((u64::try_from(granted).unwrap_or(0), u64::try_from(used).unwrap_or(0)))
-            },
-        )
+    fn take_rates(
+        &self,
+        tid: &TokenId,
+        now: i64,
+        wants: &[RateWant],
+        max_budgets: usize,
+    ) -> Result<RateLease> {
+        let pool = self.pool.clone();
+        let tid = tid.as_bytes().to_vec();
+        let wants = wants.to_vec();
+        self.call(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let txn = client.transaction().await.map_err(db)?;
+            let lease = rates::take(&txn, &tid, now, &wants, max_budgets).await?;
+            if matches!(lease, RateLease::Granted(_)) {
+                txn.commit().await.map_err(db)?;
+            }
+            // Otherwise dropping the transaction rolls it back: a refusal writes nothing.
+            Ok(lease)
+        })
     }
 
-    fn prune_rates(&self, before: i64) -> Result<()> {
-        self.query("DELETE FROM tessera_rates WHERE win < $1", vec![p(before)], |_| Ok(()))
+    fn prune_rates(&self, now: i64) -> Result<u64> {
+        let pool = self.pool.clone();
+        self.call(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            rates::prune(&client, now).await
+        })
     }
 
     fn token(&self, tid: &TokenId) -> Result<Option<StoredToken>> {

@@ -1,0 +1,113 @@
+//! The shared rate counters (`tessera_rates`): one row per token family and budget, reused
+//! across windows, with the end of its window.
+//!
+//! A lease runs in one transaction under a per-family advisory lock, so nodes taking units of one
+//! family serialise while other families go on: it reads the family's rows (through the primary
+//! key; at most the cap of live ones plus those that ended since), refuses a budget that would
+//! exceed the per-family cap, grants all of the wanted budgets or none, and drops the family's
+//! ended rows. The housekeeping round drops ended rows in batches through the index on `ends`.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::{GenericClient, Transaction};
+
+use super::rows::db;
+use crate::error::Result;
+use crate::usage::{RateLease, RateWant};
+
+/// The class of the per-family advisory locks (`pg_advisory_xact_lock(int4, int4)`, a key space
+/// apart from the migrations' one-`bigint` lock): "rate" in ASCII.
+const LOCK_CLASS: i32 = 0x7261_7465;
+
+/// Ended rows the housekeeping round drops at most per call.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Lease units of `wants` for the family `tid` at `now` in `txn`: all or none. The caller commits
+/// only a grant.
+pub(super) async fn take(
+    txn: &Transaction<'_>,
+    tid: &[u8],
+    now: i64,
+    wants: &[RateWant],
+    max_budgets: usize,
+) -> Result<RateLease> {
+    let key = i32::from_be_bytes([tid[0], tid[1], tid[2], tid[3]]);
+    let lock = txn.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)").await.map_err(db)?;
+    txn.execute(&lock, &[&LOCK_CLASS, &key]).await.map_err(db)?;
+    let select = txn
+        .prepare_cached("SELECT spec, win, ends, used FROM tessera_rates WHERE tid = $1")
+        .await
+        .map_err(db)?;
+    let mut live: HashMap<String, (i64, i64, i64)> = HashMap::new();
+    let mut ended = 0usize;
+    for row in txn.query(&select, &[&tid]).await.map_err(db)? {
+        let spec: String = row.try_get(0).map_err(db)?;
+        let (win, ends, used): (i64, i64, i64) =
+            (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?, row.try_get(3).map_err(db)?);
+        if ends > now {
+            live.insert(spec, (win, ends, used));
+        } else {
+            ended += 1;
+        }
+    }
+    let adding = wants.iter().filter(|w| !live.contains_key(&w.spec)).count();
+    if live.len() + adding > max_budgets {
+        return Ok(RateLease::TooManyBudgets { held: live.len() });
+    }
+    // Each budget's window and count: a row of a later window (a node whose clock is ahead)
+    // counts, so clock skew never lets a budget be spent twice.
+    let state: Vec<(i64, i64, u64)> = wants
+        .iter()
+        .map(|w| match live.get(&w.spec) {
+            Some(&(win, ends, used)) if win >= w.window => (win, ends, u64::try_from(used).unwrap_or(0)),
+            _ => (w.window, w.ends, 0),
+        })
+        .collect();
+    if wants.iter().zip(&state).any(|(w, s)| s.2 >= w.limit.count) {
+        return Ok(RateLease::Spent(state.iter().map(|s| s.2).collect()));
+    }
+    let grants: Vec<(u64, u64)> = wants
+        .iter()
+        .zip(&state)
+        .map(|(w, s)| {
+            let grant = w.want.min(w.limit.count - s.2);
+            (grant, s.2 + grant)
+        })
+        .collect();
+    if ended > 0 {
+        let drop = txn
+            .prepare_cached("DELETE FROM tessera_rates WHERE tid = $1 AND ends <= $2")
+            .await
+            .map_err(db)?;
+        txn.execute(&drop, &[&tid, &now]).await.map_err(db)?;
+    }
+    let upsert = txn
+        .prepare_cached(
+            "INSERT INTO tessera_rates (tid, spec, win, ends, used)
+             SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (tid, spec) DO UPDATE
+               SET win = excluded.win, ends = excluded.ends, used = excluded.used",
+        )
+        .await
+        .map_err(db)?;
+    let specs: Vec<&str> = wants.iter().map(|w| w.spec.as_str()).collect();
+    let wins: Vec<i64> = state.iter().map(|s| s.0).collect();
+    let ends: Vec<i64> = state.iter().map(|s| s.1).collect();
+    let used: Vec<i64> = grants.iter().map(|g| i64::try_from(g.1).unwrap_or(i64::MAX)).collect();
+    txn.execute(&upsert, &[&tid, &specs, &wins, &ends, &used]).await.map_err(db)?;
+    Ok(RateLease::Granted(grants))
+}
+
+/// Drop up to [`PRUNE_BATCH`] rows whose window ended by `now`; how many.
+pub(super) async fn prune(client: &impl GenericClient, now: i64) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM tessera_rates r USING (
+                 SELECT tid, spec FROM tessera_rates WHERE ends <= $1 ORDER BY ends LIMIT $2
+             ) d
+             WHERE r.tid = d.tid AND r.spec = d.spec AND r.ends <= $1",
+        )
+        .await
+        .map_err(db)?;
+    client.execute(&stmt, &[&now, &PRUNE_BATCH]).await.map_err(db)
+}

@@ -1,0 +1,519 @@
+//! Rate-limit counters: one per budget (`rate-limit N/P`) of a token family, in fixed windows
+//! aligned to the epoch.
+//!
+//! What a holder controls is bounded (issue 19, finding 3). A family holds at most
+//! [`MAX_FAMILY_BUDGETS`] budgets whose window has not ended (a token that would add more is
+//! refused and creates nothing); a node holds at most its capacity of counters
+//! ([`DEFAULT_RATE_CAPACITY`]; when full, a token that needs a new counter is refused: no live
+//! counter is ever evicted, so no budget can be reset by filling the table). A use costs work in
+//! the number of the token's budgets plus at most [`PRUNE_PER_TAKE`] expiry checks, never in the
+//! number of counters: families are filed in per-minute buckets by the end of their last window,
+//! and each use (and each housekeeping round, for all that are due) drops families whose buckets
+//! have passed.
+//!
+//! A use takes one unit from every budget of the token or from none (finding 4): a refusal spends
+//! nothing, and a use refused afterwards (a replayed `once` token) gives its units back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use tessera_core::{RateLimit, TokenId};
+
+use crate::error::{Error, Result};
+use crate::Store;
+
+/// Distinct budgets (whose window has not ended) one token family may hold at once.
+pub const MAX_FAMILY_BUDGETS: usize = 8;
+
+/// Counters one node holds at most, by default (about 45 MiB when full: see docs/LIMITS.md).
+pub const DEFAULT_RATE_CAPACITY: usize = 1 << 18;
+
+/// Expiry checks a use makes at most (amortised: each filing is checked once).
+pub const PRUNE_PER_TAKE: usize = 16;
+
+/// Width of an expiry bucket, in seconds.
+const BUCKET: i64 = 60;
+
+/// The answer of a rate check for one budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateDecision {
+    /// The budget.
+    pub limit: RateLimit,
+    /// Whether this budget had room for the use. The use is counted only when every budget of
+    /// the token had room ([`RateTake::Taken`]).
+    pub allowed: bool,
+    /// Uses left in the current window (on a cluster, as this node last learned it).
+    pub remaining: u64,
+    /// Seconds until the window ends.
+    pub reset: u64,
+}
+
+/// What taking one use from every budget of a token did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateTake {
+    /// Every budget had room: one use was taken from each.
+    Taken(Vec<RateDecision>),
+    /// A budget is spent (`allowed: false`): nothing was taken from any.
+    Spent(Vec<RateDecision>),
+    /// The token would make its family hold more than [`MAX_FAMILY_BUDGETS`] distinct budgets:
+    /// nothing was taken and no counter created.
+    TooManyBudgets {
+        /// Budgets the family holds now.
+        held: usize,
+        /// New budgets this token would add.
+        adding: usize,
+        /// The limit ([`MAX_FAMILY_BUDGETS`]).
+        limit: usize,
+    },
+    /// This node holds its capacity of counters and the token needs a new one: nothing was taken
+    /// and no counter created (a live counter is never evicted).
+    Full {
+        /// The node's capacity.
+        capacity: usize,
+    },
+}
+
+/// One budget's state on this node for its current window.
+#[derive(Debug)]
+struct Counter {
+    limit: RateLimit,
+    window: i64,
+    /// Uses counted here this window.
+    used_here: u64,
+    /// Shared databases: units leased from the shared counter and not yet used.
+    leased: u64,
+    /// Shared databases: the shared counter's value after the last lease.
+    used_seen: u64,
+}
+
+impl Counter {
+    fn new(limit: RateLimit, window: i64) -> Counter {
+        Counter { limit, window, used_here: 0, leased: 0, used_seen: 0 }
+    }
+
+    fn ends(&self) -> i64 {
+        self.window.saturating_add(period(self.limit))
+    }
+
+    /// Start the window `window` if it is a later one.
+    fn roll(&mut self, window: i64) {
+        if window > self.window {
+            *self = Counter::new(self.limit, window);
+        }
+    }
+}
+
+/// One token family's budgets.
+#[derive(Debug, Default)]
+struct Family {
+    budgets: Vec<Counter>,
+    /// The expiry bucket the family is filed under: at or after the end of its last window.
+    bucket: i64,
+}
+
+/// The counters of one node.
+#[derive(Debug)]
+struct Table {
+    families: HashMap<TokenId, Family>,
+    /// Families by expiry bucket (a family may have stale filings under earlier buckets).
+    wheel: BTreeMap<i64, Vec<TokenId>>,
+    /// Counters held (the sum of the families' budgets).
+    counters: usize,
+    capacity: usize,
+    /// Counters and filings looked at, in all (work, for tests and benchmarks).
+    examined: u64,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            families: HashMap::new(),
+            wheel: BTreeMap::new(),
+            counters: 0,
+            capacity: DEFAULT_RATE_CAPACITY,
+            examined: 0,
+        }
+    }
+}
+
+/// Rate counters by token family and budget.
+#[derive(Debug, Default)]
+pub(crate) struct Rates {
+    table: Mutex<Table>,
+}
+
+/// Units a node asks the shared counter for at a time: 1% of the budget, at least one.
+fn lease_size(limit: RateLimit) -> u64 {
+    (limit.count / 100).max(1)
+}
+
+fn period(limit: RateLimit) -> i64 {
+    // At most 30 days (the caveat's own limit).
+    i64::try_from(limit.period).unwrap_or(30 * 86_400)
+}
+
+fn window_of(limit: RateLimit, now: i64) -> i64 {
+    now - now.rem_euclid(period(limit))
+}
+
+fn reset_of(c: &Counter, now: i64) -> u64 {
+    u64::try_from(c.ends() - now).unwrap_or(0)
+}
+
+/// What a node asks of the shared database for one budget.
+#[derive(Clone, Debug)]
+pub(crate) struct RateWant {
+    pub(crate) limit: RateLimit,
+    /// The budget in canonical text (the row's key with the family).
+    pub(crate) spec: String,
+    pub(crate) window: i64,
+    /// When `window` ends.
+    pub(crate) ends: i64,
+    /// Units to lease.
+    pub(crate) want: u64,
+}
+
+/// The shared database's answer to a lease of several budgets of one family, all or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RateLease {
+    /// Each budget's grant (at least one unit) and the counter's value after it, in order.
+    Granted(Vec<(u64, u64)>),
+    /// A budget is spent: nothing was granted; each counter's value.
+    Spent(Vec<u64>),
+    /// The family would hold more than the limit of distinct budgets; nothing was written.
+    TooManyBudgets {
+        /// Budgets the family holds in the database.
+        held: usize,
+    },
+}
+
+impl Table {
+    /// Drop families whose last window has ended, looking at no more than `max` filings.
+    fn prune(&mut self, now: i64, max: usize) -> usize {
+        let mut dropped = 0;
+        for _ in 0..max {
+            let Some(mut first) = self.wheel.first_entry() else { break };
+            if *first.key() > now {
+                break;
+            }
+            let tid = first.get_mut().pop();
+            if first.get().is_empty() {
+                first.remove();
+            }
+            let Some(tid) = tid else { continue };
+            self.examined += 1;
+            if self.families.get(&tid).is_some_and(|f| f.bucket <= now) {
+                if let Some(f) = self.families.remove(&tid) {
+                    self.counters -= f.budgets.len();
+                    dropped += f.budgets.len();
+                }
+            }
+        }
+        dropped
+    }
+
+    /// File `tid` under the bucket at or after `ends`, if that is later than where it is filed.
+    fn file(&mut self, tid: TokenId, ends: i64) {
+        let bucket = ends.div_euclid(BUCKET).saturating_add(1).saturating_mul(BUCKET);
+        if let Some(f) = self.families.get_mut(&tid) {
+            if bucket > f.bucket {
+                f.bucket = bucket;
+                self.wheel.entry(bucket).or_default().push(tid);
+            }
+        }
+    }
+
+    /// The family of `tid` with a counter for each of `limits` (distinct) in the window
+    /// of `now`, creating what is missing within both caps; or why not. Budgets whose window has
+    /// ended are dropped first. Returns the indices of the counters, in the order of `limits`,
+    /// and which were created.
+    fn prepare(&mut self, tid: TokenId, limits: &[RateLimit], now: i64) -> Result<Vec<usize>, RateTake> {
+        let capacity = self.capacity;
+        let family = self.families.entry(tid).or_default();
+        let before = family.budgets.len();
+        family.budgets.retain(|c| c.ends() > now);
+        let ended = before - family.budgets.len();
+        self.examined += before as u64;
+        let adding = limits.iter().filter(|l| !family.budgets.iter().any(|c| c.limit == **l)).count();
+        let held = family.budgets.len();
+        self.counters -= ended;
+        let refusal = if held + adding > MAX_FAMILY_BUDGETS {
+            Some(RateTake::TooManyBudgets { held, adding, limit: MAX_FAMILY_BUDGETS })
+        } else if adding > 0 && self.counters + adding > capacity {
+            Some(RateTake::Full { capacity })
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if held == 0 {
+                self.families.remove(&tid);
+            }
+            return Err(refusal);
+        }
+        // Exactly (a first push would make room for four): memory is per counter.
+        family.budgets.reserve_exact(adding);
+        let mut at = Vec::with_capacity(limits.len());
+        let mut ends = i64::MIN;
+        for l in limits {
+            let window = window_of(*l, now);
+            let i = match family.budgets.iter().position(|c| c.limit == *l) {
+                Some(i) => i,
+                None => {
+                    family.budgets.push(Counter::new(*l, window));
+                    family.budgets.len() - 1
+                }
+            };
+            family.budgets[i].roll(window);
+            ends = ends.max(family.budgets[i].ends());
+            at.push(i);
+        }
+        self.counters += adding;
+        self.file(tid, ends);
+        Ok(at)
+    }
+
+    fn budgets(&mut self, tid: &TokenId) -> Option<&mut Vec<Counter>> {
+        self.families.get_mut(tid).map(|f| &mut f.budgets)
+    }
+}
+
+/// Without repeats (`3/120m` and `3/2h` are one budget), in the token's order.
+fn distinct(limits: &[RateLimit]) -> Vec<RateLimit> {
+    let mut l: Vec<RateLimit> = Vec::with_capacity(limits.len());
+    for limit in limits {
+        if !l.contains(limit) {
+            l.push(*limit);
+        }
+    }
+    l
+}
+
+impl Store {
+    /// Take one use of the token family `tid` from every budget in `limits` at `now` (seconds),
+    /// or from none. Fixed windows aligned to the epoch.
+    ///
+    /// One process: exact. A shared database: each node leases units from the shared counters
+    /// (1% of a budget at a time, at least one; the budgets a use needs are leased together, all
+    /// or none), and a lease never takes a counter past its budget, so the cluster as a whole
+    /// never admits more than a budget; it may refuse up to a lease per node early.
+    pub fn take_rates(&self, tid: TokenId, limits: &[RateLimit], now: i64) -> Result<RateTake> {
+        let limits = distinct(limits);
+        if limits.is_empty() {
+            return Ok(RateTake::Taken(Vec::new()));
+        }
+        if limits.len() > MAX_FAMILY_BUDGETS {
+            return Ok(RateTake::TooManyBudgets { held: 0, adding: limits.len(), limit: MAX_FAMILY_BUDGETS });
+        }
+        let shared = self.inner.backend.shared();
+        let (wants, reserved) = {
+            let mut t = self.inner.rates.table.lock().map_err(|_| Error::Closed)?;
+            t.prune(now, PRUNE_PER_TAKE);
+            let at = match t.prepare(tid, &limits, now) {
+                Ok(at) => at,
+                Err(refusal) => return Ok(refusal),
+            };
+            let budgets = t.budgets(&tid).ok_or(Error::Closed)?;
+            if !shared {
+                let all = at.iter().all(|&i| budgets[i].used_here < budgets[i].limit.count);
+                if all {
+                    for &i in &at {
+                        budgets[i].used_here += 1;
+                    }
+                }
+                let decisions = at
+                    .iter()
+                    .map(|&i| {
+                        let c = &budgets[i];
+                        RateDecision {
+                            limit: c.limit,
+                            allowed: c.used_here < c.limit.count || all,
+                            remaining: c.limit.count - c.used_here,
+                            reset: reset_of(c, now),
+                        }
+                    })
+                    .collect();
+                return Ok(if all { RateTake::Taken(decisions) } else { RateTake::Spent(decisions) });
+            }
+            // Units this node holds are taken at once (given back if the use is refused); the
+            // budgets without any are leased together.
+            let mut wants = Vec::new();
+            let mut reserved = Vec::new();
+            for &i in &at {
+                let c = &mut budgets[i];
+                if c.leased > 0 {
+                    c.leased -= 1;
+                    c.used_here += 1;
+                    reserved.push(c.limit);
+                } else {
+                    wants.push(RateWant {
+                        limit: c.limit,
+                        spec: c.limit.to_string(),
+                        window: c.window,
+                        ends: c.ends(),
+                        want: lease_size(c.limit),
+                    });
+                }
+            }
+            (wants, reserved)
+        };
+        let lease = if wants.is_empty() {
+            Ok(RateLease::Granted(Vec::new()))
+        } else {
+            // Outside the table's lock: other families go on while this one waits.
+            self.inner.backend.take_rates(&tid, now, &wants, MAX_FAMILY_BUDGETS)
+        };
+        let mut t = self.inner.rates.table.lock().map_err(|_| Error::Closed)?;
+        if !matches!(lease, Ok(RateLease::Granted(_))) {
+            // Nothing is taken: give back what was reserved; unless the database knows the
+            // budgets (spent), forget counters created for nothing.
+            let keep = matches!(lease, Ok(RateLease::Spent(_)));
+            if let Some(budgets) = t.budgets(&tid) {
+                for c in budgets.iter_mut().filter(|c| reserved.contains(&c.limit)) {
+                    if c.window == window_of(c.limit, now) && c.used_here > 0 {
+                        c.used_here -= 1;
+                        c.leased += 1;
+                    }
+                }
+                let before = budgets.len();
+                budgets.retain(|c| {
+                    keep || !wants.iter().any(|w| w.limit == c.limit)
+                        || c.used_here > 0
+                        || c.leased > 0
+                        || c.used_seen > 0
+                });
+                let forgotten = before - budgets.len();
+                t.counters -= forgotten;
+            }
+        }
+        let outcome = match lease? {
+            RateLease::Granted(grants) => {
+                if let Some(budgets) = t.budgets(&tid) {
+                    for (w, (grant, used)) in wants.iter().zip(grants) {
+                        // The window may have moved on meanwhile: a lease of an ended window is
+                        // worth only this use.
+                        if let Some(c) = budgets.iter_mut().find(|c| c.limit == w.limit) {
+                            if c.window == w.window {
+                                c.leased += grant.saturating_sub(1);
+                                c.used_here += 1;
+                                c.used_seen = c.used_seen.max(used);
+                            }
+                        }
+                    }
+                }
+                RateTake::Taken(self.cluster_decisions(&mut t, tid, &limits, now, None))
+            }
+            RateLease::Spent(used) => {
+                if let Some(budgets) = t.budgets(&tid) {
+                    for (w, used) in wants.iter().zip(&used) {
+                        if let Some(c) = budgets.iter_mut().find(|c| c.limit == w.limit) {
+                            if c.window == w.window {
+                                c.used_seen = c.used_seen.max(*used);
+                            }
+                        }
+                    }
+                }
+                let spent: Vec<RateLimit> = wants
+                    .iter()
+                    .zip(&used)
+                    .filter(|(w, u)| **u >= w.limit.count)
+                    .map(|(w, _)| w.limit)
+                    .collect();
+                RateTake::Spent(self.cluster_decisions(&mut t, tid, &limits, now, Some(&spent)))
+            }
+            RateLease::TooManyBudgets { held } => {
+                RateTake::TooManyBudgets { held, adding: wants.len(), limit: MAX_FAMILY_BUDGETS }
+            }
+        };
+        Ok(outcome)
+    }
+
+    /// The decisions of a cluster node from its counters (`spent`: the budgets found spent).
+    fn cluster_decisions(
+        &self,
+        t: &mut Table,
+        tid: TokenId,
+        limits: &[RateLimit],
+        now: i64,
+        spent: Option<&[RateLimit]>,
+    ) -> Vec<RateDecision> {
+        let budgets = t.budgets(&tid);
+        limits
+            .iter()
+            .map(|l| {
+                let c = budgets.as_ref().and_then(|b| b.iter().find(|c| c.limit == *l));
+                // What the cluster has counted, less what this node holds unused.
+                let counted = c.map_or(0, |c| c.used_seen.saturating_sub(c.leased).max(c.used_here));
+                let allowed = spent.is_none_or(|s| !s.contains(l));
+                let window = window_of(*l, now);
+                RateDecision {
+                    limit: *l,
+                    allowed,
+                    remaining: if allowed { l.count.saturating_sub(counted) } else { 0 },
+                    reset: u64::try_from(window + period(*l) - now).unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Give back the use [`Store::take_rates`] took at `now` from each of `limits`, when the use
+    /// was refused afterwards (a `once` token used already): the units return to this node (on a
+    /// cluster, to its lease). Nothing if the window has moved on.
+    pub fn give_back_rates(&self, tid: TokenId, limits: &[RateLimit], now: i64) {
+        let shared = self.inner.backend.shared();
+        let Ok(mut t) = self.inner.rates.table.lock() else { return };
+        let Some(budgets) = t.budgets(&tid) else { return };
+        for l in distinct(limits) {
+            if let Some(c) = budgets.iter_mut().find(|c| c.limit == l) {
+                if c.window == window_of(l, now) && c.used_here > 0 {
+                    c.used_here -= 1;
+                    if shared {
+                        c.leased += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Count one use of `tid` against the one budget `limit` (see [`Store::take_rates`]); a
+    /// refusal for either cap reads as not allowed.
+    pub fn take_rate(&self, tid: TokenId, limit: RateLimit, now: i64) -> Result<RateDecision> {
+        let refused = RateDecision { limit, allowed: false, remaining: 0, reset: 0 };
+        Ok(match self.take_rates(tid, &[limit], now)? {
+            RateTake::Taken(d) | RateTake::Spent(d) => d.first().copied().unwrap_or(refused),
+            RateTake::TooManyBudgets { .. } | RateTake::Full { .. } => refused,
+        })
+    }
+
+    /// Drop the counters of families whose windows have all ended by `now` (the housekeeping
+    /// round; the work is in what is due, not in what is held) and, on a shared database, its
+    /// ended counter rows (a batch through the index on their end). Returns counters dropped here.
+    pub fn prune_rates(&self, now: i64) -> Result<usize> {
+        let dropped = {
+            let mut t = self.inner.rates.table.lock().map_err(|_| Error::Closed)?;
+            t.prune(now, usize::MAX)
+        };
+        if self.inner.backend.shared() {
+            self.inner.backend.prune_rates(now)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Rate counters this node holds.
+    pub fn rate_counters(&self) -> usize {
+        self.inner.rates.table.lock().map_or(0, |t| t.counters)
+    }
+
+    /// Rate counters and expiry filings looked at so far, in all: the work budgets cost (a use
+    /// looks at its family's budgets and at most [`PRUNE_PER_TAKE`] filings).
+    pub fn rate_work(&self) -> u64 {
+        self.inner.rates.table.lock().map_or(0, |t| t.examined)
+    }
+
+    /// Set how many rate counters this node holds at most (default [`DEFAULT_RATE_CAPACITY`]).
+    /// Lowering it below what is held drops nothing: new counters are refused until enough end.
+    pub fn set_rate_capacity(&self, capacity: usize) {
+        if let Ok(mut t) = self.inner.rates.table.lock() {
+            t.capacity = capacity;
+        }
+    }
+}

@@ -1,10 +1,13 @@
 //! The token page in a real headless Chromium (Debian's `chromium`, driven by npm
 //! `playwright-core` with no browser download; `make test` installs both): sign in; create a
 //! token with restrictions and see it once; the token works against `/v1/verify` with those
-//! restrictions; reload: the text is gone, the record stays; revoke; an XSS description renders
-//! as text; the admin revokes another subject's token; a non-admin sees no admin view and the
-//! API refuses it anyway; an expired credential leads back to sign in; labels, keyboard and a
-//! 375 px screen. Screenshots go to `TESSERA_SCREENSHOTS` when set (docs/screenshots).
+//! restrictions, which the page states in one line of words (the layers on demand); reload: the
+//! text is gone, the record stays; revoke; an XSS description renders as text; the admin filters,
+//! revokes and hides another subject's token; a non-admin sees no admin view and the API refuses
+//! it anyway; an expired credential leads back to sign in, a bad first sign-in does not say so;
+//! the "expires soon" badge follows the token's lifetime; labels, keyboard, `change` events and
+//! a 375 px screen for both views. Screenshots go to `TESSERA_SCREENSHOTS` when set
+//! (`TESSERA_SCREENSHOTS=docs/screenshots`, relative to the workspace).
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
@@ -43,14 +46,18 @@ fn the_token_page_in_a_real_browser() {
     assert_eq!(root.status().as_u16(), 302);
 
     let mint = |body: Value| post(&format!("{url}/v1/tokens"), &admin, body);
-    let alice = mint(json!({"subject": "alice", "description": "alice's manager",
+    let alice = mint(json!({"subject": "alice", "description": "alice's manager", "ttl": "30d",
         "operations": ["read", "write", "tokens.mint", "tokens.list", "tokens.revoke"]}));
     mint(json!({"subject": "bob", "description": "bob's laptop"}));
+    mint(json!({"subject": "bob", "description": "bob's phone"}));
 
-    let shots = std::env::var_os("TESSERA_SCREENSHOTS").map(PathBuf::from);
-    if let Some(s) = &shots {
-        std::fs::create_dir_all(s).unwrap();
-    }
+    // Relative to the workspace (cargo runs tests in the crate's directory, node in the js one).
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shots = std::env::var_os("TESSERA_SCREENSHOTS").map(|s| {
+        let s = workspace.join(s);
+        std::fs::create_dir_all(&s).unwrap();
+        s.canonicalize().unwrap()
+    });
     let input = dir.path().join("page.json");
     std::fs::write(
         &input,
@@ -73,7 +80,12 @@ fn the_token_page_in_a_real_browser() {
     // Sign in, accessibility.
     assert_eq!(r["unlabelled"], json!([]), "every control has a label");
     assert_eq!(r["tab_reaches_token"], true);
+    // A bad first sign-in: its reason, not the notice for a credential lost mid-session, and
+    // the pasted text kept; a good one clears the field.
     assert!(r["bad_signin_error"].as_str().unwrap().contains("Could not sign in"), "{r}");
+    assert_eq!(r["bad_signin_notice_visible"], false, "no 'no longer valid' on a first sign-in: {r}");
+    assert_eq!(r["bad_signin_kept"], "not-a-token");
+    assert_eq!(r["signin_field_after"], "");
     assert_eq!(r["who"], "Signed in as alice");
     assert!(r["me"].as_str().unwrap().contains("tokens.mint"), "{r}");
     // Created with restrictions, shown once, works as restricted.
@@ -81,12 +93,36 @@ fn the_token_page_in_a_real_browser() {
     assert_eq!(r["verify_read"], 200);
     assert_eq!(r["verify_write"], 403);
     assert_eq!(r["verify_elsewhere"], 403);
-    let restrictions = r["row_restrictions"].as_str().unwrap();
-    assert!(
-        restrictions.contains("operations: read") && restrictions.contains("resources: docs/*"),
-        "{restrictions}"
-    );
-    assert!(restrictions.contains("at most 10 uses per 1m"), "{restrictions}");
+    // Its restrictions: the effective ones first in one line (alice's `allow read write ...`
+    // folded with the child's `allow read`), the layers in a closed <details>.
+    let effective = r["row_effective"].as_str().unwrap_or_else(|| panic!("no effective line: {r}"));
+    assert!(effective.starts_with("read on docs/*, 10 uses per minute, until "), "{effective}");
+    assert!(!effective.contains("write") && !effective.contains("tokens."), "{effective}");
+    let layers = r["row_layers"].as_str().unwrap();
+    assert!(layers.contains("operations: read, write") && layers.contains("resources: docs/*"), "{layers}");
+    assert_eq!(r["row_layers_open"], false, "layers on demand");
+    let week = r["week_effective"].as_str().unwrap();
+    assert!(week.starts_with("read on docs/* from 127.0.0.0/8, 50 uses per minute, until "), "{week}");
+    // The page's folding agrees with the service's (/v1/whoami, signed in as that token).
+    assert_eq!(r["week_me_effective"], r["week_effective"], "{r}");
+    // A fresh 7-day token is not "expiring soon"; in its last quarter it is; expired, it has
+    // nothing to revoke.
+    assert_eq!(r["row_soon_badges"], 0, "a fresh 7-day token is not badged: {r}");
+    assert_eq!(r["week_soon_later"], 1, "{r}");
+    assert!(r["week_status_expired"].as_str().unwrap().contains("expired"), "{r}");
+    assert_eq!(r["week_expired_buttons"], 0, "no Revoke on an expired row");
+    // Each Revoke button is named after its token.
+    assert_eq!(r["row_revoke_named"], 1, "{r}");
+    // Sorting follows a `change` event alone.
+    let before: Vec<String> = serde_json::from_value(r["order_before"].clone()).unwrap();
+    let by_description: Vec<String> = serde_json::from_value(r["order_by_description"].clone()).unwrap();
+    let mut sorted = before.clone();
+    sorted.sort();
+    assert_ne!(before, sorted, "created order differs from description order: {r}");
+    assert_eq!(by_description, sorted, "{r}");
+    // Inputs fill the form (a resource list is long), at 1200 px.
+    assert!(r["resources_input_width"].as_f64().unwrap() >= 400.0, "{r}");
+    assert!(r["admin_subject_width"].as_f64().unwrap() >= 400.0, "{r}");
     // XSS: the description is text.
     assert_eq!(r["row_description"], "ci <img src=x onerror=alert(1)>");
     assert_eq!(r["img_elements"], 0);
@@ -99,13 +135,20 @@ fn the_token_page_in_a_real_browser() {
     // Revoke.
     assert_eq!(r["verify_after_revoke"], 401);
     assert!(r["revoked_row_status"].as_str().unwrap().contains("revoked"), "{r}");
+    assert_eq!(r["revoked_row_buttons"], 0, "no Revoke on a revoked row");
     // Not an admin: no admin view, and the API refuses anyway.
     assert_eq!(r["alice_admin_visible"], false);
     assert_eq!(r["alice_keys_status"], 403);
     assert_eq!(r["overflow_375"], false, "readable at 375 px");
-    // The admin revokes bob's token; keys are listed.
+    // The admin filters bob's tokens, revokes one (hidden until asked for); keys are listed.
+    assert_eq!(r["bob_rows"], 2);
+    assert_eq!(r["bob_filtered"], json!(["bob's phone"]), "{r}");
+    assert_eq!(r["bob_revoked_hidden"], true, "{r}");
     assert!(r["bob_status"].as_str().unwrap().contains("revoked"), "{r}");
+    assert_eq!(r["bob_revoked_buttons"], 0);
+    assert_eq!(r["controls_reset"], true, "signing out resets the list controls");
     assert!(r["keys_rows"].as_u64().unwrap() >= 5, "a root key and four signing keys: {r}");
+    assert_eq!(r["admin_overflow_375"], false, "the admin view is readable at 375 px");
     // Expired credential.
     assert!(r["expired_notice"].as_str().unwrap().contains("no longer valid"), "{r}");
     assert_eq!(r["token_in_url"], false, "no token in any URL");

@@ -1,5 +1,7 @@
 // Drives the token page in Debian's headless Chromium (playwright-core, no browser download) and
-// prints what it saw as JSON; crates/cli/tests/browser.rs asserts on it.
+// prints what it saw as JSON; crates/cli/tests/browser.rs asserts on it. Elements a check looks
+// for are counted before they are used, so a page without them gives a wrong answer to assert
+// on, not a 30 s timeout.
 //
 // Input (a JSON file named by argv[2]): {url, admin, alice, short_wait_ms, shots}.
 import { readFileSync } from "node:fs";
@@ -7,6 +9,7 @@ import { chromium } from "playwright-core";
 
 const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = { steps: [] };
+const DAY = 86400 * 1000;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu"],
@@ -41,6 +44,31 @@ async function verify(token, context) {
   return res.status;
 }
 
+/** The text of the first element `sel` finds under `scope`, or null when there is none. */
+async function textOf(scope, sel) {
+  const l = scope.locator(sel);
+  return (await l.count()) ? l.first().textContent() : null;
+}
+
+/** Whether the document is wider than the viewport (it would scroll sideways). */
+function overflows() {
+  return page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+}
+
+function widthOf(sel) {
+  return page.evaluate((s) => document.querySelector(s)?.getBoundingClientRect().width ?? null, sel);
+}
+
+/** Enabled buttons in a row (a revoked or expired token has nothing to revoke). */
+function enabledButtons(row) {
+  return row.locator("button:not([disabled])").count();
+}
+
+function descriptions(table) {
+  return page.evaluate((t) => [...document.querySelectorAll(`#${t} tbody tr td[data-label=Description]`)]
+    .map((td) => td.textContent), table);
+}
+
 try {
   // Sign in.
   await page.goto(`${cfg.url}/`);
@@ -57,16 +85,29 @@ try {
   }
   out.tab_reaches_token = focused === "signin-token";
   await shot("signin");
+  // A first sign-in with a bad token: its reason, no "no longer valid" notice, the paste kept.
   await signIn("not-a-token");
   await page.waitForSelector("#signin-error:not([hidden])");
   out.bad_signin_error = await page.textContent("#signin-error");
+  out.bad_signin_notice_visible = await page.isVisible("#signin-notice");
+  out.bad_signin_kept = await page.inputValue("#signin-token");
   await signIn(cfg.alice);
   await page.waitForSelector("#app-view:not([hidden])");
   out.who = await page.textContent("#who-text");
   out.alice_admin_visible = await page.isVisible("#admin");
   out.me = await page.textContent("#me");
+  out.signin_field_after = await page.inputValue("#signin-token");
+  // The tokens made below are created in a later second than alice's own, so sorting by
+  // created and by description give different orders (created has whole seconds).
+  await page.waitForSelector("#tokens tbody tr");
+  const aliceCreated = await page.evaluate(async () => {
+    const r = await fetch("/v1/tokens", { headers: { Authorization: `Bearer ${sessionStorage.getItem("tessera.token")}` } });
+    return (await r.json()).tokens.find((t) => t.description === "alice's manager").created;
+  });
+  await page.waitForFunction((c) => Date.now() >= Date.parse(c) + 1000, aliceCreated);
+  out.resources_input_width = await widthOf("#create-resources");
 
-  // Create a token with restrictions; its text is shown once.
+  // Create a token with restrictions, from the 7-day preset; its text is shown once.
   const description = "ci <img src=x onerror=alert(1)>";
   await page.fill("#create-description", description);
   await page.selectOption("#create-expiry", "7d");
@@ -84,7 +125,11 @@ try {
   out.verify_elsewhere = await verify(made, { operation: "read", resource: "admin/1" });
   const row = page.locator("#tokens tbody tr", { hasText: "ci <img" });
   out.row_description = await row.locator("td").first().textContent();
-  out.row_restrictions = await row.locator("td").nth(4).textContent();
+  out.row_effective = await textOf(row, ".effective");
+  out.row_layers = await textOf(row, "details");
+  out.row_layers_open = await row.locator("details").count() ? await row.locator("details").first().evaluate((d) => d.open) : null;
+  out.row_soon_badges = await row.locator(".badge.soon").count();
+  out.row_revoke_named = await row.getByRole("button", { name: `Revoke ${description}`, exact: true }).count();
   out.img_elements = await page.evaluate(() => document.querySelectorAll("main img").length);
 
   // A bad create shows its error beside the form.
@@ -103,12 +148,38 @@ try {
   out.after_reload_row = await page.locator("#tokens tbody tr", { hasText: "ci <img" }).count();
   await shot("tokens");
 
+  // A second 7-day token with every kind of restriction: its one line of words.
+  await page.fill("#create-description", "week");
+  await page.selectOption("#create-expiry", "7d");
+  await page.fill("#create-operations", "read");
+  await page.fill("#create-resources", "docs/*");
+  await page.fill("#create-ips", "127.0.0.0/8");
+  await page.fill("#create-rate", "50/1m");
+  await page.click("#create-form button[type=submit]");
+  await page.waitForSelector("#created:not([hidden])");
+  const week = await page.inputValue("#created-token");
+  await page.click("#created-done");
+  const weekRow = page.locator("#tokens tbody tr", { hasText: "week" });
+  await weekRow.waitFor();
+  out.week_effective = await textOf(weekRow, ".effective");
+
+  // Sorting answers a `change` event alone (some browsers and assistive tools send no `input`).
+  out.order_before = await descriptions("tokens");
+  await page.evaluate(() => {
+    const s = document.getElementById("sort");
+    s.value = "description";
+    s.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+  out.order_by_description = await descriptions("tokens");
+  await page.selectOption("#sort", "created");
+
   // Revoke, with confirmation; the list updates.
-  await page.locator("#tokens tbody tr", { hasText: "ci <img" }).getByRole("button", { name: /Revoke/ }).click();
+  await row.getByRole("button", { name: /Revoke/ }).click();
   await page.waitForFunction(() => ![...document.querySelectorAll("#tokens tbody tr")].some((r) => r.textContent.includes("ci <img")));
   out.verify_after_revoke = await verify(made, { operation: "read", resource: "docs/1" });
   await page.check("#show-revoked");
-  out.revoked_row_status = await page.locator("#tokens tbody tr", { hasText: "ci <img" }).locator("td").nth(5).textContent();
+  out.revoked_row_status = await row.locator("td[data-label=Status]").textContent();
+  out.revoked_row_buttons = await enabledButtons(row);
 
   // A non-admin is refused by the API whatever the page shows.
   out.alice_keys_status = await page.evaluate(async () => {
@@ -118,24 +189,46 @@ try {
 
   // Narrow screen.
   await page.setViewportSize({ width: 375, height: 800 });
-  out.overflow_375 = await page.evaluate(() => document.documentElement.scrollWidth > 375);
+  out.overflow_375 = await overflows();
   await shot("mobile");
   await page.setViewportSize({ width: 1200, height: 900 });
 
-  // Admin: another subject's tokens, revoked; keys.
+  // Admin: another subject's tokens, filtered, revoked (then hidden unless asked for); keys.
   await page.click("#signout");
   await page.waitForSelector("#signin-view:not([hidden])");
   await signIn(cfg.admin);
   await page.waitForSelector("#admin:not([hidden])");
   await page.waitForSelector("#keys tbody tr");
   out.keys_rows = await page.locator("#keys tbody tr").count();
+  // The next person signs in to the defaults, not to alice's "show revoked".
+  out.controls_reset = !(await page.isChecked("#show-revoked"));
   await page.fill("#admin-subject", "bob");
   await page.click("#admin-form button[type=submit]");
   await page.waitForSelector("#admin-tokens:not([hidden]) tbody tr");
+  out.admin_subject_width = await widthOf("#admin-subject");
+  out.bob_rows = await page.locator("#admin-tokens tbody tr").count();
   await shot("admin");
-  await page.locator("#admin-tokens tbody tr").first().getByRole("button", { name: /Revoke/ }).click();
-  await page.waitForFunction(() => document.querySelector("#admin-tokens tbody tr td:nth-child(5)")?.textContent.includes("revoked"));
-  out.bob_status = await page.locator("#admin-tokens tbody tr").first().locator("td").nth(4).textContent();
+  if (await page.locator("#admin-filter").count()) {
+    await page.fill("#admin-filter", "phone");
+    out.bob_filtered = await descriptions("admin-tokens");
+    await page.fill("#admin-filter", "");
+  }
+  const laptop = page.locator("#admin-tokens tbody tr", { hasText: "bob's laptop" });
+  await laptop.getByRole("button", { name: "Revoke bob's laptop", exact: true }).click();
+  // Gone from the list, or (a page without the toggle) shown as revoked.
+  await page.waitForFunction(() => {
+    const r = [...document.querySelectorAll("#admin-tokens tbody tr")].find((r) => r.textContent.includes("bob's laptop"));
+    return !r || r.textContent.includes("revoked");
+  });
+  out.bob_revoked_hidden = (await laptop.count()) === 0;
+  if (await page.locator("#admin-show-revoked").count()) await page.check("#admin-show-revoked");
+  out.bob_status = await textOf(laptop, "td[data-label=Status]");
+  out.bob_revoked_buttons = await enabledButtons(laptop);
+  // The admin view at 375 px: signing-key ids (43 characters) wrap instead of widening the page.
+  await page.setViewportSize({ width: 375, height: 800 });
+  out.admin_overflow_375 = await overflows();
+  await shot("admin-mobile");
+  await page.setViewportSize({ width: 1200, height: 900 });
 
   // An expired credential leads back to sign in (a token that lives 3 s, minted now).
   await page.click("#signout");
@@ -151,9 +244,30 @@ try {
   await page.waitForSelector("#signin-view:not([hidden])");
   out.expired_notice = await page.textContent("#signin-notice");
 
+  // Days later (the page's clock moved on; the service's has not): the week token is badged
+  // "expires soon" in its last quarter, and once expired it has no Revoke button.
+  await signIn(cfg.alice);
+  await weekRow.waitFor();
+  await page.clock.setFixedTime(Date.now() + 6.5 * DAY);
+  await page.reload();
+  await weekRow.waitFor();
+  out.week_soon_later = await weekRow.locator(".badge.soon").count();
+  await page.clock.setFixedTime(Date.now() + 8 * DAY);
+  await page.reload();
+  await weekRow.waitFor();
+  out.week_status_expired = await weekRow.locator("td[data-label=Status]").textContent();
+  out.week_expired_buttons = await enabledButtons(weekRow);
+
+  // The page folds a row's caveats as the service does: signed in with the week token itself,
+  // the service's own folding (/v1/whoami) reads the same.
+  await page.click("#signout");
+  await signIn(week);
+  await page.waitForSelector("#app-view:not([hidden])");
+  out.week_me_effective = await textOf(page, "#me .effective");
+
   out.alerts = alerts;
   out.console_errors = consoleErrors.filter((e) => !e.includes("401") && !e.includes("400") && !e.includes("403"));
-  out.token_in_url = urls.some((u) => u.includes(cfg.alice.slice(0, 24)) || u.includes(made.slice(0, 24)));
+  out.token_in_url = urls.some((u) => [cfg.alice, made, week].some((t) => u.includes(t.slice(0, 24))));
   out.ok = true;
 } catch (e) {
   out.ok = false;

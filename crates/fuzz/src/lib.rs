@@ -3,7 +3,8 @@
 //! A target panics only on a finding: besides "never panics", each one asserts a property of
 //! what it parsed (canonical re-encoding, round trips, folded restrictions that agree with the
 //! caveats checked one by one, a remembered token answering like a fresh one, an envelope that never allows what its `cap` denies, a verify
-//! answer that is well-formed). The cargo-fuzz crate in `fuzz/` runs them under libFuzzer
+//! answer that is well-formed, an ID token accepted only when it meets every rule, an exchange
+//! that never names a reserved subject nor issues more than its template). The cargo-fuzz crate in `fuzz/` runs them under libFuzzer
 //! (`make fuzz`); `tests/replay.rs` runs the committed corpus through them in `make test`.
 //!
 //! ```
@@ -14,6 +15,8 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod exchange;
 
 use std::sync::OnceLock;
 
@@ -40,6 +43,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ticket", ticket),
     ("http_verify", http_verify),
     ("http_mint", http_mint),
+    ("id_token", exchange::id_token),
+    ("http_exchange", exchange::http_exchange),
 ];
 
 /// The fixed key, key id and token id the targets (and their seeds) use.

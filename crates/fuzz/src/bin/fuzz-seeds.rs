@@ -1,6 +1,7 @@
 //! Write the seed corpus of every fuzz target: tokens from the test vectors and the fixture,
-//! caveats, envelopes, tickets and HTTP bodies. `make fuzz-seeds` runs it into `fuzz/corpus/`;
-//! files are named by the SHA-256 of their content, so running it again changes nothing.
+//! caveats, envelopes, tickets, HTTP bodies, ID tokens and exchange requests. `make fuzz-seeds`
+//! runs it into `fuzz/corpus/`; files are named by the SHA-256 of their content, so running it
+//! again changes nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -159,6 +160,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         json!({"ttl": "90d", "operations": ["tokens.mint", "tokens.list"]}),
     ] {
         seeds.add("http_mint", b.to_string().as_bytes())?;
+    }
+    // ID tokens and exchange requests (their encodings are described in tessera_fuzz::exchange).
+    for (target, data) in tessera_fuzz::exchange::seeds() {
+        seeds.add(target, &data)?;
     }
     println!("wrote {} new seed files under {}", seeds.written, seeds.root.display());
     Ok(())

@@ -1,8 +1,8 @@
 //! The housekeeping round, every `--housekeeping-interval` on every node: last uses written in
-//! one batch, the gauges of tokens expiring within each threshold, expiry notices (claimed once
-//! per token and threshold across the cluster, delivered at least once to `--notify-webhook`,
-//! signed, with retries and backoff), and, with `--revoke-unused-after`, the revocation of unused
-//! tokens.
+//! one batch, rate counters whose windows ended dropped, the gauges of tokens expiring within
+//! each threshold, expiry notices (claimed once per token and threshold across the cluster,
+//! delivered at least once to `--notify-webhook`, signed, with retries and backoff), and, with
+//! `--revoke-unused-after`, the revocation of unused tokens.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +107,9 @@ pub fn tick(state: &AppState, now: i64) -> Round {
     match state.store.flush_uses() {
         Ok(n) => round.flushed = n,
         Err(e) => eprintln!("tessera: housekeeping: writing last uses: {e}"),
+    }
+    if let Err(e) = state.store.prune_rates(now) {
+        eprintln!("tessera: housekeeping: dropping ended rate counters: {e}");
     }
     let thresholds: Vec<i64> = state
         .config

@@ -3,8 +3,11 @@
 //! `RateLimit` fields when one is spent), its single use (`once`), and its last use (in memory,
 //! written in batches by the housekeeping thread).
 
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpMessage, HttpRequest};
 use tessera_core::Restrictions;
-use tessera_store::RateDecision;
+use tessera_store::{RateDecision, RateTake};
 use time::OffsetDateTime;
 
 use crate::api::rfc3339;
@@ -31,43 +34,88 @@ fn headers(decisions: &[RateDecision]) -> Headers {
     ]
 }
 
-/// After a successful verification: count every budget (all must hold), record a single use,
-/// note the use. The answer's headers, or why the use is refused. May wait for the database
-/// (the single use is a durable write; budgets on a cluster lease from a shared counter), so
-/// handlers call it on the blocking pool when [`needs_database`] says so.
+/// After a successful verification: take a use from every budget (all or none: a refusal spends
+/// nothing), record a single use, note the use. The answer's headers, or why the use is refused.
+/// May wait for the database (the single use is a durable write; budgets on a cluster lease from
+/// a shared counter), so handlers call it on the blocking pool when [`needs_database`] says so.
 pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiError> {
     let Some(tid) = r.tid else { return Ok(Vec::new()) };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut out = Vec::new();
     if !r.rate_limits.is_empty() {
-        let decisions = r
-            .rate_limits
-            .iter()
-            .map(|l| state.store.take_rate(tid, *l, now))
-            .collect::<Result<Vec<_>, _>>()?;
-        out = headers(&decisions);
-        if let Some(spent) = decisions.iter().find(|d| !d.allowed) {
-            state.metrics.token_rate_limited.inc();
-            let mut h = out;
-            h.push(("Retry-After", spent.reset.max(1).to_string()));
-            return Err(ApiError::token_rate_limited(format!(
-                "this token's budget of {} is spent; it refills in {} s",
-                spent.limit,
-                spent.reset.max(1)
-            ))
-            .with_headers(h));
+        match state.store.take_rates(tid, &r.rate_limits, now)? {
+            RateTake::Taken(decisions) => out = headers(&decisions),
+            RateTake::Spent(decisions) => {
+                state.metrics.token_rate_limited.inc();
+                let mut h = headers(&decisions);
+                let spent = decisions.iter().filter(|d| !d.allowed).max_by_key(|d| d.reset);
+                let (limit, reset) =
+                    spent.map_or((String::new(), 1), |d| (d.limit.to_string(), d.reset.max(1)));
+                h.push(("Retry-After", reset.to_string()));
+                return Err(ApiError::token_rate_limited(format!(
+                    "this token's budget of {limit} is spent; it refills in {reset} s"
+                ))
+                .with_headers(h));
+            }
+            RateTake::TooManyBudgets { held, adding, limit } => {
+                return Err(ApiError::forbidden(format!(
+                    "too many distinct budgets: a token family holds at most {limit} distinct rate-limit \
+                     budgets at once; this family holds {held} and this token would add {adding}"
+                )));
+            }
+            RateTake::Full { capacity } => {
+                return Err(ApiError::unavailable(format!(
+                    "this node holds its limit of {capacity} rate-limit counters; a token with a new \
+                     budget is refused until some windows end"
+                ))
+                .with_headers(vec![("Retry-After", "60".to_owned())]));
+            }
         }
     }
     if r.once {
-        if let Some(at) = state.store.consume(tid)? {
-            return Err(ApiError::unauthorized(format!(
+        let refused = match state.store.consume(tid) {
+            Ok(None) => None,
+            Ok(Some(at)) => Some(ApiError::unauthorized(format!(
                 "this single-use token was used already ({})",
                 rfc3339(at).unwrap_or_default()
-            )));
+            ))),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(e) = refused {
+            // A refused use spends no budget.
+            state.store.give_back_rates(tid, &r.rate_limits, now);
+            return Err(e);
         }
     }
     state.store.note_use(tid, now);
     Ok(out)
+}
+
+/// The budget headers of a use, kept with the request until its answer is written
+/// ([`add_headers`]).
+struct Spent(Headers);
+
+/// [`record`] for a management call: the headers go on whatever the handler answers.
+pub(crate) fn record_for(state: &AppState, req: &HttpRequest, r: &Restrictions) -> Result<(), ApiError> {
+    let h = record(state, r)?;
+    if !h.is_empty() {
+        req.extensions_mut().insert(Spent(h));
+    }
+    Ok(())
+}
+
+/// Put the headers of a budget a request spent ([`record_for`]) on its answer.
+pub(crate) fn add_headers<B>(res: &mut ServiceResponse<B>) {
+    let spent = res.request().extensions_mut().remove::<Spent>();
+    if let Some(Spent(h)) = spent {
+        for (name, value) in h {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value))
+            {
+                res.headers_mut().insert(name, value);
+            }
+        }
+    }
 }
 
 /// Whether [`record`] may wait for the database for these restrictions.

@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::test::{call_service, init_service, read_body, TestRequest};
 use common::*;
 use serde_json::{json, Value};
-use tessera_core::Token;
+use tessera_core::{Caveat, Token};
 
 /// Verify through the real app, keeping the response headers.
 async fn verify_with_headers(e: &Env, token: &str) -> (StatusCode, Vec<(String, String)>, Value) {
@@ -80,10 +80,11 @@ fn a_holders_tighter_budget_wins_and_management_calls_count() {
         let (status, h, _) = verify_with_headers(&e, &tight).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(header(&h, "ratelimit-policy"), Some("100;w=60, 2;w=3600"));
-        // The family's 100/1m budget counted those uses too; the untightened token still works.
+        // The family's 100/1m budget counted the two successful uses (the refused one took
+        // nothing: all or nothing); the untightened token still works.
         let (status, h, _) = verify_with_headers(&e, &token).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(header(&h, "ratelimit-remaining"), Some("96"), "3 counted, this one too");
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("97"), "2 counted, this one too");
         // Management calls made with a budgeted token count against it.
         let list = |t: String| {
             let e = &e;
@@ -198,5 +199,213 @@ fn a_link_is_redeemed_once_for_what_it_was_minted_to_give() {
         assert_problem(&a, StatusCode::FORBIDDEN);
         let own = send(&e, auth(post("/v1/links", json!({"issue": "token"})), &dana)).await;
         assert_eq!(own.status, StatusCode::CREATED, "{}", own.raw);
+    })
+}
+
+/// A management call through the real app, keeping the response headers.
+async fn send_with_headers(e: &Env, req: TestRequest) -> (StatusCode, Vec<(String, String)>, Value) {
+    let svc = init_service(tessera_server::app(e.state.clone())).await;
+    let res = call_service(&svc, req.peer_addr("127.0.0.1:40000".parse().unwrap()).to_request()).await;
+    let status = res.status();
+    let headers =
+        res.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
+    let body = serde_json::from_slice(&read_body(res).await).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// Issue 19, finding 4: budgets are taken all-or-nothing. A copy whose tighter budget is spent is
+/// refused without spending the family's other budgets (they count successful uses only).
+#[test]
+fn a_refused_use_spends_none_of_the_familys_other_budgets() {
+    run(async {
+        let e = env();
+        let token =
+            mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"], "rate_limit": "6/1h"}))
+                .await;
+        let tight = Token::decode(&token).unwrap().attenuate("rate-limit 3/1d").unwrap().encode();
+        let statuses: Vec<u16> =
+            futures_statuses(&e, &tight, 6).await.into_iter().map(|s| s.as_u16()).collect();
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+        // Three successful uses of the 6/1h budget: three left, and the untightened token has them.
+        for left in ["2", "1", "0"] {
+            let (status, h, body) = verify_with_headers(&e, &token).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(header(&h, "ratelimit-remaining"), Some(left));
+        }
+        assert_eq!(verify_with_headers(&e, &token).await.0, StatusCode::TOO_MANY_REQUESTS);
+    })
+}
+
+async fn futures_statuses(e: &Env, token: &str, n: usize) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(verify_with_headers(e, token).await.0);
+    }
+    out
+}
+
+/// Issue 19, finding 4: a replayed, already-used `once` copy is refused without spending the
+/// family's budget.
+#[test]
+fn a_replayed_once_copy_spends_no_budget() {
+    run(async {
+        let e = env();
+        let token =
+            mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"], "rate_limit": "3/1h"}))
+                .await;
+        let once = Token::decode(&token).unwrap().attenuate("once").unwrap().encode();
+        let (status, h, _) = verify_with_headers(&e, &once).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("2"));
+        for _ in 0..3 {
+            let (status, _, body) = verify_with_headers(&e, &once).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert!(body["detail"].as_str().unwrap().contains("used already"), "{body}");
+        }
+        for left in ["1", "0"] {
+            let (status, h, body) = verify_with_headers(&e, &token).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(header(&h, "ratelimit-remaining"), Some(left));
+        }
+    })
+}
+
+/// Issue 19, finding 3: one token family holds at most 8 distinct budgets. A copy that would add a
+/// 9th is refused (403) and creates no counter; the family's other copies keep working.
+#[test]
+fn a_family_holds_at_most_eight_distinct_budgets() {
+    run(async {
+        let e = env();
+        let token = mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"]})).await;
+        let copy = |n: u64| {
+            Token::decode(&token).unwrap().attenuate(&format!("rate-limit {n}/1h")).unwrap().encode()
+        };
+        for n in 1..=8 {
+            let (status, _, body) = verify_with_headers(&e, &copy(100 + n)).await;
+            assert_eq!(status, StatusCode::OK, "budget {n}: {body}");
+        }
+        assert_eq!(e.state.store.rate_counters(), 8);
+        let (status, h, body) = verify_with_headers(&e, &copy(200)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("too many distinct budgets"), "{body}");
+        assert!(header(&h, "ratelimit-limit").is_none());
+        assert_eq!(e.state.store.rate_counters(), 8, "the refusal created no counter");
+        // The same budget spelled another way is the same budget, not a 9th.
+        let respelled = Token::decode(&token).unwrap().attenuate("rate-limit 101/60m").unwrap().encode();
+        assert_eq!(verify_with_headers(&e, &respelled).await.0, StatusCode::OK);
+        // A single token with 9 budgets is refused whole.
+        let mut nine = Token::decode(&token).unwrap();
+        for n in 0..9 {
+            nine = nine.attenuate(&format!("rate-limit {}/1d", 10 + n)).unwrap();
+        }
+        let (status, _, body) = verify_with_headers(&e, &nine.encode()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        // The family's budgets were not spent by the refusals: 101/1h has used 2.
+        let (status, h, _) = verify_with_headers(&e, &copy(101)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("98"));
+    })
+}
+
+/// Issue 19, finding 3: a node holds a bounded number of counters. When full, a token that needs
+/// a new one is refused (503, `Retry-After`) and no live counter is evicted (evicting would reset
+/// a budget); tokens whose counters exist go on.
+#[test]
+fn a_full_node_refuses_new_budgets_and_keeps_the_ones_it_has() {
+    run(async {
+        let e = env();
+        e.state.store.set_rate_capacity(2);
+        let budget = json!({"subject": "helper", "operations": ["read"], "rate_limit": "2/1h"});
+        let first = mint_ok(&e, &e.admin, budget.clone()).await;
+        let second = mint_ok(&e, &e.admin, budget.clone()).await;
+        let third = mint_ok(&e, &e.admin, budget).await;
+        assert_eq!(verify_with_headers(&e, &first).await.0, StatusCode::OK);
+        assert_eq!(verify_with_headers(&e, &second).await.0, StatusCode::OK);
+        let (status, h, body) = verify_with_headers(&e, &third).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("rate-limit counters"), "{body}");
+        assert!(header(&h, "retry-after").is_some());
+        assert_eq!(e.state.store.rate_counters(), 2);
+        // The budgets held are not reset by the pressure: the first token has one use left.
+        let (status, h, _) = verify_with_headers(&e, &first).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("0"));
+        assert_eq!(verify_with_headers(&e, &first).await.0, StatusCode::TOO_MANY_REQUESTS);
+        // Tokens without a budget need no counter.
+        let plain = mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"]})).await;
+        assert_eq!(verify_with_headers(&e, &plain).await.0, StatusCode::OK);
+    })
+}
+
+/// Issue 20: a management answer that spent a budget carries the `RateLimit` fields.
+#[test]
+fn management_answers_that_spend_a_budget_carry_its_headers() {
+    run(async {
+        let e = env();
+        let small = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "helper", "operations": ["tokens.list"], "rate_limit": "2/1h"}),
+        )
+        .await;
+        let list = || auth(TestRequest::get().uri("/v1/tokens?subject=helper"), &small);
+        for left in ["1", "0"] {
+            let (status, h, body) = send_with_headers(&e, list()).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(header(&h, "ratelimit-limit"), Some("2"));
+            assert_eq!(header(&h, "ratelimit-remaining"), Some(left));
+            assert_eq!(header(&h, "ratelimit-policy"), Some("2;w=3600"));
+            assert!(header(&h, "ratelimit").unwrap().starts_with(&format!("limit=2, remaining={left}, ")));
+        }
+        let (status, h, _) = send_with_headers(&e, list()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(header(&h, "retry-after").is_some());
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("0"));
+        // A call refused before the budget is counted (another subject's tokens) spends nothing
+        // and says nothing about it.
+        let other = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "helper", "operations": ["tokens.list"], "rate_limit": "2/1h"}),
+        )
+        .await;
+        let (status, h, _) =
+            send_with_headers(&e, auth(TestRequest::get().uri("/v1/tokens?subject=someone"), &other)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(header(&h, "ratelimit-limit").is_none());
+        let (status, h, _) =
+            send_with_headers(&e, auth(TestRequest::get().uri("/v1/tokens?subject=helper"), &other)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("1"));
+    })
+}
+
+/// Issue 20: mint writes a budget in its canonical form (`3/120m` is `rate-limit 3/2h`).
+#[test]
+fn mint_writes_a_budget_canonically() {
+    run(async {
+        let e = env();
+        let token = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "helper", "operations": ["read"], "rate_limit": "3/120m"}),
+        )
+        .await;
+        let caveats: Vec<String> = Token::decode(&token)
+            .unwrap()
+            .caveats()
+            .filter_map(|c| match c {
+                Caveat::FirstParty(id) => Some(String::from_utf8(id.to_vec()).unwrap()),
+                Caveat::ThirdParty { .. } => None,
+            })
+            .collect();
+        assert!(caveats.contains(&"rate-limit 3/2h".to_owned()), "{caveats:?}");
+        assert!(!caveats.iter().any(|c| c.contains("120m")), "{caveats:?}");
+        let (_, h, body) = verify_with_headers(&e, &token).await;
+        assert_eq!(body["restrictions"]["rate_limits"], json!(["3/2h"]));
+        assert_eq!(header(&h, "ratelimit-policy"), Some("3;w=7200"));
+        // The record lists it the same way.
+        let listed = send(&e, auth(TestRequest::get().uri("/v1/tokens?subject=helper"), &e.admin)).await;
+        assert!(listed.raw.contains("rate-limit 3/2h") && !listed.raw.contains("120m"), "{}", listed.raw);
     })
 }

@@ -207,8 +207,8 @@ pub(crate) fn plan(
         refresh_caveats,
         claims: claims.as_ref().map(|c| c.to_json().to_owned()),
         current: TokenId::from_bytes([0; 16]),
-        refreshes: Vec::new(),
-        spent: Vec::new(),
+        first: TokenId::from_bytes([0; 16]),
+        last_spent: None,
         revoked_at: None,
     };
     let spec = refresh_spec(&record, sid, &[], refresh_ttl, parent)?;

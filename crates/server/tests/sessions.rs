@@ -335,3 +335,25 @@ fn bad_session_input_is_refused_and_writes_nothing() {
         assert_problem(&refresh(&e, &forged, None).await, StatusCode::UNAUTHORIZED);
     })
 }
+
+/// Security review round 3, finding 8: after R1 → R2 and R2's revocation (`POST
+/// /v1/tokens/{tid}/revoke`), R1 replayed within the grace window was answered 200 with a fresh
+/// access token and the revoked R2 rebuilt. Revoking the current refresh token stops renewal at
+/// once, the grace replay included.
+#[test]
+fn revoking_the_current_refresh_token_also_stops_the_grace_replay() {
+    run(async {
+        let e = env_with(|c| c.refresh_grace = std::time::Duration::from_secs(60));
+        let s = alice_session(&e, "refreshBoth").await;
+        let rt1 = s["refresh_token"].as_str().unwrap().to_owned();
+        let rt2 =
+            ok(&refresh(&e, &rt1, None).await, StatusCode::OK)["refresh_token"].as_str().unwrap().to_owned();
+        let tid = tessera_core::Token::decode(&rt2).unwrap().tessera_identifier().unwrap().tid;
+        let r = send(&e, auth(post(&format!("/v1/tokens/{tid}/revoke"), json!({})), &e.admin)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+        let replay = refresh(&e, &rt1, None).await;
+        assert_problem(&replay, StatusCode::UNAUTHORIZED);
+        assert!(replay.body.get("access_token").is_none(), "{}", replay.raw);
+        assert_problem(&refresh(&e, &rt2, None).await, StatusCode::UNAUTHORIZED);
+    })
+}

@@ -7,15 +7,18 @@ use serde::{Deserialize, Serialize};
 use tessera_core::{KeyId, TokenId};
 
 use crate::error::{Error, Result};
+pub use crate::sessions::{Refreshed, SessionRecord, Spent};
+pub(crate) use crate::sessions::StoredSession;
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
 // index), change log with key changes; 3 = JWT signing keys; 4 = registered applications and
 // signing keys they own; 5 = sessions; 6 = uses, last use and grants of tokens, rate counters,
 // expiry notices; 7 = rate counters one row per family and budget with the end of its window
-// (PostgreSQL only: redb keeps no rate counters). Older databases are migrated at open, after the
-// master key check.
+// (PostgreSQL only: redb keeps no rate counters); 8 = sessions of fixed size (`first`,
+// `last_spent` in milliseconds) and the session of a refresh token in its record. Older databases
+// are migrated at open, after the master key check.
 
 /// The state of a root key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,103 +108,30 @@ pub struct AppRecord {
     pub disabled_at: Option<i64>,
 }
 
-/// A session: an access-token template and the chain of refresh tokens that renew it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    /// Whom the session speaks for.
-    pub subject: String,
-    /// The registered application its access tokens are for, if any.
-    pub app: Option<String>,
-    /// Creation time (seconds since the epoch).
-    pub created: i64,
-    /// Algorithm of its access tokens (`ES256`, `EdDSA`, `HS256`).
-    pub alg: String,
-    /// Access token lifetime, seconds.
-    pub access_ttl: u64,
-    /// Refresh token lifetime, seconds.
-    pub refresh_ttl: u64,
-    /// Default renew strategy (`noRefresh`, `refreshOnExpire`, `refreshBoth`).
-    pub strategy: String,
-    /// The caveats every access token is restricted by (the creator's and the requested ones).
-    pub caveats: Vec<String>,
-    /// The caveats of every refresh token before its own `time-before` (what it may do:
-    /// `sessions.refresh` on this session; the creator's time and network bounds).
-    pub refresh_caveats: Vec<String>,
-    /// Custom claims (compact JSON) every token of the session carries.
-    pub claims: Option<String>,
-    /// The refresh token family that renews now.
-    #[serde(with = "tid")]
-    pub current: TokenId,
-    /// Every refresh token family the session has had, oldest first.
-    #[serde(with = "tids")]
-    pub refreshes: Vec<TokenId>,
-    /// Refresh tokens spent by a rotation: presenting one again is reuse.
-    pub spent: Vec<Spent>,
-    /// When the session was revoked (by an operator, or by reuse detection).
-    pub revoked_at: Option<i64>,
-}
-
-/// A refresh token replaced by a rotation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Spent {
-    /// The spent refresh token family.
-    #[serde(with = "tid")]
-    pub tid: TokenId,
-    /// When it was spent (seconds since the epoch).
-    pub at: i64,
-    /// The family that replaced it (returned again within the grace window).
-    #[serde(with = "tid")]
-    pub successor: TokenId,
-}
-
-mod tid {
+pub(crate) mod tid {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use tessera_core::TokenId;
 
-    pub(super) fn serialize<S: Serializer>(v: &TokenId, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &TokenId, s: S) -> Result<S::Ok, S::Error> {
         v.as_bytes().serialize(s)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenId, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenId, D::Error> {
         <[u8; 16]>::deserialize(d).map(TokenId::from_bytes)
     }
 }
 
-mod tids {
+pub(crate) mod tids {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use tessera_core::TokenId;
 
-    pub(super) fn serialize<S: Serializer>(v: &[TokenId], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[TokenId], s: S) -> Result<S::Ok, S::Error> {
         v.iter().map(|t| *t.as_bytes()).collect::<Vec<_>>().serialize(s)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenId>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenId>, D::Error> {
         Ok(<Vec<[u8; 16]>>::deserialize(d)?.into_iter().map(TokenId::from_bytes).collect())
     }
-}
-
-/// What a refresh did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refreshed {
-    /// The presented token is the session's current one; with a rotation, `rotated_to` is the
-    /// new current family (the presented one is now spent).
-    Current {
-        /// The session after the refresh.
-        session: Box<SessionRecord>,
-        /// The new refresh token family, if one was issued.
-        rotated_to: Option<TokenId>,
-    },
-    /// The presented token was spent within the grace window: the client lost the answer; the
-    /// same successor is the answer again.
-    Replayed {
-        /// The session.
-        session: Box<SessionRecord>,
-        /// The family that replaced the presented one.
-        successor: TokenId,
-    },
-    /// The presented token was spent before the grace window: reuse. The whole session has been
-    /// revoked (every refresh token of it).
-    ReuseDetected,
 }
 
 /// A minted token's record. Records are never deleted, so token ids are never reused.
@@ -328,6 +258,11 @@ pub(crate) struct StoredToken {
     pub(crate) last_used: Option<i64>,
     #[serde(default)]
     pub(crate) grant: Option<String>,
+    /// The session whose refresh token this is (schema 8; absent for any other token, and for
+    /// refresh tokens recorded before): how a spent refresh token is recognised as this
+    /// session's without the session listing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) session: Option<[u8; 16]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -414,17 +349,14 @@ pub(crate) enum StoredTarget {
     Apps,
 }
 
-/// The store keeps sessions as their public record.
-pub(crate) type StoredSession = SessionRecord;
-
 mod bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let v = ciborium::value::Value::deserialize(d)?;
         match v {
             ciborium::value::Value::Bytes(b) => Ok(b),

@@ -33,6 +33,7 @@ mod error;
 mod follow;
 mod master;
 mod memory;
+mod sessions;
 mod store;
 mod usage;
 mod writer;

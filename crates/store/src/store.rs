@@ -29,8 +29,14 @@ use crate::writer::{Done, Job, Op, Writer};
 /// How often the watchdog re-evaluates staleness (its resolution).
 const WATCHDOG: Duration = Duration::from_millis(100);
 
-pub(crate) fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
+/// How long a write may take, from its submission to its answer: queued for the writer, then
+/// its transaction. A write still queued then is not run; on PostgreSQL, a transaction still
+/// running then is abandoned. Either way the answer is `Unavailable` with nothing written.
+pub(crate) const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// Where the store keeps its state.
@@ -172,12 +178,17 @@ impl Store {
         })
     }
 
+    /// Queue a write and wait for its answer, which the writer gives by the write's deadline
+    /// ([`WRITE_DEADLINE`] from now), having run it or not.
     pub(crate) fn submit(&self, op: Op) -> Result<Done> {
         let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job { op, deadline: std::time::Instant::now() + WRITE_DEADLINE, reply };
         {
             let tx = self.inner.tx.lock().map_err(|_| Error::Closed)?;
-            tx.as_ref().ok_or(Error::Closed)?.send((op, reply)).map_err(|_| Error::Closed)?;
+            tx.as_ref().ok_or(Error::Closed)?.send(job).map_err(|_| Error::Closed)?;
         }
+        // No timeout of its own here: an answer given up on while the write may still commit
+        // would be a lie either way.
         answer.recv().map_err(|_| Error::Closed)?
     }
 
@@ -378,7 +389,8 @@ impl Store {
     // ---- sessions ------------------------------------------------------------------------
 
     /// Start a session, durably, with the record of its first refresh token (`refresh`, checked
-    /// like any minted token). The session's `created`, `current` and `refreshes` are set here.
+    /// like any minted token). The session's `created`, `current`, `first` and `last_spent` are
+    /// set here.
     pub fn create_session(
         &self,
         sid: SessionId,
@@ -393,9 +405,12 @@ impl Store {
     }
 
     /// Renew a session with the refresh token family `presented`, rotating to `successor` when
-    /// given (the presented token is then spent). In one transaction, locked against every other
-    /// refresh of the session on every node: see [`Refreshed`] for the outcomes. A spent token
-    /// presented again more than `grace` after it was spent revokes the whole session.
+    /// given (the presented token is then spent, and `successor` is recorded as its child). In
+    /// one transaction, locked against every other refresh of the session on every node: see
+    /// [`Refreshed`] for the outcomes. The last spent token presented again within `grace` (to
+    /// the millisecond) gets the same successor; later, or any earlier spent token, revokes the
+    /// whole session. Once the current refresh token is revoked, every refresh is refused
+    /// ([`Error::SessionRevoked`]). The cost does not depend on the session's age.
     pub fn refresh_session(
         &self,
         sid: SessionId,
@@ -406,15 +421,16 @@ impl Store {
         if let Some(new) = &successor {
             self.check_new_token(new)?;
         }
-        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        match self.submit(Op::RefreshSession { sid, presented, successor, grace })? {
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        match self.submit(Op::RefreshSession { sid, presented, successor, grace_ms })? {
             Done::Refreshed(r) => Ok(r),
             _ => Err(Error::Corrupt("unexpected writer reply".into())),
         }
     }
 
     /// Revoke a session: every refresh token it issued (and what was minted from them), at once,
-    /// on every node. Empty when it was revoked already.
+    /// on every node, in one walk from its first refresh token (each visited once). Empty when
+    /// it was revoked already.
     pub fn revoke_session(&self, sid: SessionId) -> Result<Vec<Revocation>> {
         match self.submit(Op::RevokeSession(sid))? {
             Done::Revocations(r) => Ok(r),
@@ -424,7 +440,7 @@ impl Store {
 
     /// One session.
     pub fn session(&self, sid: &SessionId) -> Result<Option<SessionRecord>> {
-        self.inner.backend.session(sid)
+        Ok(self.inner.backend.session(sid)?.map(|s| s.into_record()))
     }
 
     // ---- tokens --------------------------------------------------------------------------

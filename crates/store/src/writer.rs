@@ -4,24 +4,23 @@
 //! lineage, transitive revocation, the change-log entries — is written here once, on the
 //! backend's [`Tx`] primitives.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tessera_core::{KeyId, RootKey, SessionId, TokenId};
 
 use crate::backend::{Backend, Event, Tx};
 use crate::codec::{
     AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,
-    SigningKeyInfo, SigningKeyState, Spent, StoredApp, StoredKey, StoredSession, StoredSigningKey,
-    StoredToken, TokenRecord,
+    SigningKeyInfo, SigningKeyState, StoredApp, StoredKey, StoredSigningKey, StoredToken, TokenRecord,
 };
 use crate::error::{Error, Result};
 use crate::follow::Follower;
 use crate::master::MasterKey;
 use crate::memory::signing_label;
-use crate::store::now;
+use crate::store::{now_ms, WRITE_DEADLINE};
 use tessera_core::envelope::SigningKey;
 
 /// Most operations one commit carries.
@@ -66,17 +65,17 @@ pub(crate) enum Op {
     /// Start a session with its first refresh token's record.
     CreateSession {
         sid: SessionId,
-        session: Box<StoredSession>,
+        session: Box<SessionRecord>,
         refresh: NewToken,
     },
-    /// Renew a session with the refresh token family `presented`; with `successor`, rotate to it.
-    /// A spent token presented again within `grace` seconds gets the same successor; later, the
-    /// whole session is revoked.
+    /// Renew a session with the refresh token family `presented`; with `successor`, rotate to it
+    /// (recorded as the presented token's child). The last spent token presented again within
+    /// `grace_ms` milliseconds gets the same successor; any other spent one revokes the session.
     RefreshSession {
         sid: SessionId,
         presented: TokenId,
         successor: Option<NewToken>,
-        grace: i64,
+        grace_ms: i64,
     },
     /// Revoke a session: every refresh token of it, and the session.
     RevokeSession(SessionId),
@@ -118,8 +117,14 @@ pub(crate) enum Done {
     Nothing,
 }
 
-/// An operation and where its answer goes.
-pub(crate) type Job = (Op, SyncSender<Result<Done>>);
+/// An operation, the instant by which it must be answered, and where its answer goes.
+pub(crate) struct Job {
+    pub(crate) op: Op,
+    /// Set when the operation was submitted: it covers the time queued for the writer and the
+    /// transaction. A job still queued at its deadline is never run.
+    pub(crate) deadline: Instant,
+    pub(crate) reply: SyncSender<Result<Done>>,
+}
 
 /// The writer thread's state.
 pub(crate) struct Writer {
@@ -145,11 +150,23 @@ impl Writer {
         }
     }
 
-    /// One durable transaction for every queued operation.
+    /// One durable transaction for every queued operation whose deadline has not passed; the
+    /// others are answered `Unavailable` without being run. The transaction must end by the
+    /// earliest deadline among its operations (on a database that can fail to answer, its calls
+    /// time out then), so every job is answered by its own deadline.
     pub(crate) fn batch(&self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        let (jobs, late): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
+        for job in late {
+            let _ = job.reply.send(Err(Error::Unavailable(format!(
+                "no answer within {} s: the write waited for the database and was not run, nothing written",
+                WRITE_DEADLINE.as_secs()
+            ))));
+        }
+        let Some(deadline) = jobs.iter().map(|j| j.deadline).min() else { return };
         let mut done: Vec<Option<Done>> = jobs.iter().map(|_| None).collect();
-        let outcome = self.backend.batch(jobs.len(), &mut |tx, i| {
-            done[i] = Some(self.apply(tx, &jobs[i].0)?);
+        let outcome = self.backend.batch(jobs.len(), deadline, &mut |tx, i| {
+            done[i] = Some(self.apply(tx, &jobs[i].op)?);
             Ok(())
         });
         match outcome {
@@ -157,22 +174,22 @@ impl Writer {
                 // Memory follows the log before anyone hears of the commit. If the database
                 // cannot be read back right now, the follower catches up later.
                 let _ = self.follower.catch_up();
-                for (((_, reply), result), done) in jobs.into_iter().zip(results).zip(done) {
+                for ((job, result), done) in jobs.into_iter().zip(results).zip(done) {
                     let answer = result
                         .and_then(|()| done.ok_or_else(|| Error::Corrupt("operation left no result".into())));
-                    let _ = reply.send(answer);
+                    let _ = job.reply.send(answer);
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 let unavailable = matches!(e, Error::Unavailable(_));
-                for (_, reply) in jobs {
+                for job in jobs {
                     let err = if unavailable {
                         Error::Unavailable(format!("nothing written: {msg}"))
                     } else {
                         Error::Corrupt(format!("commit failed, nothing written: {msg}"))
                     };
-                    let _ = reply.send(Err(err));
+                    let _ = job.reply.send(Err(err));
                 }
             }
         }
@@ -187,23 +204,20 @@ impl Writer {
         Ok(Revocation { seq, at, target })
     }
 
-    /// Mark one token record revoked and log it; `None` when it already was.
-    fn revoke_one(tx: &mut dyn Tx, tid: &TokenId, at: i64) -> Result<Option<Revocation>> {
-        let stored = tx.token(tid)?.ok_or(Error::UnknownToken(*tid))?;
-        if stored.revoked_at.is_some() {
-            return Ok(None);
-        }
-        tx.revoke_token(tid, at)?;
-        Self::log(tx, at, RevocationTarget::Token(*tid)).map(Some)
-    }
-
     /// Record a freshly minted token (its key usable, its parent recorded and not revoked).
     fn record(tx: &mut dyn Tx, new: &NewToken, at: i64) -> Result<TokenRecord> {
-        Self::record_with(tx, new, at, None)
+        Self::record_with(tx, new, at, None, None)
     }
 
-    /// [`Writer::record`], with what the token grants when redeemed (a link).
-    fn record_with(tx: &mut dyn Tx, new: &NewToken, at: i64, grant: Option<String>) -> Result<TokenRecord> {
+    /// [`Writer::record`], with what the token grants when redeemed (a link), or the session
+    /// whose refresh token it is.
+    pub(crate) fn record_with(
+        tx: &mut dyn Tx,
+        new: &NewToken,
+        at: i64,
+        grant: Option<String>,
+        session: Option<&SessionId>,
+    ) -> Result<TokenRecord> {
         let key = tx.key(&new.kid)?.ok_or(Error::UnknownKey(new.kid))?;
         if key.state == KeyState::Revoked {
             return Err(Error::KeyRevoked(new.kid));
@@ -231,48 +245,40 @@ impl Writer {
             used_at: None,
             last_used: None,
             grant,
+            session: session.map(|s| *s.as_bytes()),
         };
         tx.insert_token(&new.tid, &stored)?;
         Ok(stored.into_record(new.tid))
     }
 
-    /// Revoke the family `tid` and, breadth first, every family minted from it.
-    fn revoke_family(&self, tx: &mut dyn Tx, tid: &TokenId, at: i64) -> Result<Vec<Revocation>> {
-        if tx.token(tid)?.is_none() {
-            return Err(Error::UnknownToken(*tid));
-        }
-        let mut entries = Vec::new();
-        let mut queue = VecDeque::from([*tid]);
-        let mut seen = HashSet::from([*tid]);
-        while let Some(t) = queue.pop_front() {
-            self.visits.fetch_add(1, Ordering::Relaxed);
-            if let Some(entry) = Self::revoke_one(tx, &t, at)? {
-                entries.push(entry);
-            }
-            for child in tx.children(&t)? {
-                if seen.insert(child) {
-                    queue.push_back(child);
-                }
-            }
-        }
-        Ok(entries)
+    /// Mark the families `roots` and, transitively, every family minted from them revoked, in
+    /// one walk (each token visited once, however many roots reach it); returns those this call
+    /// marked, roots first, then breadth first. Nothing is logged yet: see
+    /// [`Writer::log_revocations`].
+    pub(crate) fn mark_revoked(&self, tx: &mut dyn Tx, roots: &[TokenId], at: i64) -> Result<Vec<TokenId>> {
+        let family = tx.descendants(roots)?;
+        self.visits.fetch_add(family.len() as u64, Ordering::Relaxed);
+        let live: Vec<TokenId> = family.into_iter().filter(|(_, revoked)| !revoked).map(|(t, _)| t).collect();
+        tx.revoke_tokens(&live, at)
     }
 
-    /// Revoke every refresh token family of a session, and the session.
-    fn end_session(
-        &self,
-        tx: &mut dyn Tx,
-        sid: &SessionId,
-        s: &mut StoredSession,
-        at: i64,
-    ) -> Result<Vec<Revocation>> {
-        let mut entries = Vec::new();
-        for tid in s.refreshes.clone() {
-            entries.extend(self.revoke_family(tx, &tid, at)?);
-        }
-        s.revoked_at = Some(at);
-        tx.put_session(sid, s)?;
-        Ok(entries)
+    /// The change-log entries of tokens just marked revoked, appended together. On a shared
+    /// database an append takes the log's lock until commit, so an operation appends last: the
+    /// walk before it holds no other node's revocations back.
+    pub(crate) fn log_revocations(tx: &mut dyn Tx, tids: &[TokenId], at: i64) -> Result<Vec<Revocation>> {
+        let events: Vec<Event> = tids.iter().map(|t| Event::TokenRevoked(*t)).collect();
+        let seqs = tx.append_all(at, &events)?;
+        Ok(tids
+            .iter()
+            .zip(seqs)
+            .map(|(t, seq)| Revocation { seq, at, target: RevocationTarget::Token(*t) })
+            .collect())
+    }
+
+    /// Revoke the family `tid` and, breadth first, every family minted from it.
+    fn revoke_family(&self, tx: &mut dyn Tx, tid: &TokenId, at: i64) -> Result<Vec<Revocation>> {
+        let marked = self.mark_revoked(tx, &[*tid], at)?;
+        Self::log_revocations(tx, &marked, at)
     }
 
     /// A new signing key, sealed, ready to store; its kid is its public key's thumbprint.
@@ -319,7 +325,8 @@ impl Writer {
     /// Apply one operation inside the batch's transaction. An error may come after some writes:
     /// the backend then keeps none of them.
     fn apply(&self, tx: &mut dyn Tx, op: &Op) -> Result<Done> {
-        let at = now();
+        let at_ms = now_ms();
+        let at = at_ms.div_euclid(1000);
         match op {
             Op::AddKey { kid, secret, activate, only_if_none } => {
                 // The append comes first: it serializes key changes across every writer of the
@@ -451,53 +458,13 @@ impl Writer {
                 Ok(Done::App(Box::new(stored.into_record(name.clone()))))
             }
             Op::CreateSession { sid, session, refresh } => {
-                if tx.session(sid)?.is_some() {
-                    return Err(Error::Corrupt(format!("session id {sid} is already recorded")));
-                }
-                Self::record(tx, refresh, at)?;
-                let mut stored = (**session).clone();
-                stored.created = at;
-                stored.current = refresh.tid;
-                stored.refreshes = vec![refresh.tid];
-                tx.put_session(sid, &stored)?;
-                Ok(Done::Session(Box::new(stored)))
+                self.create_session(tx, sid, session, refresh, at).map(|s| Done::Session(Box::new(s)))
             }
-            Op::RefreshSession { sid, presented, successor, grace } => {
-                let mut s = tx.session(sid)?.ok_or_else(|| Error::UnknownSession(sid.to_string()))?;
-                if s.revoked_at.is_some() {
-                    return Err(Error::SessionRevoked(sid.to_string()));
-                }
-                if *presented == s.current {
-                    let rotated_to = match successor {
-                        Some(new) => {
-                            Self::record(tx, new, at)?;
-                            s.spent.push(Spent { tid: *presented, at, successor: new.tid });
-                            s.refreshes.push(new.tid);
-                            s.current = new.tid;
-                            tx.put_session(sid, &s)?;
-                            Some(new.tid)
-                        }
-                        None => None,
-                    };
-                    return Ok(Done::Refreshed(Refreshed::Current { session: Box::new(s), rotated_to }));
-                }
-                let spent = s.spent.iter().find(|x| x.tid == *presented).copied();
-                match spent {
-                    Some(x) if at - x.at <= *grace => Ok(Done::Refreshed(Refreshed::Replayed {
-                        session: Box::new(s),
-                        successor: x.successor,
-                    })),
-                    Some(_) => {
-                        // Reuse: whoever holds a spent token may have stolen it. Everything goes,
-                        // and this commits (the answer is an error to the caller, not to the batch).
-                        self.end_session(tx, sid, &mut s, at)?;
-                        Ok(Done::Refreshed(Refreshed::ReuseDetected))
-                    }
-                    None => Err(Error::NotThisSession(sid.to_string())),
-                }
-            }
+            Op::RefreshSession { sid, presented, successor, grace_ms } => self
+                .refresh_session(tx, sid, presented, successor.as_ref(), *grace_ms, at_ms)
+                .map(Done::Refreshed),
             Op::CreateLink { token, grant } => {
-                Self::record_with(tx, token, at, Some(grant.clone())).map(Done::Token)
+                Self::record_with(tx, token, at, Some(grant.clone()), None).map(Done::Token)
             }
             Op::Consume(tid) => tx.mark_used(tid, at).map(Done::Used),
             Op::Touch(batch) => {
@@ -516,13 +483,7 @@ impl Writer {
                 }
                 _ => Ok(Done::Claimed(false)),
             },
-            Op::RevokeSession(sid) => {
-                let mut s = tx.session(sid)?.ok_or_else(|| Error::UnknownSession(sid.to_string()))?;
-                if s.revoked_at.is_some() {
-                    return Ok(Done::Revocations(Vec::new()));
-                }
-                self.end_session(tx, sid, &mut s, at).map(Done::Revocations)
-            }
+            Op::RevokeSession(sid) => self.revoke_session(tx, sid, at).map(Done::Revocations),
         }
     }
 }

@@ -11,7 +11,7 @@
 pub(crate) mod postgres;
 pub(crate) mod redb;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_core::{KeyId, SessionId, TokenId};
 
@@ -89,6 +89,45 @@ pub(crate) trait Tx {
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
+
+    /// Append several entries, in order, as [`Tx::append`] would one by one; their sequence
+    /// numbers. Nothing (and no lock) for none.
+    fn append_all(&mut self, at: i64, events: &[Event]) -> Result<Vec<u64>> {
+        events.iter().map(|e| self.append(at, *e)).collect()
+    }
+
+    /// The families `roots` and every family minted from them, transitively, each once, with
+    /// whether it is revoked: the roots first, then breadth first. An unknown root is
+    /// [`Error::UnknownToken`](crate::error::Error::UnknownToken).
+    fn descendants(&mut self, roots: &[TokenId]) -> Result<Vec<(TokenId, bool)>> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut queue = std::collections::VecDeque::new();
+        for root in roots {
+            if seen.insert(*root) {
+                queue.push_back(*root);
+            }
+        }
+        while let Some(t) = queue.pop_front() {
+            let record = self.token(&t)?.ok_or(crate::error::Error::UnknownToken(t))?;
+            out.push((t, record.revoked_at.is_some()));
+            for child in self.children(&t)? {
+                if seen.insert(child) {
+                    queue.push_back(child);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mark unrevoked token records revoked at `at`; returns those this call marked, in the
+    /// given order (a record another writer revoked meanwhile is not among them).
+    fn revoke_tokens(&mut self, tids: &[TokenId], at: i64) -> Result<Vec<TokenId>> {
+        for tid in tids {
+            self.revoke_token(tid, at)?;
+        }
+        Ok(tids.to_vec())
+    }
 }
 
 /// One operation of a batch, applied by the writer inside the backend's transaction.
@@ -99,8 +138,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Run operations `0..n` in one durable transaction: `apply(tx, i)` performs operation `i`.
     /// Each operation is all-or-nothing: one that fails leaves no trace in the commit, and the
     /// others still commit. `Ok` holds each operation's outcome, returned only once the
-    /// transaction is durable; `Err` means nothing was committed.
-    fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>>;
+    /// transaction is durable; `Err` means nothing was committed. A database that may not
+    /// answer gives up at `deadline` (`Unavailable`, nothing committed) instead of waiting.
+    fn batch(&self, n: usize, deadline: Instant, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>>;
     /// Every key.
     fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>>;
     /// Every JWT signing key, by kid.

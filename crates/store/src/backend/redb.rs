@@ -6,7 +6,7 @@
 //! 3), `apps` (schema 4), `sessions` (schema 5) and `notices` (schema 6).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tessera_core::{KeyId, SessionId, TokenId};
@@ -379,7 +379,8 @@ impl Tx for RedbTx<'_> {
 }
 
 impl Backend for RedbBackend {
-    fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
+    /// A local file answers or fails: `deadline` is for databases that may hang.
+    fn batch(&self, n: usize, _deadline: Instant, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
         let mut results: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
         let mut pending: Vec<usize> = (0..n).collect();
         // A failed operation aborts the transaction, which is replayed without it.
@@ -501,8 +502,8 @@ mod tests {
     use crate::writer::{Done, Job, Op, Writer};
 
     fn job(op: Op) -> (Job, Receiver<Result<Done>>) {
-        let (tx, rx) = mpsc::sync_channel(1);
-        ((op, tx), rx)
+        let (reply, rx) = mpsc::sync_channel(1);
+        (Job { op, deadline: Instant::now() + std::time::Duration::from_secs(60), reply }, rx)
     }
 
     fn record(kid: KeyId, parent: Option<TokenId>) -> (TokenId, Op) {

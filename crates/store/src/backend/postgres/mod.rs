@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tessera_core::{KeyId, SessionId, TokenId};
@@ -24,7 +24,7 @@ macro_rules! select_tokens {
     ($rest:literal) => {
         concat!(
             "SELECT tid, kid, subject, description, created, expires, caveats, revoked_at, parent, used_at, \
-             last_used, grant_json FROM tessera_tokens ",
+             last_used, grant_json, session FROM tessera_tokens ",
             $rest
         )
     };
@@ -53,6 +53,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (5, include_str!("../migrations/0004_sessions.sql")),
     (6, include_str!("../migrations/0005_limits.sql")),
     (7, include_str!("../migrations/0006_rates.sql")),
+    (8, include_str!("../migrations/0007_session_tokens.sql")),
 ];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -60,6 +61,8 @@ const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
 const CHANNEL: &str = "tessera_changes";
 /// The longest one database call may take before it counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a call that timed out says.
+const NO_ANSWER: &str = "no answer within 10 s";
 
 /// Connection settings of the shared database.
 #[derive(Clone, Debug)]
@@ -128,13 +131,28 @@ impl PostgresBackend {
         Ok(backend)
     }
 
-    /// Run `fut` on the backend's runtime and wait for it (from any thread).
+    /// Run `fut` on the backend's runtime and wait for it (from any thread), at most
+    /// [`CALL_TIMEOUT`].
     fn call<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        self.call_until(Instant::now() + CALL_TIMEOUT, fut)
+    }
+
+    /// [`PostgresBackend::call`], giving up at `deadline` (or after [`CALL_TIMEOUT`], if sooner):
+    /// a write's calls share the deadline of the write.
+    fn call_until<T: Send + 'static>(
+        &self,
+        deadline: Instant,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let left = deadline.saturating_duration_since(Instant::now()).min(CALL_TIMEOUT);
+        if left.is_zero() {
+            return Err(unavailable(NO_ANSWER));
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let out = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            let out = match tokio::time::timeout(left, fut).await {
                 Ok(out) => out,
-                Err(_) => Err(unavailable("no answer within 10 s")),
+                Err(_) => Err(unavailable(NO_ANSWER)),
             };
             let _ = tx.send(out);
         });
@@ -257,11 +275,13 @@ async fn listen(config: tokio_postgres::Config, wake: mpsc::Sender<()>) {
 }
 
 impl Backend for PostgresBackend {
-    fn batch(&self, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
+    fn batch(&self, n: usize, deadline: Instant, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
         let pool = self.pool.clone();
-        let client = Arc::new(self.call(async move { pool.get().await.map_err(pool_err) })?);
-        let mut tx = PgTx { backend: self, client, appended: false, keys: Default::default() };
+        let client = Arc::new(self.call_until(deadline, async move { pool.get().await.map_err(pool_err) })?);
+        let mut tx = PgTx { backend: self, client, appended: false, keys: Default::default(), deadline };
         let out = run_batch(&mut tx, n, apply);
+        // The rollback is bounded by the same deadline: a database that does not answer is not
+        // waited for twice. Past it, dropping the connection ends the transaction.
         if out.is_err() && tx.exec("ROLLBACK".into()).is_err() {
             // Never hand a connection in an unknown state back to the pool.
             if let Ok(obj) = Arc::try_unwrap(tx.client) {

@@ -76,6 +76,7 @@ pub(super) fn key_of(row: &Row) -> Result<(KeyId, StoredKey)> {
 pub(super) fn token_of(row: &Row) -> Result<(TokenId, StoredToken)> {
     let tid = TokenId::from_bytes(bytes(row.try_get(0).map_err(db)?, "tid")?);
     let parent: Option<Vec<u8>> = row.try_get(8).map_err(db)?;
+    let session: Option<Vec<u8>> = row.try_get(12).map_err(db)?;
     Ok((
         tid,
         StoredToken {
@@ -90,6 +91,7 @@ pub(super) fn token_of(row: &Row) -> Result<(TokenId, StoredToken)> {
             used_at: row.try_get(9).map_err(db)?,
             last_used: row.try_get(10).map_err(db)?,
             grant: row.try_get(11).map_err(db)?,
+            session: session.map(|s| bytes(s, "session")).transpose()?,
         },
     ))
 }

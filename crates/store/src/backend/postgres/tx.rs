@@ -63,6 +63,8 @@ pub(super) struct PgTx<'a> {
     pub(super) appended: bool,
     /// Keys read or written in this transaction (most operations of a batch use the same one).
     pub(super) keys: std::collections::HashMap<KeyId, Option<StoredKey>>,
+    /// When every call of the transaction gives up (the earliest deadline of its operations).
+    pub(super) deadline: std::time::Instant,
 }
 
 impl PgTx<'_> {
@@ -73,7 +75,7 @@ impl PgTx<'_> {
         map: impl FnOnce(Vec<Row>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let client = Arc::clone(&self.client);
-        self.backend.call(async move {
+        self.backend.call_until(self.deadline, async move {
             let stmt = client.prepare_cached(sql).await.map_err(db)?;
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                 params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
@@ -83,7 +85,7 @@ impl PgTx<'_> {
 
     pub(super) fn exec(&self, sql: String) -> Result<()> {
         let client = Arc::clone(&self.client);
-        self.backend.call(async move { client.batch_execute(&sql).await.map_err(db) })
+        self.backend.call_until(self.deadline, async move { client.batch_execute(&sql).await.map_err(db) })
     }
 }
 
@@ -156,10 +158,12 @@ impl Tx for PgTx<'_> {
             p(t.caveats.clone()),
             p(t.parent.map(|b| b.to_vec())),
             p(t.grant.clone()),
+            p(t.session.map(|b| b.to_vec())),
         ];
         self.run(
-            "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json,
+               session)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             params,
             |_| Ok(()),
         )
@@ -307,6 +311,73 @@ impl Tx for PgTx<'_> {
             params,
             |_| Ok(()),
         )
+    }
+
+    /// One statement (the migration's `tessera_family`): the whole family, each token once (at
+    /// its smallest depth), by depth then id.
+    fn descendants(&mut self, roots: &[TokenId]) -> Result<Vec<(TokenId, bool)>> {
+        let ids: Vec<Vec<u8>> = roots.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let found: Vec<(TokenId, bool)> = self.run(
+            "SELECT tid, revoked FROM tessera_family($1) ORDER BY depth, tid",
+            vec![p(ids)],
+            |rows| {
+                rows.iter()
+                    .map(|r| {
+                        let tid = TokenId::from_bytes(bytes(r.try_get(0).map_err(db)?, "tid")?);
+                        Ok((tid, r.try_get(1).map_err(db)?))
+                    })
+                    .collect()
+            },
+        )?;
+        if let Some(missing) = roots.iter().find(|r| !found.iter().any(|(t, _)| t == *r)) {
+            return Err(Error::UnknownToken(*missing));
+        }
+        // The roots first, in the order given (they are at depth 0, or below another root).
+        let (mut first, rest): (Vec<_>, Vec<_>) = found.into_iter().partition(|(t, _)| roots.contains(t));
+        first.sort_by_key(|(t, _)| roots.iter().position(|r| r == t));
+        first.extend(rest);
+        Ok(first)
+    }
+
+    /// One statement; a record another writer revoked first is left as it is, and not returned.
+    fn revoke_tokens(&mut self, tids: &[TokenId], at: i64) -> Result<Vec<TokenId>> {
+        if tids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Vec<u8>> = tids.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let marked: std::collections::HashSet<TokenId> = self.run(
+            "UPDATE tessera_tokens SET revoked_at = $2 WHERE tid = ANY($1) AND revoked_at IS NULL RETURNING tid",
+            vec![p(ids), p(at)],
+            |rows| {
+                rows.iter().map(|r| Ok(TokenId::from_bytes(bytes(r.try_get(0).map_err(db)?, "tid")?))).collect()
+            },
+        )?;
+        Ok(tids.iter().filter(|t| marked.contains(t)).copied().collect())
+    }
+
+    /// One statement, whatever the number of entries: the counter's lock is taken once, here.
+    fn append_all(&mut self, at: i64, events: &[Event]) -> Result<Vec<u64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (kinds, ids): (Vec<&'static str>, Vec<Vec<u8>>) = events.iter().map(kind_of).unzip();
+        let n = events.len() as i64;
+        let mut seqs: Vec<u64> = self.run(
+            "WITH next AS (UPDATE tessera_change_counter SET last_seq = last_seq + $2 RETURNING last_seq)
+             INSERT INTO tessera_changes (seq, at, kind, id)
+             SELECT next.last_seq - $2 + e.ord, $1, e.kind, e.id
+             FROM next, unnest($3::text[], $4::bytea[]) WITH ORDINALITY AS e (kind, id, ord)
+             RETURNING seq",
+            vec![p(at), p(n), p(kinds), p(ids)],
+            |rows| rows.iter().map(|r| r.try_get::<_, i64>(0).map(|s| s as u64).map_err(db)).collect(),
+        )?;
+        self.appended = true;
+        // seq = first + ord - 1: ascending seq is the order given.
+        seqs.sort_unstable();
+        if seqs.len() != events.len() {
+            return Err(Error::Corrupt("change counter row is missing".into()));
+        }
+        Ok(seqs)
     }
 
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {

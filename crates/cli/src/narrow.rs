@@ -46,7 +46,8 @@ pub(crate) fn time_or_duration(text: &str, now: OffsetDateTime) -> Result<Offset
     }
     let d = humantime::parse_duration(text)
         .with_context(|| format!("\"{text}\" is neither an RFC 3339 time nor a duration like 6h"))?;
-    Ok(now + d)
+    let d = time::Duration::try_from(d).context("duration too long")?;
+    now.checked_add(d).with_context(|| format!("\"{text}\" from now is past the calendar's end"))
 }
 
 /// `t` in whole seconds, rounded down: right for an upper bound (`time-before`), which it only
@@ -59,7 +60,11 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> Result<String> {
 /// token valid before the holder asked, and a narrowing must never widen.
 fn rfc3339_ceil(t: OffsetDateTime) -> Result<String> {
     let whole = t.replace_nanosecond(0).unwrap_or(t);
-    let up = if whole == t { whole } else { whole + time::Duration::SECOND };
+    let up = if whole == t {
+        whole
+    } else {
+        whole.checked_add(time::Duration::SECOND).context("--not-before is past the calendar's end")?
+    };
     rfc3339(up)
 }
 
@@ -113,6 +118,14 @@ mod tests {
         assert_eq!(narrow_not_before("2026-12-31T23:59:59.5Z"), ["time-after 2027-01-01T00:00:00Z"]);
         // Whole seconds stay as they are.
         assert_eq!(narrow_not_before("2026-12-05T01:00:41Z"), ["time-after 2026-12-05T01:00:41Z"]);
+    }
+
+    #[test]
+    fn times_past_the_calendar_are_errors_not_panics() {
+        let n = Narrow { not_before: Some("9999-12-31T23:59:59.5Z".into()), ..Narrow::default() };
+        assert!(n.caveats(OffsetDateTime::UNIX_EPOCH).is_err());
+        let n = Narrow { expires: Some("100000000y".into()), ..Narrow::default() };
+        assert!(n.caveats(OffsetDateTime::now_utc()).is_err());
     }
 
     #[test]

@@ -27,6 +27,18 @@ impl DatabaseUrl {
     /// The URL with its password replaced by `***`: the only form that may be printed or put in
     /// an error message.
     pub fn redacted(&self) -> String {
+        if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
+            // The `key=value` form: every value after a key naming a password is hidden.
+            let words: Vec<String> = self
+                .0
+                .split_whitespace()
+                .map(|w| match w.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("pass") => format!("{k}=***"),
+                    _ => w.to_owned(),
+                })
+                .collect();
+            return words.join(" ");
+        }
         let (base, query) = self.0.split_once('?').map_or((self.0.as_str(), None), |(b, q)| (b, Some(q)));
         let mut out = match (base.find("://"), base.rfind('@')) {
             (Some(s), Some(at)) if at > s => {
@@ -40,7 +52,10 @@ impl DatabaseUrl {
             let params: Vec<String> = q
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    // `pass%77ord` is `password` to the driver: hide whatever might be one.
+                    Some((k, _)) if k.to_ascii_lowercase().contains("pass") || k.contains('%') => {
+                        format!("{k}=***")
+                    }
                     _ => kv.to_owned(),
                 })
                 .collect();
@@ -394,10 +409,12 @@ mod tests {
             "postgres://db.internal/tessera?user=t&password=s3cret-pw",
             "postgres://t@db.internal/tessera?sslmode=require&password=s3cret-pw",
             "postgres://t:s3cret-pw@db.internal/tessera?sslmode=require",
+            "postgres://t@db.internal/tessera?pass%77ord=s3cret-pw",
+            "host=db.internal dbname=tessera/tessera user=t password=s3cret-pw",
         ] {
             let shown = DatabaseUrl(url.into()).redacted();
             assert!(!shown.contains("s3cret-pw"), "{shown}");
-            assert!(shown.contains("db.internal/tessera"), "{shown}");
+            assert!(shown.contains("db.internal"), "{shown}");
         }
     }
 }

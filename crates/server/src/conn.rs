@@ -87,7 +87,24 @@ impl ConnectionCap {
         let Ok(peer) = stream.peer_addr() else { return };
         if !self.admit(peer.ip(), ext) {
             let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+            return;
         }
+        if let Ok(socket) = socket2::SockRef::from(stream).try_clone() {
+            ext.insert(std::rc::Rc::new(Connection(socket)));
+        }
+    }
+}
+
+/// A second handle on a connection's socket (closed with the connection), so that a request
+/// whose body was refused unread can stop the connection reading: actix otherwise drains a
+/// chunked body for as long as the client trickles it.
+pub(crate) struct Connection(socket2::Socket);
+
+impl Connection {
+    /// Read no more from this connection: actix sees the end of its input, sends the answer it
+    /// has and closes.
+    pub(crate) fn stop_reading(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Read);
     }
 }
 

@@ -272,7 +272,19 @@ async fn guard(
         }
         conn::body_deadline(&mut req, state.config.body_timeout);
     }
+    // A refused request whose body was not read to its end (an early error, one that missed
+    // `--body-timeout`) ends its connection: actix would otherwise drain a chunked body for as
+    // long as the client trickles it.
+    let connection = req.conn_data::<std::rc::Rc<conn::Connection>>().cloned();
+    let has_body = req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || req.headers().get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     let mut res = problem::as_problem(next.call(req).await?.map_into_boxed_body());
+    if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+        res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        if let Some(c) = connection {
+            c.stop_reading();
+        }
+    }
     uses::add_headers(&mut res);
     if let Some(state) = state {
         state.metrics.observe(res.status().as_u16());

@@ -237,3 +237,42 @@ fn connections_over_the_per_address_cap_are_closed() {
     let (status, body) = http(&server.addr, "GET", "/health", None, None);
     assert_eq!(status, 200, "{body}");
 }
+
+/// Review of finding 11: a chunked body trickled chunk by chunk got its 408, but actix went on
+/// draining the rest for as long as the client kept sending, holding the connection. A body
+/// nobody finished reading now closes the connection after the answer: with a cap of one
+/// connection per address, a new connection is served while the client still trickles.
+#[test]
+fn a_trickled_chunked_body_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), &["--body-timeout", "1s", "--max-connections-per-address", "1"]);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /v1/verify HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server.addr
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut t = s.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) || t.write_all(b"1\r\n \r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw); // ends when the server closes its side
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("connection: close"), "{raw}");
+    // The client is still trickling; its connection must be gone all the same.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (status, body) = http(&server.addr, "GET", "/health", None, None);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert_eq!(status, 200, "the trickling connection still holds its place: {body}");
+}

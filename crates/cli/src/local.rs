@@ -14,7 +14,7 @@ pub(crate) enum KeysAction {
     List,
     /// Create a new active key; the previous one retires (still verifies).
     Rotate,
-    /// Revoke a key: every token it signed stops verifying.
+    /// Revoke a key: every token it signed stops verifying (the active key is replaced by a new one).
     Revoke {
         /// Key id (16 hex digits).
         kid: String,
@@ -68,9 +68,14 @@ pub(crate) fn keys(action: KeysAction, store: &Store) -> Result<()> {
         }
         KeysAction::Revoke { kid } => {
             let kid: KeyId = kid.parse().map_err(|e| anyhow!("{e}"))?;
-            match store.revoke_key(kid)? {
-                Some(r) => println!("revoked key {kid} (log entry {})", r.seq),
-                None => println!("key {kid} was already revoked"),
+            match store.revoke_key_replacing(kid)? {
+                (Some(r), active) => {
+                    println!("revoked key {kid} (log entry {})", r.seq);
+                    if let Some(active) = active {
+                        println!("{active}  active (it replaces the revoked key)");
+                    }
+                }
+                (None, _) => println!("key {kid} was already revoked"),
             }
         }
     }

@@ -461,20 +461,8 @@ pub(crate) async fn revoke_key(
     authorize(&state, &req, "keys.revoke", None)?;
     let kid: KeyId = path.parse().map_err(|_| ApiError::bad_request("key id must be 16 hex digits"))?;
     let st = state.clone();
-    let (rotated_to, entry) = blocking(move || {
-        let known = st.store.list_keys().map_err(ApiError::from)?;
-        let key = known
-            .iter()
-            .find(|k| k.kid == kid)
-            .ok_or_else(|| ApiError::not_found(format!("no key {kid}")))?;
-        let rotated_to = match key.state {
-            KeyState::Active => Some(st.store.rotate().map_err(ApiError::from)?.kid),
-            _ => None,
-        };
-        let entry = st.store.revoke_key(kid).map_err(ApiError::from)?;
-        Ok((rotated_to, entry))
-    })
-    .await?;
+    let (entry, rotated_to) =
+        blocking(move || st.store.revoke_key_replacing(kid).map_err(ApiError::from)).await?;
     Ok(HttpResponse::Ok().json(json!({
         "kid": kid.to_string(),
         "revoked": true,

@@ -263,9 +263,23 @@ impl Store {
     }
 
     /// Revoke a key: it neither signs nor verifies again, so every token it signed is dead.
+    /// Revoking the active key leaves none active (see [`Store::revoke_key_replacing`]).
     pub fn revoke_key(&self, kid: KeyId) -> Result<Option<Revocation>> {
-        match self.submit(Op::RevokeKey(kid))? {
-            Done::Revocation(r) => Ok(r),
+        match self.submit(Op::RevokeKey { kid, replacement: None })? {
+            Done::KeyRevoked(r, _) => Ok(r),
+            _ => Err(Error::Corrupt("unexpected writer reply".into())),
+        }
+    }
+
+    /// Revoke a key and, when it was the active key, make a new key active in the same
+    /// transaction: minting goes on, and concurrent revocations of the active key (on any node)
+    /// make exactly one new key. Returns the log entry (none when the key was revoked already)
+    /// and the new active key, if one was made.
+    pub fn revoke_key_replacing(&self, kid: KeyId) -> Result<(Option<Revocation>, Option<KeyId>)> {
+        let secret = RootKey::generate().map_err(|_| Error::Random)?;
+        let new_kid = KeyId::generate().map_err(|_| Error::Random)?;
+        match self.submit(Op::RevokeKey { kid, replacement: Some((new_kid, secret)) })? {
+            Done::KeyRevoked(r, active) => Ok((r, active)),
             _ => Err(Error::Corrupt("unexpected writer reply".into())),
         }
     }

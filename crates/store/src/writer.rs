@@ -36,7 +36,13 @@ pub(crate) enum Op {
         activate: bool,
         only_if_none: bool,
     },
-    RevokeKey(KeyId),
+    /// Revoke a key. With a `replacement`, a key that was active is replaced by it (made
+    /// active) in the same transaction, so minting goes on and concurrent revocations of the
+    /// active key make one new key, not several.
+    RevokeKey {
+        kid: KeyId,
+        replacement: Option<(KeyId, RootKey)>,
+    },
     Record(NewToken),
     RevokeToken(TokenId),
     /// Create the first signing keys of an algorithm (one active, one published as next), unless
@@ -106,7 +112,9 @@ pub(crate) enum Op {
 pub(crate) enum Done {
     Key(Option<KeyInfo>),
     Token(TokenRecord),
-    Revocation(Option<Revocation>),
+    /// A key revocation's log entry (none when it was revoked already) and the key made active
+    /// in its place, if any.
+    KeyRevoked(Option<Revocation>, Option<KeyId>),
     Revocations(Vec<Revocation>),
     Signing(Vec<SigningKeyInfo>),
     App(Box<AppRecord>),
@@ -355,15 +363,34 @@ impl Writer {
                 tx.put_key(kid, &stored)?;
                 Ok(Done::Key(Some(stored.info(*kid))))
             }
-            Op::RevokeKey(kid) => {
+            Op::RevokeKey { kid, replacement } => {
+                if replacement.is_some() {
+                    // The append first: it serializes key changes across every writer of the
+                    // database, so of two revocations of the active key only one replaces it.
+                    tx.append(at, Event::KeyChanged(*kid))?;
+                }
                 let mut stored = tx.key(kid)?.ok_or(Error::UnknownKey(*kid))?;
                 if stored.state == KeyState::Revoked {
-                    return Ok(Done::Revocation(None));
+                    return Ok(Done::KeyRevoked(None, None));
+                }
+                let mut active = None;
+                if let (KeyState::Active, Some((new_kid, secret))) = (stored.state, replacement) {
+                    let new = StoredKey {
+                        sealed: self.master.seal(new_kid.as_bytes(), secret.expose_secret())?,
+                        state: KeyState::Active,
+                        created: at,
+                        retired_at: None,
+                        revoked_at: None,
+                    };
+                    tx.put_key(new_kid, &new)?;
+                    tx.append(at, Event::KeyChanged(*new_kid))?;
+                    active = Some(*new_kid);
                 }
                 stored.state = KeyState::Revoked;
                 stored.revoked_at = Some(at);
                 tx.put_key(kid, &stored)?;
-                Self::log(tx, at, RevocationTarget::Key(*kid)).map(|e| Done::Revocation(Some(e)))
+                let entry = Self::log(tx, at, RevocationTarget::Key(*kid))?;
+                Ok(Done::KeyRevoked(Some(entry), active))
             }
             Op::Record(new) => Self::record(tx, new, at).map(Done::Token),
             Op::EnsureSigning { active, next } => {

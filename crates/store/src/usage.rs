@@ -5,7 +5,7 @@
 mod rates;
 
 pub use rates::{RateDecision, RateTake, DEFAULT_RATE_CAPACITY, MAX_FAMILY_BUDGETS, PRUNE_PER_TAKE};
-pub(crate) use rates::{RateLease, RateWant, Rates};
+pub(crate) use rates::{RateLease, RateReturn, RateWant, Rates};
 
 use tessera_core::TokenId;
 

@@ -57,7 +57,7 @@ on_both!(budgets_are_taken_all_or_nothing, |db| {
     // A use refused afterwards (a `once` token used already) gives its units back.
     let other = tid();
     assert!(taken(&store.take_rates(other, &[limit("2/1m")], NOW).unwrap()));
-    store.give_back_rates(other, &[limit("2/1m")], NOW);
+    store.give_back_rates(other, &[limit("2/1m")], NOW).unwrap();
     assert_eq!(remaining_after_one_more(&store, other, limit("2/1m"), NOW), Some(1));
     assert_eq!(remaining_after_one_more(&store, other, limit("2/1m"), NOW), Some(0));
 });
@@ -160,7 +160,7 @@ fn schema_6_rate_counters_migrate() {
     drop(db.open());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let hour = now - now.rem_euclid(3600);
-    // Back to what schema 6 had: one row per window.
+    // Back to what schema 6 had: one row per window (and nothing of schema 8's sessions).
     pg().sql(
         url,
         &format!(
@@ -170,6 +170,8 @@ fn schema_6_rate_counters_migrate() {
              INSERT INTO tessera_rates VALUES
                ('\\x{one}', '5/1h', {old}, 5, 1), ('\\x{one}', '5/1h', {hour}, 4, 1),
                ('\\x{two}', '5/1m', 60, 1, 1);
+             ALTER TABLE tessera_tokens DROP COLUMN session;
+             DROP FUNCTION tessera_family(bytea[]);
              UPDATE tessera_meta SET value = '\\x00000006'::bytea WHERE name = 'schema';",
             old = hour - 3600,
             one = "01".repeat(16),
@@ -184,3 +186,59 @@ fn schema_6_rate_counters_migrate() {
     assert_eq!(remaining_after_one_more(&store, family, limit("5/1h"), now), Some(0));
     assert!(matches!(store.take_rates(family, &[limit("5/1h")], now).unwrap(), RateTake::Spent(_)));
 }
+
+/// Rows of the shared rate counters, on PostgreSQL (`None` on redb).
+fn shared_rows(db: &Db) -> Option<String> {
+    match db {
+        Db::Postgres(url) => Some(pg().sql(url, "SELECT count(*) FROM tessera_rates").trim().to_owned()),
+        Db::File(_) => None,
+    }
+}
+
+// Security review round 3, finding 3: a refused take creates no counter, on this node or in the
+// shared counters, so copies of a spent token cannot fill the family's 8 slots.
+on_both!(a_refused_take_creates_no_counter, |db| {
+    let a = db.open();
+    let family = tid();
+    let spent = limit("1/1h");
+    assert!(taken(&a.take_rates(family, &[spent], NOW).unwrap()));
+    for days in 1..=9 {
+        let r = a.take_rates(family, &[spent, limit(&format!("9/{days}d"))], NOW).unwrap();
+        assert!(matches!(r, RateTake::Spent(_)), "copy {days}: {r:?}");
+    }
+    assert_eq!(a.rate_counters(), 1, "only the budget that was used");
+    assert_eq!(shared_rows(&db).as_deref().unwrap_or("1"), "1");
+    // A token with more budgets than a family holds is told what the family holds.
+    let nine: Vec<RateLimit> = (1..=9).map(|n| limit(&format!("{n}/2d"))).collect();
+    assert_eq!(
+        a.take_rates(family, &nine, NOW).unwrap(),
+        RateTake::TooManyBudgets { held: 1, adding: 9, limit: 8 }
+    );
+    // The 7 slots left are the family's, on any node.
+    let b = if matches!(db, Db::Postgres(_)) { db.open() } else { a };
+    for n in 1..=7 {
+        assert!(taken(&b.take_rates(family, &[limit(&format!("{n}/1d"))], NOW).unwrap()), "budget {n}");
+    }
+    assert_eq!(shared_rows(&db).as_deref().unwrap_or("8"), "8");
+});
+
+// Security review round 3, findings 3 and 4: a use given back (refused after it was taken: a
+// replayed `once` token, a management call that failed) is whole again, exactly, on one node and
+// across nodes, and the counter it created is gone (here and in the shared counters).
+on_both!(a_given_back_use_is_whole_again_and_leaves_no_counter, |db| {
+    let a = db.open();
+    let family = tid();
+    let l = limit("200/1h");
+    assert!(taken(&a.take_rates(family, &[l], NOW).unwrap()));
+    assert!(taken(&a.take_rates(family, &[l], NOW).unwrap()));
+    a.give_back_rates(family, &[l], NOW).unwrap();
+    assert_eq!(a.rate_counters(), 1, "one use still taken");
+    a.give_back_rates(family, &[l], NOW).unwrap();
+    assert_eq!(a.rate_counters(), 0);
+    assert_eq!(shared_rows(&db).as_deref().unwrap_or("0"), "0");
+    // Giving back what was not taken gives nothing.
+    a.give_back_rates(family, &[l], NOW).unwrap();
+    let b = if matches!(db, Db::Postgres(_)) { db.open() } else { a };
+    let admitted = (0..201).filter(|_| taken(&b.take_rates(family, &[l], NOW).unwrap())).count();
+    assert_eq!(admitted, 200, "the whole budget, not one unit more");
+});

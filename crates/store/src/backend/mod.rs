@@ -169,6 +169,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> Result<crate::usage::RateLease> {
         Err(crate::error::Error::Corrupt("this database keeps no shared rate counters".into()))
     }
+    /// Return units a node held of shared rate counters of the family `tid` (a use given back
+    /// left it none), dropping a counter no node holds any of.
+    fn give_back_rates(&self, _tid: &TokenId, _returns: &[crate::usage::RateReturn]) -> Result<()> {
+        Ok(())
+    }
     /// Drop a batch of shared rate counters whose window ended by `now`; how many.
     fn prune_rates(&self, _now: i64) -> Result<u64> {
         Ok(0)

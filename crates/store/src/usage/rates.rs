@@ -12,7 +12,8 @@
 //! have passed.
 //!
 //! A use takes one unit from every budget of the token or from none (finding 4): a refusal spends
-//! nothing, and a use refused afterwards (a replayed `once` token) gives its units back.
+//! nothing, and a use refused afterwards (a replayed `once` token, a failed management call) gives
+//! its units back. Neither holds a slot: the counters only a refused use needed are forgotten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -184,7 +185,19 @@ pub(crate) enum RateLease {
     TooManyBudgets {
         /// Budgets the family holds in the database.
         held: usize,
+        /// New budgets the lease would have added.
+        adding: usize,
     },
+}
+
+/// Units a node returns to the shared counter of one budget: all it held of the window, when a
+/// use given back leaves it none (the row goes when no node holds any).
+#[derive(Clone, Debug)]
+pub(crate) struct RateReturn {
+    /// The budget in canonical text.
+    pub(crate) spec: String,
+    pub(crate) window: i64,
+    pub(crate) units: u64,
 }
 
 impl Table {
@@ -226,16 +239,19 @@ impl Table {
     /// The family of `tid` with a counter for each of `limits` (distinct) in the window
     /// of `now`, creating what is missing within both caps; or why not. Budgets whose window has
     /// ended are dropped first. Returns the indices of the counters, in the order of `limits`,
-    /// and which were created.
-    fn prepare(&mut self, tid: TokenId, limits: &[RateLimit], now: i64) -> Result<Vec<usize>, RateTake> {
+    /// the budgets whose counters were created (the caller forgets them unless the use is taken:
+    /// a refusal must hold no slot) and the end of the latest window (the caller files the family
+    /// by it once the use is taken).
+    fn prepare(&mut self, tid: TokenId, limits: &[RateLimit], now: i64) -> Result<Prepared, RateTake> {
         let capacity = self.capacity;
         let family = self.families.entry(tid).or_default();
         let before = family.budgets.len();
         family.budgets.retain(|c| c.ends() > now);
         let ended = before - family.budgets.len();
         self.examined += before as u64;
-        let adding = limits.iter().filter(|l| !family.budgets.iter().any(|c| c.limit == **l)).count();
-        let held = family.budgets.len();
+        let created: Vec<RateLimit> =
+            limits.iter().filter(|l| !family.budgets.iter().any(|c| c.limit == **l)).copied().collect();
+        let (held, adding) = (family.budgets.len(), created.len());
         self.counters -= ended;
         let refusal = if held + adding > MAX_FAMILY_BUDGETS {
             Some(RateTake::TooManyBudgets { held, adding, limit: MAX_FAMILY_BUDGETS })
@@ -268,13 +284,34 @@ impl Table {
             at.push(i);
         }
         self.counters += adding;
-        self.file(tid, ends);
-        Ok(at)
+        Ok(Prepared { at, created, ends })
+    }
+
+    /// Forget the counters of `created` that hold nothing (made for a use that was refused), and
+    /// the family if that leaves it none.
+    fn forget(&mut self, tid: TokenId, created: &[RateLimit]) {
+        let Some(family) = self.families.get_mut(&tid) else { return };
+        let before = family.budgets.len();
+        family.budgets.retain(|c| !created.contains(&c.limit) || c.used_here > 0 || c.leased > 0);
+        self.counters -= before - family.budgets.len();
+        if family.budgets.is_empty() {
+            self.families.remove(&tid);
+        }
     }
 
     fn budgets(&mut self, tid: &TokenId) -> Option<&mut Vec<Counter>> {
         self.families.get_mut(tid).map(|f| &mut f.budgets)
     }
+}
+
+/// What [`Table::prepare`] readied for a use.
+struct Prepared {
+    /// The counters of the token's budgets, in order.
+    at: Vec<usize>,
+    /// The budgets whose counters it created.
+    created: Vec<RateLimit>,
+    /// The end of the latest of their windows.
+    ends: i64,
 }
 
 /// Without repeats (`3/120m` and `3/2h` are one budget), in the token's order.
@@ -301,22 +338,29 @@ impl Store {
         if limits.is_empty() {
             return Ok(RateTake::Taken(Vec::new()));
         }
-        if limits.len() > MAX_FAMILY_BUDGETS {
-            return Ok(RateTake::TooManyBudgets { held: 0, adding: limits.len(), limit: MAX_FAMILY_BUDGETS });
-        }
         let shared = self.inner.backend.shared();
-        let (wants, reserved) = {
+        let (wants, reserved, prepared) = {
             let mut t = self.inner.rates.table.lock().map_err(|_| Error::Closed)?;
+            if limits.len() > MAX_FAMILY_BUDGETS {
+                let held =
+                    t.families.get(&tid).map_or(0, |f| f.budgets.iter().filter(|c| c.ends() > now).count());
+                return Ok(RateTake::TooManyBudgets {
+                    held,
+                    adding: limits.len(),
+                    limit: MAX_FAMILY_BUDGETS,
+                });
+            }
             t.prune(now, PRUNE_PER_TAKE);
-            let at = match t.prepare(tid, &limits, now) {
-                Ok(at) => at,
+            let prepared = match t.prepare(tid, &limits, now) {
+                Ok(p) => p,
                 Err(refusal) => return Ok(refusal),
             };
             let budgets = t.budgets(&tid).ok_or(Error::Closed)?;
             if !shared {
+                let at = &prepared.at;
                 let all = at.iter().all(|&i| budgets[i].used_here < budgets[i].limit.count);
                 if all {
-                    for &i in &at {
+                    for &i in at {
                         budgets[i].used_here += 1;
                     }
                 }
@@ -332,13 +376,20 @@ impl Store {
                         }
                     })
                     .collect();
-                return Ok(if all { RateTake::Taken(decisions) } else { RateTake::Spent(decisions) });
+                // Only a use taken holds a slot: a refused one forgets the counters it made.
+                return Ok(if all {
+                    t.file(tid, prepared.ends);
+                    RateTake::Taken(decisions)
+                } else {
+                    t.forget(tid, &prepared.created);
+                    RateTake::Spent(decisions)
+                });
             }
             // Units this node holds are taken at once (given back if the use is refused); the
             // budgets without any are leased together.
             let mut wants = Vec::new();
             let mut reserved = Vec::new();
-            for &i in &at {
+            for &i in &prepared.at {
                 let c = &mut budgets[i];
                 if c.leased > 0 {
                     c.leased -= 1;
@@ -354,7 +405,7 @@ impl Store {
                     });
                 }
             }
-            (wants, reserved)
+            (wants, reserved, prepared)
         };
         let lease = if wants.is_empty() {
             Ok(RateLease::Granted(Vec::new()))
@@ -364,9 +415,7 @@ impl Store {
         };
         let mut t = self.inner.rates.table.lock().map_err(|_| Error::Closed)?;
         if !matches!(lease, Ok(RateLease::Granted(_))) {
-            // Nothing is taken: give back what was reserved; unless the database knows the
-            // budgets (spent), forget counters created for nothing.
-            let keep = matches!(lease, Ok(RateLease::Spent(_)));
+            // Nothing is taken: give back what was reserved.
             if let Some(budgets) = t.budgets(&tid) {
                 for c in budgets.iter_mut().filter(|c| reserved.contains(&c.limit)) {
                     if c.window == window_of(c.limit, now) && c.used_here > 0 {
@@ -374,19 +423,14 @@ impl Store {
                         c.leased += 1;
                     }
                 }
-                let before = budgets.len();
-                budgets.retain(|c| {
-                    keep || !wants.iter().any(|w| w.limit == c.limit)
-                        || c.used_here > 0
-                        || c.leased > 0
-                        || c.used_seen > 0
-                });
-                let forgotten = before - budgets.len();
-                t.counters -= forgotten;
             }
         }
-        let outcome = match lease? {
-            RateLease::Granted(grants) => {
+        let outcome = match lease {
+            Err(e) => {
+                t.forget(tid, &prepared.created);
+                return Err(e);
+            }
+            Ok(RateLease::Granted(grants)) => {
                 if let Some(budgets) = t.budgets(&tid) {
                     for (w, (grant, used)) in wants.iter().zip(grants) {
                         // The window may have moved on meanwhile: a lease of an ended window is
@@ -400,9 +444,10 @@ impl Store {
                         }
                     }
                 }
+                t.file(tid, prepared.ends);
                 RateTake::Taken(self.cluster_decisions(&mut t, tid, &limits, now, None))
             }
-            RateLease::Spent(used) => {
+            Ok(RateLease::Spent(used)) => {
                 if let Some(budgets) = t.budgets(&tid) {
                     for (w, used) in wants.iter().zip(&used) {
                         if let Some(c) = budgets.iter_mut().find(|c| c.limit == w.limit) {
@@ -420,10 +465,14 @@ impl Store {
                     .collect();
                 RateTake::Spent(self.cluster_decisions(&mut t, tid, &limits, now, Some(&spent)))
             }
-            RateLease::TooManyBudgets { held } => {
-                RateTake::TooManyBudgets { held, adding: wants.len(), limit: MAX_FAMILY_BUDGETS }
+            Ok(RateLease::TooManyBudgets { held, adding }) => {
+                RateTake::TooManyBudgets { held, adding, limit: MAX_FAMILY_BUDGETS }
             }
         };
+        if !matches!(outcome, RateTake::Taken(_)) {
+            // A refused use holds no slot, here or (the lease wrote nothing) in the database.
+            t.forget(tid, &prepared.created);
+        }
         Ok(outcome)
     }
 
@@ -456,22 +505,46 @@ impl Store {
     }
 
     /// Give back the use [`Store::take_rates`] took at `now` from each of `limits`, when the use
-    /// was refused afterwards (a `once` token used already): the units return to this node (on a
-    /// cluster, to its lease). Nothing if the window has moved on.
-    pub fn give_back_rates(&self, tid: TokenId, limits: &[RateLimit], now: i64) {
+    /// was refused afterwards (a `once` token used already, a management call that failed).
+    /// Exact: nothing if the window has moved on or nothing is taken. A counter left with no use
+    /// on this node is forgotten, so a refused use holds none of the family's slots; on a
+    /// cluster, the node then returns every unit it holds of that budget to the shared counter,
+    /// whose row goes when no node holds any (otherwise the unit returns to the node's lease).
+    pub fn give_back_rates(&self, tid: TokenId, limits: &[RateLimit], now: i64) -> Result<()> {
         let shared = self.inner.backend.shared();
-        let Ok(mut t) = self.inner.rates.table.lock() else { return };
-        let Some(budgets) = t.budgets(&tid) else { return };
-        for l in distinct(limits) {
-            if let Some(c) = budgets.iter_mut().find(|c| c.limit == l) {
-                if c.window == window_of(l, now) && c.used_here > 0 {
-                    c.used_here -= 1;
+        let mut returns = Vec::new();
+        {
+            let mut t = self.inner.rates.table.lock().map_err(|_| Error::Closed)?;
+            let Table { families, counters, .. } = &mut *t;
+            let Some(family) = families.get_mut(&tid) else { return Ok(()) };
+            for l in distinct(limits) {
+                let window = window_of(l, now);
+                let Some(i) =
+                    family.budgets.iter().position(|c| c.limit == l && c.window == window && c.used_here > 0)
+                else {
+                    continue;
+                };
+                let c = &mut family.budgets[i];
+                c.used_here -= 1;
+                if shared {
+                    c.leased += 1;
+                }
+                if c.used_here == 0 {
                     if shared {
-                        c.leased += 1;
+                        returns.push(RateReturn { spec: l.to_string(), window, units: c.leased });
                     }
+                    family.budgets.swap_remove(i);
+                    *counters -= 1;
                 }
             }
+            if family.budgets.is_empty() {
+                families.remove(&tid);
+            }
         }
+        if returns.is_empty() {
+            return Ok(());
+        }
+        self.inner.backend.give_back_rates(&tid, &returns)
     }
 
     /// Count one use of `tid` against the one budget `limit` (see [`Store::take_rates`]); a

@@ -43,7 +43,7 @@ use crate::codec::{
 };
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
-use crate::usage::{RateLease, RateWant};
+use crate::usage::{RateLease, RateReturn, RateWant};
 
 /// Migrations, in order: (schema version reached, SQL).
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -367,6 +367,18 @@ impl Backend for PostgresBackend {
             }
             // Otherwise dropping the transaction rolls it back: a refusal writes nothing.
             Ok(lease)
+        })
+    }
+
+    fn give_back_rates(&self, tid: &TokenId, returns: &[RateReturn]) -> Result<()> {
+        let pool = self.pool.clone();
+        let tid = tid.as_bytes().to_vec();
+        let returns = returns.to_vec();
+        self.call(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let txn = client.transaction().await.map_err(db)?;
+            rates::give_back(&txn, &tid, &returns).await?;
+            txn.commit().await.map_err(db)
         })
     }
 

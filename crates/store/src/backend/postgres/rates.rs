@@ -13,7 +13,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 
 use super::rows::db;
 use crate::error::Result;
-use crate::usage::{RateLease, RateWant};
+use crate::usage::{RateLease, RateReturn, RateWant};
 
 /// The class of the per-family advisory locks (`pg_advisory_xact_lock(int4, int4)`, a key space
 /// apart from the migrations' one-`bigint` lock): "rate" in ASCII.
@@ -31,9 +31,7 @@ pub(super) async fn take(
     wants: &[RateWant],
     max_budgets: usize,
 ) -> Result<RateLease> {
-    let key = i32::from_be_bytes([tid[0], tid[1], tid[2], tid[3]]);
-    let lock = txn.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)").await.map_err(db)?;
-    txn.execute(&lock, &[&LOCK_CLASS, &key]).await.map_err(db)?;
+    lock_family(txn, tid).await?;
     let select = txn
         .prepare_cached("SELECT spec, win, ends, used FROM tessera_rates WHERE tid = $1")
         .await
@@ -52,7 +50,7 @@ pub(super) async fn take(
     }
     let adding = wants.iter().filter(|w| !live.contains_key(&w.spec)).count();
     if live.len() + adding > max_budgets {
-        return Ok(RateLease::TooManyBudgets { held: live.len() });
+        return Ok(RateLease::TooManyBudgets { held: live.len(), adding });
     }
     // Each budget's window and count: a row of a later window (a node whose clock is ahead)
     // counts, so clock skew never lets a budget be spent twice.
@@ -96,6 +94,41 @@ pub(super) async fn take(
     let used: Vec<i64> = grants.iter().map(|g| i64::try_from(g.1).unwrap_or(i64::MAX)).collect();
     txn.execute(&upsert, &[&tid, &specs, &wins, &ends, &used]).await.map_err(db)?;
     Ok(RateLease::Granted(grants))
+}
+
+/// Take the family's advisory lock for the rest of `txn`: its leases and returns serialise.
+async fn lock_family(txn: &Transaction<'_>, tid: &[u8]) -> Result<()> {
+    let key = i32::from_be_bytes([tid[0], tid[1], tid[2], tid[3]]);
+    let lock = txn.prepare_cached("SELECT pg_advisory_xact_lock($1, $2)").await.map_err(db)?;
+    txn.execute(&lock, &[&LOCK_CLASS, &key]).await.map_err(db)?;
+    Ok(())
+}
+
+/// Return units a node held of the family's budgets (`returns`, each for the window it was
+/// leased in: a row that has moved to another window keeps its count), in `txn`, under the
+/// family's lock (a lease reads and rewrites a count, so a return between would be lost), and
+/// drop the rows no node holds a unit of: a use given back holds no slot. The caller commits.
+pub(super) async fn give_back(txn: &Transaction<'_>, tid: &[u8], returns: &[RateReturn]) -> Result<()> {
+    lock_family(txn, tid).await?;
+    let update = txn
+        .prepare_cached(
+            "UPDATE tessera_rates r SET used = GREATEST(r.used - g.units, 0)
+             FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS g(spec, win, units)
+             WHERE r.tid = $1 AND r.spec = g.spec AND r.win = g.win",
+        )
+        .await
+        .map_err(db)?;
+    let specs: Vec<&str> = returns.iter().map(|r| r.spec.as_str()).collect();
+    let wins: Vec<i64> = returns.iter().map(|r| r.window).collect();
+    let units: Vec<i64> = returns.iter().map(|r| i64::try_from(r.units).unwrap_or(i64::MAX)).collect();
+    txn.execute(&update, &[&tid, &specs, &wins, &units]).await.map_err(db)?;
+    // Through the primary key: the family's rows only.
+    let drop = txn
+        .prepare_cached("DELETE FROM tessera_rates WHERE tid = $1 AND spec = ANY($2) AND used <= 0")
+        .await
+        .map_err(db)?;
+    txn.execute(&drop, &[&tid, &specs]).await.map_err(db)?;
+    Ok(())
 }
 
 /// Drop up to [`PRUNE_BATCH`] rows whose window ended by `now`; how many.

@@ -202,8 +202,10 @@ pub(crate) fn authorize(
             claimed.sub
         )));
     }
-    // Management calls count against the token's budgets (once authorized: a refusal spends
-    // nothing) and use it up like verification does; the answer carries the budget's headers.
+    // Management calls count against the token's budgets once authorized (a refusal spends
+    // nothing) and use it up like verification does. The budgets are given back if the handler's
+    // answer is not a success (a bad query, a missing token: `uses::settle`); a success carries
+    // the budget's headers.
     crate::uses::record_for(state, req, &v.restrictions())?;
     Ok((Caller { token, discharges, tid: claimed.tid, subject: claimed.sub }, target))
 }

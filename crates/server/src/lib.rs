@@ -243,7 +243,8 @@ const UNLIMITED: &[&str] =
     &["/health", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
 /// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
-/// budget headers of management calls (`uses::add_headers`), around every request.
+/// budget headers of management calls, or their give-back when the answer is not a success
+/// (`uses::settle`), around every request.
 async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -285,7 +286,7 @@ async fn guard(
             c.stop_reading();
         }
     }
-    uses::add_headers(&mut res);
+    uses::settle(&mut res).await;
     if let Some(state) = state {
         state.metrics.observe(res.status().as_u16());
     }

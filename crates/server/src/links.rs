@@ -213,8 +213,8 @@ pub(crate) async fn redeem(
         }
     };
     // The one use, exactly once across the cluster: a second redemption stops here.
-    let st = state.clone();
-    blocking(move || crate::uses::record(&st, &r).map(drop)).await?;
+    // Its budget headers go on the answer, and a failure from here on gives the budgets back.
+    crate::uses::record_for_blocking(&state, &req, r).await?;
     match product {
         Product::Session(planned) => {
             let (sid, record, spec) = *planned;

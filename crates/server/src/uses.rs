@@ -5,12 +5,12 @@
 
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{HttpMessage, HttpRequest};
-use tessera_core::Restrictions;
+use actix_web::{web, HttpMessage, HttpRequest};
+use tessera_core::{RateLimit, Restrictions, TokenId};
 use tessera_store::{RateDecision, RateTake};
 use time::OffsetDateTime;
 
-use crate::api::rfc3339;
+use crate::api::{blocking, rfc3339};
 use crate::problem::ApiError;
 use crate::AppState;
 
@@ -39,8 +39,11 @@ fn headers(decisions: &[RateDecision]) -> Headers {
 /// May wait for the database (the single use is a durable write; budgets on a cluster lease from
 /// a shared counter), so handlers call it on the blocking pool when [`needs_database`] says so.
 pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiError> {
+    record_at(state, r, OffsetDateTime::now_utc().unix_timestamp())
+}
+
+fn record_at(state: &AppState, r: &Restrictions, now: i64) -> Result<Headers, ApiError> {
     let Some(tid) = r.tid else { return Ok(Vec::new()) };
-    let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut out = Vec::new();
     if !r.rate_limits.is_empty() {
         match state.store.take_rates(tid, &r.rate_limits, now)? {
@@ -56,6 +59,12 @@ pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiE
                     "this token's budget of {limit} is spent; it refills in {reset} s"
                 ))
                 .with_headers(h));
+            }
+            RateTake::TooManyBudgets { adding, limit, .. } if adding > limit => {
+                return Err(ApiError::forbidden(format!(
+                    "too many distinct budgets: this token carries {adding} distinct rate-limit budgets, \
+                     and a token family holds at most {limit} at once"
+                )));
             }
             RateTake::TooManyBudgets { held, adding, limit } => {
                 return Err(ApiError::forbidden(format!(
@@ -82,8 +91,9 @@ pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiE
             Err(e) => Some(e.into()),
         };
         if let Some(e) = refused {
-            // A refused use spends no budget.
-            state.store.give_back_rates(tid, &r.rate_limits, now);
+            // A refused use spends no budget. (Should the give-back fail, the unit stays taken:
+            // the budget errs on the side of refusing.)
+            let _ = state.store.give_back_rates(tid, &r.rate_limits, now);
             return Err(e);
         }
     }
@@ -91,30 +101,81 @@ pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiE
     Ok(out)
 }
 
-/// The budget headers of a use, kept with the request until its answer is written
-/// ([`add_headers`]).
-struct Spent(Headers);
+/// The budgets a use of a request took, kept with the request until its answer is written
+/// ([`settle`]).
+#[derive(Clone)]
+pub(crate) struct Taken {
+    tid: TokenId,
+    limits: Vec<RateLimit>,
+    /// When they were taken (a give-back is for that window).
+    now: i64,
+    headers: Headers,
+}
 
-/// [`record`] for a management call: the headers go on whatever the handler answers.
+/// [`record`] for a request whose use counts only if its answer is a success (a management call):
+/// the budgets it took are given back when it is not ([`settle`]), and its headers go on it when
+/// it is.
 pub(crate) fn record_for(state: &AppState, req: &HttpRequest, r: &Restrictions) -> Result<(), ApiError> {
-    let h = record(state, r)?;
-    if !h.is_empty() {
-        req.extensions_mut().insert(Spent(h));
-    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let headers = record_at(state, r, now)?;
+    keep(req, r, now, headers);
     Ok(())
 }
 
-/// Put the headers of a budget a request spent ([`record_for`]) on its answer.
-pub(crate) fn add_headers<B>(res: &mut ServiceResponse<B>) {
-    let spent = res.request().extensions_mut().remove::<Spent>();
-    if let Some(Spent(h)) = spent {
-        for (name, value) in h {
+/// [`record_for`] on the blocking pool (for a request whose use may wait for the database).
+pub(crate) async fn record_for_blocking(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    r: Restrictions,
+) -> Result<(), ApiError> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let st = state.clone();
+    let (r, headers) = blocking(move || record_at(&st, &r, now).map(|h| (r, h))).await?;
+    keep(req, &r, now, headers);
+    Ok(())
+}
+
+fn keep(req: &HttpRequest, r: &Restrictions, now: i64, headers: Headers) {
+    let (Some(tid), false) = (r.tid, r.rate_limits.is_empty()) else { return };
+    let mut ext = req.extensions_mut();
+    let taken = Taken { tid, limits: r.rate_limits.clone(), now, headers };
+    match ext.get_mut::<Vec<Taken>>() {
+        Some(all) => all.push(taken),
+        None => {
+            ext.insert(vec![taken]);
+        }
+    }
+}
+
+/// When the answer is a success, put on it the headers of the budgets the request took
+/// ([`record_for`]); otherwise give them back, exactly: a use counts only when it succeeds.
+pub(crate) async fn settle<B>(res: &mut ServiceResponse<B>) {
+    let taken = res.request().extensions_mut().remove::<Vec<Taken>>();
+    let Some(taken) = taken else { return };
+    if res.status().is_success() {
+        let Some(last) = taken.last() else { return };
+        for (name, value) in &last.headers {
             if let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value))
+                (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
             {
                 res.headers_mut().insert(name, value);
             }
         }
+        return;
+    }
+    let Some(state) = res.request().app_data::<web::Data<AppState>>().cloned() else { return };
+    let shared = state.store.is_shared();
+    let give_back = move || {
+        for t in &taken {
+            // Should it fail, the units stay taken: the budget errs on the side of refusing.
+            let _ = state.store.give_back_rates(t.tid, &t.limits, t.now);
+        }
+    };
+    if shared {
+        // May return units to the shared counter.
+        let _ = web::block(give_back).await;
+    } else {
+        give_back();
     }
 }
 

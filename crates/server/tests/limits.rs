@@ -409,3 +409,87 @@ fn mint_writes_a_budget_canonically() {
         assert!(listed.raw.contains("rate-limit 3/2h") && !listed.raw.contains("120m"), "{}", listed.raw);
     })
 }
+
+/// Security review round 3, finding 3: a refused use creates no counter and so takes none of the
+/// family's 8 budget slots. Copies of a spent token with new budgets (429), and replays of a used
+/// `once` copy with new budgets (401, refused after the budgets were taken), leave the family
+/// free to hold 8 budgets of its owner's choosing.
+#[test]
+fn a_refused_use_occupies_none_of_the_familys_budget_slots() {
+    run(async {
+        let e = env();
+        let token =
+            mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"], "rate_limit": "1/1h"}))
+                .await;
+        assert_eq!(verify_with_headers(&e, &token).await.0, StatusCode::OK);
+        for days in 1..=9 {
+            let copy =
+                Token::decode(&token).unwrap().attenuate(&format!("rate-limit 9/{days}d")).unwrap().encode();
+            let (status, h, body) = verify_with_headers(&e, &copy).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "copy {days}: {body}");
+            assert!(body["detail"].as_str().unwrap().contains("1/1h"), "{body}");
+            assert_eq!(header(&h, "ratelimit-remaining"), Some("0"));
+        }
+        assert_eq!(e.state.store.rate_counters(), 1, "only the budget that was used");
+        // Refused after its budgets were taken: a replayed `once` copy gives them back whole.
+        let plain = mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"]})).await;
+        let once = Token::decode(&plain).unwrap().attenuate("once").unwrap();
+        assert_eq!(verify_with_headers(&e, &once.encode()).await.0, StatusCode::OK);
+        for hours in 1..=8 {
+            let replay = once.attenuate(&format!("rate-limit 5/{hours}h")).unwrap().encode();
+            let (status, _, body) = verify_with_headers(&e, &replay).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "replay {hours}: {body}");
+        }
+        assert_eq!(e.state.store.rate_counters(), 1);
+        // The family's slots are all still free for copies that are used.
+        for n in 1..=8 {
+            let copy =
+                Token::decode(&plain).unwrap().attenuate(&format!("rate-limit {n}/1d")).unwrap().encode();
+            let (status, _, body) = verify_with_headers(&e, &copy).await;
+            assert_eq!(status, StatusCode::OK, "budget {n}: {body}");
+        }
+        assert_eq!(e.state.store.rate_counters(), 9);
+        // A token carrying more budgets than a family may hold is told so, truly.
+        let mut nine = Token::decode(&token).unwrap();
+        for n in 0..9 {
+            nine = nine.attenuate(&format!("rate-limit {}/2d", 10 + n)).unwrap();
+        }
+        let (status, _, body) = verify_with_headers(&e, &nine.encode()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("too many distinct budgets"), "{body}");
+        assert!(detail.contains("carries 10 distinct"), "{body}");
+        assert!(!detail.contains("holds 0"), "{body}");
+    })
+}
+
+/// Security review round 3, finding 4: a management call that is authorized but then fails (a
+/// bad query: 400) spends no budget and creates no counter; its answer carries no budget fields.
+#[test]
+fn a_management_call_that_fails_spends_nothing() {
+    run(async {
+        let e = env();
+        let small = mint_ok(
+            &e,
+            &e.admin,
+            json!({"subject": "erin", "operations": ["tokens.list"], "rate_limit": "2/1h"}),
+        )
+        .await;
+        let bad = || auth(TestRequest::get().uri("/v1/tokens?subject=erin&expiring_within=bogus"), &small);
+        let good = || auth(TestRequest::get().uri("/v1/tokens?subject=erin"), &small);
+        for _ in 0..3 {
+            let (status, h, body) = send_with_headers(&e, bad()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(header(&h, "ratelimit-remaining").is_none(), "{h:?}");
+        }
+        assert_eq!(e.state.store.rate_counters(), 0, "a failed call leaves no counter");
+        let (status, h, _) = send_with_headers(&e, good()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("1"));
+        assert_eq!(send_with_headers(&e, bad()).await.0, StatusCode::BAD_REQUEST);
+        let (status, h, _) = send_with_headers(&e, good()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit-remaining"), Some("0"));
+        assert_eq!(send_with_headers(&e, good()).await.0, StatusCode::TOO_MANY_REQUESTS);
+    })
+}

@@ -7,6 +7,11 @@
 //! - `session_end/<backend>/after_N`: revoking a session whose refresh token has been rotated N
 //!   times (every refresh token is revoked: the work is linear in N, the walk visits each once).
 //!
+//! - `refresh at rotation 1 vs 10,000` (printed): the two interleaved, 20 rounds of 50 refreshes
+//!   each, medians and their ratio. Criterion measures the two benchmarks minutes apart, so on a
+//!   busy machine their difference is mostly the machine's; the interleaved ratio is the
+//!   comparison.
+//!
 //! Sessions to end are built concurrently (their refreshes share commits) and only the timed
 //! calls are measured. Under `cargo test --all-targets` (no `--bench`) a small smoke version runs.
 
@@ -85,6 +90,38 @@ fn many(store: &Store, kid: KeyId, count: usize, n: usize) -> Vec<(SessionId, To
     })
 }
 
+/// Mean seconds per refresh of `n` rotations of the session whose current token is `*current`.
+fn rotate(store: &Store, kid: KeyId, sid: SessionId, current: &mut TokenId, n: usize) -> f64 {
+    let next: Vec<NewToken> = (0..n).map(|_| token(kid)).collect();
+    let t = Instant::now();
+    for new in next {
+        let tid = new.tid;
+        store.refresh_session(sid, *current, Some(new), GRACE).unwrap();
+        *current = tid;
+    }
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+/// A refresh of a young session against one of a session rotated `long` times, interleaved.
+fn refresh_ratio(name: &str, store: &Store, kid: KeyId, long: usize, rounds: usize) {
+    let (old, mut old_current) = rotated(store, kid, long);
+    let (mut young, mut old_s) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (sid, mut current) = rotated(store, kid, 0);
+        young.push(rotate(store, kid, sid, &mut current, 50));
+        old_s.push(rotate(store, kid, old, &mut old_current, 50));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e3
+    };
+    let (y, o) = (median(&mut young), median(&mut old_s));
+    println!(
+        "{name}: refresh at rotation 1-50: {y:.3} ms, at rotation {long}+: {o:.3} ms, ratio {:.2} (medians of {rounds} interleaved rounds of 50)",
+        o / y
+    );
+}
+
 fn sessions(c: &mut Criterion) {
     let (long, ends): (usize, &[usize]) = if benching() { (10_000, &[1_000, 10_000]) } else { (20, &[10]) };
     let pg = PgServer::start_durable();
@@ -95,6 +132,7 @@ fn sessions(c: &mut Criterion) {
     for (name, location) in [("redb", redb), ("postgres", postgres)] {
         let store = Store::open_at(&location, master.clone(), Freshness::default()).unwrap();
         let kid = store.rotate().unwrap().kid;
+        refresh_ratio(name, &store, kid, long, if benching() { 20 } else { 2 });
 
         let mut g = c.benchmark_group(format!("session_refresh/{name}"));
         g.bench_function("rotation_1", |b| {
@@ -110,14 +148,8 @@ fn sessions(c: &mut Criterion) {
         let (sid, mut current) = rotated(&store, kid, long);
         g.bench_function(format!("rotation_{long}"), |b| {
             b.iter_custom(|iters| {
-                let next: Vec<NewToken> = (0..iters).map(|_| token(kid)).collect();
-                let t = Instant::now();
-                for new in next {
-                    let tid = new.tid;
-                    store.refresh_session(sid, current, Some(new), GRACE).unwrap();
-                    current = tid;
-                }
-                t.elapsed()
+                let n = usize::try_from(iters).unwrap();
+                Duration::from_secs_f64(rotate(&store, kid, sid, &mut current, n) * n as f64)
             })
         });
         g.finish();

@@ -236,7 +236,7 @@ impl Writer {
         if let Some(parent) = &new.parent {
             // In the same transaction as a revocation would be: a child is never
             // recorded under a parent whose revocation has committed.
-            let p = tx.token(parent)?.ok_or(Error::UnknownToken(*parent))?;
+            let p = tx.parent(parent)?.ok_or(Error::UnknownToken(*parent))?;
             if p.revoked_at.is_some() {
                 return Err(Error::ParentRevoked(*parent));
             }

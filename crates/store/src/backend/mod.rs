@@ -56,6 +56,12 @@ pub(crate) trait Tx {
     fn put_key(&mut self, kid: &KeyId, key: &StoredKey) -> Result<()>;
     /// One token record.
     fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>>;
+    /// The record of a token a child is about to be recorded under, held until commit against
+    /// a concurrent revocation (on a shared database a row lock that the revocation's own locks
+    /// wait for), so the child is either refused or revoked with its parent.
+    fn parent(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        self.token(tid)
+    }
     /// Insert a new token record with its subject and lineage indexes.
     fn insert_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()>;
     /// Mark a token record revoked at `at`.

@@ -87,6 +87,22 @@ impl PgTx<'_> {
         let client = Arc::clone(&self.client);
         self.backend.call_until(self.deadline, async move { client.batch_execute(&sql).await.map_err(db) })
     }
+
+    /// The family of `ids` as the statement's snapshot sees it (the migration's `tessera_family`).
+    fn family(&mut self, ids: &[Vec<u8>]) -> Result<Vec<(TokenId, bool)>> {
+        self.run(
+            "SELECT tid, revoked FROM tessera_family($1) ORDER BY depth, tid",
+            vec![p(ids.to_vec())],
+            |rows| {
+                rows.iter()
+                    .map(|r| {
+                        let tid = TokenId::from_bytes(bytes(r.try_get(0).map_err(db)?, "tid")?);
+                        Ok((tid, r.try_get(1).map_err(db)?))
+                    })
+                    .collect()
+            },
+        )
+    }
 }
 
 pub(super) type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>;
@@ -143,6 +159,16 @@ impl Tx for PgTx<'_> {
     fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
         let params: Params = vec![p(tid.as_bytes().to_vec())];
         self.run(select_tokens!("WHERE tid = $1"), params, |rows| {
+            rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t))
+        })
+    }
+
+    /// `FOR SHARE`: a revocation of this family locks its rows `FOR NO KEY UPDATE` before it
+    /// reads the family for the last time, so it waits for this child to commit and then sees it,
+    /// or this waits for the revocation and then sees the parent revoked.
+    fn parent(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
+        let params: Params = vec![p(tid.as_bytes().to_vec())];
+        self.run(select_tokens!("WHERE tid = $1 FOR SHARE"), params, |rows| {
             rows.first().map(token_of).transpose().map(|t| t.map(|(_, t)| t))
         })
     }
@@ -315,20 +341,31 @@ impl Tx for PgTx<'_> {
 
     /// One statement (the migration's `tessera_family`): the whole family, each token once (at
     /// its smallest depth), by depth then id.
+    ///
+    /// The family is locked (`FOR NO KEY UPDATE`, in id order) and read again until no new member
+    /// appears: a child recorded concurrently holds its parent `FOR SHARE` until it commits, so
+    /// the lock waits for it and the next read (a new snapshot) sees it. Once every member is
+    /// locked no child can be added under any of them until this transaction ends.
     fn descendants(&mut self, roots: &[TokenId]) -> Result<Vec<(TokenId, bool)>> {
         let ids: Vec<Vec<u8>> = roots.iter().map(|t| t.as_bytes().to_vec()).collect();
-        let found: Vec<(TokenId, bool)> = self.run(
-            "SELECT tid, revoked FROM tessera_family($1) ORDER BY depth, tid",
-            vec![p(ids)],
-            |rows| {
-                rows.iter()
-                    .map(|r| {
-                        let tid = TokenId::from_bytes(bytes(r.try_get(0).map_err(db)?, "tid")?);
-                        Ok((tid, r.try_get(1).map_err(db)?))
-                    })
-                    .collect()
-            },
-        )?;
+        let mut locked: std::collections::HashSet<TokenId> = std::collections::HashSet::new();
+        let found = loop {
+            let found = self.family(&ids)?;
+            let new: Vec<Vec<u8>> = found
+                .iter()
+                .filter(|(t, _)| !locked.contains(t))
+                .map(|(t, _)| t.as_bytes().to_vec())
+                .collect();
+            if new.is_empty() {
+                break found;
+            }
+            self.run(
+                "SELECT tid FROM tessera_tokens WHERE tid = ANY($1) ORDER BY tid FOR NO KEY UPDATE",
+                vec![p(new)],
+                |_| Ok(()),
+            )?;
+            locked.extend(found.iter().map(|(t, _)| *t));
+        };
         if let Some(missing) = roots.iter().find(|r| !found.iter().any(|(t, _)| t == *r)) {
             return Err(Error::UnknownToken(*missing));
         }

@@ -13,6 +13,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
 use crate::id::TokenId;
+use crate::random::random;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -113,13 +114,6 @@ pub(crate) fn open_vid(sig: &Tag, vid: &[u8]) -> Result<Zeroizing<Tag>> {
     Ok(Zeroizing::new(key))
 }
 
-/// Fill a buffer from the operating system's random number generator.
-pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
-    let mut out = [0u8; N];
-    getrandom::fill(&mut out).map_err(|_| Error::Random)?;
-    Ok(out)
-}
-
 /// Minimum length of any root or caveat key.
 pub const MIN_KEY_LEN: usize = 32;
 
@@ -176,10 +170,10 @@ impl RootKey {
     }
 
     /// The per-kid JWT envelope key `H(secret, "tessera/jwt/v1")`.
-    pub fn envelope_key(&self) -> crate::envelope::EnvelopeKey {
+    pub fn envelope_key(&self) -> EnvelopeKey {
         let mut m = self.keyed();
         m.update(b"tessera/jwt/v1");
-        crate::envelope::EnvelopeKey::from_tag(finish(m))
+        EnvelopeKey::from_tag(finish(m))
     }
 
     pub(crate) fn derived(&self) -> Zeroizing<Tag> {
@@ -230,4 +224,30 @@ pub(crate) fn hs256_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
     let mut m = mac(key);
     m.update(data);
     m.verify_slice(tag).is_ok()
+}
+
+/// The per-kid HS256 key. Debug prints `[redacted]`; zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct EnvelopeKey(Tag);
+
+impl EnvelopeKey {
+    pub(crate) fn from_tag(tag: Tag) -> Self {
+        EnvelopeKey(tag)
+    }
+
+    /// Wrap key bytes received out of band (e.g. from the service's envelope-key endpoint).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        EnvelopeKey(bytes)
+    }
+
+    /// The key bytes, for handing to a JWT library in tests or a JWT-only service.
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EnvelopeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvelopeKey([redacted])")
+    }
 }

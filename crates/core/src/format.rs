@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::crypto::{Tag, VID_LEN};
 use crate::error::{Error, Result};
+use crate::layout::{check_field, Caveat, CaveatSpan, Span, Token, TRAILER_LEN};
 use crate::limits::{MAX_BINARY, MAX_CAVEATS, MAX_FIELD, MAX_TOKEN_TEXT};
-use crate::token::{check_field, Caveat, CaveatSpan, Span, Token, TRAILER_LEN};
 
 pub(crate) const EOS: u8 = 0;
 pub(crate) const FIELD_LOCATION: u8 = 1;

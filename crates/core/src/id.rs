@@ -55,7 +55,7 @@ macro_rules! id_type {
             }
             /// A fresh random id.
             pub fn generate() -> Result<Self> {
-                crate::crypto::random::<$len>().map(Self)
+                crate::random::random::<$len>().map(Self)
             }
             /// The raw bytes.
             pub fn as_bytes(&self) -> &[u8; $len] {

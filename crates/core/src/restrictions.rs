@@ -5,7 +5,7 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 use crate::args::words;
-use crate::caveat::{parse_net, resource_matches, Context, Predicate, RateLimit};
+use crate::caveat::predicate::{parse_net, resource_matches, Context, Predicate, RateLimit};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, TokenId};
 
@@ -48,7 +48,7 @@ pub struct Restrictions {
     /// Whom the token speaks for (Tessera identifiers only).
     pub subject: Option<String>,
     /// Custom claims bound into the identifier (Tessera identifiers only).
-    pub claims: Option<crate::CustomClaims>,
+    pub claims: Option<crate::claims::CustomClaims>,
     /// Latest `time-after`.
     pub not_before: Option<OffsetDateTime>,
     /// Earliest `time-before`.

@@ -5,54 +5,15 @@
 //! [`crate::Verified`], so an unverified token cannot be mistaken for a verified one.
 
 use std::fmt;
-use std::ops::Range;
 
 use crate::crypto::{self, RootKey, Tag, VID_LEN};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::id::Identifier;
-use crate::limits::{MAX_CAVEATS, MAX_FIELD};
-
-/// Where a field lives inside the token buffer.
-pub(crate) type Span = Range<u32>;
-
-/// A caveat's fields, as positions in the token buffer.
-#[derive(Clone, Debug)]
-pub(crate) enum CaveatSpan {
-    First(Span),
-    Third { location: Option<Span>, id: Span, vid: Span },
-}
-
-/// A caveat of a token, borrowed from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Caveat<'a> {
-    /// A predicate the verifier checks itself (see the caveat language in `docs/FORMAT.md`).
-    FirstParty(&'a [u8]),
-    /// A condition another service must vouch for with a discharge token.
-    ThirdParty {
-        /// Where to ask for the discharge (not signed: never authorize on it).
-        location: &'a str,
-        /// The caveat id (a ticket the third party understands).
-        id: &'a [u8],
-        /// The verification id: the caveat key sealed under the chain signature (72 bytes).
-        vid: &'a [u8],
-    },
-}
-
-/// A macaroon: location, identifier, caveats and a 32-byte signature. Unverified.
-///
-/// `Debug` never shows the signature: with it, the token text is a bearer credential.
-#[derive(Clone)]
-pub struct Token {
-    /// Canonical V2 binary encoding; the last 32 bytes are the signature.
-    pub(crate) buf: Vec<u8>,
-    pub(crate) location: Option<Span>,
-    pub(crate) identifier: Span,
-    pub(crate) caveats: Vec<CaveatSpan>,
-}
-
-/// Bytes after the last caveat: end of caveats, signature field head, signature.
-pub(crate) const TRAILER_LEN: usize = 3 + 32;
+use crate::layout::check_field;
+pub use crate::layout::{Caveat, Token};
+use crate::layout::{CaveatSpan, Span, TRAILER_LEN};
+use crate::limits::MAX_CAVEATS;
 
 impl Token {
     /// Mint a plain macaroon: `sig = H(derive(root_key), identifier)`.
@@ -182,7 +143,7 @@ impl Token {
         caveat_key: &RootKey,
         caveat_id: &[u8],
     ) -> Result<Token> {
-        let nonce = crypto::random::<24>()?;
+        let nonce = crate::random::random::<24>()?;
         self.add_third_party_caveat_with_nonce(location, caveat_key, caveat_id, &nonce)
     }
 
@@ -253,13 +214,6 @@ impl Token {
             caveats: self.caveats.clone(),
         }
     }
-}
-
-pub(crate) fn check_field(what: &'static str, bytes: &[u8]) -> Result<()> {
-    if bytes.len() > MAX_FIELD {
-        return Err(Error::TooLarge { what, size: bytes.len(), limit: MAX_FIELD });
-    }
-    Ok(())
 }
 
 impl fmt::Debug for Token {

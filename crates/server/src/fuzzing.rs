@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use tessera_core::{KeyId, KeyProvider, RootKey, TokenId};
 
-use crate::api::{check_subject, mint_spec, MintRequest};
+use crate::config::Config;
 use crate::exchange::{admit, ask, cached_key, Exchange};
+use crate::http::problem::ApiError;
 use crate::mint::Inheritance;
-use crate::problem::ApiError;
-use crate::verify::{verify_request, VerifyRequest};
-use crate::{ticket, Config};
+use crate::routes::tokens::{mint_spec, MintRequest};
+use crate::routes::verify::{verify_request, VerifyRequest};
+use crate::spec::check_subject;
+use crate::ticket;
 
 /// A `POST /v1/verify` body as the handler treats it: JSON, then decode and verify with `keys`
 /// (the service passes its store). `Ok` holds the answer's JSON; `Err` its status code.

@@ -5,8 +5,8 @@ use tessera_store::{NewToken, Store, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::auth::Caller;
-use crate::problem::ApiError;
+use crate::http::auth::Caller;
+use crate::http::problem::ApiError;
 use crate::ticket;
 
 /// What to mint.

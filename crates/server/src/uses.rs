@@ -10,9 +10,10 @@ use tessera_core::{RateLimit, Restrictions, TokenId};
 use tessera_store::{RateDecision, RateTake};
 use time::OffsetDateTime;
 
-use crate::api::{blocking, rfc3339};
-use crate::problem::ApiError;
-use crate::AppState;
+use crate::http::blocking;
+use crate::http::problem::ApiError;
+use crate::http::text::rfc3339;
+use crate::state::AppState;
 
 /// Response headers describing the budgets (empty when the token has none).
 pub(crate) type Headers = Vec<(&'static str, String)>;

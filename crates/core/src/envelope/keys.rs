@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::EnvelopeKey;
 use crate::crypto;
+use crate::crypto::EnvelopeKey;
 use crate::error::{Error, Result};
 use crate::format::{decode_base64, encode_base64};
 

@@ -19,45 +19,16 @@ mod keys;
 pub use id_token::{id_token_key_id, verify_id_token, IdTokenRules, MAX_LEEWAY};
 pub use keys::{Algorithm, PublicKey, SigningKey, VerifyKey};
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
-use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::caveat::{parse_net, Context, Restrictions};
 use crate::claims::{CustomClaims, REGISTERED_CLAIMS};
-use crate::crypto::Tag;
+pub use crate::crypto::EnvelopeKey;
 use crate::error::{Error, Result};
 use crate::format::encode_base64;
 use crate::id::KeyId;
 use crate::verify::Verified;
-
-/// The per-kid HS256 key. Debug prints `[redacted]`; zeroized on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct EnvelopeKey(Tag);
-
-impl EnvelopeKey {
-    pub(crate) fn from_tag(tag: Tag) -> Self {
-        EnvelopeKey(tag)
-    }
-
-    /// Wrap key bytes received out of band (e.g. from the service's envelope-key endpoint).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        EnvelopeKey(bytes)
-    }
-
-    /// The key bytes, for handing to a JWT library in tests or a JWT-only service.
-    pub fn expose_secret(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for EnvelopeKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EnvelopeKey([redacted])")
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -14,14 +14,16 @@ use serde_json::json;
 use tessera_core::{Context, Verifier};
 use time::OffsetDateTime;
 
-use crate::api::{blocking, check_subject, decode_token, lifetime, restriction_caveats};
-use crate::auth::{authorize, client_ip_of, Caller};
+use crate::http::auth::{authorize, client_ip_of, Caller};
+use crate::http::blocking;
+use crate::http::problem::ApiError;
+use crate::http::text::decode_token;
 use crate::mint::{
     added_by_holder, build, inheritance, mint, time_and_network_bounds, Inheritance, MintSpec,
 };
-use crate::problem::ApiError;
-use crate::sessions::{plan, start, NewSessionRequest, Strategy};
-use crate::AppState;
+use crate::session::{plan, start, NewSessionRequest, Strategy};
+use crate::spec::{check_subject, lifetime, restriction_caveats};
+use crate::state::AppState;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -138,7 +140,7 @@ pub(crate) async fn create(
         "link_token": token.encode(),
         "tid": record.tid.to_string(),
         "subject": subject,
-        "expires": crate::api::rfc3339(record.expires.unwrap_or_default()),
+        "expires": crate::http::text::rfc3339(record.expires.unwrap_or_default()),
         "issue": grant.issue,
     })))
 }
@@ -232,7 +234,7 @@ pub(crate) async fn redeem(
                 "token": minted.token.encode(),
                 "tid": minted.record.tid.to_string(),
                 "subject": minted.record.subject,
-                "expires": minted.record.expires.and_then(crate::api::rfc3339),
+                "expires": minted.record.expires.and_then(crate::http::text::rfc3339),
             })))
         }
     }

@@ -18,8 +18,9 @@ use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
 use tessera_store::AppRecord;
 
 use crate::config::ForwardedHeader;
-use crate::problem::ApiError;
-use crate::AppState;
+use crate::http::problem::ApiError;
+use crate::spec::APP_SUBJECT_PREFIX;
+use crate::state::AppState;
 
 /// Header carrying discharges for the bearer token.
 pub const DISCHARGE_HEADER: &str = "X-Tessera-Discharge";
@@ -209,9 +210,6 @@ pub(crate) fn authorize(
     crate::uses::record_for(state, req, &v.restrictions())?;
     Ok((Caller { token, discharges, tid: claimed.tid, subject: claimed.sub }, target))
 }
-
-/// Subjects of application credentials start with this.
-pub(crate) const APP_SUBJECT_PREFIX: &str = "app:";
 
 /// The registered application calling, when the request carries a bearer token: its credential
 /// must verify as `jwt.issue` on `apps/<name>`, be the credential the application was registered

@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use tessera_core::{Context, CustomClaims, Restrictions, SignatureMemo, Verifier};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::api::{blocking, decode_all, decode_token, parse_time};
-use crate::problem::ApiError;
-use crate::AppState;
+use crate::http::blocking;
+use crate::http::problem::ApiError;
+use crate::http::text::{decode_all, decode_token, parse_time};
+use crate::state::AppState;
+use crate::view::RestrictionsView;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -50,34 +51,6 @@ fn context(c: RequestContext) -> Result<Context> {
         ctx = ctx.client_ip(ip);
     }
     Ok(ctx)
-}
-
-#[derive(Serialize)]
-pub(crate) struct RestrictionsView<'a> {
-    not_before: Option<String>,
-    expires: Option<String>,
-    operations: Option<&'a [String]>,
-    resources: Option<&'a [String]>,
-    client_ips: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    rate_limits: Vec<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    once: bool,
-}
-
-impl<'a> RestrictionsView<'a> {
-    pub(crate) fn new(r: &'a Restrictions) -> Self {
-        let t = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
-        RestrictionsView {
-            not_before: t(r.not_before),
-            expires: t(r.expires),
-            operations: r.operations.as_deref(),
-            resources: r.resources.as_deref(),
-            client_ips: r.networks.as_ref().map(|n| n.iter().map(ToString::to_string).collect()),
-            rate_limits: r.rate_limits.iter().map(ToString::to_string).collect(),
-            once: r.once,
-        }
-    }
 }
 
 #[derive(Serialize)]

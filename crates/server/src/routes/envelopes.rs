@@ -3,31 +3,26 @@
 //! `GET /.well-known/openid-configuration` (from memory, with `Cache-Control` and `ETag`), and
 //! the rotation of signing keys (`POST /v1/keys/signing/rotate`).
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::json;
 use tessera_core::envelope::{self, Algorithm};
-use tessera_core::{Context, Predicate, Restrictions, Verifier};
-use tessera_store::{AppRecord, SigningKeyInfo, SigningKeyState};
+use tessera_core::{Context, Verifier};
+use tessera_store::AppRecord;
 use time::OffsetDateTime;
 
-use crate::api::{blocking, decode_all, decode_token, rfc3339};
-use crate::auth::{application, authorize};
-use crate::problem::ApiError;
-use crate::AppState;
+use crate::envelope::{algorithm, narrow_to, published, signing_key, signing_key_view};
+use crate::http::auth::{application, authorize};
+use crate::http::blocking;
+use crate::http::cached::cached;
+use crate::http::problem::ApiError;
+use crate::http::text::{decode_all, decode_token};
+use crate::state::AppState;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Longest accepted `aud` (bytes).
 const MAX_AUDIENCE: usize = 256;
-
-pub(crate) fn algorithm(name: &str) -> Result<Algorithm> {
-    Algorithm::from_name(name).ok_or_else(|| {
-        ApiError::bad_request(format!("alg \"{name}\" is not offered: use ES256, EdDSA or HS256"))
-    })
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,35 +101,6 @@ pub(crate) async fn envelope(
         .json(json!({ "jwt": jwt, "issuer": state.issuer, "kid": kid, "alg": grant.alg.name() })))
 }
 
-/// The key that signs an envelope of `alg` now, with its kid: for HS256 the envelope key of the
-/// root key `root_kid`; otherwise the active key of `owner` (an application with keys of its own)
-/// or of the service.
-pub(crate) fn signing_key(
-    state: &AppState,
-    alg: Algorithm,
-    root_kid: tessera_core::KeyId,
-    owner: Option<&str>,
-) -> Result<(std::sync::Arc<envelope::SigningKey>, String)> {
-    match alg {
-        Algorithm::Hs256 => {
-            let secret =
-                state.store.verifying_key(&root_kid).ok_or(ApiError::unauthorized("key is revoked"))?;
-            let key = envelope::SigningKey::from_secret_bytes(
-                Algorithm::Hs256,
-                secret.envelope_key().expose_secret(),
-            )?;
-            Ok((std::sync::Arc::new(key), root_kid.to_string()))
-        }
-        public => {
-            let (kid, key) = state
-                .store
-                .active_signing_key(public, owner)
-                .ok_or_else(|| ApiError::unavailable(format!("no active {public} signing key")))?;
-            Ok((key, kid))
-        }
-    }
-}
-
 /// How an envelope is made: algorithm, audience, lifetime.
 struct Grant {
     alg: Algorithm,
@@ -163,78 +129,6 @@ fn for_app(app: &AppRecord, body: &JwtRequest) -> Result<Grant> {
         )));
     }
     Ok(Grant { alg, aud: Some(app.audience.clone()), ttl: std::time::Duration::from_secs(app.ttl) })
-}
-
-/// Fold what the application may request into the token's restrictions; 403 when nothing of
-/// what the token allows is left.
-pub(crate) fn narrow_to(r: &mut Restrictions, app: &AppRecord) -> Result<()> {
-    for (name, allowed) in [("allow", &app.operations), ("resource", &app.resources)] {
-        if let Some(allowed) = allowed {
-            let text = format!("{name} {}", allowed.join(" "));
-            r.add(&Predicate::parse(text.as_bytes())?);
-        }
-    }
-    if r.operations.as_ref().is_some_and(Vec::is_empty) || r.resources.as_ref().is_some_and(Vec::is_empty) {
-        return Err(ApiError::forbidden(format!(
-            "the token allows none of the operations or resources application \"{}\" may request",
-            app.name
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn signing_key_view(k: &SigningKeyInfo) -> Value {
-    json!({
-        "kid": k.kid,
-        "alg": k.alg,
-        "state": match k.state { SigningKeyState::Next => "next", SigningKeyState::Active => "active", SigningKeyState::Retired => "retired" },
-        "created": rfc3339(k.created),
-        "activated_at": k.activated_at.and_then(rfc3339),
-        "retired_at": k.retired_at.and_then(rfc3339),
-        "app": k.owner,
-    })
-}
-
-/// The keys a verifier may meet for `owner` (an application with keys of its own; `None` for the
-/// service): the next ones (published ahead), the active ones, and retired ones while an envelope
-/// they signed may still be valid (retired + the longest envelope life of the service or any
-/// application).
-pub(crate) fn published(state: &AppState, owner: Option<&str>) -> Vec<Value> {
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let longest = state.store.apps().iter().map(|a| a.ttl).fold(state.config.jwt_ttl.as_secs(), u64::max);
-    let keep = i64::try_from(longest).unwrap_or(i64::MAX);
-    state
-        .store
-        .signing_keys()
-        .iter()
-        .filter(|k| k.owner.as_deref() == owner)
-        .filter(|k| match k.state {
-            SigningKeyState::Next | SigningKeyState::Active => true,
-            SigningKeyState::Retired => k.retired_at.is_some_and(|r| r.saturating_add(keep) >= now),
-        })
-        .filter_map(|k| serde_json::from_str(&k.jwk).ok())
-        .collect()
-}
-
-/// A public document: `Cache-Control`, a strong `ETag`, and 304 when the client has it.
-pub(crate) fn cached(state: &AppState, req: &HttpRequest, body: &Value) -> HttpResponse {
-    let bytes = body.to_string();
-    let digest = Sha256::digest(bytes.as_bytes());
-    let etag: String =
-        format!("\"{}\"", digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>());
-    let max_age = format!("public, max-age={}", state.config.jwks_max_age.as_secs());
-    let fresh = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut res = if fresh { HttpResponse::NotModified() } else { HttpResponse::Ok() };
-    res.insert_header((header::CACHE_CONTROL, max_age)).insert_header((header::ETAG, etag));
-    if fresh {
-        res.finish()
-    } else {
-        res.content_type("application/json").body(bytes)
-    }
 }
 
 pub(crate) async fn jwks(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {

@@ -1,14 +1,5 @@
-//! The first-party caveat language: `name arg...`, UTF-8, single spaces.
-//!
-//! | caveat | holds when |
-//! |---|---|
-//! | `time-before <RFC3339>` | request time < T |
-//! | `time-after <RFC3339>` | request time >= T |
-//! | `allow <op>...` | the request operation is one of them |
-//! | `resource <name>...` | the request resource equals one, or one ends in `/*` and is its prefix |
-//! | `client-ip <net>...` | the client address is in one of the networks (a bare address is one host) |
-//!
-//! Anything else is unknown and fails closed unless the application registered a checker.
+//! The predicates of the caveat language, parsed and checked against a request context (the
+//! table is in the `caveat` module's documentation).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,7 +10,6 @@ use time::OffsetDateTime;
 use crate::args::{first_word, has_double_space, parse_utc_seconds, words};
 pub use crate::args::{has_dot_segment, parse_net, resource_matches};
 use crate::error::{Error, Result};
-pub use crate::restrictions::Restrictions;
 
 /// Names of the built-in predicates.
 pub const BUILTIN: [&str; 7] =
@@ -42,7 +32,7 @@ pub struct Context {
     /// Application-defined fields, for registered checkers.
     pub extras: BTreeMap<String, String>,
     /// When true, `allow`, `resource` and `client-ip` caveats are validated but not checked
-    /// against this context: they are only returned in the [`Restrictions`]. Time caveats and
+    /// against this context: they are only returned in the [`Restrictions`](crate::Restrictions). Time caveats and
     /// application caveats are still checked. For JWT envelopes, whose `cap` claim carries the
     /// deferred restrictions to the service that enforces them. Never use it to authorize a request.
     pub defer_scope: bool,
@@ -357,6 +347,7 @@ pub(crate) fn validate(cid: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::restrictions::Restrictions;
     use time::macros::datetime;
 
     fn ctx() -> Context {

@@ -15,12 +15,15 @@ use tessera_core::envelope::Algorithm;
 use tessera_core::Predicate;
 use tessera_store::AppRecord;
 
-use crate::api::{blocking, rfc3339, words};
-use crate::auth::{authorize, APP_SUBJECT_PREFIX};
-use crate::jwt::{cached, published};
+use crate::envelope::published;
+use crate::http::auth::authorize;
+use crate::http::blocking;
+use crate::http::cached::cached;
+use crate::http::problem::ApiError;
+use crate::http::text::{rfc3339, words};
 use crate::mint::{build, MintSpec};
-use crate::problem::ApiError;
-use crate::AppState;
+use crate::spec::APP_SUBJECT_PREFIX;
+use crate::state::AppState;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -40,7 +43,7 @@ pub(crate) struct NewAppRequest {
     algorithms: Option<Vec<String>>,
     #[serde(default)]
     own_keys: bool,
-    refresh_strategy: Option<crate::sessions::Strategy>,
+    refresh_strategy: Option<crate::session::strategy::Strategy>,
     operations: Option<Vec<String>>,
     resources: Option<Vec<String>>,
 }
@@ -52,7 +55,7 @@ fn view(state: &AppState, a: &AppRecord) -> Value {
         "ttl_seconds": a.ttl,
         "algorithms": a.algorithms,
         "own_keys": a.own_keys,
-        "refresh_strategy": a.refresh_strategy.as_deref().unwrap_or(crate::sessions::Strategy::NoRefresh.name()),
+        "refresh_strategy": a.refresh_strategy.as_deref().unwrap_or(crate::session::strategy::Strategy::NoRefresh.name()),
         "operations": a.operations,
         "resources": a.resources,
         "credential_tid": a.credential.to_string(),

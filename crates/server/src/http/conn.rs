@@ -21,7 +21,7 @@ use actix_web::HttpMessage as _;
 use futures_core::Stream;
 use ipnet::IpNet;
 
-use crate::limit::bucket_of;
+use crate::http::limit::bucket_of;
 
 /// Open connections per client address (IPv6 per /64, like the rate limiter). A connection over
 /// the cap is shut down as it is accepted, before any request is read.

@@ -7,14 +7,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use tessera_core::{Context, Verifier};
 
-use crate::auth::bearer_token;
-use crate::problem::ApiError;
-use crate::verify::RestrictionsView;
-use crate::AppState;
+use crate::http::auth::bearer_token;
+use crate::http::problem::ApiError;
+use crate::state::AppState;
+use crate::view::RestrictionsView;
 
-const INDEX: &str = include_str!("../ui/index.html");
-const APP_JS: &str = include_str!("../ui/app.js");
-const STYLE: &str = include_str!("../ui/style.css");
+const INDEX: &str = include_str!("../../ui/index.html");
+const APP_JS: &str = include_str!("../../ui/app.js");
+const STYLE: &str = include_str!("../../ui/style.css");
 
 /// The page's Content Security Policy.
 pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \

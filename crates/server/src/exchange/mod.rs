@@ -16,20 +16,17 @@ mod jwks;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::HttpRequest;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tessera_core::envelope::{
     id_token_key_id, verify_id_token, Algorithm, IdTokenRules, PublicKey, VerifyKey, MAX_LEEWAY,
 };
 use tessera_core::{CustomClaims, REGISTERED_CLAIMS};
 
-use crate::api::{blocking, check_subject, lifetime, restriction_caveats};
-use crate::auth::APP_SUBJECT_PREFIX;
-use crate::mint::{mint, Inheritance, MintSpec};
-use crate::problem::ApiError;
-use crate::sessions::{plan, start, NewSessionRequest, Strategy};
-use crate::AppState;
+use crate::http::problem::ApiError;
+use crate::session::strategy::Strategy;
+use crate::spec::{check_subject, lifetime, restriction_caveats, APP_SUBJECT_PREFIX};
 use jwks::{parse_jwks, IssuerKeys, Missing};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -40,7 +37,7 @@ pub(crate) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exch
 const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// Issued token types: a session (its access token is a JWT) or a Tessera token.
-const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(crate) const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// A Tessera token (a macaroon), for `requested_token_type`.
 pub(crate) const TESSERA_TOKEN: &str = "urn:tessera:params:oauth:token-type:tessera";
 /// The trusted issuers file.
@@ -52,45 +49,45 @@ struct File {
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
-struct IssuerConfig {
-    issuer: String,
-    audience: String,
-    jwks_url: Option<String>,
-    jwks_file: Option<PathBuf>,
-    algorithms: Vec<String>,
+pub(crate) struct IssuerConfig {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) jwks_url: Option<String>,
+    pub(crate) jwks_file: Option<PathBuf>,
+    pub(crate) algorithms: Vec<String>,
     #[serde(default)]
-    leeway: Option<String>,
+    pub(crate) leeway: Option<String>,
     #[serde(default)]
-    subject_prefix: String,
-    template: Template,
+    pub(crate) subject_prefix: String,
+    pub(crate) template: Template,
 }
 
 /// What a login gets.
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]
-struct Template {
+pub(crate) struct Template {
     /// `session` or `token` (the default when the request does not say).
     #[serde(default)]
-    issue: Issue,
-    operations: Option<Vec<String>>,
-    resources: Option<Vec<String>>,
-    client_ips: Option<Vec<String>>,
+    pub(crate) issue: Issue,
+    pub(crate) operations: Option<Vec<String>>,
+    pub(crate) resources: Option<Vec<String>>,
+    pub(crate) client_ips: Option<Vec<String>>,
     /// Lifetime of a Tessera token.
-    ttl: Option<String>,
+    pub(crate) ttl: Option<String>,
     /// Claims of the subject token copied into the custom claims, by name.
     #[serde(default)]
-    claims: Vec<String>,
+    pub(crate) claims: Vec<String>,
     /// For sessions.
-    app: Option<String>,
-    alg: Option<String>,
-    access_ttl: Option<String>,
-    refresh_ttl: Option<String>,
-    strategy: Option<Strategy>,
+    pub(crate) app: Option<String>,
+    pub(crate) alg: Option<String>,
+    pub(crate) access_ttl: Option<String>,
+    pub(crate) refresh_ttl: Option<String>,
+    pub(crate) strategy: Option<Strategy>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum Issue {
+pub(crate) enum Issue {
     #[default]
     Token,
     Session,
@@ -98,8 +95,8 @@ enum Issue {
 
 /// One trusted issuer, checked, with its keys.
 #[derive(Debug)]
-struct Issuer {
-    config: IssuerConfig,
+pub(crate) struct Issuer {
+    pub(crate) config: IssuerConfig,
     algorithms: Vec<Algorithm>,
     leeway: time::Duration,
     keys: IssuerKeys,
@@ -108,7 +105,7 @@ struct Issuer {
 /// The configured issuers.
 #[derive(Debug)]
 pub struct Exchange {
-    issuers: Vec<Issuer>,
+    pub(crate) issuers: Vec<Issuer>,
 }
 
 impl Issue {
@@ -253,7 +250,7 @@ fn claimed_issuer(jwt: &str) -> Option<String> {
 
 /// Whether a request's body is JSON (`true`) or RFC 8693's form encoding (`false`, also when no
 /// Content-Type is sent); any other type is a 415.
-fn is_json(req: &HttpRequest) -> Result<bool> {
+pub(crate) fn is_json(req: &HttpRequest) -> Result<bool> {
     let Some(value) = req.headers().get("content-type") else { return Ok(false) };
     let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
     match value.split(';').next().unwrap_or_default().trim() {
@@ -326,7 +323,7 @@ pub(crate) fn ask(exchange: &Exchange, json: bool, body: &[u8]) -> Result<Asked>
 }
 
 /// Step 2: the key the ID token's `kid` names (from the cache, or fetched).
-async fn key(exchange: &Exchange, asked: &Asked) -> Result<PublicKey> {
+pub(crate) async fn key(exchange: &Exchange, asked: &Asked) -> Result<PublicKey> {
     let i = &exchange.issuers[asked.issuer];
     i.keys.key(&asked.kid).await.map_err(|m| missing(i, &asked.kid, m))
 }
@@ -352,8 +349,8 @@ pub(crate) struct Admitted {
     pub(crate) subject: String,
     /// The template's claims copied from the ID token.
     pub(crate) custom: Option<CustomClaims>,
-    issue: Issue,
-    issuer: usize,
+    pub(crate) issue: Issue,
+    pub(crate) issuer: usize,
 }
 
 impl Admitted {
@@ -411,72 +408,4 @@ pub(crate) fn admit(
 pub(crate) fn cached_key(exchange: &Exchange, asked: &Asked) -> Result<PublicKey> {
     let i = &exchange.issuers[asked.issuer];
     i.keys.cached(&asked.kid).ok_or_else(|| missing(i, &asked.kid, Missing::Unknown))
-}
-
-pub(crate) async fn exchange(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse> {
-    state.store.check_fresh()?;
-    let Some(exchange) = state.exchange.as_ref() else {
-        return Err(ApiError::not_found("no trusted issuers are configured (--exchange-config)"));
-    };
-    let asked = ask(exchange, is_json(&req)?, &body)?;
-    let key = key(exchange, &asked).await?;
-    let now = time::OffsetDateTime::now_utc();
-    let Admitted { subject, custom, issue, issuer } =
-        admit(exchange, &asked, key, now, &state.config.admin_subject)?;
-    let i = &exchange.issuers[issuer];
-    let t = &i.config.template;
-    state.metrics.exchanges.inc();
-    match issue {
-        Issue::Session => {
-            let body = NewSessionRequest {
-                subject: Some(subject.clone()),
-                app: t.app.clone(),
-                alg: t.alg.clone(),
-                access_ttl: t.access_ttl.clone(),
-                refresh_ttl: t.refresh_ttl.clone(),
-                strategy: t.strategy,
-                operations: t.operations.clone(),
-                resources: t.resources.clone(),
-                client_ips: t.client_ips.clone(),
-                claims: None,
-            };
-            let inherited = Inheritance { caveats: Vec::new(), revocable: false, claims: custom };
-            let (sid, record, spec) = plan(&state, body, subject, inherited, None, false)?;
-            let mut out = start(state, sid, record, spec).await?;
-            out["issued_token_type"] = json!(ACCESS_TOKEN);
-            Ok(HttpResponse::Ok().json(out))
-        }
-        Issue::Token => {
-            let ttl = lifetime("ttl", t.ttl.as_deref(), Duration::from_secs(3600), state.config.max_ttl)?;
-            let expires = time::Duration::try_from(ttl)
-                .ok()
-                .and_then(|ttl| now.checked_add(ttl))
-                .ok_or_else(|| ApiError::bad_request("the template's ttl ends past the calendar"))?;
-            let spec = MintSpec {
-                subject,
-                description: format!("login through {}", i.config.issuer),
-                caveats: restriction_caveats(&t.operations, &t.resources, &t.client_ips)?,
-                expires: Some(expires),
-                revocable: false,
-                parent: None,
-                claims: custom,
-            };
-            let st = state.clone();
-            let minted =
-                blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
-            state.metrics.tokens_minted.inc();
-            Ok(HttpResponse::Ok().json(json!({
-                "access_token": minted.token.encode(),
-                "issued_token_type": TESSERA_TOKEN,
-                "token_type": "Bearer",
-                "expires_in": ttl.as_secs(),
-                "tid": minted.record.tid.to_string(),
-                "subject": minted.record.subject,
-            })))
-        }
-    }
 }

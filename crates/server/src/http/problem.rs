@@ -2,6 +2,7 @@
 //! errors are logged and answered with a generic 500.
 
 use actix_web::dev::ServiceResponse;
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -171,7 +172,7 @@ pub(crate) fn as_problem(res: ServiceResponse) -> ServiceResponse {
     let error = Some(error);
     let timed_out = error
         .and_then(|e| e.as_error::<actix_web::error::PayloadError>())
-        .is_some_and(crate::conn::is_body_timeout);
+        .is_some_and(crate::http::conn::is_body_timeout);
     let detail = match error {
         Some(e) if status.is_client_error() => e.to_string(),
         _ => status.canonical_reason().unwrap_or("error").to_owned(),
@@ -225,4 +226,36 @@ impl From<tessera_store::Error> for ApiError {
             other => Self::internal(other),
         }
     }
+}
+
+/// A JSON body actix-web refused (too large, wrong type, not JSON), as problem+json.
+pub(crate) fn json_error(err: JsonPayloadError) -> actix_web::Error {
+    let e = match &err {
+        JsonPayloadError::OverflowKnownLength { length, limit } => {
+            ApiError::too_large(format!("body of {length} bytes is over the limit of {limit}"))
+        }
+        JsonPayloadError::Overflow { limit } => {
+            ApiError::too_large(format!("body is over the limit of {limit} bytes"))
+        }
+        JsonPayloadError::ContentType => ApiError::unsupported_media(),
+        JsonPayloadError::Payload(p) if crate::http::conn::is_body_timeout(p) => ApiError::body_timeout(),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid JSON body: {e}")),
+        other => ApiError::bad_request(other.to_string()),
+    };
+    e.into()
+}
+
+/// A query string that does not parse, as problem+json.
+pub(crate) fn query_error(err: QueryPayloadError) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid query: {err}")).into()
+}
+
+/// Any path no route serves.
+pub(crate) async fn not_found() -> actix_web::HttpResponse {
+    ApiError::not_found("no such endpoint; see docs/API.md").error_response()
+}
+
+/// A path served, with a method it does not take.
+pub(crate) async fn method_not_allowed() -> actix_web::HttpResponse {
+    ApiError::method_not_allowed().error_response()
 }

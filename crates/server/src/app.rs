@@ -1,0 +1,234 @@
+//! The assembly: the actix [`App`] with every route ([`app`]), and the server with its
+//! background housekeeping ([`run`]). Nothing in the crate imports from here.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{web, App, HttpServer};
+
+use crate::config::{self, Config};
+use crate::housekeeping;
+use crate::http::conn::ConnectionCap;
+use crate::http::guard::guard;
+use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
+use crate::routes::{
+    apps, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens, ui, verify,
+};
+use crate::startup::Error;
+use crate::state::AppState;
+
+/// Every route served: (method, path). The OpenAPI document must list exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("post", "/v1/tokens"),
+    ("get", "/v1/tokens"),
+    ("post", "/v1/tokens/{tid}/revoke"),
+    ("post", "/v1/verify"),
+    ("post", "/v1/discharge"),
+    ("post", "/v1/jwt"),
+    ("get", "/v1/keys"),
+    ("post", "/v1/keys/rotate"),
+    ("get", "/v1/keys/{kid}/envelope-key"),
+    ("post", "/v1/keys/{kid}/revoke"),
+    ("get", "/v1/revocations"),
+    ("get", "/.well-known/jwks.json"),
+    ("get", "/.well-known/openid-configuration"),
+    ("post", "/v1/keys/signing/rotate"),
+    ("post", "/v1/apps"),
+    ("get", "/v1/apps"),
+    ("get", "/v1/apps/{name}"),
+    ("delete", "/v1/apps/{name}"),
+    ("get", "/v1/apps/{name}/jwks.json"),
+    ("post", "/v1/sessions"),
+    ("post", "/v1/sessions/refresh"),
+    ("post", "/v1/sessions/{sid}/revoke"),
+    ("post", "/v1/exchange"),
+    ("post", "/v1/links"),
+    ("post", "/v1/links/redeem"),
+    ("get", "/v1/whoami"),
+];
+
+/// The token page's routes (not API: they serve the page built into the binary).
+pub const PAGE_ROUTES: &[&str] = &["/", "/ui/", "/ui/app.js", "/ui/style.css", "/favicon.ico"];
+
+/// The application: routes, limits, error shapes, rate limiting and metrics.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.config.body_limit;
+    let resource = |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    App::new()
+        .app_data(state)
+        .app_data(web::JsonConfig::default().limit(limit).error_handler(|e, _| json_error(e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e)))
+        .app_data(web::PayloadConfig::default().limit(limit))
+        .app_data(web::FormConfig::default().limit(limit))
+        .wrap(actix_web::middleware::from_fn(guard))
+        // The hot path first: static routes before templated ones (which match by regex).
+        .service(resource("/v1/verify").route(web::post().to(verify::verify)))
+        .service(resource("/health").route(web::get().to(health::health)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)))
+        .service(
+            resource("/v1/tokens")
+                .route(web::post().to(tokens::mint_token))
+                .route(web::get().to(tokens::list_tokens)),
+        )
+        .service(resource("/v1/tokens/{tid}/revoke").route(web::post().to(tokens::revoke_token)))
+        .service(resource("/v1/discharge").route(web::post().to(discharge::discharge)))
+        .service(resource("/v1/jwt").route(web::post().to(envelopes::envelope)))
+        .service(resource("/v1/keys").route(web::get().to(keys::list_keys)))
+        .service(resource("/v1/keys/rotate").route(web::post().to(keys::rotate_keys)))
+        .service(resource("/v1/keys/{kid}/envelope-key").route(web::get().to(keys::envelope_key)))
+        .service(resource("/v1/keys/{kid}/revoke").route(web::post().to(keys::revoke_key)))
+        .service(resource("/v1/revocations").route(web::get().to(revocations::revocations)))
+        .service(resource("/.well-known/jwks.json").route(web::get().to(envelopes::jwks)))
+        .service(resource("/.well-known/openid-configuration").route(web::get().to(envelopes::discovery)))
+        .service(resource("/v1/keys/signing/rotate").route(web::post().to(envelopes::rotate)))
+        .service(resource("/v1/apps").route(web::post().to(apps::register)).route(web::get().to(apps::list)))
+        .service(
+            resource("/v1/apps/{name}")
+                .route(web::get().to(apps::show))
+                .route(web::delete().to(apps::disable)),
+        )
+        .service(resource("/v1/apps/{name}/jwks.json").route(web::get().to(apps::jwks)))
+        .service(resource("/v1/sessions").route(web::post().to(sessions::create)))
+        .service(resource("/v1/sessions/refresh").route(web::post().to(sessions::refresh)))
+        .service(resource("/v1/sessions/{sid}/revoke").route(web::post().to(sessions::revoke)))
+        .service(resource("/v1/exchange").route(web::post().to(exchange::exchange)))
+        .service(resource("/v1/links").route(web::post().to(links::create)))
+        .service(resource("/v1/links/redeem").route(web::post().to(links::redeem)))
+        .service(resource("/v1/whoami").route(web::get().to(ui::whoami)))
+        .service(resource("/").route(web::get().to(ui::root)))
+        .service(resource("/ui/").route(web::get().to(ui::index)))
+        .service(resource("/ui/app.js").route(web::get().to(ui::script)))
+        .service(resource("/ui/style.css").route(web::get().to(ui::style)))
+        .service(resource("/favicon.ico").route(web::get().to(ui::favicon)))
+        .default_service(web::to(not_found))
+}
+
+/// Serve until SIGINT/SIGTERM. Prints the admin token on first start (once), and the bound
+/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used).
+pub fn run(mut config: Config) -> Result<(), Error> {
+    let listener = std::net::TcpListener::bind(&config.listen)?;
+    let addr: SocketAddr = listener.local_addr()?;
+    if config.public_url.is_none() {
+        config.public_url = Some(format!("http://{addr}"));
+    }
+    let workers =
+        config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    eprintln!(
+        "tessera: config: listen={addr} data_dir={} database={} max_staleness={} master_key={} public_url={} issuer={} admin_subject={} \
+         default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} \
+         forwarded_header={} workers={workers}",
+        config.data_dir.display(),
+        config.database_display(),
+        config::show_duration(config.max_staleness),
+        if std::env::var_os(tessera_store::MASTER_KEY_ENV).is_some() {
+            "(from TESSERA_MASTER_KEY)".to_owned()
+        } else {
+            config.master_key_path().display().to_string()
+        },
+        config.public_url(),
+        config.issuer(),
+        config.admin_subject,
+        config::show_duration(config.default_ttl),
+        config::show_duration(config.max_ttl),
+        config::show_duration(config.discharge_ttl),
+        config::show_duration(config.jwt_ttl),
+        config.rate_limit,
+        config.body_limit,
+        config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        config.forwarded_header.name(),
+    );
+    let admin_file = config.admin_token_file.clone();
+    let opened = AppState::open(config)?;
+    if let Some(token) = &opened.admin_token {
+        println!("Tessera admin token (shown once; keep it secret):\n{token}");
+        if let Some(path) = admin_file {
+            write_private(&path, token)?;
+            println!("(also written to {})", path.display());
+        }
+    }
+    println!("tessera listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let state = opened.state;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let housekeeper = housekeeping::spawn(state.clone(), stop.clone());
+    let cap =
+        ConnectionCap::new(state.config.max_connections_per_address, state.config.trusted_proxies.clone());
+    let head_timeout = state.config.head_timeout;
+    let served = actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || app(state.clone()))
+            .on_connect(move |io, ext| cap.on_connect(io, ext))
+            .client_request_timeout(head_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
+            .workers(workers)
+            .shutdown_timeout(30)
+            .listen(listener)?
+            .run()
+            .await
+    });
+    // The last uses noted in memory are written before the process ends.
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = housekeeper.join();
+    served?;
+    eprintln!("tessera: stopped");
+    Ok(())
+}
+
+/// Write a secret to a file readable by its owner only: created with mode 0600, and an existing
+/// file is set to 0600 before the secret is written into it (a mode given at creation does not
+/// apply to a file that already exists).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Security review finding 7: an existing world-readable file was left 0644.
+    #[cfg(unix)]
+    #[test]
+    fn admin_token_file_is_private_even_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "secret-token").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret-token\n");
+        let fresh = dir.path().join("new.token");
+        write_private(&fresh, "t").unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

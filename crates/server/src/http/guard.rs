@@ -1,0 +1,68 @@
+//! The middleware around every request: HEAD as GET, the per-client rate limiter, the body
+//! deadline, problem+json answers, closing connections whose body was not read, the budget
+//! give-back of failed management calls, and response counting.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{web, ResponseError};
+
+use crate::http::problem::{self, ApiError};
+use crate::http::{auth, conn};
+use crate::state::AppState;
+use crate::uses;
+
+/// Paths the rate limiter does not count (compared with the raw path, so a percent-encoded
+/// spelling of these is counted like any other request).
+const UNLIMITED: &[&str] =
+    &["/health", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
+
+/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
+/// budget headers of management calls, or their give-back when the answer is not a success
+/// (`uses::settle`), around every request.
+pub(crate) async fn guard(
+    mut req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    // HEAD is served wherever GET is (RFC 9110): routed as GET; the connection still knows the
+    // request was HEAD and sends the headers without the body.
+    if req.method() == actix_web::http::Method::HEAD {
+        req.head_mut().method = actix_web::http::Method::GET;
+    }
+    if let Some(state) = &state {
+        // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is
+        // served as `/v1/verify`): so it counts every path except the exact unlimited ones.
+        let refused = if UNLIMITED.contains(&req.path()) {
+            None
+        } else {
+            match auth::client_ip_of(state, req.request()) {
+                Err(e) => Some(e),
+                Ok(Some(ip)) if !state.limiter.allow(ip) => Some(ApiError::rate_limited()),
+                Ok(_) => None,
+            }
+        };
+        if let Some(e) = refused {
+            state.metrics.observe(e.status().as_u16());
+            return Ok(req.into_response(e.error_response()));
+        }
+        conn::body_deadline(&mut req, state.config.body_timeout);
+    }
+    // A refused request whose body was not read to its end (an early error, one that missed
+    // `--body-timeout`) ends its connection: actix would otherwise drain a chunked body for as
+    // long as the client trickles it.
+    let connection = req.conn_data::<std::rc::Rc<conn::Connection>>().cloned();
+    let has_body = req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || req.headers().get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let mut res = problem::as_problem(next.call(req).await?.map_into_boxed_body());
+    if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+        res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        if let Some(c) = connection {
+            c.stop_reading();
+        }
+    }
+    uses::settle(&mut res).await;
+    if let Some(state) = state {
+        state.metrics.observe(res.status().as_u16());
+    }
+    Ok(res)
+}

@@ -1,0 +1,110 @@
+//! Opening the state on start: the store (master key and database created on first start), the
+//! trusted issuers, the webhook, and on first start the first root key and the admin token.
+
+use actix_web::web;
+use tessera_core::envelope::Algorithm;
+use tessera_store::{Freshness, Location, MasterKey, PostgresOptions, Store};
+
+use crate::config::Config;
+use crate::exchange;
+use crate::http::limit::RateLimiter;
+use crate::http::metrics::Metrics;
+use crate::mint::{mint, MintSpec};
+use crate::notifier::Notifier;
+use crate::state::AppState;
+
+/// Errors that stop the service from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key store refused to open or failed.
+    #[error(transparent)]
+    Store(#[from] tessera_store::Error),
+    /// Minting the first admin token failed.
+    #[error("could not mint the admin token: {0}")]
+    Mint(String),
+    /// A configuration file is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The state, and the admin token when this start created the first key.
+pub struct Opened {
+    /// Shared state.
+    pub state: web::Data<AppState>,
+    /// The admin token, shown once.
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    /// Open the store (creating master key and database on first start). On first start, create
+    /// the first root key and an admin token.
+    pub fn open(config: Config) -> Result<Opened, Error> {
+        let freshness = Freshness { max_staleness: config.max_staleness };
+        let store = match &config.database_url {
+            None => {
+                let (master, _) = MasterKey::for_database(&config.master_key_path(), &config.db_path())?;
+                Store::open_at(&Location::File(config.db_path()), master, freshness)?
+            }
+            Some(url) => {
+                let (master, _) = MasterKey::from_env_or_file(&config.master_key_path())?;
+                let location =
+                    Location::Postgres { url: url.expose().to_owned(), options: PostgresOptions::default() };
+                Store::open_at(&location, master, freshness)?
+            }
+        };
+        let exchange = match &config.exchange_config {
+            None => None,
+            Some(path) => Some(exchange::Exchange::load(path, config.max_ttl).map_err(Error::Config)?),
+        };
+        let notifier = Notifier::load(&config).map_err(Error::Config)?;
+        let location = config.public_url();
+        let state = AppState {
+            exchange,
+            notifier,
+            discharge_location: format!("{location}/v1/discharge"),
+            issuer: config.issuer(),
+            location,
+            limiter: RateLimiter::new(config.rate_limit),
+            metrics: Metrics::default(),
+            // 512 bytes of text per entry on average before it starts over (tokens are ~250).
+            memo: tessera_core::SignatureMemo::new(
+                config.verify_memo,
+                config.verify_memo.saturating_mul(512),
+            ),
+            store,
+            config,
+        };
+        // On a cluster, exactly one of the nodes starting on an empty database creates the
+        // first key; that node prints the admin token.
+        let admin_token = match state.store.create_first_key()? {
+            Some(_) => Some(mint_admin_token(&state.store, &state.location, &state.config.admin_subject)?),
+            None => None,
+        };
+        // Public-key envelope keys: one active and one published ahead, per algorithm (no-ops
+        // once they exist).
+        for alg in [Algorithm::Es256, Algorithm::EdDsa] {
+            state.store.ensure_signing_keys(alg)?;
+        }
+        Ok(Opened { state: web::Data::new(state), admin_token })
+    }
+}
+
+/// Mint (and record) an admin token: subject = the admin subject, no caveats, no expiry.
+/// Used on first start, and by `tessera admin-token` to replace a lost one.
+pub fn mint_admin_token(store: &Store, location: &str, admin_subject: &str) -> Result<String, Error> {
+    let spec = MintSpec {
+        subject: admin_subject.to_owned(),
+        description: "admin token".into(),
+        caveats: Vec::new(),
+        expires: None,
+        revocable: false,
+        parent: None,
+        claims: None,
+    };
+    let minted = mint(store, location, "", spec).map_err(|e| Error::Mint(e.to_string()))?;
+    Ok(minted.token.encode())
+}

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use tessera_core::{KeyId, TokenId};
 
 use crate::error::{Error, Result};
-pub use crate::sessions::{Refreshed, SessionRecord, Spent};
 pub(crate) use crate::sessions::StoredSession;
+pub use crate::sessions::{Refreshed, SessionRecord, Spent};
 
 /// Schema version this build writes; a database with a newer one is refused.
 pub const SCHEMA_VERSION: u32 = 8;

@@ -71,6 +71,11 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
+    /// The database did not confirm a `COMMIT` it was sent before the write's deadline: the write
+    /// may or may not have been applied. Check (e.g. list the tokens) before retrying.
+    #[error("the database did not confirm the commit in time, so the write may have been applied: {0}; check before retrying")]
+    Unconfirmed(String),
+
     /// The database refused a statement (a constraint, a bad value).
     #[error("database: {0}")]
     Database(String),

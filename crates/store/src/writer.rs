@@ -192,7 +192,9 @@ impl Writer {
                 let msg = e.to_string();
                 let unavailable = matches!(e, Error::Unavailable(_));
                 for job in jobs {
-                    let err = if unavailable {
+                    let err = if let Error::Unconfirmed(m) = &e {
+                        Error::Unconfirmed(m.clone())
+                    } else if unavailable {
                         Error::Unavailable(format!("nothing written: {msg}"))
                     } else {
                         Error::Corrupt(format!("commit failed, nothing written: {msg}"))

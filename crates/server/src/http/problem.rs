@@ -221,7 +221,7 @@ impl From<tessera_store::Error> for ApiError {
             }
             E::TooLarge { .. } | E::NulInText(_) => Self::bad_request(e.to_string()),
             E::DuplicateToken(_) | E::KeyRevoked(_) | E::NoActiveKey => Self::unavailable(e.to_string()),
-            E::Unavailable(_) | E::Stale { .. } => Self::unavailable(e.to_string()),
+            E::Unavailable(_) | E::Stale { .. } | E::Unconfirmed(_) => Self::unavailable(e.to_string()),
             E::TooEarly { .. } | E::NoNextSigningKey(_) => Self::conflict(e.to_string()),
             other => Self::internal(other),
         }

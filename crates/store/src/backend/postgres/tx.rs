@@ -52,7 +52,11 @@ pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) ->
         pending.push_str("; NOTIFY tessera_changes");
     }
     pending.push_str("; COMMIT");
-    tx.exec(pending.trim_start_matches("; ").to_owned())?;
+    // Once COMMIT is sent, a deadline cannot undo it: the outcome is unknown, not "nothing".
+    tx.exec(pending.trim_start_matches("; ").to_owned()).map_err(|e| match e {
+        Error::Unavailable(m) => Error::Unconfirmed(m),
+        other => other,
+    })?;
     Ok(results)
 }
 

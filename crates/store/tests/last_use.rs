@@ -9,26 +9,10 @@ mod common;
 
 use common::*;
 use tessera_core::TokenId;
-use tessera_store::{NewToken, Store};
+use tessera_store::Store;
 
 fn record(store: &Store, n: usize) -> Vec<TokenId> {
-    let (kid, _) = store.active_key().unwrap();
-    (0..n)
-        .map(|_| {
-            let tid = TokenId::generate().unwrap();
-            let new = NewToken {
-                tid,
-                kid,
-                subject: "alice".into(),
-                description: String::new(),
-                expires: None,
-                caveats: vec![],
-                parent: None,
-            };
-            store.record_token(new).unwrap();
-            tid
-        })
-        .collect()
+    (0..n).map(|_| store.record_token(new_token(store, "alice", None)).unwrap().tid).collect()
 }
 
 #[test]

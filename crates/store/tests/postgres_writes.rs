@@ -19,20 +19,7 @@ fn open(url: &str, freshness: Freshness) -> Result<Store, Error> {
 }
 
 fn mint(store: &Store, subject: &str) -> TokenId {
-    let kid = store.active_key().unwrap().0;
-    let tid = TokenId::generate().unwrap();
-    store
-        .record_token(NewToken {
-            tid,
-            kid,
-            subject: subject.into(),
-            description: String::new(),
-            expires: None,
-            caveats: vec![],
-            parent: None,
-        })
-        .unwrap();
-    tid
+    store.record_token(new_token(store, subject, None)).unwrap().tid
 }
 
 /// Wait until `cond` holds, at most `limit` (then `None`).

@@ -11,21 +11,7 @@ mod common;
 use std::sync::Barrier;
 
 use common::*;
-use tessera_core::TokenId;
-use tessera_store::{Error, NewToken, Store};
-
-fn new_token(store: &Store, parent: Option<TokenId>) -> NewToken {
-    let (kid, _) = store.active_key().unwrap();
-    NewToken {
-        tid: TokenId::generate().unwrap(),
-        kid,
-        subject: "alice".into(),
-        description: String::new(),
-        expires: None,
-        caveats: vec![],
-        parent,
-    }
-}
+use tessera_store::Error;
 
 #[test]
 fn a_child_recorded_during_its_parents_revocation_never_escapes_it() {
@@ -36,16 +22,16 @@ fn a_child_recorded_during_its_parents_revocation_never_escapes_it() {
     let mut escaped = Vec::new();
     for round in 0..60 {
         // A chain, so the walk has depth and the child lands under its deepest member.
-        let root = new_token(&a, None);
+        let root = new_token(&a, "alice", None);
         let root_tid = root.tid;
         a.record_token(root).unwrap();
         let mut parent = root_tid;
         for _ in 0..3 {
-            let t = new_token(&a, Some(parent));
+            let t = new_token(&a, "alice", Some(parent));
             parent = t.tid;
             a.record_token(t).unwrap();
         }
-        let child = new_token(&a, Some(parent));
+        let child = new_token(&a, "alice", Some(parent));
         let child_tid = child.tid;
         let barrier = Barrier::new(2);
         let recorded = std::thread::scope(|s| {

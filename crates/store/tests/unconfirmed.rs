@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use tessera_core::TokenId;
-use tessera_store::{Error, Freshness, Location, NewToken, PostgresOptions, Store};
+mod common;
+
+use tessera_store::{Error, Freshness, Location, PostgresOptions, Store};
 use tessera_testpg::PgServer;
 
 #[test]
@@ -18,21 +19,11 @@ fn a_commit_the_database_did_not_confirm_is_not_called_nothing_written() {
         Store::open_at(&location, tessera_store::MasterKey::from_bytes([7; 32]), Freshness::default())
             .unwrap();
     store.rotate().unwrap();
-    let (kid, _) = store.active_key().unwrap();
     // Every COMMIT now waits for a standby that does not exist (the statements before it do not).
     pg.sql(&url, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
     pg.sql(&url, "SELECT pg_reload_conf()");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let tid = TokenId::generate().unwrap();
-    let new = NewToken {
-        tid,
-        kid,
-        subject: "hangtest".into(),
-        description: String::new(),
-        expires: None,
-        caveats: vec![],
-        parent: None,
-    };
+    let new = common::new_token(&store, "hangtest", None);
     let answer = store.record_token(new);
     match &answer {
         Err(Error::Unconfirmed(_)) => {}

@@ -6,11 +6,25 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use tessera_store::{Error, Freshness, Location, MasterKey, PostgresOptions, Store};
+use tessera_core::TokenId;
+use tessera_store::{Error, Freshness, Location, MasterKey, NewToken, PostgresOptions, Store};
 use tessera_testpg::PgServer;
 
 pub(crate) fn master() -> MasterKey {
     MasterKey::from_bytes([7; 32])
+}
+
+/// The record of a new token of `subject` under the store's active key, a child of `parent`.
+pub(crate) fn new_token(store: &Store, subject: &str, parent: Option<TokenId>) -> NewToken {
+    NewToken {
+        tid: TokenId::generate().unwrap(),
+        kid: store.active_key().unwrap().0,
+        subject: subject.into(),
+        description: String::new(),
+        expires: None,
+        caveats: vec![],
+        parent,
+    }
 }
 
 /// One throwaway PostgreSQL server per test binary.

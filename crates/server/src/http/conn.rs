@@ -122,7 +122,11 @@ pub(crate) fn is_body_timeout(e: &PayloadError) -> bool {
 /// was read; past it the body ends with a time-out error and the connection is closed.
 struct Deadline {
     inner: Payload,
-    sleep: Pin<Box<actix_web::rt::time::Sleep>>,
+    /// When the body must be whole.
+    until: actix_web::rt::time::Instant,
+    /// Made only when the body is not all there at once: most bodies arrive with their head,
+    /// and then no timer is ever set (this runs on every request with a body, verify's too).
+    sleep: Option<Pin<Box<actix_web::rt::time::Sleep>>>,
     done: bool,
 }
 
@@ -136,7 +140,9 @@ impl Stream for Deadline {
         if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
             return Poll::Ready(item);
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        let until = self.until;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(actix_web::rt::time::sleep_until(until)));
+        if sleep.as_mut().poll(cx).is_ready() {
             self.done = true;
             return Poll::Ready(Some(Err(timed_out())));
         }
@@ -147,9 +153,9 @@ impl Stream for Deadline {
 /// Give the request's body a deadline of `limit` from now.
 pub(crate) fn body_deadline(req: &mut ServiceRequest, limit: Duration) {
     let inner = req.take_payload();
-    let sleep = Box::pin(actix_web::rt::time::sleep(limit));
+    let until = actix_web::rt::time::Instant::now() + limit;
     let stream: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
-        Box::pin(Deadline { inner, sleep, done: false });
+        Box::pin(Deadline { inner, until, sleep: None, done: false });
     req.set_payload(Payload::from(stream));
 }
 

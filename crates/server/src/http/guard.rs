@@ -19,6 +19,12 @@ const UNLIMITED: &[&str] =
 /// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
 /// budget headers of management calls, or their give-back when the answer is not a success
 /// (`uses::settle`), around every request.
+/// Whether a request says it carries a body (a length above zero, or a transfer coding).
+fn has_body(req: &ServiceRequest) -> bool {
+    req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || req.headers().get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
 pub(crate) async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -45,14 +51,15 @@ pub(crate) async fn guard(
             state.metrics.observe(e.status().as_u16());
             return Ok(req.into_response(e.error_response()));
         }
-        conn::body_deadline(&mut req, state.config.body_timeout);
+        if has_body(&req) {
+            conn::body_deadline(&mut req, state.config.body_timeout);
+        }
     }
     // A refused request whose body was not read to its end (an early error, one that missed
     // `--body-timeout`) ends its connection: actix would otherwise drain a chunked body for as
     // long as the client trickles it.
     let connection = req.conn_data::<std::rc::Rc<conn::Connection>>().cloned();
-    let has_body = req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
-        || req.headers().get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let has_body = has_body(&req);
     let mut res = problem::as_problem(next.call(req).await?.map_into_boxed_body());
     if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
         res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);

@@ -412,6 +412,8 @@ function renderMe() {
 async function enter(token) {
   me = await api("GET", "/v1/whoami", undefined, token);
   sessionStorage.setItem(KEY, token);
+  // The text leaves the form as soon as it is accepted, before the view it opens is shown.
+  $("signin-token").value = "";
   $("signin-view").hidden = true;
   $("app-view").hidden = false;
   renderMe();
@@ -544,7 +546,6 @@ function start() {
       show(err, "");
       show($("signin-notice"), "");
       await enter(token);
-      field.value = "";
     } catch (e) {
       // What was pasted stays, to be corrected; nothing was stored.
       show(err, `Could not sign in: ${e.message}`);

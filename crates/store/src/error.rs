@@ -121,6 +121,10 @@ pub enum Error {
     #[error("session {0} is revoked: sign in again")]
     SessionRevoked(String),
 
+    /// An audit head, kind or outcome that does not parse.
+    #[error("{0}")]
+    BadAudit(String),
+
     /// The refresh token presented is not one the session issued.
     #[error("this refresh token does not belong to session {0}")]
     NotThisSession(String),

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 mod backend;
 mod codec;
 mod error;
@@ -38,6 +39,10 @@ mod store;
 mod usage;
 mod writer;
 
+pub use audit::{
+    Actor, AuditEntry, AuditFilter, AuditHead, AuditKind, AuditNote, AuditVerdict, Audited, Outcome, Target,
+    MAX_AUDIT_PAGE,
+};
 pub use backend::postgres::PostgresOptions;
 pub use codec::{
     AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,

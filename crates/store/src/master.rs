@@ -148,6 +148,14 @@ impl MasterKey {
         XSalsa20Poly1305::new(k.as_slice().into())
     }
 
+    /// A key for another purpose than sealing: `H(master, purpose)`, where `purpose` is a label
+    /// no sealing label starts like (`tessera/audit/v1` for the audit chain).
+    pub(crate) fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        m.update(purpose);
+        Zeroizing::new(<[u8; 32]>::from(m.finalize().into_bytes()))
+    }
+
     /// Seal `secret` for `label`: `nonce(24) ‖ ciphertext+tag`.
     pub(crate) fn seal(&self, label: &[u8], secret: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE];

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use tessera_core::{KeyId, RootKey, SessionId, TokenId};
 
+use crate::audit::{self, Actor, AuditNote, NoteSlot, Only};
 use crate::backend::{Backend, Event, Tx};
 use crate::codec::{
     AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,
@@ -105,6 +106,19 @@ pub(crate) enum Op {
         threshold: i64,
         now: i64,
         until: i64,
+    },
+    /// An operation on behalf of `actor` (an [`crate::Audited`] call): its audit entry names
+    /// the actor instead of the system.
+    As {
+        actor: Box<Actor>,
+        op: Box<Op>,
+    },
+    /// An audit entry that is no state change (a refusal); holds its place in the bounded queue
+    /// of notes until the writer is done with it.
+    Note {
+        note: Box<AuditNote>,
+        /// Dropped (the place freed) whatever becomes of the job.
+        _slot: NoteSlot,
     },
 }
 
@@ -332,10 +346,46 @@ impl Writer {
         Ok(out)
     }
 
-    /// Apply one operation inside the batch's transaction. An error may come after some writes:
-    /// the backend then keeps none of them.
+    /// Apply one operation inside the batch's transaction, with its audit entries. An error may
+    /// come after some writes: the backend then keeps none of them (nor the entries).
     fn apply(&self, tx: &mut dyn Tx, op: &Op) -> Result<Done> {
         let at_ms = now_ms();
+        let (op, actor) = match op {
+            Op::As { actor, op } => (&**op, Some(&**actor)),
+            op => (op, None),
+        };
+        if let Op::Note { note, .. } = op {
+            let n = &**note;
+            let row = audit::new_row(
+                n.kind,
+                n.outcome,
+                &n.actor,
+                n.target.clone(),
+                None,
+                n.reason.as_deref(),
+                n.detail.clone(),
+                at_ms,
+            );
+            tx.insert_audit(&row, Only::Always)?;
+            return Ok(Done::Nothing);
+        }
+        let done = self.apply_op(tx, op, at_ms)?;
+        let system;
+        let actor = match actor {
+            Some(a) => a,
+            None => {
+                system = Actor::system();
+                &system
+            }
+        };
+        for (row, only) in audit::rows_for(op, &done, actor, at_ms) {
+            tx.insert_audit(&row, only)?;
+        }
+        Ok(done)
+    }
+
+    /// What operation `op` changes, at `at_ms`.
+    fn apply_op(&self, tx: &mut dyn Tx, op: &Op, at_ms: i64) -> Result<Done> {
         let at = at_ms.div_euclid(1000);
         match op {
             Op::AddKey { kid, secret, activate, only_if_none } => {
@@ -513,6 +563,8 @@ impl Writer {
                 _ => Ok(Done::Claimed(false)),
             },
             Op::RevokeSession(sid) => self.revoke_session(tx, sid, at).map(Done::Revocations),
+            Op::As { op, .. } => self.apply_op(tx, op, at_ms),
+            Op::Note { .. } => Ok(Done::Nothing),
         }
     }
 }

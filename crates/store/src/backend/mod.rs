@@ -92,6 +92,11 @@ pub(crate) trait Tx {
     fn session(&mut self, sid: &SessionId) -> Result<Option<StoredSession>>;
     /// Insert or replace a session.
     fn put_session(&mut self, sid: &SessionId, session: &StoredSession) -> Result<()>;
+    /// Write an audit entry in this transaction (rolled back with the operation that wrote it).
+    /// A missing `target_subject` is filled from the target token's record; with
+    /// [`Only::TargetIsLink`](crate::audit::Only), nothing is written unless that record is a
+    /// link's.
+    fn insert_audit(&mut self, row: &crate::audit::AuditRow, only: crate::audit::Only) -> Result<()>;
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
@@ -197,4 +202,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn shared(&self) -> bool;
     /// Block until the database announces a change or `timeout` passes.
     fn wait_for_change(&self, timeout: Duration);
+
+    /// Audit entries that pass `filter`, by id, after its cursor, at most its page.
+    fn audit(&self, filter: &crate::audit::AuditFilter) -> Result<Vec<crate::audit::AuditEntry>>;
+    /// The newest sealed audit entry, or else the anchor.
+    fn audit_head(&self) -> Result<Option<crate::audit::AuditHead>>;
+    /// Chain committed entries not sealed yet (one sealer at a time); how many.
+    fn seal_audit(&self, key: &crate::audit::AuditKey) -> Result<usize>;
+    /// Delete sealed entries older than `before_ms` from the start of the chain, keeping the last
+    /// one deleted as the anchor; how many.
+    fn prune_audit(&self, before_ms: i64) -> Result<usize>;
+    /// The last pruned entry (where the kept chain starts), if any.
+    fn audit_anchor(&self) -> Result<Option<crate::audit::AuditHead>>;
+    /// Sealed entries with `seq > after`, in seq order, at most `limit`.
+    fn audit_sealed_after(&self, after: u64, limit: usize) -> Result<Vec<crate::audit::AuditRow>>;
+    /// Entries not sealed yet.
+    fn audit_unsealed(&self) -> Result<u64>;
 }

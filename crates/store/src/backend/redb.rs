@@ -16,8 +16,11 @@ use crate::codec::{
     self, Notice, StoredApp, StoredKey, StoredRevocation, StoredSession, StoredSigningKey, StoredTarget,
     StoredToken, SCHEMA_VERSION,
 };
+use crate::audit::{AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only};
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
+
+mod audit;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEYS: TableDefinition<[u8; 8], &[u8]> = TableDefinition::new("keys");
@@ -38,6 +41,8 @@ const NOTICES: TableDefinition<([u8; 16], i64), &[u8]> = TableDefinition::new("n
 /// The redb database.
 pub(crate) struct RedbBackend {
     db: Database,
+    /// Entries are sealed as they are written (one writer per file).
+    audit_key: AuditKey,
 }
 
 impl RedbBackend {
@@ -67,7 +72,7 @@ impl RedbBackend {
             Some(_) => {}
             None => init(&db, master)?,
         }
-        Ok(RedbBackend { db })
+        Ok(RedbBackend { db, audit_key: AuditKey::from_master(master) })
     }
 }
 
@@ -111,6 +116,7 @@ fn init(db: &Database, master: &MasterKey) -> Result<()> {
         txn.open_table(APPS).map_err(storage)?;
         txn.open_table(SESSIONS).map_err(storage)?;
         txn.open_table(NOTICES).map_err(storage)?;
+        txn.open_table(audit::AUDIT).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }
@@ -127,6 +133,7 @@ fn migrate(db: &Database) -> Result<()> {
         txn.open_table(APPS).map_err(storage)?;
         txn.open_table(SESSIONS).map_err(storage)?;
         txn.open_table(NOTICES).map_err(storage)?;
+        txn.open_table(audit::AUDIT).map_err(storage)?;
         let mut meta = txn.open_table(META).map_err(storage)?;
         meta.insert("schema", codec::encode(&SCHEMA_VERSION).as_slice()).map_err(storage)?;
     }
@@ -155,6 +162,7 @@ fn target_of(e: Event) -> StoredTarget {
 
 struct RedbTx<'a> {
     txn: &'a WriteTransaction,
+    audit_key: &'a AuditKey,
 }
 
 fn get_token(
@@ -368,6 +376,10 @@ impl Tx for RedbTx<'_> {
         Ok(())
     }
 
+    fn insert_audit(&mut self, row: &AuditRow, only: Only) -> Result<()> {
+        audit::insert(self.txn, self.audit_key, row, only)
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         // One writer thread per database: the next number is the last one plus one.
         let mut log = self.txn.open_table(CHANGES).map_err(storage)?;
@@ -388,7 +400,7 @@ impl Backend for RedbBackend {
             let mut txn = self.db.begin_write().map_err(storage)?;
             txn.set_durability(Durability::Immediate).map_err(storage)?;
             for (at, &i) in pending.iter().enumerate() {
-                if let Err(e) = apply(&mut RedbTx { txn: &txn }, i) {
+                if let Err(e) = apply(&mut RedbTx { txn: &txn, audit_key: &self.audit_key }, i) {
                     txn.abort().map_err(storage)?;
                     results[i] = Err(e);
                     pending.remove(at);
@@ -482,6 +494,35 @@ impl Backend for RedbBackend {
 
     fn wait_for_change(&self, timeout: Duration) {
         std::thread::sleep(timeout);
+    }
+
+    fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        audit::query(&self.db, filter)
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditHead>> {
+        audit::head(&self.db)
+    }
+
+    /// Entries are sealed as they are written.
+    fn seal_audit(&self, _key: &AuditKey) -> Result<usize> {
+        Ok(0)
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
+        audit::prune(&self.db, before_ms)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<AuditHead>> {
+        audit::anchor(&self.db)
+    }
+
+    fn audit_sealed_after(&self, after: u64, limit: usize) -> Result<Vec<AuditRow>> {
+        audit::sealed_after(&self.db, after, limit)
+    }
+
+    fn audit_unsealed(&self) -> Result<u64> {
+        Ok(0)
     }
 }
 

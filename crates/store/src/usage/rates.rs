@@ -47,6 +47,17 @@ pub struct RateDecision {
     pub remaining: u64,
     /// Seconds until the window ends.
     pub reset: u64,
+    /// This budget is spent and this is its first refusal in the window (on a cluster: the first
+    /// the shared counter saw): what the audit trail records once per token and window
+    /// (`budget.exhausted`), not per request.
+    pub first_refusal: bool,
+}
+
+impl RateTake {
+    /// A spent budget's first refusal in its window (see [`RateDecision::first_refusal`]).
+    pub fn first(&self) -> bool {
+        matches!(self, RateTake::Spent(d) if d.iter().any(|d| d.first_refusal))
+    }
 }
 
 /// What taking one use from every budget of a token did.
@@ -85,11 +96,13 @@ struct Counter {
     leased: u64,
     /// Shared databases: the shared counter's value after the last lease.
     used_seen: u64,
+    /// One node: the budget is spent and a use was refused this window already.
+    refused: bool,
 }
 
 impl Counter {
     fn new(limit: RateLimit, window: i64) -> Counter {
-        Counter { limit, window, used_here: 0, leased: 0, used_seen: 0 }
+        Counter { limit, window, used_here: 0, leased: 0, used_seen: 0, refused: false }
     }
 
     fn ends(&self) -> i64 {
@@ -179,8 +192,14 @@ pub(crate) struct RateWant {
 pub(crate) enum RateLease {
     /// Each budget's grant (at least one unit) and the counter's value after it, in order.
     Granted(Vec<(u64, u64)>),
-    /// A budget is spent: nothing was granted; each counter's value.
-    Spent(Vec<u64>),
+    /// A budget is spent: nothing was granted; each counter's value, and for each budget whether
+    /// this is the first refusal its shared counter saw this window.
+    Spent {
+        /// Each counter's value.
+        used: Vec<u64>,
+        /// Whether this refusal is the budget's first in its window.
+        first: Vec<bool>,
+    },
     /// The family would hold more than the limit of distinct budgets; nothing was written.
     TooManyBudgets {
         /// Budgets the family holds in the database.
@@ -367,12 +386,19 @@ impl Store {
                 let decisions = at
                     .iter()
                     .map(|&i| {
-                        let c = &budgets[i];
+                        let c = &mut budgets[i];
+                        let allowed = c.used_here < c.limit.count || all;
+                        // The bit lives with the counter, which a spent budget keeps (it holds
+                        // this window's uses); a budget of 0 has no counter to keep it in, and
+                        // is never reported as a first refusal.
+                        let first_refusal = !allowed && c.used_here > 0 && !c.refused;
+                        c.refused |= !allowed;
                         RateDecision {
                             limit: c.limit,
-                            allowed: c.used_here < c.limit.count || all,
+                            allowed,
                             remaining: c.limit.count - c.used_here,
                             reset: reset_of(c, now),
+                            first_refusal,
                         }
                     })
                     .collect();
@@ -447,7 +473,7 @@ impl Store {
                 t.file(tid, prepared.ends);
                 RateTake::Taken(self.cluster_decisions(&mut t, tid, &limits, now, None))
             }
-            Ok(RateLease::Spent(used)) => {
+            Ok(RateLease::Spent { used, first }) => {
                 if let Some(budgets) = t.budgets(&tid) {
                     for (w, used) in wants.iter().zip(&used) {
                         if let Some(c) = budgets.iter_mut().find(|c| c.limit == w.limit) {
@@ -463,7 +489,13 @@ impl Store {
                     .filter(|(w, u)| **u >= w.limit.count)
                     .map(|(w, _)| w.limit)
                     .collect();
-                RateTake::Spent(self.cluster_decisions(&mut t, tid, &limits, now, Some(&spent)))
+                let mut decisions = self.cluster_decisions(&mut t, tid, &limits, now, Some(&spent));
+                for (w, _) in wants.iter().zip(&used).zip(&first).filter(|(_, f)| **f).map(|(wu, _)| wu) {
+                    if let Some(d) = decisions.iter_mut().find(|d| d.limit == w.limit) {
+                        d.first_refusal = true;
+                    }
+                }
+                RateTake::Spent(decisions)
             }
             Ok(RateLease::TooManyBudgets { held, adding }) => {
                 RateTake::TooManyBudgets { held, adding, limit: MAX_FAMILY_BUDGETS }
@@ -499,6 +531,7 @@ impl Store {
                     allowed,
                     remaining: if allowed { l.count.saturating_sub(counted) } else { 0 },
                     reset: u64::try_from(window + period(*l) - now).unwrap_or(0),
+                    first_refusal: false,
                 }
             })
             .collect()
@@ -550,7 +583,7 @@ impl Store {
     /// Count one use of `tid` against the one budget `limit` (see [`Store::take_rates`]); a
     /// refusal for either cap reads as not allowed.
     pub fn take_rate(&self, tid: TokenId, limit: RateLimit, now: i64) -> Result<RateDecision> {
-        let refused = RateDecision { limit, allowed: false, remaining: 0, reset: 0 };
+        let refused = RateDecision { limit, allowed: false, remaining: 0, reset: 0, first_refusal: false };
         Ok(match self.take_rates(tid, &[limit], now)? {
             RateTake::Taken(d) | RateTake::Spent(d) => d.first().copied().unwrap_or(refused),
             RateTake::TooManyBudgets { .. } | RateTake::Full { .. } => refused,

@@ -16,6 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tessera_core::{KeyId, SessionId, TokenId};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+mod audit;
 mod rates;
 mod rows;
 
@@ -54,6 +55,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (6, include_str!("../migrations/0005_limits.sql")),
     (7, include_str!("../migrations/0006_rates.sql")),
     (8, include_str!("../migrations/0007_session_tokens.sql")),
+    (9, include_str!("../migrations/0008_audit.sql")),
 ];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -278,7 +280,8 @@ impl Backend for PostgresBackend {
     fn batch(&self, n: usize, deadline: Instant, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
         let pool = self.pool.clone();
         let client = Arc::new(self.call_until(deadline, async move { pool.get().await.map_err(pool_err) })?);
-        let mut tx = PgTx { backend: self, client, appended: false, keys: Default::default(), deadline };
+        let mut tx =
+            PgTx { backend: self, client, appended: false, keys: Default::default(), deadline, audit: String::new() };
         let out = run_batch(&mut tx, n, apply);
         // The rollback is bounded by the same deadline: a database that does not answer is not
         // waited for twice. Past it, dropping the connection ends the transaction.
@@ -362,10 +365,13 @@ impl Backend for PostgresBackend {
             let mut client = pool.get().await.map_err(pool_err)?;
             let txn = client.transaction().await.map_err(db)?;
             let lease = rates::take(&txn, &tid, now, &wants, max_budgets).await?;
-            if matches!(lease, RateLease::Granted(_)) {
-                txn.commit().await.map_err(db)?;
+            match &lease {
+                RateLease::Granted(_) => txn.commit().await.map_err(db)?,
+                // A budget's first refusal in its window marks its counter (once).
+                RateLease::Spent { first, .. } if first.iter().any(|f| *f) => txn.commit().await.map_err(db)?,
+                // Otherwise dropping the transaction rolls it back: a refusal writes nothing.
+                _ => {}
             }
-            // Otherwise dropping the transaction rolls it back: a refusal writes nothing.
             Ok(lease)
         })
     }
@@ -424,6 +430,34 @@ impl Backend for PostgresBackend {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn audit(&self, filter: &crate::audit::AuditFilter) -> Result<Vec<crate::audit::AuditEntry>> {
+        self.audit_query(filter)
+    }
+
+    fn audit_head(&self) -> Result<Option<crate::audit::AuditHead>> {
+        self.audit_head_now()
+    }
+
+    fn seal_audit(&self, key: &crate::audit::AuditKey) -> Result<usize> {
+        self.audit_seal(key)
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
+        self.audit_prune(before_ms)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<crate::audit::AuditHead>> {
+        self.audit_anchor_now()
+    }
+
+    fn audit_sealed_after(&self, after: u64, limit: usize) -> Result<Vec<crate::audit::AuditRow>> {
+        self.audit_sealed(after, limit)
+    }
+
+    fn audit_unsealed(&self) -> Result<u64> {
+        self.audit_unsealed_now()
     }
 
     fn wait_for_change(&self, timeout: Duration) {

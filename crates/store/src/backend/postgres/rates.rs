@@ -62,7 +62,25 @@ pub(super) async fn take(
         })
         .collect();
     if wants.iter().zip(&state).any(|(w, s)| s.2 >= w.limit.count) {
-        return Ok(RateLease::Spent(state.iter().map(|s| s.2).collect()));
+        // The first refusal of a spent budget in its window marks the counter one past the
+        // budget (`used = count + 1`, a value no grant makes): the bit "refused already" kept
+        // in the counter itself, written once per budget and window (the caller commits it).
+        let first: Vec<bool> = wants
+            .iter()
+            .zip(&state)
+            .map(|(w, s)| s.2 == w.limit.count && live.get(&w.spec).is_some_and(|l| l.0 == s.0))
+            .collect();
+        if first.iter().any(|f| *f) {
+            let mark = txn
+                .prepare_cached("UPDATE tessera_rates SET used = used + 1 WHERE tid = $1 AND spec = ANY($2) AND used = $3")
+                .await
+                .map_err(db)?;
+            for (w, _) in wants.iter().zip(&first).filter(|(_, f)| **f) {
+                let count = i64::try_from(w.limit.count).unwrap_or(i64::MAX);
+                txn.execute(&mark, &[&tid, &vec![w.spec.as_str()], &count]).await.map_err(db)?;
+            }
+        }
+        return Ok(RateLease::Spent { used: state.iter().map(|s| s.2).collect(), first });
     }
     let grants: Vec<(u64, u64)> = wants
         .iter()

@@ -31,17 +31,22 @@ pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) ->
         tx.exec(std::mem::take(&mut pending))?;
         match apply(tx, i) {
             Ok(()) => {
+                // The operation's audit entries go with the next exchange, inside its savepoint
+                // (or, alone in the batch, before the COMMIT): no round trip of their own.
+                pending = std::mem::take(&mut tx.audit);
                 if !single {
-                    pending = "RELEASE SAVEPOINT op".into();
+                    pending.push_str("; RELEASE SAVEPOINT op");
                 }
                 results.push(Ok(()));
             }
             Err(e @ Error::Unavailable(_)) => return Err(e),
             Err(e) if single => {
+                tx.audit.clear();
                 tx.exec("ROLLBACK".into())?;
                 return Ok(vec![Err(e)]);
             }
             Err(e) => {
+                tx.audit.clear();
                 tx.keys.clear(); // what the failed operation read or wrote is gone
                 pending = "ROLLBACK TO SAVEPOINT op".into();
                 results.push(Err(e));
@@ -69,6 +74,8 @@ pub(super) struct PgTx<'a> {
     pub(super) keys: std::collections::HashMap<KeyId, Option<StoredKey>>,
     /// When every call of the transaction gives up (the earliest deadline of its operations).
     pub(super) deadline: std::time::Instant,
+    /// Audit entries of the running operation, as SQL, sent with the exchange that ends it.
+    pub(super) audit: String,
 }
 
 impl PgTx<'_> {
@@ -419,6 +426,14 @@ impl Tx for PgTx<'_> {
             return Err(Error::Corrupt("change counter row is missing".into()));
         }
         Ok(seqs)
+    }
+
+    fn insert_audit(&mut self, row: &crate::audit::AuditRow, only: crate::audit::Only) -> Result<()> {
+        if !self.audit.is_empty() {
+            self.audit.push_str("; ");
+        }
+        self.audit.push_str(&super::audit::insert_sql(row, only));
+        Ok(())
     }
 
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {

@@ -1,0 +1,238 @@
+//! The audit trail on redb: table `audit` (id → entry, CBOR) and the anchor in `meta`.
+//!
+//! One writer thread per file, so an entry is sealed as it is written, in the same transaction:
+//! its `seq` (and its id: the two are equal here) is the last entry's plus one, its link
+//! `HMAC(k_audit, previous link ‖ entry)`. After pruning, `meta["audit_anchor"]` holds the last
+//! deleted entry's `seq` and link.
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tessera_core::{SessionId, TokenId};
+
+use super::{get_token, META, TOKENS};
+use crate::audit::{Actor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target};
+use crate::codec;
+use crate::error::{storage, Result};
+
+/// Audit entries by id (schema version 9).
+pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const ANCHOR: &str = "audit_anchor";
+
+/// An entry as stored (CBOR).
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    seq: u64,
+    at_ms: i64,
+    kind: String,
+    outcome: String,
+    actor_subject: Option<String>,
+    actor_tid: Option<[u8; 16]>,
+    issuer: Option<String>,
+    address: Option<String>,
+    request_id: Option<String>,
+    user_agent: Option<String>,
+    target_tid: Option<[u8; 16]>,
+    target_kid: Option<String>,
+    target_sid: Option<[u8; 16]>,
+    target_app: Option<String>,
+    target_subject: Option<String>,
+    reason: Option<String>,
+    detail: Option<String>,
+    mac: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredAnchor {
+    seq: u64,
+    mac: [u8; 32],
+}
+
+fn stored(row: &AuditRow, mac: [u8; 32]) -> StoredEntry {
+    let e = &row.entry;
+    StoredEntry {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        kind: e.kind.as_str().to_owned(),
+        outcome: e.outcome.as_str().to_owned(),
+        actor_subject: e.actor.subject.clone(),
+        actor_tid: e.actor.tid.map(|t| *t.as_bytes()),
+        issuer: e.actor.issuer.clone(),
+        address: e.actor.address.clone(),
+        request_id: e.actor.request_id.clone(),
+        user_agent: e.actor.user_agent.clone(),
+        target_tid: e.target.tid.map(|t| *t.as_bytes()),
+        target_kid: e.target.kid.clone(),
+        target_sid: e.target.sid.map(|s| *s.as_bytes()),
+        target_app: e.target.app.clone(),
+        target_subject: row.target_subject.clone(),
+        reason: e.reason.clone(),
+        detail: e.detail.clone(),
+        mac,
+    }
+}
+
+fn row_of(id: u64, s: StoredEntry) -> Result<AuditRow> {
+    Ok(AuditRow {
+        entry: AuditEntry {
+            seq: s.seq,
+            id,
+            at_ms: s.at_ms,
+            kind: s.kind.parse()?,
+            outcome: s.outcome.parse()?,
+            actor: Actor {
+                subject: s.actor_subject,
+                tid: s.actor_tid.map(TokenId::from_bytes),
+                issuer: s.issuer,
+                address: s.address,
+                request_id: s.request_id,
+                user_agent: s.user_agent,
+            },
+            target: Target {
+                tid: s.target_tid.map(TokenId::from_bytes),
+                kid: s.target_kid,
+                sid: s.target_sid.map(SessionId::from_bytes),
+                app: s.target_app,
+            },
+            reason: s.reason,
+            detail: s.detail,
+        },
+        target_subject: s.target_subject,
+        mac: Some(s.mac),
+    })
+}
+
+fn anchor_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<AuditHead>> {
+    match meta.get(ANCHOR).map_err(storage)? {
+        None => Ok(None),
+        Some(v) => {
+            let a: StoredAnchor = codec::decode(v.value(), "audit anchor")?;
+            Ok(Some(AuditHead { seq: a.seq, mac: a.mac }))
+        }
+    }
+}
+
+/// The newest entry, or else the anchor.
+fn head_in(
+    audit: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<AuditHead>> {
+    match audit.last().map_err(storage)? {
+        Some((_, v)) => {
+            let s: StoredEntry = codec::decode(v.value(), "audit entry")?;
+            Ok(Some(AuditHead { seq: s.seq, mac: s.mac }))
+        }
+        None => anchor_in(meta),
+    }
+}
+
+/// Write and seal one entry in the operation's transaction.
+pub(super) fn insert(txn: &WriteTransaction, key: &AuditKey, row: &AuditRow, only: Only) -> Result<()> {
+    let mut row = row.clone();
+    if row.target_subject.is_none() || only == Only::TargetIsLink {
+        if let Some(tid) = row.entry.target.tid {
+            let token = get_token(&txn.open_table(TOKENS).map_err(storage)?, &tid)?;
+            if only == Only::TargetIsLink && token.as_ref().is_none_or(|t| t.grant.is_none()) {
+                return Ok(());
+            }
+            if row.target_subject.is_none() {
+                row.target_subject = token.map(|t| t.subject);
+            }
+        }
+    }
+    let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+    let prev = head_in(&audit, &txn.open_table(META).map_err(storage)?)?;
+    let (seq, prev_mac) = prev.map_or((0, [0u8; 32]), |h| (h.seq, h.mac));
+    row.entry.seq = seq + 1;
+    row.entry.id = seq + 1;
+    let mac = key.link(&prev_mac, &row);
+    audit.insert(row.entry.id, codec::encode(&stored(&row, mac)).as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+/// Entries that pass `filter`, by id (a scan from the cursor: the embedded database serves one
+/// process, and an operator; see docs/AUDIT.md).
+pub(super) fn query(db: &Database, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+    let txn = db.begin_read().map_err(storage)?;
+    let audit = match txn.open_table(AUDIT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut out = Vec::new();
+    for r in audit.range(filter.after.saturating_add(1)..).map_err(storage)? {
+        let (k, v) = r.map_err(storage)?;
+        let row = row_of(k.value(), codec::decode(v.value(), "audit entry")?)?;
+        if filter.admits(&row.entry, row.target_subject.as_deref()) {
+            out.push(row.entry);
+            if out.len() == filter.page() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn head(db: &Database) -> Result<Option<AuditHead>> {
+    let txn = db.begin_read().map_err(storage)?;
+    let meta = txn.open_table(META).map_err(storage)?;
+    match txn.open_table(AUDIT) {
+        Ok(audit) => head_in(&audit, &meta),
+        Err(redb::TableError::TableDoesNotExist(_)) => anchor_in(&meta),
+        Err(e) => Err(storage(e)),
+    }
+}
+
+pub(super) fn anchor(db: &Database) -> Result<Option<AuditHead>> {
+    let txn = db.begin_read().map_err(storage)?;
+    anchor_in(&txn.open_table(META).map_err(storage)?)
+}
+
+/// Entries with `seq > after`, by seq (ids and seqs are equal here), at most `limit`.
+pub(super) fn sealed_after(db: &Database, after: u64, limit: usize) -> Result<Vec<AuditRow>> {
+    let txn = db.begin_read().map_err(storage)?;
+    let audit = match txn.open_table(AUDIT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut out = Vec::new();
+    for r in audit.range(after.saturating_add(1)..).map_err(storage)?.take(limit) {
+        let (k, v) = r.map_err(storage)?;
+        out.push(row_of(k.value(), codec::decode(v.value(), "audit entry")?)?);
+    }
+    Ok(out)
+}
+
+/// Delete entries from the start while they are older than `before_ms`; the last one deleted
+/// becomes the anchor. One durable transaction.
+pub(super) fn prune(db: &Database, before_ms: i64) -> Result<usize> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    let mut n = 0;
+    {
+        let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+        let mut last = None;
+        let mut doomed = Vec::new();
+        for r in audit.range::<u64>(..).map_err(storage)? {
+            let (k, v) = r.map_err(storage)?;
+            let s: StoredEntry = codec::decode(v.value(), "audit entry")?;
+            if s.at_ms >= before_ms {
+                break;
+            }
+            doomed.push(k.value());
+            last = Some(StoredAnchor { seq: s.seq, mac: s.mac });
+        }
+        for id in &doomed {
+            audit.remove(id).map_err(storage)?;
+        }
+        if let Some(a) = last {
+            txn.open_table(META)
+                .map_err(storage)?
+                .insert(ANCHOR, codec::encode(&a).as_slice())
+                .map_err(storage)?;
+            n = doomed.len();
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(n)
+}

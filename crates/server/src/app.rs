@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/keys/{kid}/envelope-key"),
     ("post", "/v1/keys/{kid}/revoke"),
     ("get", "/v1/revocations"),
+    ("get", "/v1/revocations/stream"),
     ("get", "/.well-known/jwks.json"),
     ("get", "/.well-known/openid-configuration"),
     ("post", "/v1/keys/signing/rotate"),
@@ -93,6 +94,7 @@ pub fn app(
         .service(resource("/v1/keys/{kid}/envelope-key").route(web::get().to(keys::envelope_key)))
         .service(resource("/v1/keys/{kid}/revoke").route(web::post().to(keys::revoke_key)))
         .service(resource("/v1/revocations").route(web::get().to(revocations::revocations)))
+        .service(resource("/v1/revocations/stream").route(web::get().to(revocations::stream)))
         .service(resource("/.well-known/jwks.json").route(web::get().to(envelopes::jwks)))
         .service(resource("/.well-known/openid-configuration").route(web::get().to(envelopes::discovery)))
         .service(resource("/v1/keys/signing/rotate").route(web::post().to(envelopes::rotate)))
@@ -169,7 +171,9 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     let cap =
         ConnectionCap::new(state.config.max_connections_per_address, state.config.trusted_proxies.clone());
     let head_timeout = state.config.head_timeout;
+    let streams = state.streams.clone();
     let served = actix_web::rt::System::new().block_on(async move {
+        actix_web::rt::spawn(streams.close_on_stop_signal());
         HttpServer::new(move || app(state.clone()))
             .on_connect(move |io, ext| cap.on_connect(io, ext))
             .client_request_timeout(head_timeout)

@@ -300,6 +300,24 @@ pub struct Config {
     /// closed as it is accepted. Trusted proxies are not counted. 0 = no cap.
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     pub max_connections_per_address: usize,
+
+    /// Clients of `GET /v1/revocations/stream` open at once on this node; one more gets a 503.
+    #[arg(long, env = "TESSERA_MAX_STREAMS", default_value_t = 1024)]
+    pub max_streams: usize,
+
+    /// Time between two heartbeats (SSE comments) on an idle revocation stream.
+    #[arg(long, env = "TESSERA_STREAM_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub stream_heartbeat: Duration,
+
+    /// Revocations a stream client may fall behind the node before it is disconnected (one
+    /// buffer shared by every client; a client is a position in it).
+    #[arg(long, env = "TESSERA_STREAM_BUFFER", default_value_t = 1024)]
+    pub stream_buffer: usize,
+
+    /// Most revocations replayed to a stream client resuming with `Last-Event-ID`; further
+    /// behind, it gets a `reset` event instead (drop every cached decision).
+    #[arg(long, env = "TESSERA_STREAM_REPLAY_LIMIT", default_value_t = 10_000)]
+    pub stream_replay_limit: usize,
 }
 
 impl Config {
@@ -346,6 +364,10 @@ impl Config {
             head_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             max_connections_per_address: 256,
+            max_streams: 1024,
+            stream_heartbeat: Duration::from_secs(15),
+            stream_buffer: 1024,
+            stream_replay_limit: 10_000,
         }
     }
 

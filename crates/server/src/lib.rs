@@ -15,6 +15,7 @@ mod app;
 mod config;
 mod envelope;
 mod exchange;
+mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod housekeeping;
@@ -32,6 +33,7 @@ mod view;
 
 pub use app::{app, run, write_private, PAGE_ROUTES, ROUTES};
 pub use config::{Config, DatabaseUrl, ForwardedHeader, JwtAlg};
+pub use feed::Streams;
 pub use http::auth::{client_ip, DISCHARGE_HEADER};
 pub use http::conn::ConnectionCap;
 pub use http::limit::RateLimiter;

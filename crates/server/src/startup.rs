@@ -75,6 +75,12 @@ impl AppState {
                 config.verify_memo,
                 config.verify_memo.saturating_mul(512),
             ),
+            streams: crate::feed::Streams::new(crate::feed::Settings {
+                max_streams: config.max_streams,
+                heartbeat: config.stream_heartbeat,
+                buffer: config.stream_buffer,
+                replay_limit: config.stream_replay_limit,
+            }),
             store,
             config,
         };

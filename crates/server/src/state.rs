@@ -32,4 +32,6 @@ pub struct AppState {
     /// Token texts `/v1/verify` has verified, so the same token again skips its signature chain
     /// (keyed to the store's key generation: any key change makes every entry a miss).
     pub memo: tessera_core::SignatureMemo,
+    /// The revocation stream's hub (`GET /v1/revocations/stream`).
+    pub streams: crate::feed::Streams,
 }

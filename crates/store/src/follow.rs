@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::backend::{Backend, Event};
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
@@ -23,11 +25,18 @@ pub(crate) struct Follower {
     master: MasterKey,
     /// One catch-up at a time, so entries apply in order.
     lock: Mutex<()>,
+    /// The last applied entry, announced after memory has it (the revocation stream waits on it).
+    applied: watch::Sender<u64>,
 }
 
 impl Follower {
     pub(crate) fn new(backend: Arc<dyn Backend>, mem: Arc<Memory>, master: MasterKey) -> Self {
-        Follower { backend, mem, master, lock: Mutex::new(()) }
+        Follower { backend, mem, master, lock: Mutex::new(()), applied: watch::channel(0).0 }
+    }
+
+    /// A receiver of the last applied entry's sequence number.
+    pub(crate) fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Load every key, then apply the whole log (at open).
@@ -63,6 +72,7 @@ impl Follower {
             }
             if let Some(last) = changes.last() {
                 self.mem.set_last_seq(last.seq);
+                self.applied.send_replace(last.seq);
             }
             if changes.len() < PAGE {
                 break;

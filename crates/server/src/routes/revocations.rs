@@ -1,14 +1,14 @@
-//! `GET /v1/revocations`: the revocation feed.
+//! `GET /v1/revocations`: the revocation feed; `GET /v1/revocations/stream`: the same entries
+//! pushed as Server-Sent Events (the hub is `feed`).
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use tessera_store::{Revocation, RevocationTarget};
 
+use crate::feed::{revocation_view, Start};
 use crate::http::blocking;
 use crate::http::problem::ApiError;
-use crate::http::text::rfc3339;
 use crate::state::AppState;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -19,14 +19,6 @@ pub(crate) struct FeedQuery {
     #[serde(default)]
     after: u64,
     limit: Option<usize>,
-}
-
-fn revocation_view(r: &Revocation) -> serde_json::Value {
-    let (kind, id) = match r.target {
-        RevocationTarget::Token(tid) => ("token", tid.to_string()),
-        RevocationTarget::Key(kid) => ("key", kid.to_string()),
-    };
-    json!({ "seq": r.seq, "at": rfc3339(r.at), "kind": kind, "id": id })
 }
 
 pub(crate) async fn revocations(
@@ -44,4 +36,47 @@ pub(crate) async fn revocations(
         "revocations": entries.iter().map(revocation_view).collect::<Vec<_>>(),
         "last_seq": last,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamQuery {
+    after: Option<u64>,
+}
+
+/// `GET /v1/revocations/stream`: every revocation this node applies, as Server-Sent Events, from
+/// `Last-Event-ID` (or `?after=`; the header wins, as a reconnecting `EventSource` keeps the URL),
+/// else from now. Same authorization as the polling feed (none: the feed says only which ids are
+/// dead).
+pub(crate) async fn stream(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<StreamQuery>,
+) -> Result<HttpResponse> {
+    // An event stream never ends: only a client that asks for one gets it (a crawler or a
+    // generic GET gets an answer that does not hold a stream slot).
+    let accepts = req
+        .headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("text/event-stream")));
+    if !accepts {
+        return Err(ApiError::bad_request("an event stream: send Accept: text/event-stream"));
+    }
+    state.store.check_fresh()?;
+    let start = match req.headers().get("last-event-id") {
+        Some(v) => Start::After(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID: a sequence number of the feed"))?,
+        ),
+        None => query.after.map_or(Start::Now, Start::After),
+    };
+    let body = state.streams.subscribe(&state.store, start)?;
+    Ok(HttpResponse::build(StatusCode::OK)
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-store"))
+        // nginx would otherwise hold the events in its buffer.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
 }

@@ -90,6 +90,12 @@ pub(crate) struct Inner {
     tx: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
+    /// The audit chain's key (derived from the master key).
+    pub(crate) audit_key: crate::audit::AuditKey,
+    /// Audit notes queued for the writer and not yet done with.
+    pub(crate) audit_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Audit notes dropped because the queue was full.
+    pub(crate) audit_dropped: std::sync::atomic::AtomicU64,
     /// The follower's announcement of each applied entry.
     applied: tokio::sync::watch::Receiver<u64>,
 }
@@ -143,6 +149,7 @@ impl Store {
         follower.load()?;
         let applied = follower.applied();
         let stop = Arc::new(AtomicBool::new(false));
+        let audit_key = crate::audit::AuditKey::from_master(&master);
         let (tx, rx) = mpsc::channel::<Job>();
         let mut threads = Vec::new();
         let visits = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -177,6 +184,9 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 threads: Mutex::new(threads),
                 stop,
+                audit_key,
+                audit_pending: Default::default(),
+                audit_dropped: Default::default(),
                 applied,
             }),
         })
@@ -185,6 +195,7 @@ impl Store {
     /// Queue a write and wait for its answer, which the writer gives by the write's deadline
     /// ([`WRITE_DEADLINE`] from now), having run it or not.
     pub(crate) fn submit(&self, op: Op) -> Result<Done> {
+        let op = crate::audit::with_actor(op);
         let (reply, answer) = mpsc::sync_channel(1);
         let job = Job { op, deadline: std::time::Instant::now() + WRITE_DEADLINE, reply };
         {
@@ -194,6 +205,16 @@ impl Store {
         // No timeout of its own here: an answer given up on while the write may still commit
         // would be a lie either way.
         answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Queue a write without waiting for it (nobody reads its answer); whether it was queued.
+    pub(crate) fn queue(&self, op: Op) -> bool {
+        let (reply, _) = mpsc::sync_channel(1);
+        let job = Job { op, deadline: std::time::Instant::now() + WRITE_DEADLINE, reply };
+        match self.inner.tx.lock() {
+            Ok(tx) => tx.as_ref().is_some_and(|tx| tx.send(job).is_ok()),
+            Err(_) => false,
+        }
     }
 
     // ---- freshness -----------------------------------------------------------------------

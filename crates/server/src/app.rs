@@ -14,6 +14,7 @@ use crate::housekeeping;
 use crate::http::conn::ConnectionCap;
 use crate::http::guard::guard;
 use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
+use crate::http::request_id;
 use crate::routes::{
     apps, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens, ui, verify,
 };
@@ -69,7 +70,10 @@ pub fn app(
     >,
 > {
     let limit = state.config.body_limit;
-    let resource = |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    // Each resource is named by its template: the access log and the latency histogram read it
+    // without matching the path again.
+    let resource =
+        |path: &str| web::resource(path.to_owned()).name(path).default_service(web::to(method_not_allowed));
     App::new()
         .app_data(state)
         .app_data(web::JsonConfig::default().limit(limit).error_handler(|e, _| json_error(e)))
@@ -77,6 +81,9 @@ pub fn app(
         .app_data(web::PayloadConfig::default().limit(limit))
         .app_data(web::FormConfig::default().limit(limit))
         .wrap(actix_web::middleware::from_fn(guard))
+        // Outermost (the last wrapped): the request id exists before the guard runs, and every
+        // answer, the guard's refusals included, carries it and is logged and timed.
+        .wrap(actix_web::middleware::from_fn(request_id::observe))
         // The hot path first: static routes before templated ones (which match by regex).
         .service(resource("/v1/verify").route(web::post().to(verify::verify)))
         .service(resource("/health").route(web::get().to(health::health)))
@@ -121,8 +128,19 @@ pub fn app(
 }
 
 /// Serve until SIGINT/SIGTERM. Prints the admin token on first start (once), and the bound
-/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used).
-pub fn run(mut config: Config) -> Result<(), Error> {
+/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used), on
+/// standard output; logs (`--log-format`, `--log-level`) go to standard error, a failure to start
+/// included.
+pub fn run(config: Config) -> Result<(), Error> {
+    let _logging = crate::logging::init(config.log_format, config.log_level.as_deref());
+    let served = serve(config);
+    if let Err(e) = &served {
+        tracing::error!("{e}");
+    }
+    served
+}
+
+fn serve(mut config: Config) -> Result<(), Error> {
     let listener = std::net::TcpListener::bind(&config.listen)?;
     let addr: SocketAddr = listener.local_addr()?;
     if config.public_url.is_none() {
@@ -130,8 +148,8 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     }
     let workers =
         config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    eprintln!(
-        "tessera: config: listen={addr} data_dir={} database={} max_staleness={} master_key={} public_url={} issuer={} admin_subject={} \
+    tracing::info!(
+        "config: listen={addr} data_dir={} database={} max_staleness={} master_key={} public_url={} issuer={} admin_subject={} \
          default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} \
          forwarded_header={} workers={workers}",
         config.data_dir.display(),
@@ -188,7 +206,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     stop.store(true, std::sync::atomic::Ordering::Release);
     let _ = housekeeper.join();
     served?;
-    eprintln!("tessera: stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -115,6 +115,17 @@ impl ForwardedHeader {
     }
 }
 
+/// How log lines are written on standard error.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event: time, level, target, message, `key=value` fields.
+    #[value(name = "text")]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, the fields), for log shippers.
+    #[value(name = "json")]
+    Json,
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
 }
@@ -286,6 +297,15 @@ pub struct Config {
     #[arg(long, env = "TESSERA_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Log lines on standard error as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// What is logged: a level (error, warn, info, debug, trace) or RUST_LOG-style directives
+    /// (`info,tessera::access=off`). Wins over RUST_LOG; neither set: info.
+    #[arg(long, env = "TESSERA_LOG_LEVEL", value_parser = crate::logging::parse_level)]
+    pub log_level: Option<String>,
+
     /// Time a client has to send a request's head (method, path, headers) once it connected or
     /// finished its previous request; slower: 408 and the connection is closed.
     #[arg(long, env = "TESSERA_HEAD_TIMEOUT", default_value = "5s", value_parser = duration)]
@@ -361,6 +381,8 @@ impl Config {
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,
             workers: None,
+            log_format: LogFormat::Text,
+            log_level: None,
             head_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             max_connections_per_address: 256,

@@ -54,10 +54,10 @@ pub fn tick(state: &AppState, now: i64) -> Round {
     let mut round = Round::default();
     match state.store.flush_uses() {
         Ok(n) => round.flushed = n,
-        Err(e) => eprintln!("tessera: housekeeping: writing last uses: {e}"),
+        Err(e) => tracing::warn!("housekeeping: writing last uses: {e}"),
     }
     if let Err(e) = state.store.prune_rates(now) {
-        eprintln!("tessera: housekeeping: dropping ended rate counters: {e}");
+        tracing::warn!("housekeeping: dropping ended rate counters: {e}");
     }
     let thresholds: Vec<i64> = state
         .config
@@ -69,7 +69,7 @@ pub fn tick(state: &AppState, now: i64) -> Round {
     let expiring = match state.store.tokens_expiring(now.saturating_add(longest)) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("tessera: housekeeping: expiring tokens: {e}");
+            tracing::warn!("housekeeping: expiring tokens: {e}");
             Vec::new()
         }
     };
@@ -123,7 +123,7 @@ fn claim_notices(
             match state.store.claim_notice(n) {
                 Ok(true) => round.claimed += 1,
                 Ok(false) => {}
-                Err(e) => eprintln!("tessera: housekeeping: claiming a notice: {e}"),
+                Err(e) => tracing::warn!("housekeeping: claiming a notice: {e}"),
             }
         }
     }
@@ -132,7 +132,7 @@ fn claim_notices(
 fn deliver(state: &AppState, notifier: &Notifier, now: i64, round: &mut Round) {
     let due = match state.store.due_notices(now) {
         Ok(d) => d,
-        Err(e) => return eprintln!("tessera: housekeeping: due notices: {e}"),
+        Err(e) => return tracing::warn!("housekeeping: due notices: {e}"),
     };
     for n in due {
         // One node at a time delivers a notice.
@@ -167,15 +167,16 @@ fn deliver(state: &AppState, notifier: &Notifier, now: i64, round: &mut Round) {
             let backoff = (FIRST_BACKOFF << (attempts - 1).min(20)).min(MAX_BACKOFF);
             let next_attempt = if attempts >= MAX_ATTEMPTS { i64::MAX } else { now + backoff };
             if attempts >= MAX_ATTEMPTS {
-                eprintln!(
-                    "tessera: housekeeping: giving up the notice {}-{} after {attempts} attempts",
-                    n.tid, n.threshold
+                tracing::warn!(
+                    "housekeeping: giving up the notice {}-{} after {attempts} attempts",
+                    n.tid,
+                    n.threshold
                 );
             }
             Notice { attempts, next_attempt, ..n }
         };
         if let Err(e) = state.store.put_notice(next) {
-            eprintln!("tessera: housekeeping: recording a notice: {e}");
+            tracing::warn!("housekeeping: recording a notice: {e}");
         }
     }
 }
@@ -196,11 +197,11 @@ fn send(notifier: &Notifier, body: &str, id: &str) -> bool {
     match res {
         Ok(r) if r.status().is_success() => true,
         Ok(r) => {
-            eprintln!("tessera: housekeeping: webhook answered {} for {id}", r.status());
+            tracing::warn!("housekeeping: webhook answered {} for {id}", r.status());
             false
         }
         Err(e) => {
-            eprintln!("tessera: housekeeping: webhook: {e}");
+            tracing::warn!("housekeeping: webhook: {e}");
             false
         }
     }
@@ -211,12 +212,12 @@ fn revoke_unused(state: &AppState, cutoff: i64, round: &mut Round) {
     // transitive), so each one's parent chain is in here.
     let all = match state.store.tokens_unused_since(i64::MAX) {
         Ok(u) => u,
-        Err(e) => return eprintln!("tessera: housekeeping: unused tokens: {e}"),
+        Err(e) => return tracing::warn!("housekeeping: unused tokens: {e}"),
     };
     for tid in unused_families(&all, cutoff, &state.config.admin_subject) {
         match state.store.revoke_token(tid) {
             Ok(entries) => round.revoked += entries.len(),
-            Err(e) => eprintln!("tessera: housekeeping: revoking unused {tid}: {e}"),
+            Err(e) => tracing::warn!("housekeeping: revoking unused {tid}: {e}"),
         }
     }
 }

@@ -14,9 +14,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match tessera_server::run(cli.config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tessera-server: {e}");
-            std::process::ExitCode::FAILURE
-        }
+        // `run` logged why.
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }

@@ -192,8 +192,8 @@ impl IssuerKeys {
                     cache.failed = false;
                 }
                 Err(e) => {
-                    eprintln!(
-                        "tessera: exchange: issuer \"{issuer}\": fetching its JWKS {} failed (keeping {} known keys; next attempt in {} s at the earliest): {e}",
+                    tracing::warn!(
+                        "exchange: issuer \"{issuer}\": fetching its JWKS {} failed (keeping {} known keys; next attempt in {} s at the earliest): {e}",
                         redacted(&url),
                         cache.by_kid.len(),
                         REFETCH.as_secs()

@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 use ipnet::IpNet;
 use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
 use tessera_store::AppRecord;
@@ -35,6 +35,21 @@ pub(crate) struct Caller {
     pub(crate) tid: TokenId,
     /// Whom it speaks for.
     pub(crate) subject: String,
+}
+
+/// Who the request's credential speaks for, once its signature verified: in the request's
+/// extensions for the access log (`http/request_id`).
+#[derive(Clone, Debug)]
+pub(crate) struct Principal {
+    /// The credential's subject.
+    pub(crate) subject: String,
+    /// Its token family.
+    pub(crate) tid: TokenId,
+}
+
+/// Note the verified caller for the access log.
+fn note_principal(req: &HttpRequest, claimed: &Identifier) {
+    req.extensions_mut().insert(Principal { subject: claimed.sub.clone(), tid: claimed.tid });
 }
 
 /// One hop of a forwarding header: a bare address for `X-Forwarded-For`; for RFC 7239
@@ -160,13 +175,14 @@ fn claimed_identity(token: &Token) -> Result<Identifier, ApiError> {
 pub(crate) fn authenticate(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     state.store.check_fresh()?;
     let (token, discharges) = bearer(req)?;
-    claimed_identity(&token)?;
+    let claimed = claimed_identity(&token)?;
     // Budgets and single use are counted by `authorize`, which always follows.
     Verifier::with_keys(&state.store).service_caveats().verify(
         &token,
         &discharges,
         &Context::deferring_scope(time::OffsetDateTime::now_utc()),
     )?;
+    note_principal(req, &claimed);
     Ok(())
 }
 
@@ -193,6 +209,7 @@ pub(crate) fn authorize(
         ctx = ctx.client_ip(ip);
     }
     let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
+    note_principal(req, &claimed);
     let admin = claimed.sub == state.config.admin_subject;
     if let Some(area) = admin_area.filter(|_| !admin) {
         return Err(ApiError::forbidden(format!("{area} management is for the admin subject")));
@@ -231,6 +248,7 @@ pub(crate) fn application(state: &AppState, req: &HttpRequest) -> Result<Option<
         ctx = ctx.client_ip(ip);
     }
     let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
+    note_principal(req, &claimed);
     let app = state
         .store
         .app(name)

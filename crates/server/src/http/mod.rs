@@ -9,6 +9,7 @@ pub(crate) mod guard;
 pub(crate) mod limit;
 pub(crate) mod metrics;
 pub(crate) mod problem;
+pub(crate) mod request_id;
 pub(crate) mod text;
 
 use actix_web::web;

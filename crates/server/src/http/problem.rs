@@ -109,7 +109,7 @@ impl ApiError {
     }
     /// 500: logs the cause, answers generically.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        eprintln!("tessera: internal error: {cause}");
+        tracing::error!("internal error: {cause}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", "the service failed; see its log")
     }
     /// Add response headers (e.g. `Retry-After` and the `RateLimit` fields on a 429).

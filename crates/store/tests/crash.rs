@@ -1,16 +1,18 @@
 //! Crash safety: a child process writes durably in a loop; we SIGKILL it at random points, then
-//! reopen and check that every write it acknowledged is there and the database opens cleanly.
+//! reopen and check that every write it acknowledged is there, with its audit entry (written in
+//! the same transaction), and the database opens cleanly with an audit chain that verifies.
 //! `CRASH_ROUNDS` (default 20) sets the number of kills; `make crash` runs a longer soak.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_core::TokenId;
-use tessera_store::{MasterKey, Store};
+use tessera_store::{AuditFilter, AuditKind, AuditVerdict, MasterKey, Store};
 
 fn writer_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tessera-store-crash-writer"))
@@ -27,6 +29,25 @@ fn getrandom_fill(b: &mut [u8]) {
     let t = TokenId::generate().unwrap();
     for (i, x) in b.iter_mut().enumerate() {
         *x = t.as_bytes()[i % 16];
+    }
+}
+
+/// The targets of the writer's `token.mint` and `token.revoke` entries.
+fn audited(store: &Store) -> (HashSet<TokenId>, HashSet<TokenId>) {
+    let (mut minted, mut revoked) = (HashSet::new(), HashSet::new());
+    let mut after = 0;
+    loop {
+        let filter = AuditFilter { after, actor: Some("crash-writer".into()), ..AuditFilter::default() };
+        let page = store.audit(&filter).unwrap();
+        let Some(last) = page.last() else { return (minted, revoked) };
+        after = last.id;
+        for e in page {
+            match e.kind {
+                AuditKind::TokenMint => minted.insert(e.target.tid.unwrap()),
+                AuditKind::TokenRevoke => revoked.insert(e.target.tid.unwrap()),
+                _ => false,
+            };
+        }
     }
 }
 
@@ -77,6 +98,18 @@ fn acknowledged_writes_survive_sigkill() {
         for tid in &revoked {
             assert!(store.is_token_revoked(tid), "round {round}: acknowledged revocation {tid} lost");
         }
+        let (minted, revokes) = audited(&store);
+        for tid in &acked {
+            assert!(minted.contains(tid), "round {round}: acknowledged write {tid} has no token.mint entry");
+        }
+        for tid in &revoked {
+            assert!(
+                revokes.contains(tid),
+                "round {round}: acknowledged revocation {tid} has no token.revoke entry"
+            );
+        }
+        let verdict = store.verify_audit(None).unwrap();
+        assert!(matches!(verdict, AuditVerdict::Intact { .. }), "round {round}: {verdict:?}");
     }
     assert!(acked.len() >= rounds, "every round acknowledged at least one write");
 }

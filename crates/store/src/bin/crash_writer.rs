@@ -1,5 +1,6 @@
 //! Child process for the crash test (`tests/crash.rs`): records tokens (and revokes some) in a
-//! loop, printing `ack <tid>` / `rev <tid>` only after the store call returned Ok, until killed.
+//! loop, on behalf of the actor `crash-writer` (each change with its audit entry), printing
+//! `ack <tid>` / `rev <tid>` only after the store call returned Ok, until killed.
 //!
 //! Usage: `tessera-store-crash-writer DB_PATH MASTER_KEY_HEX`
 
@@ -8,7 +9,7 @@
 use std::io::Write;
 
 use tessera_core::TokenId;
-use tessera_store::{MasterKey, NewToken, Store};
+use tessera_store::{Actor, MasterKey, NewToken, Store};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -19,11 +20,13 @@ fn main() {
         Some((kid, _)) => kid,
         None => store.rotate().unwrap().kid,
     };
+    let actor = Actor { subject: Some("crash-writer".into()), ..Actor::default() };
+    let audited = store.audited(&actor);
     let out = std::io::stdout();
     let mut n = 0u64;
     loop {
         let tid = TokenId::generate().unwrap();
-        store
+        audited
             .record_token(NewToken {
                 tid,
                 kid,
@@ -36,7 +39,7 @@ fn main() {
             .unwrap();
         writeln!(out.lock(), "ack {tid}").unwrap();
         if n % 3 == 0 {
-            store.revoke_token(tid).unwrap();
+            audited.revoke_token(tid).unwrap();
             writeln!(out.lock(), "rev {tid}").unwrap();
         }
         out.lock().flush().unwrap();

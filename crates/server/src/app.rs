@@ -16,7 +16,7 @@ use crate::http::guard::guard;
 use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
 use crate::http::request_id;
 use crate::routes::{
-    apps, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens, ui, verify,
+    apps, authz, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens, ui, verify,
 };
 use crate::startup::Error;
 use crate::state::AppState;
@@ -29,6 +29,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tokens"),
     ("post", "/v1/tokens/{tid}/revoke"),
     ("post", "/v1/verify"),
+    ("get", "/v1/authz/nginx"),
+    ("get", "/v1/authz/forward"),
+    ("get", "/v1/authz/envoy"),
     ("post", "/v1/discharge"),
     ("post", "/v1/jwt"),
     ("get", "/v1/keys"),
@@ -86,6 +89,11 @@ pub fn app(
         .wrap(actix_web::middleware::from_fn(request_id::observe))
         // The hot path first: static routes before templated ones (which match by regex).
         .service(resource("/v1/verify").route(web::post().to(verify::verify)))
+        // Forward auth answers every method: proxies call with the original request's.
+        .service(resource("/v1/authz/nginx").route(web::route().to(authz::nginx)))
+        .service(resource("/v1/authz/forward").route(web::route().to(authz::forward)))
+        .service(resource("/v1/authz/envoy").route(web::route().to(authz::envoy)))
+        .service(resource("/v1/authz/envoy/{path:.*}").route(web::route().to(authz::envoy)))
         .service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/metrics").route(web::get().to(health::metrics)))
         .service(

@@ -126,6 +126,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// The forward-auth policy (`--authz-policy`), loaded and checked when the flags are read.
+#[derive(Clone, Debug)]
+pub struct AuthzPolicy {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The checked policy.
+    pub policy: std::sync::Arc<tessera_policy::Policy>,
+}
+
+fn authz_policy(s: &str) -> Result<AuthzPolicy, String> {
+    let path = PathBuf::from(s);
+    let policy = tessera_policy::Policy::load(&path).map_err(|e| e.to_string())?;
+    Ok(AuthzPolicy { path, policy: std::sync::Arc::new(policy) })
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
 }
@@ -293,6 +308,11 @@ pub struct Config {
     #[arg(long, env = "TESSERA_FORWARDED_HEADER", value_enum, default_value = "x-forwarded-for")]
     pub forwarded_header: ForwardedHeader,
 
+    /// Forward-auth policy file (TOML, docs/PROXIES.md) for `/v1/authz/*`: read and checked at
+    /// start (an error names its line); without it those endpoints answer 503.
+    #[arg(long, env = "TESSERA_AUTHZ_POLICY", value_parser = authz_policy)]
+    pub authz_policy: Option<AuthzPolicy>,
+
     /// Worker threads (default: one per core).
     #[arg(long, env = "TESSERA_WORKERS")]
     pub workers: Option<usize>,
@@ -380,6 +400,7 @@ impl Config {
             body_limit: 64 * 1024,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,
+            authz_policy: None,
             workers: None,
             log_format: LogFormat::Text,
             log_level: None,

@@ -30,6 +30,7 @@ mod startup;
 mod state;
 mod ticket;
 mod uses;
+mod verifying;
 mod view;
 
 pub use app::{app, run, write_private, PAGE_ROUTES, ROUTES};

@@ -3,14 +3,12 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
-use tessera_core::{Context, CustomClaims, Restrictions, SignatureMemo, Verifier};
+use tessera_core::{Context, CustomClaims, Restrictions};
 use time::OffsetDateTime;
 
-use crate::http::blocking;
 use crate::http::problem::ApiError;
-use crate::http::text::{decode_all, decode_token, parse_time};
+use crate::http::text::parse_time;
 use crate::state::AppState;
 use crate::view::RestrictionsView;
 
@@ -64,39 +62,11 @@ struct Verified<'a> {
     restrictions: RestrictionsView<'a>,
 }
 
-/// The state, borrowed from the request (no reference-count traffic on the hot path).
-fn state_of(req: &HttpRequest) -> Result<&AppState> {
-    req.app_data::<web::Data<AppState>>().map(|d| &***d).ok_or_else(|| ApiError::internal("no app state"))
-}
-
 /// A verify request, decoded and checked against the store's keys: the JSON answer, or why not.
 /// No I/O: the handler and the `http_verify` fuzz target share it.
 pub(crate) fn verify_request(keys: &dyn tessera_core::KeyProvider, body: VerifyRequest) -> Result<Vec<u8>> {
-    verify_checked(keys, None, body).map(|(bytes, _)| bytes)
-}
-
-/// [`verify_request`], with the restrictions (for the checks that need the service). A token
-/// without discharges goes through the signature memo, when there is one.
-fn verify_checked(
-    keys: &dyn tessera_core::KeyProvider,
-    memo: Option<&SignatureMemo>,
-    body: VerifyRequest,
-) -> Result<(Vec<u8>, Arc<Restrictions>)> {
     let ctx = context(body.context)?;
-    let mut verifier = Verifier::with_keys(keys).service_caveats();
-    if body.discharges.is_empty() {
-        if let Some(memo) = memo {
-            verifier = verifier.memo(memo);
-        }
-        // A remembered token keeps its answer too: it depends on the restrictions alone.
-        let v = verifier.verify_text(&body.token, &ctx)?;
-        Ok((v.rendered(answer)?.to_vec(), v.shared_restrictions()))
-    } else {
-        let token = decode_token(&body.token)?;
-        let discharges = decode_all(&body.discharges)?;
-        let r = verifier.verify(&token, &discharges, &ctx)?.restrictions();
-        Ok((answer(&r)?, Arc::new(r)))
-    }
+    crate::verifying::check(keys, None, &body.token, &body.discharges, &ctx)?.rendered(answer)
 }
 
 /// The JSON answer to a successful verification.
@@ -113,30 +83,19 @@ fn answer(r: &Restrictions) -> Result<Vec<u8>> {
 }
 
 pub(crate) async fn verify(req: HttpRequest, body: web::Json<VerifyRequest>) -> Result<HttpResponse> {
-    let state = state_of(&req)?;
-    state.store.check_fresh()?;
-    let outcome = match verify_checked(&state.store, Some(&state.memo), body.into_inner()) {
-        Ok((bytes, r)) if crate::uses::needs_database(state, &r) => {
-            let st = web::Data::clone(
-                req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal("no app state"))?,
-            );
-            blocking(move || crate::uses::record(&st, &r)).await.map(|h| (bytes, h))
-        }
-        Ok((bytes, r)) => crate::uses::record(state, &r).map(|h| (bytes, h)),
-        Err(e) => Err(e),
-    };
-    match outcome {
-        Ok((bytes, headers)) => {
-            state.metrics.verify_allowed.inc();
-            let mut res = HttpResponse::Ok();
-            for (name, value) in headers {
-                res.insert_header((name, value));
-            }
-            Ok(res.content_type("application/json").body(bytes))
-        }
-        Err(e) => {
+    let body = body.into_inner();
+    let ctx = context(body.context).inspect_err(|_| {
+        if let Some(state) = req.app_data::<web::Data<AppState>>() {
             state.metrics.verify_denied.inc();
-            Err(e)
         }
+    })?;
+    // The one verification every endpoint shares (staleness, memo, revocation, uses).
+    let (checked, headers) = crate::verifying::verify(&req, &body.token, &body.discharges, &ctx).await?;
+    // A remembered token keeps its answer too: it depends on the restrictions alone.
+    let bytes = checked.rendered(answer)?;
+    let mut res = HttpResponse::Ok();
+    for (name, value) in headers {
+        res.insert_header((name, value));
     }
+    Ok(res.content_type("application/json").body(bytes))
 }

@@ -1,0 +1,276 @@
+//! `/v1/authz/{nginx,forward,envoy}`: forward auth. A proxy asks, for each request it forwards,
+//! whether to let it through; the `--authz-policy` file turns the original request into an
+//! operation on a resource (or a public path, or a refusal) and the token it carries is verified
+//! exactly as `POST /v1/verify` does (`verifying`).
+//!
+//! Which headers describe the original request is fixed by the endpoint, never by the request
+//! (a client could add the other family's headers and choose). Every method is served, as proxies
+//! call with the original one. Without a policy the endpoints answer 404: nginx's `X-Original-Method` /
+//! `X-Original-URI` with `Host`; Caddy's and Traefik's `X-Forwarded-Method` / `-Uri` / `-Host`;
+//! Envoy's ext_authz HTTP mode, whose method is the request's and whose path follows the
+//! endpoint's own. Answers (docs/PROXIES.md): 200 with the identity headers, every one on every
+//! 200 (empty when there is nothing to say) so no proxy lets a client's own copy through; 401
+//! with `WWW-Authenticate: Bearer`; 403 with the reason; 429 with `Retry-After` and `RateLimit`.
+
+use actix_web::http::header::{HeaderMap, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use tessera_core::{Context, CustomClaims, Restrictions};
+use tessera_policy::{is_identity_header, Decision};
+
+use crate::http::auth::{client_ip_of, DISCHARGE_HEADER};
+use crate::http::problem::ApiError;
+use crate::state::AppState;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The path Envoy's `path_prefix` points at; the original path follows it.
+pub(crate) const ENVOY_PREFIX: &str = "/v1/authz/envoy";
+
+/// The identity headers of a 200, in the order they are sent.
+const SUBJECT: &str = "X-Tessera-Subject";
+const TID: &str = "X-Tessera-Tid";
+const CLAIMS: &str = "X-Tessera-Claims";
+
+/// The longest token text read from a header or cookie (a bearer token is bounded by actix's
+/// header limits alike).
+const MAX_TOKEN_TEXT: usize = 16 * 1024;
+
+/// How the original request reaches the endpoint.
+#[derive(Clone, Copy)]
+enum Family {
+    Nginx,
+    Forward,
+    Envoy,
+}
+
+/// The original request as the family's headers describe it.
+struct Original {
+    host: String,
+    method: String,
+    target: String,
+}
+
+/// The one value of a header, as text; absent, repeated or not text is an error (a proxy sends
+/// one; two would let a client choose).
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
+    let mut all = headers.get_all(name);
+    let Some(first) = all.next() else { return Ok(None) };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(format!("{name} is sent more than once")));
+    }
+    first.to_str().map(Some).map_err(|_| ApiError::bad_request(format!("{name} is not text")))
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str> {
+    single(headers, name)?.ok_or_else(|| {
+        ApiError::bad_request(format!("{name} is missing: configure the proxy as docs/PROXIES.md shows"))
+    })
+}
+
+fn original(req: &HttpRequest, family: Family) -> Result<Original> {
+    let h = req.headers();
+    let host = |name: &str| single(h, name).map(|v| v.unwrap_or("").to_owned());
+    Ok(match family {
+        Family::Nginx => Original {
+            host: host("host")?,
+            method: required(h, "x-original-method")?.to_owned(),
+            target: required(h, "x-original-uri")?.to_owned(),
+        },
+        Family::Forward => Original {
+            host: host("x-forwarded-host")?,
+            method: required(h, "x-forwarded-method")?.to_owned(),
+            target: required(h, "x-forwarded-uri")?.to_owned(),
+        },
+        Family::Envoy => {
+            // The raw target, before actix decodes it for routing: the policy decodes it once.
+            let path = req.uri().path();
+            let rest = path.strip_prefix(ENVOY_PREFIX).unwrap_or("");
+            let target = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
+            };
+            // HEAD is routed as GET by the guard; both are `read` unless the policy says more.
+            Original { host: host("host")?, method: req.method().as_str().to_owned(), target }
+        }
+    })
+}
+
+/// The token text: `Authorization: Bearer`, else the policy's header, else its cookie.
+fn token_text(req: &HttpRequest, source: &tessera_policy::TokenSource) -> Result<Option<String>> {
+    let h = req.headers();
+    if let Some(v) = single(h, "authorization").map_err(|e| ApiError::unauthorized(e.detail()))? {
+        let text = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be: Bearer <token>"))?;
+        return Ok(Some(text.trim().to_owned()));
+    }
+    if let Some(name) = &source.header {
+        if let Some(v) = single(h, name).map_err(|e| ApiError::unauthorized(e.detail()))? {
+            return Ok(Some(v.trim().to_owned()));
+        }
+    }
+    if let Some(name) = &source.cookie {
+        // The first cookie of that name, as browsers send the most specific first.
+        for line in h.get_all("cookie") {
+            let line = line.to_str().map_err(|_| ApiError::unauthorized("Cookie is not text"))?;
+            for pair in line.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=') {
+                    if k == name {
+                        return Ok(Some(v.trim().trim_matches('"').to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The discharge texts of the discharge header (comma-separated, every line).
+fn discharges(req: &HttpRequest) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for v in req.headers().get_all(DISCHARGE_HEADER) {
+        let v = v.to_str().map_err(|_| ApiError::unauthorized("discharge header is not text"))?;
+        out.extend(v.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned));
+        if out.len() > tessera_core::limits::MAX_DISCHARGES {
+            return Err(ApiError::unauthorized(format!(
+                "at most {} discharges",
+                tessera_core::limits::MAX_DISCHARGES
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse a request carrying an identity header or a spelling of one (`X_Tessera_Subject`, any
+/// `X-Tessera-*` but the discharge header): only this answer sets them for the upstream.
+fn no_identity_headers(req: &HttpRequest) -> Result<()> {
+    for name in req.headers().keys() {
+        let n = name.as_str();
+        if is_identity_header(n) && !n.eq_ignore_ascii_case(DISCHARGE_HEADER) {
+            return Err(ApiError::forbidden(format!(
+                "the request carries {n}: X-Tessera-* headers (in any spelling) come from Tessera only"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// JSON with every character outside ASCII escaped (`\uXXXX`), so it is a valid header value.
+fn ascii_json(value: &impl serde::Serialize) -> Result<String> {
+    let json = serde_json::to_string(value).map_err(ApiError::internal)?;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            // Non-ASCII only occurs inside JSON strings, where an escape means the same.
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn header_value(text: &str) -> Result<HeaderValue> {
+    HeaderValue::from_bytes(text.as_bytes()).map_err(ApiError::internal)
+}
+
+/// The 200: every identity header, empty when there is nothing to say.
+fn allowed(r: Option<&Restrictions>, extra: Vec<(&'static str, String)>) -> Result<HttpResponse> {
+    let subject = r.and_then(|r| r.subject.clone()).unwrap_or_default();
+    let tid = r.and_then(|r| r.tid.map(|t| t.to_string())).unwrap_or_default();
+    let claims = match r.and_then(|r| r.claims.as_ref()) {
+        Some(c) => ascii_json(CustomClaims::as_map(c))?,
+        None => String::new(),
+    };
+    let mut res = HttpResponse::Ok();
+    res.insert_header((SUBJECT, header_value(&subject)?));
+    res.insert_header((TID, header_value(&tid)?));
+    res.insert_header((CLAIMS, header_value(&claims)?));
+    res.insert_header(("Cache-Control", "no-store"));
+    for (name, value) in extra {
+        res.insert_header((name, value));
+    }
+    Ok(res.finish())
+}
+
+/// A credential that does not decode is "missing or invalid" for a proxy (401), not a malformed
+/// call: the proxy's request is well-formed, its client's token is not.
+fn as_credential_error(e: ApiError) -> ApiError {
+    if e.status() == StatusCode::BAD_REQUEST || e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::unauthorized(e.detail().to_owned())
+    } else {
+        e
+    }
+}
+
+async fn decide(req: HttpRequest, family: Family) -> Result<HttpResponse> {
+    let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal("no app state"))?;
+    let Some(policy) = &state.config.authz_policy else {
+        // 404, like any endpoint this service does not offer as configured.
+        return Err(ApiError::not_found(
+            "forward auth is not configured: start the service with --authz-policy <file> (docs/PROXIES.md)",
+        ));
+    };
+    let policy = &policy.policy;
+    no_identity_headers(&req)?;
+    let o = original(&req, family)?;
+    let (operation, resource) = match policy.decide(&o.host, &o.method, &o.target) {
+        Err(e) => return Err(ApiError::forbidden(e.to_string())),
+        Ok(Decision::Unmatched) => {
+            return Err(ApiError::forbidden(format!(
+                "no rule of the authz policy covers {} {} on host \"{}\"",
+                o.method,
+                o.target.split('?').next().unwrap_or(""),
+                o.host
+            )))
+        }
+        Ok(Decision::Public) => return allowed(None, Vec::new()),
+        Ok(Decision::Check { operation, resource }) => (operation, resource),
+    };
+    let token = token_text(&req, policy.token_source())?
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    if token.len() > MAX_TOKEN_TEXT {
+        return Err(ApiError::unauthorized(format!("the token is over {MAX_TOKEN_TEXT} bytes")));
+    }
+    let discharges = discharges(&req)?;
+    let mut ctx = Context::now().operation(operation).resource(resource);
+    if let Some(ip) = client_ip_of(state, &req)? {
+        ctx = ctx.client_ip(ip);
+    }
+    let (checked, headers) =
+        crate::verifying::verify(&req, &token, &discharges, &ctx).await.map_err(as_credential_error)?;
+    allowed(Some(&checked.restrictions()), headers)
+}
+
+/// `/v1/authz/nginx`: the original request in `X-Original-Method`, `X-Original-URI` and `Host`.
+pub(crate) async fn nginx(req: HttpRequest) -> Result<HttpResponse> {
+    decide(req, Family::Nginx).await
+}
+
+/// `/v1/authz/forward`: the original request in `X-Forwarded-Method`, `-Uri` and `-Host`.
+pub(crate) async fn forward(req: HttpRequest) -> Result<HttpResponse> {
+    decide(req, Family::Forward).await
+}
+
+/// `/v1/authz/envoy{/path}`: the request's own method, the path after the prefix.
+pub(crate) async fn envoy(req: HttpRequest) -> Result<HttpResponse> {
+    decide(req, Family::Envoy).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_json_is_ascii() {
+        let v = serde_json::json!({"name": "Zoë 😀", "n": 1});
+        let s = ascii_json(&v).unwrap();
+        assert!(s.is_ascii(), "{s}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&s).unwrap(), v);
+    }
+}

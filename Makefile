@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster
+.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster proxies
 
 all: test
 
@@ -13,7 +13,7 @@ run:
 	target/release/tessera serve --data-dir ./data
 
 ## test: the whole suite (unit, integration, vectors, property, interop, PostgreSQL and cluster tests)
-test: venv postgres node-peers browser
+test: venv postgres node-peers browser proxies
 	TESSERA_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets --exclude tessera-peers
 	$(CARGO) test --workspace --doc --exclude tessera-peers
 
@@ -48,6 +48,16 @@ audit:
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client; }
+
+## proxies: Debian's nginx (auth_request; nginx-light where it exists) and Caddy (forward_auth)
+## for the forward-auth tests (installed if missing). The packages may start their system
+## services; the tests never use them: they run their own instances, with their own
+## configuration, temporary directories and free ports.
+proxies:
+	@test -x /usr/sbin/nginx || { apt-get update -qq && \
+		if apt-cache show nginx-light >/dev/null 2>&1; then pkg=nginx-light; else pkg=nginx; fi && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg; }
+	@test -x /usr/bin/caddy || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy; }
 
 ## browser: Debian's Chromium for the token page's browser test (driven by npm playwright-core,
 ## which downloads no browser); installed if missing

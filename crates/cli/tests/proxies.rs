@@ -415,3 +415,69 @@ fn proxies_doc_shows_the_tested_configurations() {
         "docs/PROXIES.md must include docs/proxies/Caddyfile verbatim"
     );
 }
+
+/// Envoy's ext_authz HTTP mode (no Envoy here: its calls as documented, made directly): the
+/// original method is the request's, the original path what follows `/v1/authz/envoy`.
+#[test]
+fn envoy_endpoint_reads_the_request_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let (_serve, url, admin) = serve(dir.path(), &["--authz-policy", policy.to_str().unwrap()]);
+    let tessera = url.trim_start_matches("http://").to_owned();
+    let (reader, tid) =
+        mint(&url, &admin, json!({"subject": "alice", "operations": ["read"], "resources": ["files/*"]}));
+    let auth = format!("Bearer {reader}");
+    let a = request(&tessera, "GET", "/v1/authz/envoy/files/a?x=1", &[("Authorization", &auth)]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("X-Tessera-Subject"), Some("alice"));
+    assert_eq!(a.header("X-Tessera-Tid"), Some(tid.as_str()));
+    assert_eq!(a.header("X-Tessera-Claims"), Some(""), "every identity header on every 200");
+    assert_eq!(request(&tessera, "PUT", "/v1/authz/envoy/files/a", &[("Authorization", &auth)]).status, 403);
+    assert_eq!(request(&tessera, "GET", "/v1/authz/envoy/files/a", &[]).status, 401);
+    let public = request(&tessera, "GET", "/v1/authz/envoy/health", &[]);
+    assert_eq!(public.status, 200, "{public:?}");
+    assert_eq!(public.header("X-Tessera-Subject"), Some(""));
+    for sneaky in
+        ["/v1/authz/envoy/health/%2e%2e/files/a", "/v1/authz/envoy/health//files", "/v1/authz/envoy"]
+    {
+        let a = request(&tessera, "GET", sneaky, &[]);
+        assert_eq!(a.status, 403, "{sneaky}: {a:?}");
+    }
+    // Each endpoint reads its own family only: the other family's headers are not an answer.
+    let forward_headers = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/health")];
+    assert_eq!(request(&tessera, "GET", "/v1/authz/nginx", &forward_headers).status, 400);
+    let nginx_headers = [("X-Original-Method", "GET"), ("X-Original-URI", "/health")];
+    assert_eq!(request(&tessera, "GET", "/v1/authz/forward", &nginx_headers).status, 400);
+    assert_eq!(request(&tessera, "GET", "/v1/authz/nginx", &nginx_headers).status, 200);
+    assert_eq!(request(&tessera, "GET", "/v1/authz/forward", &forward_headers).status, 200);
+    // Two values would let a client choose: refused.
+    let twice = [("X-Original-Method", "GET"), ("X-Original-URI", "/health"), ("X-Original-URI", "/files/a")];
+    assert_eq!(request(&tessera, "GET", "/v1/authz/nginx", &twice).status, 400);
+}
+
+/// Without `--authz-policy` the endpoints say so (404 problem), whatever the request.
+#[test]
+fn authz_without_a_policy_is_not_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, url, _) = serve(dir.path(), &[]);
+    let tessera = url.trim_start_matches("http://").to_owned();
+    for path in ["/v1/authz/nginx", "/v1/authz/forward", "/v1/authz/envoy/files/a"] {
+        let a = request(&tessera, "GET", path, &[("X-Original-Method", "GET"), ("X-Original-URI", "/a")]);
+        assert_eq!(a.status, 404, "{path}: {a:?}");
+        assert!(a.body.contains("--authz-policy"), "{path}: {a:?}");
+    }
+    // A policy that does not load stops the start, naming the line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nhost = \"*\"\nprefx = \"/a\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--authz-policy"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("prefx"), "{err}");
+}

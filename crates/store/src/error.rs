@@ -160,6 +160,14 @@ pub enum Error {
     #[error("database {0} is in use by another process (a running tessera service?): stop it, or use the HTTP API")]
     InUse(String),
 
+    /// A migration's or restore's target already holds data (`migrate`, `restore`).
+    #[error("the target {0} already holds data: migrate or restore only into an empty database")]
+    TargetNotEmpty(String),
+
+    /// The operation does not exist for this kind of database.
+    #[error("{0}")]
+    Unsupported(String),
+
     /// The storage engine failed (I/O, lock held by another process, ...).
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),

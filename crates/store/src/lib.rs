@@ -29,11 +29,13 @@
 
 pub mod audit;
 mod backend;
+mod backup;
 mod codec;
 mod error;
 mod follow;
 mod master;
 mod memory;
+mod migrate;
 mod sessions;
 mod store;
 mod usage;
@@ -44,11 +46,13 @@ pub use audit::{
     MAX_AUDIT_PAGE,
 };
 pub use backend::postgres::PostgresOptions;
+pub use backup::{restore, Snapshot};
 pub use codec::{
     AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,
     SigningKeyInfo, SigningKeyState, Spent, TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION, SCHEMA_VERSION,
 };
 pub use error::{Error, Result};
 pub use master::{MasterKey, MASTER_KEY_ENV};
+pub use migrate::{migrate, Migrated, Progress, TABLES};
 pub use store::{Freshness, Location, Store};
 pub use usage::{RateDecision, RateTake, DEFAULT_RATE_CAPACITY, MAX_FAMILY_BUDGETS, PRUNE_PER_TAKE};

@@ -139,6 +139,38 @@ pub(crate) trait Tx {
         }
         Ok(tids.to_vec())
     }
+
+    /// Copy token records as they are (every field, with their subject and lineage indexes) into
+    /// a database being filled by a migration; a parent comes before its children.
+    fn copy_tokens(&mut self, rows: &[(TokenId, StoredToken)]) -> Result<()> {
+        // The embedded backend's insert writes the whole record.
+        rows.iter().try_for_each(|(tid, t)| self.insert_token(tid, t))
+    }
+
+    /// Copy change-log entries keeping their numbers, into a log that ends just before the
+    /// first of them.
+    fn copy_changes(&mut self, rows: &[Change]) -> Result<()> {
+        for c in rows {
+            let seq = self.append(c.at, c.event)?;
+            if seq != c.seq {
+                return Err(crate::error::Error::Corrupt(format!(
+                    "change-log entry {} would be copied as {seq}: the source log has a gap",
+                    c.seq
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy expiry notices as they are.
+    fn copy_notices(&mut self, rows: &[Notice]) -> Result<()> {
+        for n in rows {
+            if !self.claim_notice(n)? {
+                self.put_notice(n)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One operation of a batch, applied by the writer inside the backend's transaction.
@@ -202,6 +234,27 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn shared(&self) -> bool;
     /// Block until the database announces a change or `timeout` passes.
     fn wait_for_change(&self, timeout: Duration);
+
+    /// Token records with an id after `after`, in id order, at most `limit` (a copy of the
+    /// whole store: `migrate`).
+    fn tokens_page(&self, after: Option<TokenId>, limit: usize) -> Result<Vec<(TokenId, StoredToken)>>;
+    /// Sessions with an id after `after`, in id order, at most `limit`.
+    fn sessions_page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Vec<(SessionId, StoredSession)>>;
+    /// Every expiry notice, delivered or not.
+    fn all_notices(&self) -> Result<Vec<Notice>>;
+    /// A consistent snapshot of the whole database, taken while it serves, written to a new
+    /// file at `path`; the snapshot's last change-log number.
+    fn backup_to(&self, _path: &std::path::Path) -> Result<u64> {
+        Err(crate::error::Error::Unsupported(
+            "a PostgreSQL store is backed up with the database's own tools (pg_dump, or \
+             pg_basebackup for a running cluster): see docs/CLUSTER.md"
+                .into(),
+        ))
+    }
 
     /// Audit entries that pass `filter`, by id, after its cursor, at most its page.
     fn audit(&self, filter: &crate::audit::AuditFilter) -> Result<Vec<crate::audit::AuditEntry>>;

@@ -5,6 +5,7 @@
 //! it held only revocations; key changes are entries too since schema 2), `signing_keys` (schema
 //! 3), `apps` (schema 4), `sessions` (schema 5) and `notices` (schema 6).
 
+use std::ops::Bound;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -494,6 +495,69 @@ impl Backend for RedbBackend {
 
     fn wait_for_change(&self, timeout: Duration) {
         std::thread::sleep(timeout);
+    }
+
+    fn tokens_page(&self, after: Option<TokenId>, limit: usize) -> Result<Vec<(TokenId, StoredToken)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let tokens = txn.open_table(TOKENS).map_err(storage)?;
+        let from = after.map_or(Bound::Unbounded, |t| Bound::Excluded(*t.as_bytes()));
+        let mut out = Vec::new();
+        for row in tokens.range::<[u8; 16]>((from, Bound::Unbounded)).map_err(storage)?.take(limit) {
+            let (k, v) = row.map_err(storage)?;
+            out.push((TokenId::from_bytes(k.value()), codec::decode(v.value(), "token")?));
+        }
+        Ok(out)
+    }
+
+    fn sessions_page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Vec<(SessionId, StoredSession)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(SESSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let from = after.map_or(Bound::Unbounded, |s| Bound::Excluded(*s.as_bytes()));
+        let mut out = Vec::new();
+        for row in table.range::<[u8; 16]>((from, Bound::Unbounded)).map_err(storage)?.take(limit) {
+            let (k, v) = row.map_err(storage)?;
+            out.push((SessionId::from_bytes(k.value()), codec::decode(v.value(), "session")?));
+        }
+        Ok(out)
+    }
+
+    fn all_notices(&self) -> Result<Vec<Notice>> {
+        self.scan_notices(|_| true)
+    }
+
+    /// One read transaction (it does not block the writer) copied table by table into a new file.
+    fn backup_to(&self, path: &Path) -> Result<u64> {
+        crate::backup::snapshot(&self.db, path, |from, to| {
+            use crate::backup::copy_table as copy;
+            let copied = [
+                copy(from, to, META)?,
+                copy(from, to, KEYS)?,
+                copy(from, to, TOKENS)?,
+                copy(from, to, BY_SUBJECT)?,
+                copy(from, to, CHANGES)?,
+                copy(from, to, CHILDREN)?,
+                copy(from, to, SIGNING)?,
+                copy(from, to, APPS)?,
+                copy(from, to, SESSIONS)?,
+                copy(from, to, NOTICES)?,
+                copy(from, to, audit::AUDIT)?,
+            ];
+            let copied = copied.into_iter().flatten().collect();
+            let last = match from.open_table(CHANGES) {
+                Ok(log) => log.last().map_err(storage)?.map_or(0, |(k, _)| k.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(storage(e)),
+            };
+            Ok((copied, last))
+        })
     }
 
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {

@@ -33,6 +33,8 @@ macro_rules! select_tokens {
 
 mod tx;
 
+mod bulk;
+
 use self::rows::{
     app_of, bytes, change_of, db, key_of, notice_of, pool_err, session_of, signing_key_of, token_of,
     unavailable, SELECT_APPS, SELECT_SIGNING,
@@ -458,6 +460,22 @@ impl Backend for PostgresBackend {
 
     fn audit_unsealed(&self) -> Result<u64> {
         self.audit_unsealed_now()
+    }
+
+    fn tokens_page(&self, after: Option<TokenId>, limit: usize) -> Result<Vec<(TokenId, StoredToken)>> {
+        self.tokens_page_(after, limit)
+    }
+
+    fn sessions_page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Vec<(SessionId, StoredSession)>> {
+        self.sessions_page_(after, limit)
+    }
+
+    fn all_notices(&self) -> Result<Vec<Notice>> {
+        self.all_notices_()
     }
 
     fn wait_for_change(&self, timeout: Duration) {

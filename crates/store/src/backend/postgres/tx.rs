@@ -79,7 +79,7 @@ pub(super) struct PgTx<'a> {
 }
 
 impl PgTx<'_> {
-    fn run<T: Send + 'static>(
+    pub(super) fn run<T: Send + 'static>(
         &self,
         sql: &'static str,
         params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
@@ -434,6 +434,14 @@ impl Tx for PgTx<'_> {
         }
         self.audit.push_str(&super::audit::insert_sql(row, only));
         Ok(())
+    }
+
+    fn copy_tokens(&mut self, rows: &[(TokenId, StoredToken)]) -> Result<()> {
+        super::bulk::copy_tokens(self, rows)
+    }
+
+    fn copy_changes(&mut self, rows: &[crate::backend::Change]) -> Result<()> {
+        super::bulk::copy_changes(self, rows)
     }
 
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod envelopes;
 mod inspect;
 mod local;
@@ -152,6 +153,9 @@ enum Command {
         #[command(flatten)]
         db: Db,
     },
+    /// Read the audit trail through a running service (`--follow` to keep reading), or
+    /// `audit verify` its chain in the database.
+    Audit(audit::AuditArgs),
     /// Mint a replacement admin token from the local database (stop the service first).
     AdminToken {
         #[command(flatten)]
@@ -330,6 +334,7 @@ fn run(command: Command) -> Result<Result<(), Denied>> {
         Command::Jwt(args) => return jwt(args),
         Command::JwtCheck(args) => return jwt_check(args),
         Command::Session { action } => sessions::session(action)?,
+        Command::Audit(args) => return audit::audit(args),
         Command::Keys { action, db } => local::keys(action, &db.open()?)?,
         Command::Tokens { action, db } => local::tokens(action, &db.open()?)?,
         Command::AdminToken { db, admin_subject, location } => {
@@ -337,7 +342,8 @@ fn run(command: Command) -> Result<Result<(), Denied>> {
             if store.active_key().is_none() {
                 bail!("no active key: run `tessera keys rotate` first");
             }
-            println!("{}", mint_admin_token(&store, &location, &admin_subject)?);
+            let actor = audit::local_actor("admin-token");
+            println!("{}", mint_admin_token(&store, &actor, &location, &admin_subject)?);
         }
     }
     Ok(Ok(()))
@@ -495,7 +501,8 @@ fn mint(args: MintArgs) -> Result<()> {
         parent: None,
         claims,
     };
-    let minted = tessera_server::mint(&store, args.location.as_deref().unwrap_or(""), "", spec)
+    let actor = audit::local_actor("mint");
+    let minted = tessera_server::mint(&store, &actor, args.location.as_deref().unwrap_or(""), "", spec)
         .map_err(|e| anyhow!("{e}"))?;
     println!("{}", minted.token.encode());
     eprintln!("recorded token {} for {}", minted.record.tid, minted.record.subject);

@@ -16,7 +16,8 @@ use crate::http::guard::guard;
 use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
 use crate::http::request_id;
 use crate::routes::{
-    apps, authz, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens, ui, verify,
+    apps, audit, authz, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens,
+    ui, verify,
 };
 use crate::startup::Error;
 use crate::state::AppState;
@@ -55,10 +56,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/links"),
     ("post", "/v1/links/redeem"),
     ("get", "/v1/whoami"),
+    ("get", "/v1/audit"),
+    ("get", "/v1/audit/mine"),
+    ("get", "/v1/audit/head"),
 ];
 
 /// The token page's routes (not API: they serve the page built into the binary).
-pub const PAGE_ROUTES: &[&str] = &["/", "/ui/", "/ui/app.js", "/ui/style.css", "/favicon.ico"];
+pub const PAGE_ROUTES: &[&str] =
+    &["/", "/ui/", "/ui/app.js", "/ui/activity.js", "/ui/style.css", "/favicon.ico"];
 
 /// The application: routes, limits, error shapes, rate limiting and metrics.
 pub fn app(
@@ -127,9 +132,13 @@ pub fn app(
         .service(resource("/v1/links").route(web::post().to(links::create)))
         .service(resource("/v1/links/redeem").route(web::post().to(links::redeem)))
         .service(resource("/v1/whoami").route(web::get().to(ui::whoami)))
+        .service(resource("/v1/audit").route(web::get().to(audit::list)))
+        .service(resource("/v1/audit/mine").route(web::get().to(audit::mine)))
+        .service(resource("/v1/audit/head").route(web::get().to(audit::head)))
         .service(resource("/").route(web::get().to(ui::root)))
         .service(resource("/ui/").route(web::get().to(ui::index)))
         .service(resource("/ui/app.js").route(web::get().to(ui::script)))
+        .service(resource("/ui/activity.js").route(web::get().to(ui::activity_script)))
         .service(resource("/ui/style.css").route(web::get().to(ui::style)))
         .service(resource("/favicon.ico").route(web::get().to(ui::favicon)))
         .default_service(web::to(not_found))

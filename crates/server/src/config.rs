@@ -159,6 +159,14 @@ pub(crate) fn show_duration(d: Duration) -> String {
         .map_or(format!("{s}s"), |(u, n)| format!("{}{n}", s / u))
 }
 
+/// `--audit-retention`: a duration, or `off` (zero: keep every entry).
+fn retention(s: &str) -> Result<Duration, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 400d, or off to keep every entry)"))
+}
+
 fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
@@ -285,6 +293,12 @@ pub struct Config {
     #[arg(long, env = "TESSERA_REVOKE_UNUSED_AFTER", value_parser = duration)]
     pub revoke_unused_after: Option<Duration>,
 
+    /// Audit entries older than this are deleted by the housekeeping round, from the start of
+    /// the chain (the last one deleted stays as the anchor the rest verifies from); `off` (or
+    /// `0s`) keeps every entry.
+    #[arg(long, env = "TESSERA_AUDIT_RETENTION", default_value = "400d", value_parser = retention)]
+    pub audit_retention: Duration,
+
     /// Requests per second allowed per client address on /v1 (burst: twice that); 0 = no limit.
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
@@ -395,6 +409,7 @@ impl Config {
                 Duration::ZERO,
             ],
             revoke_unused_after: None,
+            audit_retention: Duration::from_secs(400 * 86_400),
             rate_limit: 100,
             verify_memo: 16_384,
             body_limit: 64 * 1024,

@@ -2,7 +2,9 @@
 //! one batch, rate counters whose windows ended dropped, the gauges of tokens expiring within
 //! each threshold, expiry notices (claimed once per token and threshold across the cluster,
 //! delivered at least once to `--notify-webhook`, signed, with retries and backoff), and, with
-//! `--revoke-unused-after`, the revocation of unused tokens.
+//! `--revoke-unused-after`, the revocation of unused tokens; the audit trail's entries chained
+//! (`seal_audit`), its head logged every 10 minutes when it moved, and entries older than
+//! `--audit-retention` pruned.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +43,14 @@ pub struct Round {
     pub failed: usize,
     /// Unused tokens revoked.
     pub revoked: usize,
+    /// Audit entries chained by this node's sealer.
+    pub sealed: usize,
+    /// Audit entries older than `--audit-retention` deleted.
+    pub pruned: usize,
 }
+
+/// How often the chain head goes to the log (when it moved): an outside copy of the log pins it.
+const HEAD_LOG_EVERY: Duration = Duration::from_secs(600);
 
 /// `7d`, `1d`, `12h`, `30m`, `0s`: the largest unit that divides the threshold.
 fn label(threshold: i64) -> String {
@@ -91,7 +100,43 @@ pub fn tick(state: &AppState, now: i64) -> Round {
     if let Some(after) = state.config.revoke_unused_after {
         revoke_unused(state, now - i64::try_from(after.as_secs()).unwrap_or(i64::MAX / 2), &mut round);
     }
+    audit(state, now, &mut round);
     round
+}
+
+/// The audit trail's share of a round: chain the committed entries (one sealer per cluster),
+/// then, with `--audit-retention`, delete entries older than it from the start of the chain (the
+/// store keeps the last one deleted as the anchor the rest verifies from).
+fn audit(state: &AppState, now: i64, round: &mut Round) {
+    match state.store.seal_audit() {
+        Ok(n) => round.sealed = n,
+        Err(e) => tracing::warn!("housekeeping: sealing audit entries: {e}"),
+    }
+    if state.config.audit_retention.is_zero() {
+        return;
+    }
+    let keep = i64::try_from(state.config.audit_retention.as_millis()).unwrap_or(i64::MAX);
+    match state.store.prune_audit(now.saturating_mul(1000).saturating_sub(keep)) {
+        Ok(n) => round.pruned = n,
+        Err(e) => tracing::warn!("housekeeping: pruning audit entries: {e}"),
+    }
+}
+
+/// Write the audit chain's head to the log (`audit_head_seq`, `audit_head_mac`) when it is not
+/// `last`; the head logged.
+fn log_head(state: &AppState, last: Option<tessera_store::AuditHead>) -> Option<tessera_store::AuditHead> {
+    match state.store.audit_head() {
+        Ok(Some(head)) if Some(head) != last => {
+            let mac: String = head.mac.iter().map(|b| format!("{b:02x}")).collect();
+            tracing::info!(audit_head_seq = head.seq, audit_head_mac = %mac, "audit chain head {head}");
+            Some(head)
+        }
+        Ok(_) => last,
+        Err(e) => {
+            tracing::warn!("housekeeping: reading the audit head: {e}");
+            last
+        }
+    }
 }
 
 /// A token crosses a threshold once `now` passes `expires - threshold`; it gets that notice only
@@ -255,14 +300,23 @@ pub(crate) fn spawn(state: web::Data<AppState>, stop: Arc<AtomicBool>) -> std::t
     std::thread::spawn(move || {
         let step = Duration::from_millis(200);
         let mut waited = Duration::ZERO;
+        let mut head = None;
+        let mut head_logged: Option<std::time::Instant> = None;
         while !stop.load(Ordering::Acquire) {
             std::thread::sleep(step);
             waited += step;
             if waited >= state.config.housekeeping_interval {
                 waited = Duration::ZERO;
                 tick(&state, time::OffsetDateTime::now_utc().unix_timestamp());
+                if head_logged.is_none_or(|t| t.elapsed() >= HEAD_LOG_EVERY) {
+                    head = log_head(&state, head);
+                    head_logged = Some(std::time::Instant::now());
+                }
             }
         }
         let _ = state.store.flush_uses();
+        // The last entries sealed, and the head they end at logged, before the process ends.
+        let _ = state.store.seal_audit();
+        log_head(&state, head);
     })
 }

@@ -1,7 +1,7 @@
 //! Minting: a fresh token family for a subject, recorded durably before it is returned.
 
 use tessera_core::{Caveat, CustomClaims, Identifier, Predicate, Token, TokenId};
-use tessera_store::{NewToken, Store, TokenRecord};
+use tessera_store::{Actor, NewToken, Store, TokenRecord};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -36,15 +36,17 @@ pub struct Minted {
     pub record: TokenRecord,
 }
 
-/// Mint with the active key and record it (blocking: the record is committed durably).
+/// Mint with the active key and record it (blocking: the record is committed durably, with its
+/// `token.mint` audit entry naming `actor`, in one transaction).
 pub fn mint(
     store: &Store,
+    actor: &Actor,
     location: &str,
     discharge_location: &str,
     spec: MintSpec,
 ) -> Result<Minted, ApiError> {
     let (token, new) = build(store, location, discharge_location, spec)?;
-    let record = store.record_token(new)?;
+    let record = store.audited(actor).record_token(new)?;
     Ok(Minted { token, record })
 }
 

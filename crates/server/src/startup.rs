@@ -3,7 +3,9 @@
 
 use actix_web::web;
 use tessera_core::envelope::Algorithm;
-use tessera_store::{Freshness, Location, MasterKey, PostgresOptions, Store};
+use tessera_store::{
+    Actor, AuditKind, AuditNote, Freshness, Location, MasterKey, Outcome, PostgresOptions, Store, Target,
+};
 
 use crate::config::Config;
 use crate::exchange;
@@ -87,7 +89,12 @@ impl AppState {
         // On a cluster, exactly one of the nodes starting on an empty database creates the
         // first key; that node prints the admin token.
         let admin_token = match state.store.create_first_key()? {
-            Some(_) => Some(mint_admin_token(&state.store, &state.location, &state.config.admin_subject)?),
+            Some(_) => Some(mint_admin_token(
+                &state.store,
+                &Actor::system(),
+                &state.location,
+                &state.config.admin_subject,
+            )?),
             None => None,
         };
         // Public-key envelope keys: one active and one published ahead, per algorithm (no-ops
@@ -100,8 +107,15 @@ impl AppState {
 }
 
 /// Mint (and record) an admin token: subject = the admin subject, no caveats, no expiry.
-/// Used on first start, and by `tessera admin-token` to replace a lost one.
-pub fn mint_admin_token(store: &Store, location: &str, admin_subject: &str) -> Result<String, Error> {
+/// Used on first start, and by `tessera admin-token` to replace a lost one. The record's
+/// `token.mint` entry names `actor` (the service itself, or the local administrator) in the same
+/// transaction; an `admin_token.create` entry follows it through the writer's queue.
+pub fn mint_admin_token(
+    store: &Store,
+    actor: &Actor,
+    location: &str,
+    admin_subject: &str,
+) -> Result<String, Error> {
     let spec = MintSpec {
         subject: admin_subject.to_owned(),
         description: "admin token".into(),
@@ -111,6 +125,14 @@ pub fn mint_admin_token(store: &Store, location: &str, admin_subject: &str) -> R
         parent: None,
         claims: None,
     };
-    let minted = mint(store, location, "", spec).map_err(|e| Error::Mint(e.to_string()))?;
+    let minted = mint(store, actor, location, "", spec).map_err(|e| Error::Mint(e.to_string()))?;
+    store.audit_note(AuditNote {
+        kind: AuditKind::AdminTokenCreate,
+        outcome: Outcome::Success,
+        actor: actor.clone(),
+        target: Target { tid: Some(minted.record.tid), ..Target::default() },
+        reason: None,
+        detail: None,
+    });
     Ok(minted.token.encode())
 }

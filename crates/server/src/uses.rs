@@ -7,9 +7,10 @@ use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpMessage, HttpRequest};
 use tessera_core::{RateLimit, Restrictions, TokenId};
-use tessera_store::{RateDecision, RateTake};
+use tessera_store::{Actor, AuditKind, RateDecision, RateTake, Target};
 use time::OffsetDateTime;
 
+use crate::http::audit::note;
 use crate::http::blocking;
 use crate::http::problem::ApiError;
 use crate::http::text::rfc3339;
@@ -39,15 +40,23 @@ fn headers(decisions: &[RateDecision]) -> Headers {
 /// nothing), record a single use, note the use. The answer's headers, or why the use is refused.
 /// May wait for the database (the single use is a durable write; budgets on a cluster lease from
 /// a shared counter), so handlers call it on the blocking pool when [`needs_database`] says so.
+///
+/// On `/v1/verify` (the hot path builds nothing per request) a spent budget's audit entry names
+/// the token verified, as actor and target, without the verifying service's address.
 pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiError> {
-    record_at(state, r, OffsetDateTime::now_utc().unix_timestamp())
+    let token = || Actor { subject: r.subject.clone(), tid: r.tid, ..Actor::default() };
+    record_at(state, r, OffsetDateTime::now_utc().unix_timestamp(), &token)
 }
 
-fn record_at(state: &AppState, r: &Restrictions, now: i64) -> Result<Headers, ApiError> {
+/// `actor` is asked for only when the audit trail needs it (a budget spent for the first time in
+/// its window): nothing is built for a use that is not refused.
+fn record_at(state: &AppState, r: &Restrictions, now: i64, actor: &dyn Fn() -> Actor) -> Result<Headers, ApiError> {
     let Some(tid) = r.tid else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     if !r.rate_limits.is_empty() {
-        match state.store.take_rates(tid, &r.rate_limits, now)? {
+        let take = state.store.take_rates(tid, &r.rate_limits, now)?;
+        let first_refusal = take.first();
+        match take {
             RateTake::Taken(decisions) => out = headers(&decisions),
             RateTake::Spent(decisions) => {
                 state.metrics.token_rate_limited.inc();
@@ -55,6 +64,12 @@ fn record_at(state: &AppState, r: &Restrictions, now: i64) -> Result<Headers, Ap
                 let spent = decisions.iter().filter(|d| !d.allowed).max_by_key(|d| d.reset);
                 let (limit, reset) =
                     spent.map_or((String::new(), 1), |d| (d.limit.to_string(), d.reset.max(1)));
+                // Once per token and window: the store says whether this refusal is the first.
+                if first_refusal {
+                    let target = Target { tid: Some(tid), ..Target::default() };
+                    let reason = format!("budget {limit} spent");
+                    note(state, AuditKind::BudgetExhausted, actor(), target, Some(&reason), None);
+                }
                 h.push(("Retry-After", reset.to_string()));
                 return Err(ApiError::token_rate_limited(format!(
                     "this token's budget of {limit} is spent; it refills in {reset} s"
@@ -83,7 +98,9 @@ fn record_at(state: &AppState, r: &Restrictions, now: i64) -> Result<Headers, Ap
         }
     }
     if r.once {
-        let refused = match state.store.consume(tid) {
+        // A link's one use is its redemption: `link.redeem` in the same transaction (the store
+        // writes no entry for the single use of any other token, so a verification writes none).
+        let refused = match state.store.audited(&actor()).consume(tid) {
             Ok(None) => None,
             Ok(Some(at)) => Some(ApiError::unauthorized(format!(
                 "this single-use token was used already ({})",
@@ -118,7 +135,8 @@ pub(crate) struct Taken {
 /// it is.
 pub(crate) fn record_for(state: &AppState, req: &HttpRequest, r: &Restrictions) -> Result<(), ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let headers = record_at(state, r, now)?;
+    let by = || crate::http::audit::actor(state, req, r.subject.as_deref(), r.tid);
+    let headers = record_at(state, r, now, &by)?;
     keep(req, r, now, headers);
     Ok(())
 }
@@ -130,8 +148,9 @@ pub(crate) async fn record_for_blocking(
     r: Restrictions,
 ) -> Result<(), ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    let by = crate::http::audit::actor(state, req, r.subject.as_deref(), r.tid);
     let st = state.clone();
-    let (r, headers) = blocking(move || record_at(&st, &r, now).map(|h| (r, h))).await?;
+    let (r, headers) = blocking(move || record_at(&st, &r, now, &|| by.clone()).map(|h| (r, h))).await?;
     keep(req, &r, now, headers);
     Ok(())
 }

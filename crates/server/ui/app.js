@@ -2,6 +2,8 @@
 // page through textContent (never innerHTML), the credential lives in sessionStorage for this tab
 // only and travels in the Authorization header, never in a URL.
 
+import { activity } from "/ui/activity.js";
+
 const KEY = "tessera.token";
 const $ = (id) => document.getElementById(id);
 let me = null;
@@ -388,6 +390,8 @@ async function loadTokens() {
   } catch (e) {
     show($("tokens-error"), `Could not list your tokens: ${e.message}`);
   }
+  // What was just done (a token created or revoked) shows in the activity too.
+  if (credential()) await views.loadMine();
 }
 
 function renderMe() {
@@ -438,6 +442,7 @@ function signOut(notice) {
     $(l.revoked).checked = false;
   }
   $("admin-subject").value = "";
+  views.reset();
   $("signin-view").hidden = false;
   show($("signin-notice"), notice || "");
 }
@@ -534,6 +539,8 @@ async function adminList(ev) {
   if (!subject) return show($("admin-error"), "Name a subject.");
   await loadSubject(subject);
 }
+
+const views = activity({ api, el, cell, when, show });
 
 function start() {
   $("signin-form").addEventListener("submit", async (ev) => {

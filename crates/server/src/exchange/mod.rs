@@ -248,6 +248,20 @@ fn claimed_issuer(jwt: &str) -> Option<String> {
     v["iss"].as_str().map(str::to_owned)
 }
 
+/// The `iss` and `sub` an exchange request's subject token claims, unverified: what the audit
+/// trail notes of a refused sign-in. `None` for what cannot be read.
+pub(crate) fn claimed(json: bool, body: &[u8]) -> (Option<String>, Option<String>) {
+    use base64::Engine;
+    let Ok(r) = parse_body(json, body) else { return (None, None) };
+    let payload = r.subject_token.split('.').nth(1).unwrap_or_default();
+    let v: Option<Value> = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let text = |name: &str| v.as_ref().and_then(|v| v[name].as_str()).map(|s| s.chars().take(200).collect());
+    (text("iss"), text("sub"))
+}
+
 /// Whether a request's body is JSON (`true`) or RFC 8693's form encoding (`false`, also when no
 /// Content-Type is sent); any other type is a 415.
 pub(crate) fn is_json(req: &HttpRequest) -> Result<bool> {

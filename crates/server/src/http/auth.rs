@@ -3,9 +3,10 @@
 //! The management API is guarded by Tessera tokens (`Authorization: Bearer <token>`, discharges
 //! in `X-Tessera-Discharge`, comma-separated). A request is checked as the operation it performs
 //! (`tokens.mint`, `tokens.list`, `tokens.revoke`, `keys.list`, `keys.rotate`, `keys.revoke`, `keys.envelope`,
-//! `apps.manage`) on the resource `subjects/<subject>` (or `keys`, `apps`), from the client's
-//! address, now. The admin subject may act for anyone; any other subject only for itself; key
-//! and application management is the admin's alone.
+//! `apps.manage`, `audit.read`) on the resource `subjects/<subject>` (or `keys`, `apps`, `audit`),
+//! from the client's address, now. The admin subject may act for anyone; any other subject only
+//! for itself; key and application management and reading the audit trail are the admin's
+//! alone. A refusal for authorization (403) is noted in the audit trail (`management.refused`).
 //!
 //! A registered application authenticates with its credential, a token for the subject
 //! `app:<name>`, checked as the operation `jwt.issue` on `apps/<name>`.
@@ -194,12 +195,34 @@ pub(crate) fn authorize(
     op: &str,
     target: Option<&str>,
 ) -> Result<(Caller, String), ApiError> {
+    authorize_noting(state, req, op, target, true)
+}
+
+/// [`authorize`] for a route that answers a refusal as "not found" (so unknown ids and ids the
+/// caller may not touch look alike) and notes its refusals itself, alike for both.
+pub(crate) fn authorize_unnoted(
+    state: &AppState,
+    req: &HttpRequest,
+    op: &str,
+    target: Option<&str>,
+) -> Result<(Caller, String), ApiError> {
+    authorize_noting(state, req, op, target, false)
+}
+
+fn authorize_noting(
+    state: &AppState,
+    req: &HttpRequest,
+    op: &str,
+    target: Option<&str>,
+    noting: bool,
+) -> Result<(Caller, String), ApiError> {
     state.store.check_fresh()?;
     let (token, discharges) = bearer(req)?;
     let claimed = claimed_identity(&token)?;
     let target = target.unwrap_or(&claimed.sub).to_owned();
-    let admin_area =
-        ["keys", "apps"].into_iter().find(|area| op.strip_prefix(area).is_some_and(|r| r.starts_with('.')));
+    let admin_area = ["keys", "apps", "audit"]
+        .into_iter()
+        .find(|area| op.strip_prefix(area).is_some_and(|r| r.starts_with('.')));
     let resource = match admin_area {
         Some(area) => area.to_owned(),
         None => format!("subjects/{target}"),
@@ -208,13 +231,46 @@ pub(crate) fn authorize(
     if let Some(ip) = client_ip_of(state, req)? {
         ctx = ctx.client_ip(ip);
     }
-    let v = Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx)?;
+    // A refusal for authorization (403) is noted in the audit trail: the signature verified, so
+    // the claimed subject and tid are the caller's. The reason names the caller's own caveat or
+    // the rule, never the target (an entry the caller reads back says nothing about others).
+    let refused = |reason: String| {
+        if noting {
+            let actor = crate::http::audit::actor(state, req, Some(&claimed.sub), Some(claimed.tid));
+            crate::http::audit::note(
+                state,
+                tessera_store::AuditKind::Refused,
+                actor,
+                tessera_store::Target::default(),
+                Some(&reason),
+                Some(format!("op={op}")),
+            );
+        }
+    };
+    let v = match Verifier::with_keys(&state.store).service_caveats().verify(&token, &discharges, &ctx) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = match &e {
+                tessera_core::Error::CaveatNotMet { caveat, .. } | tessera_core::Error::UnknownCaveat(caveat) => {
+                    format!("caveat \"{caveat}\" not met")
+                }
+                _ => "a discharge is missing".to_owned(),
+            };
+            let e = ApiError::from(e);
+            if e.status() == actix_web::http::StatusCode::FORBIDDEN {
+                refused(why);
+            }
+            return Err(e);
+        }
+    };
     note_principal(req, &claimed);
     let admin = claimed.sub == state.config.admin_subject;
     if let Some(area) = admin_area.filter(|_| !admin) {
+        refused(format!("{area} management is for the admin subject"));
         return Err(ApiError::forbidden(format!("{area} management is for the admin subject")));
     }
     if claimed.sub != target && !admin {
+        refused("only the admin acts for other subjects".to_owned());
         return Err(ApiError::forbidden(format!(
             "subject \"{}\" may not act for \"{target}\": only the admin acts for other subjects",
             claimed.sub

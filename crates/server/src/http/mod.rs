@@ -2,6 +2,7 @@
 //! errors, credentials and client addresses, rate and connection limits, the request guard,
 //! metrics, public-document caching, and text helpers.
 
+pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod cached;
 pub(crate) mod conn;

@@ -16,6 +16,7 @@ use tessera_core::Predicate;
 use tessera_store::AppRecord;
 
 use crate::envelope::published;
+use crate::http::audit::actor;
 use crate::http::auth::authorize;
 use crate::http::blocking;
 use crate::http::cached::cached;
@@ -148,7 +149,8 @@ pub(crate) async fn register(
     req: HttpRequest,
     body: web::Json<NewAppRequest>,
 ) -> Result<HttpResponse> {
-    authorize(&state, &req, "apps.manage", None)?;
+    let (caller, _) = authorize(&state, &req, "apps.manage", None)?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     let mut app = record_of(&state, body.into_inner())?;
     let spec = MintSpec {
         subject: format!("{APP_SUBJECT_PREFIX}{}", app.name),
@@ -163,7 +165,7 @@ pub(crate) async fn register(
     let (credential, app) = blocking(move || {
         let (token, new) = build(&st.store, &st.location, &st.discharge_location, spec)?;
         app.credential = new.tid;
-        Ok((token, st.store.register_app(app, new)?))
+        Ok((token, st.store.audited(&actor).register_app(app, new)?))
     })
     .await?;
     let mut out = view(&state, &app);
@@ -195,10 +197,11 @@ pub(crate) async fn disable(
     req: HttpRequest,
     name: web::Path<String>,
 ) -> Result<HttpResponse> {
-    authorize(&state, &req, "apps.manage", None)?;
+    let (caller, _) = authorize(&state, &req, "apps.manage", None)?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     let name = name.into_inner();
     let st = state.clone();
-    let app = blocking(move || st.store.disable_app(&name).map_err(ApiError::from)).await?;
+    let app = blocking(move || st.store.audited(&actor).disable_app(&name).map_err(ApiError::from)).await?;
     Ok(HttpResponse::Ok().json(view(&state, &app)))
 }
 

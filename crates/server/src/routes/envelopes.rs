@@ -12,6 +12,7 @@ use tessera_store::AppRecord;
 use time::OffsetDateTime;
 
 use crate::envelope::{algorithm, narrow_to, published, signing_key, signing_key_view};
+use crate::http::audit::actor;
 use crate::http::auth::{application, authorize};
 use crate::http::blocking;
 use crate::http::cached::cached;
@@ -164,7 +165,8 @@ pub(crate) async fn rotate(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    authorize(&state, &req, "keys.rotate", None)?;
+    let (caller, _) = authorize(&state, &req, "keys.rotate", None)?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     // The body is optional, but one that is there must be right (an extractor wrapped in
     // `Option` would silently treat a malformed body as absent).
     let body: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -197,9 +199,10 @@ pub(crate) async fn rotate(
     }
     let min = if body.force { std::time::Duration::ZERO } else { state.config.signing_prepublish };
     let st = state.clone();
-    let keys =
-        blocking(move || st.store.rotate_signing_key(alg, min, body.app.as_deref()).map_err(ApiError::from))
-            .await?;
+    let keys = blocking(move || {
+        st.store.audited(&actor).rotate_signing_key(alg, min, body.app.as_deref()).map_err(ApiError::from)
+    })
+    .await?;
     state.metrics.keys_rotated.inc();
     Ok(HttpResponse::Created().json(json!({ "keys": keys.iter().map(signing_key_view).collect::<Vec<_>>() })))
 }

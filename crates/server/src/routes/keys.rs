@@ -6,6 +6,7 @@ use tessera_core::KeyId;
 use tessera_store::{KeyInfo, KeyState};
 
 use crate::envelope::signing_key_view;
+use crate::http::audit::actor;
 use crate::http::auth::authorize;
 use crate::http::blocking;
 use crate::http::problem::ApiError;
@@ -34,9 +35,10 @@ pub(crate) async fn list_keys(state: web::Data<AppState>, req: HttpRequest) -> R
 }
 
 pub(crate) async fn rotate_keys(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
-    authorize(&state, &req, "keys.rotate", None)?;
+    let (caller, _) = authorize(&state, &req, "keys.rotate", None)?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     let st = state.clone();
-    let key = blocking(move || st.store.rotate().map_err(ApiError::from)).await?;
+    let key = blocking(move || st.store.audited(&actor).rotate().map_err(ApiError::from)).await?;
     state.metrics.keys_rotated.inc();
     Ok(HttpResponse::Created().json(key_view(&key)))
 }
@@ -51,11 +53,12 @@ pub(crate) async fn revoke_key(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     // The credential first: nothing is said about a key id to a caller who may not revoke keys.
-    authorize(&state, &req, "keys.revoke", None)?;
+    let (caller, _) = authorize(&state, &req, "keys.revoke", None)?;
     let kid: KeyId = path.parse().map_err(|_| ApiError::bad_request("key id must be 16 hex digits"))?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     let st = state.clone();
     let (entry, rotated_to) =
-        blocking(move || st.store.revoke_key_replacing(kid).map_err(ApiError::from)).await?;
+        blocking(move || st.store.audited(&actor).revoke_key_replacing(kid).map_err(ApiError::from)).await?;
     Ok(HttpResponse::Ok().json(json!({
         "kid": kid.to_string(),
         "revoked": true,

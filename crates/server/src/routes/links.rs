@@ -14,6 +14,7 @@ use serde_json::json;
 use tessera_core::{Context, Verifier};
 use time::OffsetDateTime;
 
+use crate::http::audit::actor;
 use crate::http::auth::{authorize, client_ip_of, Caller};
 use crate::http::blocking;
 use crate::http::problem::ApiError;
@@ -130,10 +131,11 @@ pub(crate) async fn create(
         claims: inherited.claims,
     };
     let grant_json = serde_json::to_string(&grant).map_err(ApiError::internal)?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     let st = state.clone();
     let (token, record) = blocking(move || {
         let (token, new) = build(&st.store, &st.location, &st.discharge_location, spec)?;
-        Ok((token, st.store.record_link(new, grant_json)?))
+        Ok((token, st.store.audited(&actor).record_link(new, grant_json)?))
     })
     .await?;
     Ok(HttpResponse::Created().json(json!({
@@ -174,6 +176,7 @@ pub(crate) async fn redeem(
         return Err(ApiError::bad_request("not a link token (it is not single-use)"));
     };
     let id = token.tessera_identifier().ok_or_else(|| ApiError::unauthorized("not a Tessera token"))?;
+    let id_sub = id.sub.clone();
     let presented = Caller { token: token.clone(), discharges: Vec::new(), tid, subject: id.sub.clone() };
     let st = state.clone();
     let (grant, added) = blocking(move || {
@@ -214,20 +217,23 @@ pub(crate) async fn redeem(
             })
         }
     };
+    // The link token is the credential: its subject and family name the actor.
+    let actor = actor(&state, &req, Some(&id_sub), Some(tid));
     // The one use, exactly once across the cluster: a second redemption stops here.
     // Its budget headers go on the answer, and a failure from here on gives the budgets back.
     crate::uses::record_for_blocking(&state, &req, r).await?;
     match product {
         Product::Session(planned) => {
             let (sid, record, spec) = *planned;
-            let mut out = start(state, sid, record, spec).await?;
+            let mut out = start(state, actor, sid, record, spec).await?;
             out["issued"] = json!("session");
             Ok(HttpResponse::Ok().json(out))
         }
         Product::Token(spec) => {
             let st = state.clone();
             let minted =
-                blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
+                blocking(move || mint(&st.store, &actor, &st.location, &st.discharge_location, spec))
+                    .await?;
             state.metrics.tokens_minted.inc();
             Ok(HttpResponse::Ok().json(json!({
                 "issued": "token",

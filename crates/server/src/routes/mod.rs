@@ -2,6 +2,7 @@
 //! rules; it never imports another route file.
 
 pub(crate) mod apps;
+pub(crate) mod audit;
 pub(crate) mod authz;
 pub(crate) mod discharge;
 pub(crate) mod envelopes;

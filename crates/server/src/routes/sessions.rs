@@ -5,10 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use tessera_core::{Context, SessionId, Token, Verifier};
-use tessera_store::{Refreshed, SessionRecord, TokenRecord};
+use tessera_store::{Actor, AuditKind, Refreshed, SessionRecord, Target, TokenRecord};
 use time::OffsetDateTime;
 
-use crate::http::auth::{authenticate, authorize, client_ip_of};
+use crate::http::audit::{actor, credential_actor, note, NOT_YOURS};
+use crate::http::auth::{authenticate, authorize, authorize_unnoted, client_ip_of};
 use crate::http::blocking;
 use crate::http::problem::ApiError;
 use crate::http::text::decode_token;
@@ -46,7 +47,8 @@ pub(crate) async fn create(
         inherited.claims = None;
     }
     let (sid, record, spec) = plan(&state, body, subject, inherited, Some(caller.tid), admin)?;
-    let out = start(state, sid, record, spec).await?;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
+    let out = start(state, actor, sid, record, spec).await?;
     Ok(HttpResponse::Created().json(out))
 }
 
@@ -189,11 +191,14 @@ pub(crate) async fn refresh(
         Some((t, n)) => (Some(t), Some(n)),
         None => (None, None),
     };
+    // The refresh token is the credential: its subject and family name the actor.
+    let actor = actor(&state, &req, r.subject.as_deref(), Some(presented));
     let st = state.clone();
     let grace = state.config.refresh_grace;
-    let outcome =
-        blocking(move || st.store.refresh_session(sid, presented, new, grace).map_err(ApiError::from))
-            .await?;
+    let outcome = blocking(move || {
+        st.store.audited(&actor).refresh_session(sid, presented, new, grace).map_err(ApiError::from)
+    })
+    .await?;
     let (session, refresh_text) = match outcome {
         Refreshed::Current { session, rotated_to } => {
             (session, rotated_to.and(token_out).map(|t: Token| t.encode()))
@@ -235,20 +240,27 @@ pub(crate) async fn revoke(
 ) -> Result<HttpResponse> {
     // Authenticate first; then an unknown session and one the caller may not revoke look alike.
     authenticate(&state, &req)?;
-    let not_found = || ApiError::not_found("no such session (or not yours to revoke)");
     let sid: SessionId =
         sid.parse().map_err(|_| ApiError::bad_request("session id must be 32 hex digits"))?;
+    let actor = credential_actor(&state, &req);
+    // Both refusals are noted alike too: the caller reads its own entries back.
+    let not_found = |actor: Actor| {
+        let target = Target { sid: Some(sid), ..Target::default() };
+        note(&state, AuditKind::Refused, actor, target, Some(NOT_YOURS), Some("op=sessions.revoke".into()));
+        ApiError::not_found("no such session (or not yours to revoke)")
+    };
     let st = state.clone();
-    let session =
-        blocking(move || st.store.session(&sid).map_err(ApiError::from)).await?.ok_or_else(not_found)?;
-    authorize(&state, &req, "sessions.revoke", Some(&session.subject)).map_err(|e| {
-        match e.status().as_u16() {
-            403 => not_found(),
-            _ => e,
-        }
-    })?;
+    let Some(session) = blocking(move || st.store.session(&sid).map_err(ApiError::from)).await? else {
+        return Err(not_found(actor));
+    };
+    match authorize_unnoted(&state, &req, "sessions.revoke", Some(&session.subject)) {
+        Err(e) if e.status().as_u16() == 403 => return Err(not_found(actor)),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     let st = state.clone();
-    let entries = blocking(move || st.store.revoke_session(sid).map_err(ApiError::from)).await?;
+    let entries =
+        blocking(move || st.store.audited(&actor).revoke_session(sid).map_err(ApiError::from)).await?;
     Ok(HttpResponse::Ok().json(json!({
         "session_id": sid.to_string(),
         "revoked": true,

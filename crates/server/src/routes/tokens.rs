@@ -5,10 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tessera_core::TokenId;
-use tessera_store::{RevocationTarget, TokenRecord};
+use tessera_store::{Actor, AuditKind, RevocationTarget, Target, TokenRecord};
 use time::OffsetDateTime;
 
-use crate::http::auth::{authenticate, authorize};
+use crate::http::audit::{actor, credential_actor, note, NOT_YOURS};
+use crate::http::auth::{authenticate, authorize, authorize_unnoted};
 use crate::http::blocking;
 use crate::http::problem::ApiError;
 use crate::http::text::rfc3339;
@@ -147,8 +148,10 @@ pub(crate) async fn mint_token(
     let spec = mint_spec(&state.config, body, subject, inherited, Some(caller.tid), admin)?;
     let claims = spec.claims.as_ref().map(|c| c.as_map().clone());
     let revocable = spec.revocable;
+    let actor = actor(&state, &req, Some(&caller.subject), Some(caller.tid));
     let st = state.clone();
-    let minted = blocking(move || mint(&st.store, &st.location, &st.discharge_location, spec)).await?;
+    let minted =
+        blocking(move || mint(&st.store, &actor, &st.location, &st.discharge_location, spec)).await?;
     state.metrics.tokens_minted.inc();
     let view = TokenView::from(minted.record);
     Ok(HttpResponse::Created().json(json!({
@@ -216,15 +219,25 @@ pub(crate) async fn revoke_token(
     // every id. After that, an unknown id and one this credential may not revoke get the same
     // answer, which names nobody.
     authenticate(&state, &req)?;
-    let hidden = || ApiError::not_found(format!("no token {tid} that this credential may revoke"));
+    let actor = credential_actor(&state, &req);
+    // Both refusals are noted alike too: the caller reads its own entries back.
+    let hidden = |actor: Actor| {
+        let target = Target { tid: Some(tid), ..Target::default() };
+        note(&state, AuditKind::Refused, actor, target, Some(NOT_YOURS), Some("op=tokens.revoke".into()));
+        ApiError::not_found(format!("no token {tid} that this credential may revoke"))
+    };
     let st = state.clone();
-    let record = blocking(move || st.store.token(&tid).map_err(ApiError::from)).await?.ok_or_else(hidden)?;
-    authorize(&state, &req, "tokens.revoke", Some(&record.subject)).map_err(|e| match e.status() {
-        StatusCode::FORBIDDEN => hidden(),
-        _ => e,
-    })?;
+    let Some(record) = blocking(move || st.store.token(&tid).map_err(ApiError::from)).await? else {
+        return Err(hidden(actor));
+    };
+    match authorize_unnoted(&state, &req, "tokens.revoke", Some(&record.subject)) {
+        Err(e) if e.status() == StatusCode::FORBIDDEN => return Err(hidden(actor)),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     let st = state.clone();
-    let entries = blocking(move || st.store.revoke_token(tid).map_err(ApiError::from)).await?;
+    let entries =
+        blocking(move || st.store.audited(&actor).revoke_token(tid).map_err(ApiError::from)).await?;
     state.metrics.tokens_revoked.add(entries.len() as u64);
     let descendants: Vec<String> = entries
         .iter()

@@ -14,6 +14,7 @@ use crate::view::RestrictionsView;
 
 const INDEX: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
+const ACTIVITY_JS: &str = include_str!("../../ui/activity.js");
 const STYLE: &str = include_str!("../../ui/style.css");
 
 /// The page's Content Security Policy.
@@ -46,6 +47,11 @@ pub(crate) async fn index() -> HttpResponse {
 
 pub(crate) async fn script() -> HttpResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+/// The page's activity views (an ES module `app.js` imports).
+pub(crate) async fn activity_script() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", ACTIVITY_JS)
 }
 
 pub(crate) async fn style() -> HttpResponse {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tessera_core::envelope::{self, Algorithm};
 use tessera_core::{CustomClaims, Predicate, Restrictions, SessionId, TokenId};
-use tessera_store::{AppRecord, SessionRecord};
+use tessera_store::{Actor, AppRecord, SessionRecord};
 use time::OffsetDateTime;
 
 use crate::envelope::{algorithm, narrow_to, signing_key};
@@ -226,9 +226,11 @@ pub(crate) fn access_token(
     }))
 }
 
-/// Record a planned session and answer with its first pair.
+/// Record a planned session (with its `session.create` audit entry naming `actor`, in the same
+/// transaction) and answer with its first pair.
 pub(crate) async fn start(
     state: web::Data<AppState>,
+    actor: Actor,
     sid: SessionId,
     record: SessionRecord,
     spec: MintSpec,
@@ -236,7 +238,7 @@ pub(crate) async fn start(
     let st = state.clone();
     let (refresh, new, session) = blocking(move || {
         let (token, new) = build(&st.store, &st.location, &st.discharge_location, spec)?;
-        let session = st.store.create_session(sid, record, new.clone())?;
+        let session = st.store.audited(&actor).create_session(sid, record, new.clone())?;
         Ok((token, new, session))
     })
     .await?;

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster proxies
+.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster proxies
 
 all: test
 
@@ -84,6 +84,11 @@ clean:
 ## bench-http: wrk load test of verify and mint against a constant actix endpoint (release build)
 bench-http:
 	scripts/bench-http.sh
+
+## bench-authz: requests through nginx with Tessera forward auth against nginx alone in front of
+## the same upstream, same run (wrk; goal >= 0.6, issue 23)
+bench-authz: proxies
+	scripts/bench-authz.sh
 
 ## bench-instructions: instructions of one verification (valgrind callgrind; repeatable)
 bench-instructions:

@@ -48,7 +48,7 @@ pub(crate) fn sane(value: &[u8]) -> bool {
 /// A fresh id: 16 random bytes as 32 lowercase hex digits. The bytes come from the operating
 /// system a kilobyte at a time (one system call per 64 requests on a thread, not one each);
 /// should that ever fail, a process-wide counter stands in (an id names, it guards nothing).
-fn generate() -> String {
+fn generate() -> [u8; 32] {
     const POOL: usize = 1024;
     const LEN: usize = 16;
     thread_local!(static BYTES: RefCell<([u8; POOL], usize)> = const { RefCell::new(([0; POOL], POOL)) });
@@ -74,7 +74,12 @@ fn generate() -> String {
         raw[..8].copy_from_slice(&u64::from(std::process::id()).to_be_bytes());
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    raw.iter().flat_map(|b| [HEX[usize::from(b >> 4)] as char, HEX[usize::from(b & 15)] as char]).collect()
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(raw) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
+    out
 }
 
 /// The id of a request: the client's when [`sane`], else a fresh one.
@@ -83,7 +88,7 @@ fn id_for(req: &ServiceRequest) -> HeaderValue {
         return v.clone();
     }
     // 32 hex digits are always a valid header value.
-    HeaderValue::from_str(&generate()).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_bytes(&generate()).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The middleware (see the module's documentation).
@@ -205,9 +210,9 @@ mod tests {
 
     #[test]
     fn generated_ids_are_hex_and_differ() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| generate()).collect();
+        let ids: std::collections::HashSet<[u8; 32]> = (0..1000).map(|_| generate()).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(ids.iter().all(|i| i.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
     }
 
     #[test]

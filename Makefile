@@ -34,8 +34,13 @@ bench: bench-core bench-store bench-cluster
 bench-core:
 	$(CARGO) bench -p tessera-peers --bench verify
 
-bench-store:
+## bench-store: store throughput and 1M revocations through the API; then the revocation set
+## (issue 25 goal 2): peak RSS per revoked id and open time with 1M and 10M revocations on redb
+## and PostgreSQL (the redb stores are built once into target/bench-stores/), and verify with
+## the previous HashSet against RevokedSet in the same run
+bench-store: postgres
 	$(CARGO) bench -p tessera-store --bench store
+	$(CARGO) bench -p tessera-store --bench revoked
 
 ## audit: cargo-audit against the offline advisory snapshot (installs cargo-audit if missing)
 ADVISORY_DB ?= ../shared/advisory-db

@@ -44,7 +44,11 @@ impl Follower {
         self.mem.set_keys(self.backend.keys()?, &self.master)?;
         self.mem.set_signing_keys(self.backend.signing_keys()?, &self.master)?;
         self.mem.set_apps(self.backend.apps()?)?;
-        self.catch_up()
+        // Revocations go straight into space sized from the log's length, then are sorted once.
+        self.mem.begin_revoked_load(self.backend.last_change_seq()?);
+        let loaded = self.catch_up();
+        self.mem.finish_revoked_load();
+        loaded
     }
 
     /// Apply every entry after the last applied one.

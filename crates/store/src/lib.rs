@@ -53,6 +53,7 @@ pub use codec::{
 };
 pub use error::{Error, Result};
 pub use master::{MasterKey, MASTER_KEY_ENV};
+pub use memory::{Merged, RevokedSet};
 pub use migrate::{migrate, Migrated, Progress, TABLES};
 pub use store::{Freshness, Location, Store};
 pub use usage::{RateDecision, RateTake, DEFAULT_RATE_CAPACITY, MAX_FAMILY_BUDGETS, PRUNE_PER_TAKE};

@@ -2,7 +2,11 @@
 //! how far it has followed the change log. Verification reads only this; it changes only
 //! through the follower, after the commit that justifies it.
 
-use std::collections::{HashMap, HashSet};
+mod revoked;
+
+pub use revoked::{Merged, RevokedSet};
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -46,7 +50,8 @@ pub(crate) struct Memory {
     signing: RwLock<Vec<SigningEntry>>,
     apps: RwLock<Vec<AppRecord>>,
     active: RwLock<Option<KeyId>>,
-    revoked: RwLock<HashSet<TokenId>>,
+    /// Revoked token families: about 17 bytes an id (see [`RevokedSet`]).
+    revoked: RwLock<RevokedSet>,
     /// The last change-log entry applied.
     last_seq: AtomicU64,
     /// When the database last answered the follower, in microseconds since [`epoch`] (an atomic,
@@ -76,7 +81,7 @@ impl Memory {
             signing: RwLock::new(Vec::new()),
             apps: RwLock::new(Vec::new()),
             active: RwLock::new(None),
-            revoked: RwLock::new(HashSet::new()),
+            revoked: RwLock::new(RevokedSet::new()),
             last_seq: AtomicU64::new(0),
             last_contact_us: AtomicU64::new(now_us()),
             stale: AtomicBool::new(false),
@@ -153,9 +158,33 @@ impl Memory {
         self.apps.read().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// Add a revoked family. Now and then this rebuilds one 256th of the set with the ids added
+    /// since it was built: made under the read lock, beside verification, and swapped in under
+    /// the write lock, so verification waits for a swap, never for a rebuild.
     pub(crate) fn revoke(&self, tid: TokenId) {
+        let Some(segment) = self.revoked.write().ok().and_then(|mut r| r.insert(tid)) else { return };
+        let Some(merged) = self.revoked.read().ok().and_then(|r| r.merged(segment)) else { return };
         if let Ok(mut r) = self.revoked.write() {
-            r.insert(tid);
+            // Refused only when another rebuild of that segment won: its ids stay in the delta.
+            r.install(merged);
+        }
+    }
+
+    /// Before the whole log is applied at open: the set takes about `expected` ids (an upper
+    /// bound: the log's length) into space reserved for them, so loading copies nothing and
+    /// never holds two copies. Only an empty set is prepared (a no-op otherwise).
+    pub(crate) fn begin_revoked_load(&self, expected: u64) {
+        if let Ok(mut r) = self.revoked.write() {
+            if r.is_empty() {
+                *r = RevokedSet::loading(usize::try_from(expected).unwrap_or(usize::MAX));
+            }
+        }
+    }
+
+    /// After the log is applied at open: sort and index what was loaded.
+    pub(crate) fn finish_revoked_load(&self) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.finish_loading();
         }
     }
 

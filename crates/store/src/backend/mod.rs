@@ -229,6 +229,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn children_of(&self, tid: &TokenId) -> Result<Vec<TokenId>>;
     /// Change-log entries after `after`, in order, at most `limit`.
     fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>>;
+    /// The number of the last change-log entry (0 when empty): an upper bound on how many
+    /// entries the log holds, which sizes the revocation set before it is loaded at open.
+    fn last_change_seq(&self) -> Result<u64>;
     /// Other processes write to this database: a follower must watch the change log, and
     /// memory can go stale when the database cannot be reached.
     fn shared(&self) -> bool;

@@ -39,6 +39,11 @@ const SESSIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("session
 /// Expiry notices by (tid, threshold) (schema version 6).
 const NOTICES: TableDefinition<([u8; 16], i64), &[u8]> = TableDefinition::new("notices");
 
+/// redb's page cache (its default is 1 GiB). Open reads the whole change log, which would
+/// otherwise stay in it: about 70 bytes per revocation, four times what the revocation set costs
+/// (docs/BENCHMARKS.md). Reads that miss it are served by the OS page cache.
+const CACHE_BYTES: usize = 8 << 20;
+
 /// The redb database.
 pub(crate) struct RedbBackend {
     db: Database,
@@ -55,7 +60,7 @@ impl RedbBackend {
                 .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
         }
         let new_file = !path.exists();
-        let db = Database::create(path).map_err(|e| match e {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.display().to_string()),
             other => storage(other),
         })?;
@@ -483,10 +488,17 @@ impl Backend for RedbBackend {
         let mut out = Vec::new();
         for row in log.range(after.saturating_add(1)..).map_err(storage)?.take(limit) {
             let (k, v) = row.map_err(storage)?;
-            let stored: StoredRevocation = codec::decode(v.value(), "change")?;
+            let stored = StoredRevocation::from_cbor(v.value())?;
             out.push(Change { seq: k.value(), at: stored.at, event: event_of(stored.target) });
         }
         Ok(out)
+    }
+
+    fn last_change_seq(&self) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let log = txn.open_table(CHANGES).map_err(storage)?;
+        let last = log.last().map_err(storage)?.map_or(0, |(k, _)| k.value());
+        Ok(last)
     }
 
     fn shared(&self) -> bool {

@@ -3,7 +3,8 @@
 //! not what earlier work in the same process left behind.
 //!
 //! Usage: `tessera-store-open (PATH | postgres://...) MASTER_KEY_HEX`
-//! Prints: `revoked=<n> open_s=<seconds> peak_rss_kib=<VmHWM>`
+//! Prints: `revoked=<n> open_s=<seconds> cpu_s=<user+system seconds> peak_rss_kib=<VmHWM>` (CPU
+//! time because on a busy machine the wall clock measures the neighbours too).
 
 #![allow(clippy::unwrap_used)] // a benchmark helper: any failure should be loud
 
@@ -25,5 +26,15 @@ fn main() {
     let open = t.elapsed();
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB");
-    println!("revoked={} open_s={:.3} peak_rss_kib={peak}", store.revoked_count(), open.as_secs_f64());
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks (100 a second on
+    // Linux); counted after the command name, which may hold spaces.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    println!(
+        "revoked={} open_s={:.3} cpu_s={:.2} peak_rss_kib={peak}",
+        store.revoked_count(),
+        open.as_secs_f64(),
+        ticks as f64 / 100.0
+    );
 }

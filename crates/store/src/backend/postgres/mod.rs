@@ -430,6 +430,13 @@ impl Backend for PostgresBackend {
         )
     }
 
+    fn last_change_seq(&self) -> Result<u64> {
+        // The primary key's last entry: one index probe.
+        self.query("SELECT coalesce(max(seq), 0) FROM tessera_changes", vec![], |rows| {
+            Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64)
+        })
+    }
+
     fn shared(&self) -> bool {
         true
     }

@@ -149,7 +149,8 @@ fn read(a: &ReadArgs) -> Result<()> {
         }
         let mut res = req.call().with_context(|| format!("GET {base}"))?;
         let status = res.status();
-        let text = res.body_mut().read_to_string().with_context(|| format!("reading the answer of {base}"))?;
+        let text =
+            res.body_mut().read_to_string().with_context(|| format!("reading the answer of {base}"))?;
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"detail": text}));
         if !status.is_success() {
             bail!("{base} answered {status}: {}", v["detail"].as_str().unwrap_or("(no detail)"));

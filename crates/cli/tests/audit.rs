@@ -61,8 +61,12 @@ fn tamper(db: &Path, id: u64) {
 fn audit_reads_the_trail_and_verify_finds_an_edited_entry() {
     let dir = tempfile::tempdir().unwrap();
     let (served, url, admin) = serve(dir.path(), &[]);
-    let alice = call("POST", &format!("{url}/v1/tokens"), &admin,
-        Some(json!({"subject": "alice", "operations": ["tokens.list", "tokens.mint", "tokens.revoke"]})));
+    let alice = call(
+        "POST",
+        &format!("{url}/v1/tokens"),
+        &admin,
+        Some(json!({"subject": "alice", "operations": ["tokens.list", "tokens.mint", "tokens.revoke"]})),
+    );
     let alice_token = alice["token"].as_str().unwrap().to_owned();
     let child = call("POST", &format!("{url}/v1/tokens"), &alice_token, Some(json!({"description": "c"})));
     let child_tid = child["tid"].as_str().unwrap();
@@ -73,10 +77,24 @@ fn audit_reads_the_trail_and_verify_finds_an_edited_entry() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = stdout(&o);
     assert!(text.lines().any(|l| l.contains("admin_token.create success by system")), "{text}");
-    assert!(text.lines().any(|l| l.contains("token.revoke success by alice") && l.contains(child_tid)), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("token.revoke success by alice") && l.contains(child_tid)),
+        "{text}"
+    );
     assert!(!text.contains(&alice_token) && !text.contains(&admin), "no token text");
     // JSON lines, filtered.
-    let o = tessera(&["audit", "--server", &url, "--token", &admin, "--kind", "token.mint", "--actor", "alice", "--json"]);
+    let o = tessera(&[
+        "audit",
+        "--server",
+        &url,
+        "--token",
+        &admin,
+        "--kind",
+        "token.mint",
+        "--actor",
+        "alice",
+        "--json",
+    ]);
     let lines: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["target"]["tid"], child_tid);
@@ -99,9 +117,14 @@ fn audit_reads_the_trail_and_verify_finds_an_edited_entry() {
     {
         let (master, _) = MasterKey::from_env_or_file(&dir.path().join("data/master.key")).unwrap();
         let store = Store::open(&db, master).unwrap();
-        let made = store.audit(&AuditFilter { kind: Some(AuditKind::AdminTokenCreate), ..AuditFilter::default() }).unwrap();
+        let made = store
+            .audit(&AuditFilter { kind: Some(AuditKind::AdminTokenCreate), ..AuditFilter::default() })
+            .unwrap();
         assert_eq!(made.len(), 2, "{made:?}");
-        assert!(made[1].actor.user_agent.as_deref().unwrap().starts_with("tessera admin-token (local"), "{made:?}");
+        assert!(
+            made[1].actor.user_agent.as_deref().unwrap().starts_with("tessera admin-token (local"),
+            "{made:?}"
+        );
         assert!(!format!("{:?}", store.audit(&AuditFilter::default()).unwrap()).contains(&minted));
     }
 

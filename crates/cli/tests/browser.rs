@@ -136,6 +136,11 @@ fn the_token_page_in_a_real_browser() {
     assert_eq!(r["verify_after_revoke"], 401);
     assert!(r["revoked_row_status"].as_str().unwrap().contains("revoked"), "{r}");
     assert_eq!(r["revoked_row_buttons"], 0, "no Revoke on a revoked row");
+    // Her activity: the token's creation and revocation (newest first), nothing of bob's.
+    assert_eq!(r["activity_made"], 1, "{r}");
+    assert_eq!(r["activity_revoked"], 1, "{r}");
+    assert_eq!(r["activity_first_kind"], "token.revoke", "newest first: {r}");
+    assert_eq!(r["activity_mentions_bob"], false, "{r}");
     // Not an admin: no admin view, and the API refuses anyway.
     assert_eq!(r["alice_admin_visible"], false);
     assert_eq!(r["alice_keys_status"], 403);
@@ -148,6 +153,9 @@ fn the_token_page_in_a_real_browser() {
     assert_eq!(r["bob_revoked_buttons"], 0);
     assert_eq!(r["controls_reset"], true, "signing out resets the list controls");
     assert!(r["keys_rows"].as_u64().unwrap() >= 5, "a root key and four signing keys: {r}");
+    // The admin's audit trail filtered by kind: revocations only, bob's laptop's among them.
+    assert_eq!(r["audit_kinds"], json!(["token.revoke"]), "{r}");
+    assert_eq!(r["audit_has_laptop"], 1, "{r}");
     assert_eq!(r["admin_overflow_375"], false, "the admin view is readable at 375 px");
     // Expired credential.
     assert!(r["expired_notice"].as_str().unwrap().contains("no longer valid"), "{r}");

@@ -52,7 +52,8 @@ impl Idp {
 
     fn id_token(&self, aud: &str, sub: &str) -> String {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.key.public_key().unwrap().thumbprint()});
+        let header =
+            json!({"alg": "ES256", "typ": "JWT", "kid": self.key.public_key().unwrap().thumbprint()});
         let claims = json!({"iss": ISS, "aud": aud, "sub": sub, "iat": now, "exp": now + 600});
         let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
         format!("{input}.{}", b64(&self.key.sign(input.as_bytes())))
@@ -74,8 +75,11 @@ async fn entries(e: &Env, token: &str, query: &str) -> (Vec<Value>, String) {
     let mut raw = String::new();
     let mut after = 0;
     loop {
-        let a = send(e, auth(TestRequest::get().uri(&format!("/v1/audit?after={after}&limit=1000{query}")), token))
-            .await;
+        let a = send(
+            e,
+            auth(TestRequest::get().uri(&format!("/v1/audit?after={after}&limit=1000{query}")), token),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
         raw.push_str(&a.raw);
         let page = a.body["entries"].as_array().unwrap().clone();
@@ -127,41 +131,68 @@ fn every_kind_names_its_actor_target_and_client_and_no_secret() {
         let mut secrets: Vec<String> = vec![e.admin.clone()];
 
         // Mint (admin for alice), mint (alice for herself, a child), revoke (with a descendant).
-        let a = call(&e, auth(post("/v1/tokens", json!({"subject": "alice",
-            "operations": ["read", "tokens.mint", "tokens.list", "tokens.revoke"]})), &e.admin), "r-mint").await;
+        let a = call(
+            &e,
+            auth(
+                post(
+                    "/v1/tokens",
+                    json!({"subject": "alice",
+            "operations": ["read", "tokens.mint", "tokens.list", "tokens.revoke"]}),
+                ),
+                &e.admin,
+            ),
+            "r-mint",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
         let alice = a.body["token"].as_str().unwrap().to_owned();
         let alice_tid = a.body["tid"].as_str().unwrap().to_owned();
         let c = call(&e, auth(post("/v1/tokens", json!({"description": "child"})), &alice), "r-child").await;
         let child = c.body["token"].as_str().unwrap().to_owned();
         let child_tid = c.body["tid"].as_str().unwrap().to_owned();
-        let g = call(&e, auth(post("/v1/tokens", json!({"description": "grandchild"})), &child), "r-grand").await;
+        let g =
+            call(&e, auth(post("/v1/tokens", json!({"description": "grandchild"})), &child), "r-grand").await;
         assert_eq!(g.status, StatusCode::CREATED, "{}", g.raw);
         secrets.extend([alice.clone(), child.clone(), g.body["token"].as_str().unwrap().to_owned()]);
-        let r = call(&e, auth(post(&format!("/v1/tokens/{child_tid}/revoke"), json!({})), &alice), "r-revoke").await;
+        let r =
+            call(&e, auth(post(&format!("/v1/tokens/{child_tid}/revoke"), json!({})), &alice), "r-revoke")
+                .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
 
         // Keys: rotate, revoke the new one (a replacement is made), a signing-key rotation.
         let k = call(&e, auth(post("/v1/keys/rotate", json!({})), &e.admin), "r-rotate").await;
         assert_eq!(k.status, StatusCode::CREATED, "{}", k.raw);
         let kid = k.body["kid"].as_str().unwrap().to_owned();
-        let kr = call(&e, auth(post(&format!("/v1/keys/{kid}/revoke"), json!({})), &e.admin), "r-keyrevoke").await;
+        let kr =
+            call(&e, auth(post(&format!("/v1/keys/{kid}/revoke"), json!({})), &e.admin), "r-keyrevoke").await;
         assert_eq!(kr.status, StatusCode::OK, "{}", kr.raw);
-        let s = call(&e, auth(post("/v1/keys/signing/rotate", json!({"alg": "ES256", "force": true})), &e.admin), "r-sign")
-            .await;
+        let s = call(
+            &e,
+            auth(post("/v1/keys/signing/rotate", json!({"alg": "ES256", "force": true})), &e.admin),
+            "r-sign",
+        )
+        .await;
         assert_eq!(s.status, StatusCode::CREATED, "{}", s.raw);
 
         // Applications: register, disable.
-        let app = call(&e, auth(post("/v1/apps", json!({"name": "billing", "audience": "https://billing.test"})), &e.admin), "r-app")
-            .await;
+        let app = call(
+            &e,
+            auth(post("/v1/apps", json!({"name": "billing", "audience": "https://billing.test"})), &e.admin),
+            "r-app",
+        )
+        .await;
         assert_eq!(app.status, StatusCode::CREATED, "{}", app.raw);
         secrets.push(app.body["credential"].as_str().unwrap().to_owned());
         let d = call(&e, auth(TestRequest::delete().uri("/v1/apps/billing"), &e.admin), "r-appoff").await;
         assert_eq!(d.status, StatusCode::OK, "{}", d.raw);
 
         // Sessions: create, refresh, the spent refresh token again (reuse), revoke another.
-        let sess = call(&e, auth(post("/v1/sessions", json!({"subject": "fay", "strategy": "refreshBoth"})), &e.admin), "r-sess")
-            .await;
+        let sess = call(
+            &e,
+            auth(post("/v1/sessions", json!({"subject": "fay", "strategy": "refreshBoth"})), &e.admin),
+            "r-sess",
+        )
+        .await;
         assert_eq!(sess.status, StatusCode::CREATED, "{}", sess.raw);
         let sid = sess.body["session_id"].as_str().unwrap().to_owned();
         let r0 = sess.body["refresh_token"].as_str().unwrap().to_owned();
@@ -171,15 +202,26 @@ fn every_kind_names_its_actor_target_and_client_and_no_secret() {
         let reuse = call(&e, post("/v1/sessions/refresh", json!({"refresh_token": r0})), "r-reuse").await;
         assert_eq!(reuse.status, StatusCode::UNAUTHORIZED, "{}", reuse.raw);
         secrets.extend([r0.clone(), re.body["refresh_token"].as_str().unwrap().to_owned()]);
-        secrets.extend([sess.body["access_token"].as_str().unwrap().to_owned(), re.body["access_token"].as_str().unwrap().to_owned()]);
-        let other = call(&e, auth(post("/v1/sessions", json!({"subject": "fay"})), &e.admin), "r-sess2").await;
+        secrets.extend([
+            sess.body["access_token"].as_str().unwrap().to_owned(),
+            re.body["access_token"].as_str().unwrap().to_owned(),
+        ]);
+        let other =
+            call(&e, auth(post("/v1/sessions", json!({"subject": "fay"})), &e.admin), "r-sess2").await;
         let sid2 = other.body["session_id"].as_str().unwrap().to_owned();
         secrets.push(other.body["refresh_token"].as_str().unwrap().to_owned());
-        let sr = call(&e, auth(post(&format!("/v1/sessions/{sid2}/revoke"), json!({})), &e.admin), "r-sessoff").await;
+        let sr =
+            call(&e, auth(post(&format!("/v1/sessions/{sid2}/revoke"), json!({})), &e.admin), "r-sessoff")
+                .await;
         assert_eq!(sr.status, StatusCode::OK, "{}", sr.raw);
 
         // Links: create, redeem.
-        let l = call(&e, auth(post("/v1/links", json!({"subject": "dana", "issue": "token"})), &e.admin), "r-link").await;
+        let l = call(
+            &e,
+            auth(post("/v1/links", json!({"subject": "dana", "issue": "token"})), &e.admin),
+            "r-link",
+        )
+        .await;
         assert_eq!(l.status, StatusCode::CREATED, "{}", l.raw);
         let link = l.body["link_token"].as_str().unwrap().to_owned();
         let link_tid = l.body["tid"].as_str().unwrap().to_owned();
@@ -191,23 +233,43 @@ fn every_kind_names_its_actor_target_and_client_and_no_secret() {
         let grant = "urn:ietf:params:oauth:grant-type:token-exchange";
         let id_type = "urn:ietf:params:oauth:token-type:id_token";
         let good = idp.id_token(AUD, "ada");
-        let x = call(&e, post("/v1/exchange", json!({"grant_type": grant, "subject_token": good, "subject_token_type": id_type})), "r-exch")
-            .await;
+        let x = call(
+            &e,
+            post(
+                "/v1/exchange",
+                json!({"grant_type": grant, "subject_token": good, "subject_token_type": id_type}),
+            ),
+            "r-exch",
+        )
+        .await;
         assert_eq!(x.status, StatusCode::OK, "{}", x.raw);
         let bad = idp.id_token("someone-else", "mallory");
-        let xr = call(&e, post("/v1/exchange", json!({"grant_type": grant, "subject_token": bad, "subject_token_type": id_type})), "r-exch-bad")
-            .await;
+        let xr = call(
+            &e,
+            post(
+                "/v1/exchange",
+                json!({"grant_type": grant, "subject_token": bad, "subject_token_type": id_type}),
+            ),
+            "r-exch-bad",
+        )
+        .await;
         assert_eq!(xr.status, StatusCode::UNAUTHORIZED, "{}", xr.raw);
         secrets.extend([good, bad, x.body["access_token"].as_str().unwrap().to_owned()]);
 
         // A budget of 2 an hour, verified 4 times: two refusals, one entry.
-        let helper = mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"], "rate_limit": "2/1h"})).await;
+        let helper =
+            mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"], "rate_limit": "2/1h"}))
+                .await;
         let helper_tid = tid_of(&helper);
         secrets.push(helper.clone());
         let mut refused = 0;
         for i in 0..4 {
-            let v = call(&e, post("/v1/verify", json!({"token": helper, "context": {"operation": "read"}})), &format!("r-v{i}"))
-                .await;
+            let v = call(
+                &e,
+                post("/v1/verify", json!({"token": helper, "context": {"operation": "read"}})),
+                &format!("r-v{i}"),
+            )
+            .await;
             refused += usize::from(v.status == StatusCode::TOO_MANY_REQUESTS);
         }
         assert_eq!(refused, 2);
@@ -219,9 +281,15 @@ fn every_kind_names_its_actor_target_and_client_and_no_secret() {
         assert_eq!(rb.status, StatusCode::FORBIDDEN, "{}", rb.raw);
 
         let all = settled(&e, |all| {
-            ["exchange.refuse", "budget.exhausted", "management.refused", "exchange.accept", "admin_token.create"]
-                .iter()
-                .all(|k| !of_kind(all, k).is_empty())
+            [
+                "exchange.refuse",
+                "budget.exhausted",
+                "management.refused",
+                "exchange.accept",
+                "admin_token.create",
+            ]
+            .iter()
+            .all(|k| !of_kind(all, k).is_empty())
                 && of_kind(all, "management.refused").len() >= 2
         })
         .await;
@@ -259,8 +327,10 @@ fn every_kind_names_its_actor_target_and_client_and_no_secret() {
         assert_eq!(kv.len(), 1, "{kv:#?}");
         assert_eq!(kv[0]["target"]["kid"], kid.as_str());
         assert_from_client(kv[0], "r-keyrevoke");
-        let sk: Vec<&Value> =
-            of_kind(&all, "signing_key.rotate").into_iter().filter(|x| x["actor"]["subject"] == "admin").collect();
+        let sk: Vec<&Value> = of_kind(&all, "signing_key.rotate")
+            .into_iter()
+            .filter(|x| x["actor"]["subject"] == "admin")
+            .collect();
         assert_eq!(sk.len(), 1, "{sk:#?}");
         assert!(sk[0]["target"]["kid"].is_string());
         assert_from_client(sk[0], "r-sign");
@@ -360,7 +430,9 @@ fn the_audit_api_filters_pages_and_belongs_to_the_admin() {
     run(async {
         let e = env();
         let alice = alice(&e).await;
-        let bob = mint_ok(&e, &e.admin, json!({"subject": "bob", "operations": ["tokens.list", "tokens.mint"]})).await;
+        let bob =
+            mint_ok(&e, &e.admin, json!({"subject": "bob", "operations": ["tokens.list", "tokens.mint"]}))
+                .await;
         let bob_tid = tid_of(&bob);
         let child = mint(&e, &alice, json!({"description": "child"})).await;
         let child_tid = child.body["tid"].as_str().unwrap().to_owned();
@@ -368,7 +440,10 @@ fn the_audit_api_filters_pages_and_belongs_to_the_admin() {
         assert_eq!(r.status, StatusCode::OK);
         // Bob mints one of his own, and is refused the keys.
         mint_ok(&e, &bob, json!({"description": "bob's own"})).await;
-        assert_eq!(send(&e, auth(TestRequest::get().uri("/v1/keys"), &bob)).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            send(&e, auth(TestRequest::get().uri("/v1/keys"), &bob)).await.status,
+            StatusCode::FORBIDDEN
+        );
         let all = settled(&e, |all| !of_kind(all, "management.refused").is_empty()).await;
 
         // Filters.
@@ -383,20 +458,28 @@ fn the_audit_api_filters_pages_and_belongs_to_the_admin() {
         let (by_tid, _) = entries(&e, &e.admin, &format!("&actor={bob_tid}")).await;
         assert!(!by_tid.is_empty() && by_tid.iter().all(|x| x["actor"]["tid"] == bob_tid.as_str()));
         let (about_bob, _) = entries(&e, &e.admin, "&subject=bob").await;
-        assert!(about_bob.iter().any(|x| x["target"]["tid"] == bob_tid.as_str()), "the admin's mint of bob's token");
-        assert!(about_bob.iter().all(|x| x["actor"]["subject"] == "bob" || x["target"]["tid"] == bob_tid.as_str()));
+        assert!(
+            about_bob.iter().any(|x| x["target"]["tid"] == bob_tid.as_str()),
+            "the admin's mint of bob's token"
+        );
+        assert!(about_bob
+            .iter()
+            .all(|x| x["actor"]["subject"] == "bob" || x["target"]["tid"] == bob_tid.as_str()));
         let (none, _) = entries(&e, &e.admin, "&until=2000-01-01T00:00:00Z").await;
         assert!(none.is_empty());
         let (none, _) = entries(&e, &e.admin, "&since=2999-01-01T00:00:00Z").await;
         assert!(none.is_empty());
-        let (recent, _) = entries(&e, &e.admin, "&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z").await;
+        let (recent, _) =
+            entries(&e, &e.admin, "&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z").await;
         assert_eq!(recent.len(), all.len());
 
         // The cursor: pages of two give every entry once, in order; past the end, the same cursor.
         let mut paged = Vec::new();
         let mut after = 0;
         loop {
-            let a = send(&e, auth(TestRequest::get().uri(&format!("/v1/audit?after={after}&limit=2")), &e.admin)).await;
+            let a =
+                send(&e, auth(TestRequest::get().uri(&format!("/v1/audit?after={after}&limit=2")), &e.admin))
+                    .await;
             let page = a.body["entries"].as_array().unwrap().clone();
             assert!(page.len() <= 2);
             let next = a.body["next"].as_u64().unwrap();
@@ -412,23 +495,38 @@ fn the_audit_api_filters_pages_and_belongs_to_the_admin() {
         assert!(ids(&paged).windows(2).all(|w| w[0] < w[1]));
 
         // Bad filters: a 400 naming them.
-        for q in ["kind=token.nope", "outcome=maybe", "since=yesterday", "until=1", "colour=red", "after=-1"] {
+        for q in ["kind=token.nope", "outcome=maybe", "since=yesterday", "until=1", "colour=red", "after=-1"]
+        {
             let a = send(&e, auth(TestRequest::get().uri(&format!("/v1/audit?{q}")), &e.admin)).await;
             assert_problem(&a, StatusCode::BAD_REQUEST);
         }
-        let a = send(&e, auth(TestRequest::get().uri(&format!("/v1/audit?actor={}", "x".repeat(300))), &e.admin)).await;
+        let a =
+            send(&e, auth(TestRequest::get().uri(&format!("/v1/audit?actor={}", "x".repeat(300))), &e.admin))
+                .await;
         assert_problem(&a, StatusCode::BAD_REQUEST);
 
         // The admin's: a non-admin is refused, even with `allow audit.read`; an admin token
         // narrowed to `audit.read` reads (and does nothing else).
         for path in ["/v1/audit", "/v1/audit/head"] {
-            assert_problem(&send(&e, auth(TestRequest::get().uri(path), &alice)).await, StatusCode::FORBIDDEN);
+            assert_problem(
+                &send(&e, auth(TestRequest::get().uri(path), &alice)).await,
+                StatusCode::FORBIDDEN,
+            );
         }
         let reader = mint_ok(&e, &e.admin, json!({"subject": "carol", "operations": ["audit.read"]})).await;
-        assert_problem(&send(&e, auth(TestRequest::get().uri("/v1/audit"), &reader)).await, StatusCode::FORBIDDEN);
+        assert_problem(
+            &send(&e, auth(TestRequest::get().uri("/v1/audit"), &reader)).await,
+            StatusCode::FORBIDDEN,
+        );
         let shipper = mint_ok(&e, &e.admin, json!({"operations": ["audit.read"]})).await;
-        assert_eq!(send(&e, auth(TestRequest::get().uri("/v1/audit"), &shipper)).await.status, StatusCode::OK);
-        assert_problem(&send(&e, auth(post("/v1/keys/rotate", json!({})), &shipper)).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            send(&e, auth(TestRequest::get().uri("/v1/audit"), &shipper)).await.status,
+            StatusCode::OK
+        );
+        assert_problem(
+            &send(&e, auth(post("/v1/keys/rotate", json!({})), &shipper)).await,
+            StatusCode::FORBIDDEN,
+        );
         assert_problem(&send(&e, TestRequest::get().uri("/v1/audit")).await, StatusCode::UNAUTHORIZED);
 
         // The head: its text form pins it.
@@ -451,8 +549,14 @@ fn the_audit_api_filters_pages_and_belongs_to_the_admin() {
         assert!(!m.raw.contains("bob") && !m.raw.contains(&bob_tid), "nothing of another subject: {}", m.raw);
         // The admin minted her token: what was done shows, the admin's address does not.
         let by_admin = mine.iter().find(|x| x["actor"]["subject"] == "admin").unwrap();
-        assert!(by_admin["actor"]["address"].is_null() && by_admin["actor"]["user_agent"].is_null(), "{by_admin:#}");
-        assert!(mine.iter().filter(|x| x["actor"]["subject"] == "alice").all(|x| x["actor"]["address"] == "127.0.0.1"));
+        assert!(
+            by_admin["actor"]["address"].is_null() && by_admin["actor"]["user_agent"].is_null(),
+            "{by_admin:#}"
+        );
+        assert!(mine
+            .iter()
+            .filter(|x| x["actor"]["subject"] == "alice")
+            .all(|x| x["actor"]["address"] == "127.0.0.1"));
         // Bob's view holds his refusal, not alice's entries.
         let b = send(&e, auth(TestRequest::get().uri("/v1/audit/mine?outcome=refused"), &bob)).await;
         let bobs = b.body["entries"].as_array().unwrap();
@@ -463,7 +567,10 @@ fn the_audit_api_filters_pages_and_belongs_to_the_admin() {
         let a = send(&e, auth(TestRequest::get().uri("/v1/audit/mine?subject=bob"), &alice)).await;
         assert_problem(&a, StatusCode::BAD_REQUEST);
         let reader_only = mint_ok(&e, &e.admin, json!({"subject": "alice", "operations": ["read"]})).await;
-        assert_problem(&send(&e, auth(TestRequest::get().uri("/v1/audit/mine"), &reader_only)).await, StatusCode::FORBIDDEN);
+        assert_problem(
+            &send(&e, auth(TestRequest::get().uri("/v1/audit/mine"), &reader_only)).await,
+            StatusCode::FORBIDDEN,
+        );
     })
 }
 

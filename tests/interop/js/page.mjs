@@ -174,12 +174,22 @@ try {
   await page.selectOption("#sort", "created");
 
   // Revoke, with confirmation; the list updates.
+  const madeTid = await row.getAttribute("data-tid");
   await row.getByRole("button", { name: /Revoke/ }).click();
   await page.waitForFunction(() => ![...document.querySelectorAll("#tokens tbody tr")].some((r) => r.textContent.includes("ci <img")));
   out.verify_after_revoke = await verify(made, { operation: "read", resource: "docs/1" });
   await page.check("#show-revoked");
   out.revoked_row_status = await row.locator("td[data-label=Status]").textContent();
   out.revoked_row_buttons = await enabledButtons(row);
+
+  // Her activity (GET /v1/audit/mine) lists the token's creation and its revocation, and
+  // nothing of bob's.
+  await page.waitForFunction((tid) => document.querySelector(
+    `#activity tbody tr[data-kind="token.revoke"][data-target="${tid}"]`), madeTid);
+  out.activity_made = await page.locator(`#activity tbody tr[data-kind="token.mint"][data-target="${madeTid}"]`).count();
+  out.activity_revoked = await page.locator(`#activity tbody tr[data-kind="token.revoke"][data-target="${madeTid}"]`).count();
+  out.activity_mentions_bob = (await page.textContent("#activity")).includes("bob");
+  out.activity_first_kind = await page.locator("#activity tbody tr").first().getAttribute("data-kind");
 
   // A non-admin is refused by the API whatever the page shows.
   out.alice_keys_status = await page.evaluate(async () => {
@@ -224,6 +234,13 @@ try {
   if (await page.locator("#admin-show-revoked").count()) await page.check("#admin-show-revoked");
   out.bob_status = await textOf(laptop, "td[data-label=Status]");
   out.bob_revoked_buttons = await enabledButtons(laptop);
+  // The admin's audit trail, filtered by kind: revocations only, bob's laptop among them.
+  const laptopTid = await laptop.getAttribute("data-tid");
+  await page.selectOption("#audit-kind", "token.revoke");
+  await page.click("#audit-form button[type=submit]");
+  await page.waitForSelector("#audit:not([hidden]) tbody tr");
+  out.audit_kinds = [...new Set(await page.locator("#audit tbody tr").evaluateAll((rs) => rs.map((r) => r.dataset.kind)))];
+  out.audit_has_laptop = await page.locator(`#audit tbody tr[data-target="${laptopTid}"]`).count();
   // The admin view at 375 px: signing-key ids (43 characters) wrap instead of widening the page.
   await page.setViewportSize({ width: 375, height: 800 });
   out.admin_overflow_375 = await overflows();

@@ -29,7 +29,12 @@ pub(crate) fn cut(text: &str, max: usize) -> String {
 
 /// The actor of a request made with a credential for `subject` whose family is `tid` (both
 /// `None` for a request without one).
-pub(crate) fn actor(state: &AppState, req: &HttpRequest, subject: Option<&str>, tid: Option<TokenId>) -> Actor {
+pub(crate) fn actor(
+    state: &AppState,
+    req: &HttpRequest,
+    subject: Option<&str>,
+    tid: Option<TokenId>,
+) -> Actor {
     Actor {
         subject: subject.map(str::to_owned),
         tid,

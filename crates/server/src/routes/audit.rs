@@ -58,7 +58,8 @@ pub(crate) struct MineQuery {
 
 fn millis(name: &str, t: Option<&str>) -> Result<Option<i64>> {
     let Some(t) = t else { return Ok(None) };
-    let at = parse_time(t).map_err(|_| ApiError::bad_request(format!("{name} \"{t:.64}\" is not an RFC 3339 time")))?;
+    let at = parse_time(t)
+        .map_err(|_| ApiError::bad_request(format!("{name} \"{t:.64}\" is not an RFC 3339 time")))?;
     Ok(Some(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)))
 }
 
@@ -92,7 +93,9 @@ fn common(
         None => None,
         Some("success") => Some(Outcome::Success),
         Some("refused") => Some(Outcome::Refused),
-        Some(o) => return Err(ApiError::bad_request(format!("outcome \"{o:.32}\" must be success or refused"))),
+        Some(o) => {
+            return Err(ApiError::bad_request(format!("outcome \"{o:.32}\" must be success or refused")))
+        }
     };
     Ok(AuditFilter {
         after: after.unwrap_or(0),
@@ -140,7 +143,11 @@ pub(crate) fn entry_view(e: &AuditEntry) -> Value {
 /// The entries `filter` passes. For a `viewer` (`/v1/audit/mine`), another subject's address,
 /// request id and user agent are left out of entries it did not make (an admin acting on its
 /// tokens, someone refused on one of them): it sees what was done, not where others are.
-async fn answer(state: &web::Data<AppState>, filter: AuditFilter, viewer: Option<String>) -> Result<HttpResponse> {
+async fn answer(
+    state: &web::Data<AppState>,
+    filter: AuditFilter,
+    viewer: Option<String>,
+) -> Result<HttpResponse> {
     let after = filter.after;
     let st = state.clone();
     let mut entries = blocking(move || st.store.audit(&filter).map_err(ApiError::from)).await?;

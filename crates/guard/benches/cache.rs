@@ -81,6 +81,17 @@ fn cached(c: &mut Criterion) {
     });
     let calls = guard.stats().calls;
     assert_eq!(calls, 1, "every iteration after the first was served from the cache");
+
+    // The same with a closure for the mapping: what the policy's path reading costs.
+    let closure =
+        Guard::with_closure(stand_in(), |r| Some(("read".into(), r.target[1..].to_owned()))).build().unwrap();
+    while !closure.stream_live() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rt.block_on(closure.check(&view, &headers)).unwrap();
+    c.bench_function("guard: cached decision (closure + token + keyed hash + lookup)", |b| {
+        b.iter(|| closure.cached(std::hint::black_box(&view), std::hint::black_box(&headers)).unwrap())
+    });
 }
 
 criterion_group!(benches, cached);

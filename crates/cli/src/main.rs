@@ -8,6 +8,7 @@
 
 mod audit;
 mod envelopes;
+mod grow;
 mod inspect;
 mod local;
 mod narrow;
@@ -156,6 +157,18 @@ enum Command {
     /// Read the audit trail through a running service (`--follow` to keep reading), or
     /// `audit verify` its chain in the database.
     Audit(audit::AuditArgs),
+    /// Copy every record from the embedded database to PostgreSQL (`--db FILE --to postgres://...`),
+    /// or back (`--database URL --to FILE`); stop the service first.
+    Migrate(grow::MigrateArgs),
+    /// Take a consistent snapshot of a running node's database (`POST /v1/backup`, admin token).
+    Backup(grow::BackupArgs),
+    /// Put a snapshot back as the database (stop the service first).
+    Restore(grow::RestoreArgs),
+    /// The revocation feed: replay a running source's revocations into a local database.
+    Revocations {
+        #[command(subcommand)]
+        action: grow::RevocationsAction,
+    },
     /// Mint a replacement admin token from the local database (stop the service first).
     AdminToken {
         #[command(flatten)]
@@ -337,6 +350,10 @@ fn run(command: Command) -> Result<Result<(), Denied>> {
         Command::Audit(args) => return audit::audit(args),
         Command::Keys { action, db } => local::keys(action, &db.open()?)?,
         Command::Tokens { action, db } => local::tokens(action, &db.open()?)?,
+        Command::Migrate(args) => grow::migrate(args)?,
+        Command::Backup(args) => grow::backup(args)?,
+        Command::Restore(args) => grow::restore(args)?,
+        Command::Revocations { action } => grow::revocations(action)?,
         Command::AdminToken { db, admin_subject, location } => {
             let store = db.open()?;
             if store.active_key().is_none() {

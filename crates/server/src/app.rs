@@ -16,8 +16,8 @@ use crate::http::guard::guard;
 use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
 use crate::http::request_id;
 use crate::routes::{
-    apps, audit, authz, discharge, envelopes, exchange, health, keys, links, revocations, sessions, tokens,
-    ui, verify,
+    apps, audit, authz, backup, discharge, envelopes, exchange, health, keys, links, revocations, sessions,
+    tokens, ui, verify,
 };
 use crate::startup::Error;
 use crate::state::AppState;
@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/{kid}/revoke"),
     ("get", "/v1/revocations"),
     ("get", "/v1/revocations/stream"),
+    ("post", "/v1/backup"),
     ("get", "/.well-known/jwks.json"),
     ("get", "/.well-known/openid-configuration"),
     ("post", "/v1/keys/signing/rotate"),
@@ -115,6 +116,7 @@ pub fn app(
         .service(resource("/v1/keys/{kid}/revoke").route(web::post().to(keys::revoke_key)))
         .service(resource("/v1/revocations").route(web::get().to(revocations::revocations)))
         .service(resource("/v1/revocations/stream").route(web::get().to(revocations::stream)))
+        .service(resource("/v1/backup").route(web::post().to(backup::backup)))
         .service(resource("/.well-known/jwks.json").route(web::get().to(envelopes::jwks)))
         .service(resource("/.well-known/openid-configuration").route(web::get().to(envelopes::discovery)))
         .service(resource("/v1/keys/signing/rotate").route(web::post().to(envelopes::rotate)))

@@ -220,7 +220,7 @@ fn authorize_noting(
     let (token, discharges) = bearer(req)?;
     let claimed = claimed_identity(&token)?;
     let target = target.unwrap_or(&claimed.sub).to_owned();
-    let admin_area = ["keys", "apps", "audit"]
+    let admin_area = ["keys", "apps", "audit", "store"]
         .into_iter()
         .find(|area| op.strip_prefix(area).is_some_and(|r| r.starts_with('.')));
     let resource = match admin_area {

@@ -4,6 +4,7 @@
 pub(crate) mod apps;
 pub(crate) mod audit;
 pub(crate) mod authz;
+pub(crate) mod backup;
 pub(crate) mod discharge;
 pub(crate) mod envelopes;
 pub(crate) mod exchange;

@@ -53,9 +53,24 @@ struct Db {
     /// Master key file (default: master.key next to the database); TESSERA_MASTER_KEY wins.
     #[arg(long, global = true, env = "TESSERA_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// TLS to PostgreSQL, as `tessera serve --database-sslmode` (or `sslmode=` in the URL).
+    #[arg(long, global = true, env = "TESSERA_DATABASE_SSLMODE")]
+    database_sslmode: Option<tessera_store::SslMode>,
+    /// PostgreSQL's CA, as `tessera serve --database-ca` (or `sslrootcert=` in the URL).
+    #[arg(long, global = true, env = "TESSERA_DATABASE_CA")]
+    database_ca: Option<PathBuf>,
 }
 
 impl Db {
+    /// The connection options of `--database` (TLS from the flags; the URL may say the same).
+    fn postgres_options(&self) -> tessera_store::PostgresOptions {
+        tessera_store::PostgresOptions {
+            sslmode: self.database_sslmode,
+            ca_file: self.database_ca.clone(),
+            ..tessera_store::PostgresOptions::default()
+        }
+    }
+
     fn key_path(&self) -> Result<PathBuf> {
         let path = match (&self.master_key_file, &self.database) {
             (Some(p), _) => p.clone(),
@@ -85,10 +100,8 @@ impl Db {
             }
             return Ok(Store::open(&self.db, master)?);
         };
-        let location = tessera_store::Location::Postgres {
-            url: url.expose().to_owned(),
-            options: tessera_store::PostgresOptions::default(),
-        };
+        let location =
+            tessera_store::Location::Postgres { url: url.expose().to_owned(), options: self.postgres_options() };
         // Whatever the driver says, the password never reaches the terminal.
         Store::open_at(&location, master, tessera_store::Freshness::default()).map_err(|e| {
             let said = e.to_string().replace(url.expose(), &url.redacted());
@@ -316,7 +329,7 @@ fn read_key_file(path: &Path) -> Result<RootKey> {
 }
 
 fn db_of(db: &Path, master_key_file: Option<PathBuf>) -> Db {
-    Db { db: db.to_owned(), database: None, master_key_file }
+    Db { db: db.to_owned(), database: None, master_key_file, database_sslmode: None, database_ca: None }
 }
 
 fn run(command: Command) -> Result<Result<(), Denied>> {

@@ -162,8 +162,11 @@ pub fn run(config: Config) -> Result<(), Error> {
 fn serve(mut config: Config) -> Result<(), Error> {
     let listener = std::net::TcpListener::bind(&config.listen)?;
     let addr: SocketAddr = listener.local_addr()?;
+    // Read before the store is opened: a bad certificate or key stops the start, naming the file.
+    let tls = crate::tls::from_config(&config).map_err(Error::Config)?;
+    let scheme = config.scheme();
     if config.public_url.is_none() {
-        config.public_url = Some(format!("http://{addr}"));
+        config.public_url = Some(format!("{scheme}://{addr}"));
     }
     let workers =
         config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -200,7 +203,7 @@ fn serve(mut config: Config) -> Result<(), Error> {
             println!("(also written to {})", path.display());
         }
     }
-    println!("tessera listening on http://{addr}");
+    println!("tessera listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     let state = opened.state;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -211,15 +214,18 @@ fn serve(mut config: Config) -> Result<(), Error> {
     let streams = state.streams.clone();
     let served = actix_web::rt::System::new().block_on(async move {
         actix_web::rt::spawn(streams.close_on_stop_signal());
-        HttpServer::new(move || app(state.clone()))
+        let server = HttpServer::new(move || app(state.clone()))
             .on_connect(move |io, ext| cap.on_connect(io, ext))
             .client_request_timeout(head_timeout)
             .client_disconnect_timeout(std::time::Duration::from_secs(1))
             .workers(workers)
-            .shutdown_timeout(30)
-            .listen(listener)?
-            .run()
-            .await
+            .shutdown_timeout(30);
+        match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        }
+        .run()
+        .await
     });
     // The last uses noted in memory are written before the process ends.
     stop.store(true, std::sync::atomic::Ordering::Release);

@@ -192,6 +192,26 @@ pub struct Config {
     #[arg(long, env = "TESSERA_MAX_STALENESS", default_value = "10s", value_parser = duration)]
     pub max_staleness: Duration,
 
+    /// TLS to PostgreSQL: disable, require (encrypted, certificate not checked), verify-ca or
+    /// verify-full; the URL's `sslmode` must agree. Default: verify-full when a CA is given or the
+    /// host is another machine, disable for localhost and Unix sockets (docs/CLUSTER.md).
+    #[arg(long, env = "TESSERA_DATABASE_SSLMODE")]
+    pub database_sslmode: Option<tessera_store::SslMode>,
+
+    /// PEM file of the CA that signed PostgreSQL's certificate (a private CA); the URL's
+    /// `sslrootcert` works too.
+    #[arg(long, env = "TESSERA_DATABASE_CA")]
+    pub database_ca: Option<PathBuf>,
+
+    /// Serve HTTPS with this PEM certificate chain (server certificate first); needs --tls-key.
+    /// Read again when the file changes (certificate renewal without a restart).
+    #[arg(long, env = "TESSERA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC).
+    #[arg(long, env = "TESSERA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Directory for the database and, unless set otherwise, the master key file.
     #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -381,6 +401,10 @@ impl Config {
             listen: "127.0.0.1:0".into(),
             database_url: None,
             max_staleness: Duration::from_secs(10),
+            database_sslmode: None,
+            database_ca: None,
+            tls_cert: None,
+            tls_key: None,
             data_dir: dir.into(),
             master_key_file: None,
             public_url: None,
@@ -451,9 +475,18 @@ impl Config {
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("{}://{}", self.scheme(), self.listen))
             .trim_end_matches('/')
             .to_owned()
+    }
+
+    /// `https` when the listener serves TLS (`--tls-cert`), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The issuer of envelopes.

@@ -29,6 +29,7 @@ mod spec;
 mod startup;
 mod state;
 mod ticket;
+mod tls;
 mod uses;
 mod verifying;
 mod view;

@@ -53,8 +53,12 @@ impl AppState {
             }
             Some(url) => {
                 let (master, _) = MasterKey::from_env_or_file(&config.master_key_path())?;
-                let location =
-                    Location::Postgres { url: url.expose().to_owned(), options: PostgresOptions::default() };
+                let options = PostgresOptions {
+                    sslmode: config.database_sslmode,
+                    ca_file: config.database_ca.clone(),
+                    ..PostgresOptions::default()
+                };
+                let location = Location::Postgres { url: url.expose().to_owned(), options };
                 Store::open_at(&location, master, freshness)?
             }
         };

@@ -45,7 +45,7 @@ pub use audit::{
     Actor, AuditEntry, AuditFilter, AuditHead, AuditKind, AuditNote, AuditVerdict, Audited, Outcome, Target,
     MAX_AUDIT_PAGE,
 };
-pub use backend::postgres::PostgresOptions;
+pub use backend::postgres::{PostgresOptions, SslMode};
 pub use backup::{restore, Snapshot};
 pub use codec::{
     AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,

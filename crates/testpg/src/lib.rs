@@ -5,8 +5,15 @@
 //! `postgres` system user that Debian's package creates. The binaries come from
 //! `/usr/lib/postgresql/<newest>/bin`, or `TESSERA_PG_BIN`. A missing PostgreSQL is a failure
 //! that says how to install it, never a skipped test.
+//!
+//! [`PgServer::start_tls`] starts one with `ssl=on` and a server certificate from a [`TestCa`]
+//! (the TLS tests of the store and the service use the same CA helper).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod ca;
+
+pub use ca::{Issued, TestCa};
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -28,6 +35,8 @@ pub struct PgServer {
     owner: Option<(u32, u32)>,
     child: Option<Child>,
     durable: bool,
+    /// `ssl=on` with these certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -70,21 +79,33 @@ impl PgServer {
     /// initdb and start a server tuned for tests (`fsync=off`: nothing here survives a power cut,
     /// and the tests kill nodes, never the server).
     pub fn start() -> PgServer {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// initdb and start a server with `ssl=on`, serving a certificate for `names` signed by
+    /// `ca` (its key file mode 0600, owned by the server's user, as PostgreSQL requires).
+    /// Connections without TLS are still accepted (`host` lines of `pg_hba.conf`), so
+    /// [`PgServer::create_database`] and [`PgServer::sql`] work as on any other server.
+    pub fn start_tls(ca: &TestCa, names: &[&str]) -> PgServer {
+        Self::start_with(false, Some(ca.issue(names)))
     }
 
     /// initdb and start a server that syncs every commit to disk, as in production (benchmarks
     /// compare it with redb, which does).
     pub fn start_durable() -> PgServer {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(durable: bool) -> PgServer {
+    fn start_with(durable: bool, tls: Option<Issued>) -> PgServer {
         let dir = tempfile::Builder::new().prefix("tessera-pg-").tempdir().expect("temp dir");
         let owner = owner();
-        let mut pg = PgServer { dir, bin: bin_dir(), port: free_port(), owner, child: None, durable };
+        let mut pg =
+            PgServer { dir, bin: bin_dir(), port: free_port(), owner, child: None, durable, tls: None };
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(pg.dir.path(), Some(uid), Some(gid)).expect("chown the temp dir");
+        }
+        if let Some(issued) = tls {
+            pg.tls = Some(pg.write_tls_files(&issued));
         }
         let pwfile = pg.dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).expect("password file");
@@ -106,6 +127,23 @@ impl PgServer {
 
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The server's certificate and key files, owned by the server's user; the key 0600
+    /// (PostgreSQL refuses a key file others can read).
+    fn write_tls_files(&self, issued: &Issued) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.dir.path().join("server.crt");
+        let key = self.dir.path().join("server.key");
+        std::fs::write(&cert, &issued.cert_pem).expect("server certificate file");
+        std::fs::write(&key, &issued.key_pem).expect("server key file");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+        if let Some((uid, gid)) = self.owner {
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown a TLS file");
+            }
+        }
+        (cert, key)
     }
 
     fn command(&self, name: &str) -> Command {
@@ -153,6 +191,16 @@ impl PgServer {
             } else {
                 ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"]
             })
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                [
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!("ssl_cert_file={}", cert.display()),
+                    "-c".to_owned(),
+                    format!("ssl_key_file={}", key.display()),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -196,7 +244,13 @@ impl PgServer {
 
     /// The URL of database `db` with the test user's credentials.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)
+        self.url_via("127.0.0.1", db)
+    }
+
+    /// The URL of database `db` naming the server as `host` (`localhost`, `127.0.0.1`; the TLS
+    /// tests check the certificate against it).
+    pub fn url_via(&self, host: &str, db: &str) -> String {
+        format!("postgres://{USER}:{PASSWORD}@{host}:{}/{db}", self.port)
     }
 
     /// Create a fresh, empty database and return its URL.

@@ -83,7 +83,14 @@ impl ConnectionCap {
     /// The `HttpServer::on_connect` hook: counts the connection, or shuts it down at once when
     /// its address is over the cap (the client sees the connection closed).
     pub fn on_connect(self: &Arc<Self>, io: &dyn std::any::Any, ext: &mut Extensions) {
-        let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>() else { return };
+        use actix_tls::accept::rustls_0_23::TlsStream;
+        use actix_web::rt::net::TcpStream;
+        // Plain HTTP hands over the socket, HTTPS its TLS stream (after the handshake).
+        let stream = match (io.downcast_ref::<TcpStream>(), io.downcast_ref::<TlsStream<TcpStream>>()) {
+            (Some(tcp), _) => tcp,
+            (None, Some(tls)) => tls.get_ref().0,
+            (None, None) => return,
+        };
         let Ok(peer) = stream.peer_addr() else { return };
         if !self.admit(peer.ip(), ext) {
             let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);

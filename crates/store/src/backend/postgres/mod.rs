@@ -14,11 +14,15 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tessera_core::{KeyId, SessionId, TokenId};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod audit;
 mod rates;
 mod rows;
+mod tls;
+
+pub use self::tls::SslMode;
 
 /// `SELECT` of the columns `rows::token_of` reads, with the rest of the statement.
 macro_rules! select_tokens {
@@ -75,11 +79,17 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// TLS mode (`--database-sslmode`); the URL's `sslmode` must agree. Neither: see [`SslMode`]
+    /// and docs/CLUSTER.md for the default (never `prefer`).
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the CA that signed the server's certificate (`--database-ca`); the URL's
+    /// `sslrootcert` must agree.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresOptions {
     fn default() -> Self {
-        PostgresOptions { pool_size: 8, connect_timeout: Duration::from_secs(5) }
+        PostgresOptions { pool_size: 8, connect_timeout: Duration::from_secs(5), sslmode: None, ca_file: None }
     }
 }
 
@@ -96,8 +106,9 @@ impl PostgresBackend {
     /// Connect, check the schema version and the master key (before writing anything), migrate
     /// under the advisory lock, and start listening for changes.
     pub(crate) fn open(url: &str, master: &MasterKey, options: &PostgresOptions) -> Result<Self> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| Error::Database(format!("database URL: {e}")))?;
+        // TLS settings taken out of the URL and decided with the flags (tokio-postgres alone
+        // would default to `prefer` and refuse verify-full).
+        let tls::Connection { mut config, tls } = tls::connection(url, options)?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("tessera");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -108,7 +119,7 @@ impl PostgresBackend {
             .map_err(|source| Error::Io { path: "postgres runtime".into(), source })?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = {
@@ -131,7 +142,7 @@ impl PostgresBackend {
         };
         let pool = backend.pool.clone();
         backend.call(async move { migrate(&pool, &check, opens).await })?;
-        backend.handle.spawn(listen(config, tx));
+        backend.handle.spawn(listen(config, tls, tx));
         Ok(backend)
     }
 
@@ -248,9 +259,9 @@ async fn migrate(pool: &Pool, check: &[u8], opens: impl Fn(&[u8]) -> bool) -> Re
 
 /// Keep a connection listening on [`CHANNEL`]; every notification wakes the follower. Reconnects
 /// after a failure (the follower polls meanwhile).
-async fn listen(config: tokio_postgres::Config, wake: mpsc::Sender<()>) {
+async fn listen(config: tokio_postgres::Config, tls: MakeRustlsConnect, wake: mpsc::Sender<()>) {
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+        if let Ok((client, mut connection)) = config.connect(tls.clone()).await {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let driver = tokio::spawn(async move {
                 while let Some(msg) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

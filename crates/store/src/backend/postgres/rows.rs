@@ -20,8 +20,20 @@ pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
 pub(super) fn db(e: tokio_postgres::Error) -> Error {
     match e.as_db_error() {
         Some(d) => Error::Database(format!("{}: {}", d.code().code(), d.message())),
-        None => unavailable(e),
+        None => unavailable(with_causes(&e)),
     }
+}
+
+/// An error with its causes: the driver's own words are only its kind ("error performing TLS
+/// handshake"); why (the certificate's issuer, the refused connection) is in its sources.
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut said = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        said = format!("{said}: {s}");
+        source = s.source();
+    }
+    said
 }
 
 pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> Error {

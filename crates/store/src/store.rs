@@ -95,7 +95,7 @@ pub(crate) struct Inner {
     /// Audit notes queued for the writer and not yet done with.
     pub(crate) audit_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Audit notes dropped because the queue was full.
-    pub(crate) audit_dropped: std::sync::atomic::AtomicU64,
+    pub(crate) audit_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The follower's announcement of each applied entry.
     applied: tokio::sync::watch::Receiver<u64>,
 }

@@ -118,7 +118,7 @@ pub(crate) enum Op {
     Note {
         note: Box<AuditNote>,
         /// Dropped (the place freed) whatever becomes of the job.
-        _slot: NoteSlot,
+        slot: NoteSlot,
     },
 }
 
@@ -146,6 +146,14 @@ pub(crate) struct Job {
     /// transaction. A job still queued at its deadline is never run.
     pub(crate) deadline: Instant,
     pub(crate) reply: SyncSender<Result<Done>>,
+}
+
+/// A note that will not be written (past its deadline, or its transaction failed) is counted
+/// with those the queue dropped.
+fn missed(job: &Job) {
+    if let Op::Note { slot, .. } = &job.op {
+        slot.missed();
+    }
 }
 
 /// The writer thread's state.
@@ -180,6 +188,7 @@ impl Writer {
         let now = Instant::now();
         let (jobs, late): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
         for job in late {
+            missed(&job);
             let _ = job.reply.send(Err(Error::Unavailable(format!(
                 "no answer within {} s: the write waited for the database and was not run, nothing written",
                 WRITE_DEADLINE.as_secs()
@@ -197,6 +206,9 @@ impl Writer {
                 // cannot be read back right now, the follower catches up later.
                 let _ = self.follower.catch_up();
                 for ((job, result), done) in jobs.into_iter().zip(results).zip(done) {
+                    if result.is_err() {
+                        missed(&job);
+                    }
                     let answer = result
                         .and_then(|()| done.ok_or_else(|| Error::Corrupt("operation left no result".into())));
                     let _ = job.reply.send(answer);
@@ -206,6 +218,7 @@ impl Writer {
                 let msg = e.to_string();
                 let unavailable = matches!(e, Error::Unavailable(_));
                 for job in jobs {
+                    missed(&job);
                     let err = if let Error::Unconfirmed(m) = &e {
                         Error::Unconfirmed(m.clone())
                     } else if unavailable {
@@ -356,16 +369,8 @@ impl Writer {
         };
         if let Op::Note { note, .. } = op {
             let n = &**note;
-            let row = audit::new_row(
-                n.kind,
-                n.outcome,
-                &n.actor,
-                n.target.clone(),
-                None,
-                n.reason.as_deref(),
-                n.detail.clone(),
-                at_ms,
-            );
+            let row = audit::new_row(n.kind, n.outcome, &n.actor, n.target.clone(), at_ms)
+                .saying(n.reason.as_deref(), n.detail.as_deref());
             tx.insert_audit(&row, Only::Always)?;
             return Ok(Done::Nothing);
         }

@@ -495,9 +495,6 @@ pub(crate) fn new_row(
     outcome: Outcome,
     actor: &Actor,
     target: Target,
-    target_subject: Option<&str>,
-    reason: Option<&str>,
-    detail: Option<String>,
     at_ms: i64,
 ) -> AuditRow {
     let f = |v: &Option<String>, max| v.as_deref().map(|s| clip(s, max));
@@ -522,11 +519,26 @@ pub(crate) fn new_row(
                 sid: target.sid,
                 app: target.app.map(|a| clip(&a, MAX_AUDIT_FIELD)),
             },
-            reason: reason.map(|r| clip(r, MAX_AUDIT_TEXT)),
-            detail: detail.map(|d| clip(&d, MAX_AUDIT_TEXT)),
+            reason: None,
+            detail: None,
         },
-        target_subject: target_subject.map(|s| clip(s, MAX_AUDIT_FIELD)),
+        target_subject: None,
         mac: None,
+    }
+}
+
+impl AuditRow {
+    /// With the subject of the token it targets (else the backend reads it from the record).
+    pub(crate) fn about(mut self, target_subject: Option<&str>) -> AuditRow {
+        self.target_subject = target_subject.map(|s| clip(s, MAX_AUDIT_FIELD));
+        self
+    }
+
+    /// With a reason and a detail (each cut to [`MAX_AUDIT_TEXT`]).
+    pub(crate) fn saying(mut self, reason: Option<&str>, detail: Option<&str>) -> AuditRow {
+        self.entry.reason = reason.map(|r| clip(r, MAX_AUDIT_TEXT));
+        self.entry.detail = detail.map(|d| clip(d, MAX_AUDIT_TEXT));
+        self
     }
 }
 

@@ -1,7 +1,7 @@
 //! What each write records, and the write methods on behalf of an actor.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tessera_core::{SessionId, TokenId};
@@ -25,15 +25,16 @@ impl Store {
     /// waiting for it: `false` (and [`Store::audit_dropped`] counts it) when
     /// [`MAX_PENDING_NOTES`] are queued already. Never blocks.
     pub fn audit_note(&self, note: AuditNote) -> bool {
-        let queued = NoteSlot::take(&self.inner.audit_pending)
-            .is_some_and(|slot| self.queue(Op::Note { note: Box::new(note), _slot: slot }));
+        let queued = NoteSlot::take(&self.inner.audit_pending, &self.inner.audit_dropped)
+            .is_some_and(|slot| self.queue(Op::Note { note: Box::new(note), slot }));
         if !queued {
             self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
         }
         queued
     }
 
-    /// Entries [`Store::audit_note`] could not queue since the store opened.
+    /// Notes not written since the store opened: [`Store::audit_note`] found the queue full, or
+    /// the writer could not write them (past their deadline, or their transaction failed).
     pub fn audit_dropped(&self) -> u64 {
         self.inner.audit_dropped.load(Ordering::Relaxed)
     }
@@ -156,14 +157,19 @@ pub(crate) fn with_actor(op: Op) -> Op {
 /// A place in the writer's queue held by a note until the writer is done with it (written,
 /// refused, or dropped unrun): the queue of notes is bounded without a bounded channel.
 #[derive(Debug)]
-pub(crate) struct NoteSlot(Arc<AtomicUsize>);
+pub(crate) struct NoteSlot(Arc<AtomicUsize>, Arc<AtomicU64>);
 
 impl NoteSlot {
-    fn take(pending: &Arc<AtomicUsize>) -> Option<NoteSlot> {
+    fn take(pending: &Arc<AtomicUsize>, dropped: &Arc<AtomicU64>) -> Option<NoteSlot> {
         pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_PENDING_NOTES).then_some(n + 1))
             .ok()
-            .map(|_| NoteSlot(Arc::clone(pending)))
+            .map(|_| NoteSlot(Arc::clone(pending), Arc::clone(dropped)))
+    }
+
+    /// The note was queued but will not be written: count it with the dropped.
+    pub(crate) fn missed(&self) {
+        self.1.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -189,8 +195,8 @@ fn session(sid: SessionId, tid: Option<TokenId>) -> Target {
 /// operation that changed nothing, such as revoking twice, or that is no audited change).
 pub(crate) fn rows_for(op: &Op, done: &Done, actor: &Actor, at_ms: i64) -> Vec<(AuditRow, Only)> {
     let ok = Outcome::Success;
-    let row = |kind, target, subject: Option<&str>, detail| {
-        new_row(kind, ok, actor, target, subject, None, detail, at_ms)
+    let row = |kind, target, subject: Option<&str>, detail: Option<String>| {
+        new_row(kind, ok, actor, target, at_ms).about(subject).saying(None, detail.as_deref())
     };
     let one = |r: AuditRow| vec![(r, Only::Always)];
     match (op, done) {

@@ -35,7 +35,10 @@ pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) ->
                 // (or, alone in the batch, before the COMMIT): no round trip of their own.
                 pending = std::mem::take(&mut tx.audit);
                 if !single {
-                    pending.push_str("; RELEASE SAVEPOINT op");
+                    if !pending.is_empty() {
+                        pending.push_str("; ");
+                    }
+                    pending.push_str("RELEASE SAVEPOINT op");
                 }
                 results.push(Ok(()));
             }

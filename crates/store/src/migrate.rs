@@ -240,7 +240,7 @@ pub fn migrate(
         // A source that changed during the copy (a PostgreSQL node still running) fails it.
         // (An embedded source cannot change: the copy holds its lock.)
         if source.shared()
-            && (source.changes_after(last_change, 1)?.first().is_some()
+            && (!source.changes_after(last_change, 1)?.is_empty()
                 || source.tokens_page(None, usize::MAX)?.len() != dump.tokens.len())
         {
             return Err(Error::Database(

@@ -10,6 +10,10 @@
 //! measured first: its channel wakes the writer for each line, which cost `/v1/verify` a quarter
 //! of its throughput with the access log on (docs/BENCHMARKS.md).
 //!
+//! The access line (one per request) does not go through `fmt`: `logging/access.rs` writes it by
+//! hand, byte for byte the same, into the same buffer (`fmt` cost verify a quarter of its
+//! throughput).
+//!
 //! The filter: `--log-level` (or `TESSERA_LOG_LEVEL`) when given, else `RUST_LOG`, else `info`.
 //! Both take a level or `RUST_LOG`-style directives (`info,tessera::access=off`). Only `tracing`
 //! events are logged: the `log` records some dependencies write (tokio-postgres's statements and
@@ -24,6 +28,9 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+
+mod access;
+pub(crate) use access::{enabled as access_enabled, write as access, AccessLine};
 
 /// Bytes of log lines the writer thread may be behind by; past this, lines are dropped and
 /// counted (about 16,000 access lines).
@@ -58,6 +65,17 @@ struct Pending {
 }
 
 impl Pending {
+    /// Append one whole line, or drop and count it when the writer is [`LOG_BUFFER_BYTES`] behind.
+    fn push(&self, line: &[u8]) {
+        if let Ok(mut lines) = self.lines.lock() {
+            if lines.len() + line.len() <= LOG_BUFFER_BYTES {
+                lines.extend_from_slice(line);
+                return;
+            }
+        }
+        DROPPED.fetch_add(1, Relaxed);
+    }
+
     fn take(&self) -> Vec<u8> {
         self.lines.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
     }
@@ -70,13 +88,7 @@ struct Buffered(Arc<Pending>);
 
 impl Write for Buffered {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut lines) = self.0.lines.lock() {
-            if lines.len() + line.len() <= LOG_BUFFER_BYTES {
-                lines.extend_from_slice(line);
-                return Ok(line.len());
-            }
-        }
-        DROPPED.fetch_add(1, Relaxed);
+        self.0.push(line);
         Ok(line.len())
     }
 
@@ -146,6 +158,10 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Logging {
     };
     if installed.is_err() {
         return Logging { pending: None, thread: None };
+    }
+    // Asked once: the access line is written by `access` (not through `fmt`), when enabled.
+    if tracing::enabled!(target: access::ACCESS_TARGET, tracing::Level::INFO) {
+        let _ = access::ACCESS.set(access::AccessLog { pending: pending.clone(), format });
     }
     let drain = pending.clone();
     let thread = std::thread::Builder::new().name("tessera-log".into()).spawn(move || {

@@ -125,7 +125,8 @@ pub(crate) async fn observe(
     if let Some(state) = &state {
         state.metrics.latency.observe(route, status, elapsed);
     }
-    if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+    // Decided once when logging starts (the filter for ACCESS_TARGET at info).
+    if crate::logging::access_enabled() {
         let extensions = http.extensions();
         let principal = extensions.get::<Principal>();
         // By the trusted-proxy rules; a forwarding header that does not parse (answered 400)
@@ -134,17 +135,16 @@ pub(crate) async fn observe(
             .as_ref()
             .and_then(|s| auth::client_ip_of(s, http).ok().flatten())
             .or_else(|| http.peer_addr().map(|a| a.ip()));
-        tracing::info!(
-            target: ACCESS_TARGET,
-            method = method.as_str(),
+        crate::logging::access(&crate::logging::AccessLine {
+            method: method.as_str(),
             route,
             status,
-            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            request_id = extensions.get::<RequestId>().map(|r| r.0.as_str()),
-            subject = principal.map(|p| p.subject.as_str()),
-            tid = principal.map(|p| tracing::field::display(p.tid)),
-            client = client.map(tracing::field::display),
-        );
+            elapsed,
+            request_id: extensions.get::<RequestId>().map(|r| r.0.as_str()),
+            subject: principal.map(|p| p.subject.as_str()),
+            tid: principal.map(|p| &p.tid as &dyn std::fmt::Display),
+            client,
+        });
     }
     Ok(res)
 }

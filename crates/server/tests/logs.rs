@@ -317,3 +317,48 @@ fn no_token_or_secret_reaches_the_log_at_debug_level() {
         assert!(!log.contains(word), "{word} in the log:\n{log}");
     }
 }
+
+/// A subject with quotes, a backslash, control characters and non-ASCII text: the JSON line
+/// still parses and gives the subject back exactly; the text line quotes and escapes it on one
+/// line.
+#[test]
+fn a_subject_needing_escapes_keeps_json_lines_valid() {
+    let subject = "al\"ice\\ \u{1}tab\tnl\n é 日本 😀";
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--log-format", "json", "--admin-subject", subject]);
+    let admin = server.admin.clone();
+    let mut c = Client::new(&server.url);
+    let (s, id, minted) =
+        c.post("/v1/tokens", Some(&admin), json!({"subject": "bob", "operations": ["read"]}));
+    assert_eq!(s, 201, "{minted}");
+    let log = stop(server);
+    let lines = access_lines(&log);
+    let line = lines.iter().find(|l| l["request_id"] == id.as_str()).unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(line["subject"], subject, "{line}");
+    assert_eq!(line["status"], 201);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--admin-subject", subject]);
+    let admin = server.admin.clone();
+    let mut c = Client::new(&server.url);
+    let (s, id, _) = c.post("/v1/tokens", Some(&admin), json!({"subject": "bob", "operations": ["read"]}));
+    assert_eq!(s, 201);
+    let log = stop(server);
+    let line =
+        log.lines().find(|l| l.contains(&format!("request_id=\"{id}\""))).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(&format!(" subject={subject:?} ")), "{line}");
+}
+
+/// The access line follows the filter: off for `tessera::access`, none is written while the
+/// other info lines still are.
+#[test]
+fn the_filter_turns_the_access_line_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--log-format", "json", "--log-level", "info,tessera::access=off"]);
+    let mut c = Client::new(&server.url);
+    c.call("GET", "/health", &[], None);
+    c.call("GET", "/nothing", &[], None);
+    let log = stop(server);
+    assert!(access_lines(&log).is_empty(), "{log}");
+    assert!(log.contains("config: listen="), "{log}");
+}

@@ -103,7 +103,7 @@ impl Checker<'_> {
             return Ok(Host::Any);
         }
         match crate::normal_host(s) {
-            Ok(h) if !h.is_empty() => Ok(Host::Named(h)),
+            Ok(h) if !h.is_empty() => Ok(Host::Named(h.into_owned())),
             _ => self.err(
                 &v.span(),
                 format!("host \"{s}\" is neither \"*\" nor a host name (with an optional port)"),
@@ -123,7 +123,7 @@ impl Checker<'_> {
                 )
             }
         };
-        Ok(segs.0)
+        Ok(segs.segments().map(str::to_owned).collect())
     }
 
     fn rule(&self, r: &Spanned<RuleFile>) -> Result<(Host, Vec<String>, Rule), Error> {
@@ -230,7 +230,7 @@ pub(crate) fn parse(text: &str) -> Result<Policy, Error> {
         token.header = f.header.as_ref().map(|h| c.header_name(h)).transpose()?;
         token.cookie = f.cookie.as_ref().map(|h| c.cookie_name(h)).transpose()?;
     }
-    let mut policy = Policy { token, hosts: Default::default(), rules: 0 };
+    let mut policy = Policy { token, named: Default::default(), any: None, rules: 0 };
     let mut seen: BTreeMap<(Host, Vec<String>), usize> = BTreeMap::new();
     for r in &file.rule {
         let (host, prefix, rule) = c.rule(r)?;
@@ -245,8 +245,7 @@ pub(crate) fn parse(text: &str) -> Result<Policy, Error> {
                 ),
             );
         }
-        policy.hosts.entry(host).or_default().insert(prefix, rule);
-        policy.rules += 1;
+        policy.add(host, &prefix, rule);
     }
     if policy.rules == 0 {
         return Err(Error::Invalid {

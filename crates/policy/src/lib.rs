@@ -39,6 +39,7 @@ mod error;
 mod file;
 mod path;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -82,6 +83,36 @@ pub enum Decision {
     Unmatched,
 }
 
+/// What a request needs, borrowed from the policy and the request where it can be: what
+/// [`Policy::decide_ref`] answers without allocating for a path with nothing percent-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionRef<'a> {
+    /// A public path: no token needed.
+    Public,
+    /// A token allowing `operation` on `resource`.
+    Check {
+        /// The operation, e.g. `read`.
+        operation: &'a str,
+        /// The resource, e.g. `files/a`.
+        resource: Cow<'a, str>,
+    },
+    /// No rule covers the request: it is refused.
+    Unmatched,
+}
+
+impl DecisionRef<'_> {
+    /// The same decision, owned.
+    pub fn into_owned(self) -> Decision {
+        match self {
+            DecisionRef::Public => Decision::Public,
+            DecisionRef::Check { operation, resource } => {
+                Decision::Check { operation: operation.to_owned(), resource: resource.into_owned() }
+            }
+            DecisionRef::Unmatched => Decision::Unmatched,
+        }
+    }
+}
+
 /// Where a request's token is read from, besides `Authorization: Bearer`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenSource {
@@ -113,16 +144,25 @@ enum Rule {
     Check { methods: BTreeMap<String, String>, resource: ResourceMap },
 }
 
+/// The rules of one host, by prefix: its segments joined with `/` (`""` for `/`). Segments
+/// never hold a `/` (an encoded one is refused), so joining loses nothing, and a request's
+/// prefixes are slices of its canonical path: looked up without building a key.
+type Rules = HashMap<String, Rule>;
+
 /// A checked policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     token: TokenSource,
-    hosts: HashMap<Host, HashMap<Vec<String>, Rule>>,
+    /// The rules of the hosts the policy names, by normal host.
+    named: HashMap<String, Rules>,
+    /// The rules of `*`.
+    any: Option<Rules>,
     rules: usize,
 }
 
-/// A host as rules and requests are compared: lower case, no trailing dot.
-fn normal_host(h: &str) -> Result<String, Error> {
+/// A host as rules and requests are compared: lower case, no trailing dot (borrowed when it
+/// already is).
+fn normal_host(h: &str) -> Result<Cow<'_, str>, Error> {
     let h = h.trim_end_matches('.');
     let ok = h.len() <= 255
         && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
@@ -130,7 +170,11 @@ fn normal_host(h: &str) -> Result<String, Error> {
     if !ok {
         return Err(Error::Host("not a host name with an optional port"));
     }
-    Ok(h.to_ascii_lowercase())
+    Ok(if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(h)
+    })
 }
 
 /// `host` without its port (`[::1]:80` → `[::1]`, `a:80` → `a`), if it has one.
@@ -177,58 +221,94 @@ impl Policy {
     /// the longest prefix that matches whole segments. A path two readers could take differently
     /// (`..`, `//`, `%2F`, `%252e`...) is an error, never a decision.
     pub fn decide(&self, host: &str, method: &str, target: &str) -> Result<Decision, Error> {
+        self.decide_ref(host, method, target).map(DecisionRef::into_owned)
+    }
+
+    /// [`Policy::decide`] without copies: the operation borrowed from the policy, the resource
+    /// from the request target (or the policy, for a fixed one). Nothing is allocated unless
+    /// the path was percent-encoded or the host is not in lower case.
+    pub fn decide_ref<'a>(
+        &'a self,
+        host: &str,
+        method: &str,
+        target: &'a str,
+    ) -> Result<DecisionRef<'a>, Error> {
         if method.is_empty()
             || method.len() > 32
             || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
         {
             return Err(Error::Method("not an HTTP method in capitals"));
         }
-        let segments = path::canonical(target)?.0;
-        let host = if host.is_empty() { String::new() } else { normal_host(host)? };
-        let mut candidates = Vec::with_capacity(3);
-        if !host.is_empty() {
-            candidates.push(Host::Named(host.clone()));
-            if let Some(name) = without_port(&host) {
-                candidates.push(Host::Named(name.to_owned()));
-            }
-        }
-        candidates.push(Host::Any);
+        let path = path::canonical(target)?;
+        let host = if host.is_empty() { Cow::Borrowed("") } else { normal_host(host)? };
         // A host the policy names uses its own rules only: no fall-through to "*".
-        let Some(rules) = candidates.iter().find_map(|h| self.hosts.get(h)) else {
-            return Ok(Decision::Unmatched);
+        let named = |h: &str| if h.is_empty() { None } else { self.named.get(h) };
+        let rules = named(&host).or_else(|| without_port(&host).and_then(named)).or(self.any.as_ref());
+        let Some(rules) = rules else {
+            return Ok(DecisionRef::Unmatched);
         };
-        for len in (0..=segments.len()).rev() {
-            if let Some(rule) = rules.get(&segments[..len]) {
-                return Ok(rule.decision(method, &segments));
+        // The longest prefix first: the whole path, then without its last segment, down to "".
+        let text: &str = &path.0;
+        let mut end = text.len();
+        loop {
+            if let Some(rule) = rules.get(&text[..end]) {
+                return Ok(rule.decision(method, path));
             }
+            if end == 0 {
+                return Ok(DecisionRef::Unmatched);
+            }
+            end = text[..end].rfind('/').unwrap_or(0);
         }
-        Ok(Decision::Unmatched)
+    }
+
+    /// Add a checked rule (the file's reader has refused duplicates).
+    fn add(&mut self, host: Host, prefix: &[String], rule: Rule) {
+        let rules = match host {
+            Host::Any => self.any.get_or_insert_with(Rules::default),
+            Host::Named(h) => self.named.entry(h).or_default(),
+        };
+        rules.insert(prefix.join("/"), rule);
+        self.rules += 1;
     }
 }
 
 impl Rule {
-    fn decision(&self, method: &str, segments: &[String]) -> Decision {
+    fn decision<'a>(&'a self, method: &str, path: path::Canonical<'a>) -> DecisionRef<'a> {
         let Rule::Check { methods, resource } = self else {
-            return Decision::Public;
+            return DecisionRef::Public;
         };
         let operation = match methods.get(method).or_else(|| methods.get("*")) {
-            Some(op) => op.clone(),
-            None if method == "GET" || method == "HEAD" => "read".to_owned(),
-            None => "write".to_owned(),
+            Some(op) => op.as_str(),
+            None if method == "GET" || method == "HEAD" => "read",
+            None => "write",
         };
-        let resource = match &resource.fixed {
-            Some(f) => f.clone(),
-            None => {
-                let rest = &segments[resource.strip.min(segments.len())..];
-                let rest = &rest[..resource.keep.unwrap_or(rest.len()).min(rest.len())];
-                if rest.is_empty() {
-                    "/".to_owned()
-                } else {
-                    rest.join("/")
-                }
+        if let Some(f) = &resource.fixed {
+            return DecisionRef::Check { operation, resource: Cow::Borrowed(f) };
+        }
+        // Segments `strip..strip + keep`, joined by `/`: a slice of the canonical path.
+        let text: &str = &path.0;
+        let mut start = text.len();
+        let mut end = text.len();
+        let mut offset = 0;
+        for (i, seg) in path.segments().enumerate() {
+            if i == resource.strip {
+                start = offset;
+            }
+            if resource.keep.is_some_and(|k| i == resource.strip + k) {
+                end = offset - 1;
+                break;
+            }
+            offset += seg.len() + 1;
+        }
+        let resource = if start >= end {
+            Cow::Borrowed("/")
+        } else {
+            match path.0 {
+                Cow::Borrowed(t) => Cow::Borrowed(&t[start..end]),
+                Cow::Owned(t) => Cow::Owned(t[start..end].to_owned()),
             }
         };
-        Decision::Check { operation, resource }
+        DecisionRef::Check { operation, resource }
     }
 }
 

@@ -5,6 +5,8 @@
 //! guessed: a client must not reach `/admin` through `/public/../admin`, `/public//admin`,
 //! `/public/%2e%2e/admin` or `/public%2Fadmin`.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode_str;
 
 use crate::error::Error;
@@ -12,13 +14,31 @@ use crate::error::Error;
 /// The longest request path (query excluded) looked at, in bytes.
 pub const MAX_PATH_BYTES: usize = 8192;
 
-/// A request path, decoded and split into segments (no empty, `.` or `..` segment).
+/// A request path, decoded and checked: the text between the leading `/` and the optional
+/// trailing `/`, its segments separated by `/` (none empty, `.` or `..`; none holds a `/`, since
+/// encoded slashes are refused, so the text and the list of segments say the same thing). It
+/// borrows the request target when nothing in it was percent-encoded: the common case costs no
+/// allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Segments(pub(crate) Vec<String>);
+pub(crate) struct Canonical<'a>(pub(crate) Cow<'a, str>);
+
+impl<'a> Canonical<'a> {
+    /// The segments, in order (none for `/`).
+    pub(crate) fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|s| !s.is_empty())
+    }
+}
+
+/// Does `path` hold a percent-encoded slash or backslash (`%2f`, `%5c`, any case)?
+fn encoded_separator(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'f') | (b'5', b'c')))
+}
 
 /// The path of a request target (`/a/b?q`, the query and fragment dropped), decoded and
 /// checked. One trailing `/` is allowed and ignored; every other ambiguity is an error.
-pub(crate) fn canonical(target: &str) -> Result<Segments, Error> {
+pub(crate) fn canonical(target: &str) -> Result<Canonical<'_>, Error> {
     let path = match target.find(['?', '#']) {
         Some(i) => &target[..i],
         None => target,
@@ -30,10 +50,10 @@ pub(crate) fn canonical(target: &str) -> Result<Segments, Error> {
         return Err(Error::Path("the path does not start with /"));
     }
     // Encoded separators would become separators for an upstream that decodes before routing.
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
+    if encoded_separator(path) {
         return Err(Error::Path("the path has a percent-encoded slash or backslash"));
     }
+    // Borrowed when there is no `%`: nothing to decode.
     let decoded = percent_decode_str(path)
         .decode_utf8()
         .map_err(|_| Error::Path("the path is not UTF-8 once decoded"))?;
@@ -49,22 +69,27 @@ pub(crate) fn canonical(target: &str) -> Result<Segments, Error> {
     }
     let body = &decoded[1..];
     let body = body.strip_suffix('/').unwrap_or(body);
-    if body.is_empty() {
-        return Ok(Segments(Vec::new()));
-    }
-    let mut out = Vec::new();
-    for seg in body.split('/') {
-        if seg.is_empty() {
-            return Err(Error::Path("the path has an empty segment (//)"));
+    if !body.is_empty() {
+        for seg in body.split('/') {
+            if seg.is_empty() {
+                return Err(Error::Path("the path has an empty segment (//)"));
+            }
+            // `..;x` is `..` to servlet containers (path parameters): refused like `..`.
+            let bare = seg.split(';').next().unwrap_or(seg);
+            if bare == "." || bare == ".." {
+                return Err(Error::Path("the path has a . or .. segment"));
+            }
         }
-        // `..;x` is `..` to servlet containers (path parameters): refused like `..`.
-        let bare = seg.split(';').next().unwrap_or(seg);
-        if bare == "." || bare == ".." {
-            return Err(Error::Path("the path has a . or .. segment"));
-        }
-        out.push(seg.to_owned());
     }
-    Ok(Segments(out))
+    let (start, end) = (1, 1 + body.len());
+    Ok(Canonical(match decoded {
+        Cow::Borrowed(d) => Cow::Borrowed(&d[start..end]),
+        Cow::Owned(mut d) => {
+            d.truncate(end);
+            d.drain(..start);
+            Cow::Owned(d)
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -72,7 +97,7 @@ mod tests {
     use super::*;
 
     fn segs(p: &str) -> Vec<String> {
-        canonical(p).unwrap().0
+        canonical(p).unwrap().segments().map(str::to_owned).collect()
     }
 
     #[test]
@@ -84,6 +109,17 @@ mod tests {
         assert_eq!(segs("/a/%62"), vec!["a", "b"]);
         assert_eq!(segs("/a/b%20c"), vec!["a", "b c"]);
         assert_eq!(segs("/a/.well-known/x..y"), vec!["a", ".well-known", "x..y"]);
+        assert_eq!(segs("/a/%C3%A9t%C3%A9/"), vec!["a", "été"]);
+        assert_eq!(segs("/%2a/%3b"), vec!["*", ";"]);
+    }
+
+    #[test]
+    fn plain_paths_borrow_and_encoded_ones_decode() {
+        assert!(matches!(canonical("/a/b/?x").unwrap().0, Cow::Borrowed("a/b")));
+        assert!(matches!(canonical("/").unwrap().0, Cow::Borrowed("")));
+        let c = canonical("/a/%62/").unwrap();
+        assert!(matches!(&c.0, Cow::Owned(s) if s == "a/b"));
+        assert_eq!(canonical("/%61").unwrap().0, "a");
     }
 
     #[test]
@@ -110,6 +146,17 @@ mod tests {
             "/a/%00",
             "/a/\u{7f}",
             "/a/%ff",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a/%2",
+            "/a/b%",
+            "/a/%2e%2E/b",
+            "/a/%2e%2e",
+            "/a/%2e/",
+            "/a/b//",
+            "/a/%25/b",
+            "/a/%c3%28",
+            "/a/%0a",
         ] {
             assert!(canonical(bad).is_err(), "{bad:?} was accepted");
         }

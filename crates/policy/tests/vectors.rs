@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tessera_policy::{Decision, Error, Policy, TokenSource};
+use std::borrow::Cow;
+
+use tessera_policy::{Decision, DecisionRef, Error, Policy, TokenSource};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -41,6 +43,9 @@ fn file_policy_decides_every_case() {
     for c in &cases.case {
         let got = policy.decide(&c.host, &c.method, &c.path);
         let what = format!("{} {} {}", c.host, c.method, c.path);
+        // The borrowing reading the guard uses decides exactly the same.
+        let borrowed = policy.decide_ref(&c.host, &c.method, &c.path).map(DecisionRef::into_owned);
+        assert_eq!(format!("{borrowed:?}"), format!("{got:?}"), "{what}");
         match c.expect.as_str() {
             "public" => assert_eq!(got.unwrap(), Decision::Public, "{what}"),
             "unmatched" => assert_eq!(got.unwrap(), Decision::Unmatched, "{what}"),
@@ -118,4 +123,22 @@ fn the_root_prefix_covers_everything_of_its_host() {
         p.decide("h", "PATCH", "/a/b").unwrap(),
         Decision::Check { operation: "write".into(), resource: "a/b".into() }
     );
+}
+
+#[test]
+fn plain_paths_are_decided_without_copies() {
+    let policy = Policy::load(&dir().join("files.policy.toml")).unwrap();
+    let target = "/files/report/2026?x=1";
+    match policy.decide_ref("a.example", "GET", target).unwrap() {
+        DecisionRef::Check { operation: "read", resource: Cow::Borrowed(r) } => {
+            assert_eq!(r, "report");
+            // A slice of the request target itself.
+            assert!(std::ptr::eq(r.as_ptr(), target[7..].as_ptr()));
+        }
+        other => panic!("{other:?}"),
+    }
+    match policy.decide_ref("a.example", "GET", "/files/%72eport").unwrap() {
+        DecisionRef::Check { resource: Cow::Owned(r), .. } => assert_eq!(r, "report"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,9 +1,10 @@
 //! The audit trail on PostgreSQL (migration `0008_audit.sql`).
 //!
-//! Writing costs no round trip of its own: the writer's entry is rendered as one `INSERT`
-//! (values as hex literals, so no text from a request is ever parsed as SQL) and sent in the same
-//! exchange as the savepoint release or the `COMMIT` that ends its operation. Sealing, pruning
-//! and reading run on their own connections, never on the write path.
+//! Writing costs no round trip of its own: the entries of an operation go as one prepared
+//! `INSERT` (every value a bind parameter, so no text from a request is ever parsed as SQL),
+//! pipelined in front of the savepoint release or the `COMMIT` that ends the operation (see
+//! `PgTx::exec_with`). Sealing, pruning and reading run on their own connections, never on the
+//! write path.
 
 use tessera_core::{SessionId, TokenId};
 use tokio_postgres::types::ToSql;
@@ -22,61 +23,102 @@ const SEAL_PAGE: i64 = 1000;
 const COLUMNS: &str = "id, seq, mac, at_ms, kind, outcome, actor_subject, actor_tid, issuer, address, request_id, \
                        user_agent, target_tid, target_kid, target_sid, target_app, target_subject, reason, detail";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+/// Writes the entries of [`Pending`], one array per column, in their order (so their ids are in
+/// the order the writer produced them). Prepared once per connection: planned once, not parsed
+/// per write. The target's subject is read from its record only when the writer did not give
+/// it, and an entry marked `only_link` is written only when its target token has a grant.
+pub(super) const INSERT_SQL: &str = "INSERT INTO tessera_audit (at_ms, kind, outcome, actor_subject, actor_tid, \
+    issuer, address, request_id, user_agent, target_tid, target_kid, target_sid, target_app, target_subject, reason, \
+    detail) \
+    SELECT e.at_ms, e.kind, e.outcome, e.actor_subject, e.actor_tid, e.issuer, e.address, e.request_id, \
+    e.user_agent, e.target_tid, e.target_kid, e.target_sid, e.target_app, \
+    COALESCE(e.target_subject, (SELECT t.subject FROM tessera_tokens t WHERE t.tid = e.target_tid)), e.reason, e.detail \
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::text[], \
+    $9::text[], $10::bytea[], $11::text[], $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[], \
+    $17::boolean[]) WITH ORDINALITY AS e (at_ms, kind, outcome, actor_subject, actor_tid, issuer, address, \
+    request_id, user_agent, target_tid, target_kid, target_sid, target_app, target_subject, reason, detail, \
+    only_link, n) \
+    WHERE NOT e.only_link \
+    OR EXISTS (SELECT 1 FROM tessera_tokens t WHERE t.tid = e.target_tid AND t.grant_json IS NOT NULL) \
+    ORDER BY e.n";
+
+type Text = Vec<Option<String>>;
+type Blobs = Vec<Option<Vec<u8>>>;
+
+/// The audit entries of the running operation, column by column: the parameters of
+/// [`INSERT_SQL`].
+#[derive(Default)]
+pub(super) struct Pending {
+    at_ms: Vec<i64>,
+    kind: Vec<&'static str>,
+    outcome: Vec<&'static str>,
+    actor_subject: Text,
+    actor_tid: Blobs,
+    issuer: Text,
+    address: Text,
+    request_id: Text,
+    user_agent: Text,
+    target_tid: Blobs,
+    target_kid: Text,
+    target_sid: Blobs,
+    target_app: Text,
+    target_subject: Text,
+    reason: Text,
+    detail: Text,
+    only_link: Vec<bool>,
 }
 
-/// A bytea literal that holds no quote or backslash whatever the value.
-fn lit_bytes(b: Option<&[u8]>) -> String {
-    b.map_or_else(|| "NULL::bytea".into(), |b| format!("decode('{}', 'hex')", hex(b)))
-}
+impl Pending {
+    /// Add `row` (its target's subject, when missing, and the condition are the statement's).
+    pub(super) fn push(&mut self, row: &AuditRow, only: Only) {
+        let e = &row.entry;
+        let target_tid = e.target.tid.map(|t| t.as_bytes().to_vec());
+        self.at_ms.push(e.at_ms);
+        self.kind.push(e.kind.as_str());
+        self.outcome.push(e.outcome.as_str());
+        self.actor_subject.push(e.actor.subject.clone());
+        self.actor_tid.push(e.actor.tid.map(|t| t.as_bytes().to_vec()));
+        self.issuer.push(e.actor.issuer.clone());
+        self.address.push(e.actor.address.clone());
+        self.request_id.push(e.actor.request_id.clone());
+        self.user_agent.push(e.actor.user_agent.clone());
+        // Without a target token there is no link to check: the entry is written, as on redb.
+        self.only_link.push(only == Only::TargetIsLink && target_tid.is_some());
+        self.target_tid.push(target_tid);
+        self.target_kid.push(e.target.kid.clone());
+        self.target_sid.push(e.target.sid.map(|s| s.as_bytes().to_vec()));
+        self.target_app.push(e.target.app.clone());
+        self.target_subject.push(row.target_subject.clone());
+        self.reason.push(e.reason.clone());
+        self.detail.push(e.detail.clone());
+    }
 
-/// A text literal built from hex, so no character of the value (a user agent, a reason) reaches
-/// the SQL parser.
-fn lit_text(t: Option<&str>) -> String {
-    t.map_or_else(
-        || "NULL::text".into(),
-        |t| format!("convert_from(decode('{}', 'hex'), 'UTF8')", hex(t.as_bytes())),
-    )
-}
+    pub(super) fn is_empty(&self) -> bool {
+        self.at_ms.is_empty()
+    }
 
-/// The statement that writes `row` (subject of the target token filled in, and the condition,
-/// in the same statement).
-pub(super) fn insert_sql(row: &AuditRow, only: Only) -> String {
-    let e = &row.entry;
-    let target_tid = e.target.tid.map(|t| lit_bytes(Some(t.as_bytes())));
-    let target_subject = match (&row.target_subject, &target_tid) {
-        (Some(s), _) => lit_text(Some(s)),
-        (None, Some(t)) => format!("(SELECT subject FROM tessera_tokens WHERE tid = {t})"),
-        (None, None) => lit_text(None),
-    };
-    let only = match (only, &target_tid) {
-        (Only::TargetIsLink, Some(t)) => {
-            format!(" WHERE EXISTS (SELECT 1 FROM tessera_tokens WHERE tid = {t} AND grant_json IS NOT NULL)")
-        }
-        _ => String::new(),
-    };
-    format!(
-        "INSERT INTO tessera_audit (at_ms, kind, outcome, actor_subject, actor_tid, issuer, address, request_id, \
-         user_agent, target_tid, target_kid, target_sid, target_app, target_subject, reason, detail) \
-         SELECT {}::bigint, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}{only}",
-        e.at_ms,
-        lit_text(Some(e.kind.as_str())),
-        lit_text(Some(e.outcome.as_str())),
-        lit_text(e.actor.subject.as_deref()),
-        lit_bytes(e.actor.tid.as_ref().map(|t| t.as_bytes().as_slice())),
-        lit_text(e.actor.issuer.as_deref()),
-        lit_text(e.actor.address.as_deref()),
-        lit_text(e.actor.request_id.as_deref()),
-        lit_text(e.actor.user_agent.as_deref()),
-        target_tid.unwrap_or_else(|| lit_bytes(None)),
-        lit_text(e.target.kid.as_deref()),
-        lit_bytes(e.target.sid.as_ref().map(|s| s.as_bytes().as_slice())),
-        lit_text(e.target.app.as_deref()),
-        target_subject,
-        lit_text(e.reason.as_deref()),
-        lit_text(e.detail.as_deref()),
-    )
+    /// The parameters of [`INSERT_SQL`], in order.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 17] {
+        [
+            &self.at_ms,
+            &self.kind,
+            &self.outcome,
+            &self.actor_subject,
+            &self.actor_tid,
+            &self.issuer,
+            &self.address,
+            &self.request_id,
+            &self.user_agent,
+            &self.target_tid,
+            &self.target_kid,
+            &self.target_sid,
+            &self.target_app,
+            &self.target_subject,
+            &self.reason,
+            &self.detail,
+            &self.only_link,
+        ]
+    }
 }
 
 fn row_of(r: &Row) -> Result<AuditRow> {

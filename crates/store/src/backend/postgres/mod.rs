@@ -294,7 +294,7 @@ impl Backend for PostgresBackend {
         let pool = self.pool.clone();
         let client = Arc::new(self.call_until(deadline, async move { pool.get().await.map_err(pool_err) })?);
         let mut tx =
-            PgTx { backend: self, client, appended: false, keys: Default::default(), deadline, audit: String::new() };
+            PgTx { backend: self, client, appended: false, keys: Default::default(), deadline, audit: Default::default() };
         let out = run_batch(&mut tx, n, apply);
         // The rollback is bounded by the same deadline: a database that does not answer is not
         // waited for twice. Past it, dropping the connection ends the transaction.

@@ -23,33 +23,32 @@ use crate::error::{Error, Result};
 pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
     let single = n == 1;
     let mut pending = String::from("BEGIN");
+    // The finished operation's audit entries, sent in front of `pending` (see `exec_with`).
+    let mut entries = Pending::default();
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
         if !single {
             pending.push_str("; SAVEPOINT op");
         }
-        tx.exec(std::mem::take(&mut pending))?;
+        tx.exec_with(std::mem::take(&mut pending), std::mem::take(&mut entries))?;
         match apply(tx, i) {
             Ok(()) => {
                 // The operation's audit entries go with the next exchange, inside its savepoint
                 // (or, alone in the batch, before the COMMIT): no round trip of their own.
-                pending = std::mem::take(&mut tx.audit);
+                entries = std::mem::take(&mut tx.audit);
                 if !single {
-                    if !pending.is_empty() {
-                        pending.push_str("; ");
-                    }
                     pending.push_str("RELEASE SAVEPOINT op");
                 }
                 results.push(Ok(()));
             }
             Err(e @ Error::Unavailable(_)) => return Err(e),
             Err(e) if single => {
-                tx.audit.clear();
+                tx.audit = Pending::default();
                 tx.exec("ROLLBACK".into())?;
                 return Ok(vec![Err(e)]);
             }
             Err(e) => {
-                tx.audit.clear();
+                tx.audit = Pending::default();
                 tx.keys.clear(); // what the failed operation read or wrote is gone
                 pending = "ROLLBACK TO SAVEPOINT op".into();
                 results.push(Err(e));
@@ -61,7 +60,7 @@ pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) ->
     }
     pending.push_str("; COMMIT");
     // Once COMMIT is sent, a deadline cannot undo it: the outcome is unknown, not "nothing".
-    tx.exec(pending.trim_start_matches("; ").to_owned()).map_err(|e| match e {
+    tx.exec_with(pending.trim_start_matches("; ").to_owned(), entries).map_err(|e| match e {
         Error::Unavailable(m) => Error::Unconfirmed(m),
         other => other,
     })?;
@@ -77,8 +76,8 @@ pub(super) struct PgTx<'a> {
     pub(super) keys: std::collections::HashMap<KeyId, Option<StoredKey>>,
     /// When every call of the transaction gives up (the earliest deadline of its operations).
     pub(super) deadline: std::time::Instant,
-    /// Audit entries of the running operation, as SQL, sent with the exchange that ends it.
-    pub(super) audit: String,
+    /// Audit entries of the running operation, sent with the exchange that ends it.
+    pub(super) audit: Pending,
 }
 
 impl PgTx<'_> {
@@ -100,6 +99,26 @@ impl PgTx<'_> {
     pub(super) fn exec(&self, sql: String) -> Result<()> {
         let client = Arc::clone(&self.client);
         self.backend.call_until(self.deadline, async move { client.batch_execute(&sql).await.map_err(db) })
+    }
+
+    /// `sql` (transaction statements, never values), after the audit `entries` written by one
+    /// prepared `INSERT` in the same exchange. Pipelined, in order: tokio-postgres queues a
+    /// request when its future is first polled (the statement is already prepared, so the
+    /// `INSERT` needs no round trip first), and `biased` polls the `INSERT` before the batch, so
+    /// the entries reach the server ahead of the savepoint release or `COMMIT` behind them, in
+    /// the same transaction. If the `INSERT` fails, the transaction is aborted and commits
+    /// nothing (a `COMMIT` then rolls back), and its error is returned.
+    pub(super) fn exec_with(&self, sql: String, entries: Pending) -> Result<()> {
+        if entries.is_empty() {
+            return self.exec(sql);
+        }
+        let client = Arc::clone(&self.client);
+        self.backend.call_until(self.deadline, async move {
+            let stmt = client.prepare_cached(INSERT_SQL).await.map_err(db)?;
+            tokio::try_join!(biased; client.execute_raw(&stmt, entries.params()), client.batch_execute(&sql))
+                .map_err(db)?;
+            Ok(())
+        })
     }
 
     /// The family of `ids` as the statement's snapshot sees it (the migration's `tessera_family`).
@@ -432,10 +451,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn insert_audit(&mut self, row: &crate::audit::AuditRow, only: crate::audit::Only) -> Result<()> {
-        if !self.audit.is_empty() {
-            self.audit.push_str("; ");
-        }
-        self.audit.push_str(&super::audit::insert_sql(row, only));
+        self.audit.push(row, only);
         Ok(())
     }
 

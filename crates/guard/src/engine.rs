@@ -1,12 +1,13 @@
 //! The engine both middlewares share: the mapping, the token, the cache, the call to
 //! `POST /v1/verify`.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tessera_policy::Decision;
+use tessera_policy::DecisionRef;
 
 use crate::cache::{Cache, Limits};
 use crate::{Error, Identity, Mapping, Outcome, Refusal, RequestView, Verified};
@@ -35,10 +36,11 @@ pub(crate) struct Engine {
     hits: AtomicU64,
 }
 
-/// What the request needs once mapped.
+/// What the request needs once mapped: borrowed from the request and the policy (a policy
+/// allocates only for a percent-encoded path or a host not in lower case).
 enum Need<'a> {
     Public,
-    Check { token: &'a str, operation: String, resource: String },
+    Check { token: &'a str, operation: Cow<'a, str>, resource: Cow<'a, str> },
 }
 
 impl Engine {
@@ -82,18 +84,20 @@ impl Engine {
         self.cache.trusted()
     }
 
-    fn need<'h>(&self, view: &RequestView<'_>, headers: &'h http::HeaderMap) -> Result<Need<'h>, Refusal> {
+    fn need<'a>(&'a self, view: &RequestView<'a>, headers: &'a http::HeaderMap) -> Result<Need<'a>, Refusal> {
         let (operation, resource) = match &self.mapping {
-            Mapping::Policy(p) => match p.decide(view.host, view.method, view.target) {
-                Ok(Decision::Public) => return Ok(Need::Public),
-                Ok(Decision::Check { operation, resource }) => (operation, resource),
-                Ok(Decision::Unmatched) => {
+            Mapping::Policy(p) => match p.decide_ref(view.host, view.method, view.target) {
+                Ok(DecisionRef::Public) => return Ok(Need::Public),
+                Ok(DecisionRef::Check { operation, resource }) => (Cow::Borrowed(operation), resource),
+                Ok(DecisionRef::Unmatched) => {
                     return Err(Refusal::Forbidden("no rule covers this request".into()))
                 }
                 Err(e) => return Err(Refusal::BadRequest(e.to_string())),
             },
             Mapping::Closure(f) => {
-                f(view).ok_or_else(|| Refusal::Forbidden("no rule covers this request".into()))?
+                let (o, r) =
+                    f(view).ok_or_else(|| Refusal::Forbidden("no rule covers this request".into()))?;
+                (Cow::Owned(o), Cow::Owned(r))
             }
         };
         let token = self.token(headers).ok_or(Refusal::NoToken)?;
@@ -133,7 +137,8 @@ impl Engine {
     /// The cached path alone: `None` for a miss (or a request that is not a token check).
     pub(crate) fn cached(&self, view: &RequestView<'_>, headers: &http::HeaderMap) -> Option<Verified> {
         let Ok(Need::Check { token, operation, resource }) = self.need(view, headers) else { return None };
-        self.cache.get(&self.cache.key(token, &operation, &resource, view.client_ip))
+        let key = self.cache.key(token, &operation, &resource, view.client_ip);
+        self.cache.get(&key, Instant::now())
     }
 
     pub(crate) async fn check(
@@ -146,7 +151,8 @@ impl Engine {
             Need::Check { token, operation, resource } => (token, operation, resource),
         };
         let key = self.cache.key(token, &operation, &resource, view.client_ip);
-        if let Some(v) = self.cache.get(&key) {
+        // The request's one clock reading on the hit path (expiry and staleness both use it).
+        if let Some(v) = self.cache.get(&key, Instant::now()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Outcome::Allowed(v));
         }

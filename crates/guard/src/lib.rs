@@ -8,8 +8,8 @@
 //! reused) and either calls the handler with the verified identity as a request extension
 //! ([`Verified`]) or answers 401, 403, 429 or 503 as problem+json ([`Refusal`]).
 //!
-//! Allowed decisions are cached (see [`GuardBuilder`]): keyed by an HMAC of the token text and
-//! the context under a key drawn at start, bounded in entries and bytes, for at most a TTL and
+//! Allowed decisions are cached (see [`GuardBuilder`]): keyed by two keyed hashes of the token
+//! text and the context (SipHash-1-3 to index, SipHash-2-4 to check) under keys drawn at start, bounded in entries and bytes, for at most a TTL and
 //! the token's expiry, and dropped as soon as the service's revocation stream
 //! (`GET /v1/revocations/stream`) names the token's family or key. On a `reset` or the stream's
 //! loss the whole cache is dropped, and nothing is cached until it is back; a stream not heard

@@ -17,6 +17,12 @@
 //! its log during the copy fails the migration. The source is held in memory during the copy
 //! (about 300 bytes per token record).
 //!
+//! The audit trail is copied entry by entry with its ids, places (`seq`), links and anchor, so
+//! `tessera audit verify` on the target finds it intact with the same head, and entries written
+//! there continue the chain. Only sealed entries can be copied: a PostgreSQL source is sealed
+//! first (what its housekeeping does every few seconds), and the migration is refused if entries
+//! remain unsealed after that (a transaction still open: a node still running).
+//!
 //! Not copied: rate-limit counters. The embedded store keeps them in memory only, so they have
 //! nothing to give a cluster, and a cluster's shared counters (one window per budget) cannot be
 //! held by a single node: budgets start a new window after a move.
@@ -27,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tessera_core::{SessionId, TokenId};
 
+use crate::audit::{AuditHead, AuditKey, AuditRow};
 use crate::backend::postgres::PostgresBackend;
 use crate::backend::redb::RedbBackend;
 use crate::backend::{Backend, Change, Tx};
@@ -43,8 +50,12 @@ const CHUNK: usize = 5_000;
 /// How long the whole copy may take before the target gives up (nothing is then written).
 const COPY_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
+/// How long the source's unsealed audit entries may take to seal before the copy is refused.
+const SEAL_WAIT: Duration = Duration::from_secs(30);
+
 /// The tables of a migration, in the order they are loaded (each after what it refers to).
-pub const TABLES: &[&str] = &["keys", "apps", "signing_keys", "tokens", "sessions", "notices", "changes"];
+pub const TABLES: &[&str] =
+    &["keys", "apps", "signing_keys", "tokens", "sessions", "notices", "changes", "audit"];
 
 /// Where a migration is: `done` of `total` rows of `table` are loaded (reported per chunk, and
 /// once at the end of each table).
@@ -76,6 +87,8 @@ struct Dump {
     sessions: Vec<(SessionId, StoredSession)>,
     notices: Vec<Notice>,
     changes: Vec<Change>,
+    audit_anchor: Option<AuditHead>,
+    audit: Vec<AuditRow>,
 }
 
 fn open_backend(location: &Location, master: &MasterKey, must_exist: bool) -> Result<Arc<dyn Backend>> {
@@ -95,7 +108,7 @@ fn open_backend(location: &Location, master: &MasterKey, must_exist: bool) -> Re
 
 /// The source's every row. Its log must run from 1 without gaps (it always does: a gap would be
 /// corruption, and copying it would shift the numbers readers know).
-fn dump(source: &dyn Backend) -> Result<Dump> {
+fn dump(source: &dyn Backend, master: &MasterKey) -> Result<Dump> {
     let mut tokens = Vec::new();
     loop {
         let page = source.tokens_page(tokens.last().map(|(t, _)| *t), PAGE)?;
@@ -129,7 +142,41 @@ fn dump(source: &dyn Backend) -> Result<Dump> {
             c.seq
         )));
     }
+    // Seal what is committed but not chained yet; what stays unsealed belongs to a transaction
+    // still open on the source.
+    // (PostgreSQL seals an entry once no older transaction runs on the server, any database's:
+    // a few rounds.)
+    let key = AuditKey::from_master(master);
+    let until = Instant::now() + SEAL_WAIT;
+    while source.audit_unsealed()? > 0 && Instant::now() < until {
+        source.seal_audit(&key)?;
+        if source.audit_unsealed()? > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    {
+        let left = source.audit_unsealed()?;
+        if left > 0 {
+            return Err(Error::Database(format!(
+                "{left} audit entries of the source cannot be sealed (a transaction is still open): \
+                 stop every node using it, then run the migration again"
+            )));
+        }
+    }
+    let audit_anchor = source.audit_anchor()?;
+    let mut audit: Vec<AuditRow> = Vec::new();
+    loop {
+        let after = audit.last().map_or(audit_anchor.map_or(0, |a| a.seq), |r| r.entry.seq);
+        let page = source.audit_sealed_after(after, PAGE)?;
+        let full = page.len() == PAGE;
+        audit.extend(page);
+        if !full {
+            break;
+        }
+    }
     Ok(Dump {
+        audit_anchor,
+        audit,
         keys: source.keys()?,
         apps: source.apps()?,
         signing: source.signing_keys()?,
@@ -194,7 +241,9 @@ fn holds_data(b: &dyn Backend) -> Result<bool> {
         || !b.tokens_page(None, 1)?.is_empty()
         || !b.sessions_page(None, 1)?.is_empty()
         || !b.changes_after(0, 1)?.is_empty()
-        || !b.all_notices()?.is_empty())
+        || !b.all_notices()?.is_empty()
+        || b.audit_head()?.is_some()
+        || b.audit_unsealed()? > 0)
 }
 
 /// What a location is called in messages (never a database URL: it may hold a password).
@@ -218,7 +267,7 @@ pub fn migrate(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Migrated> {
     let source = open_backend(from, master, true)?;
-    let dump = dump(source.as_ref())?;
+    let dump = dump(source.as_ref(), master)?;
     check_master(&dump, master)?;
     let target = open_backend(to, master, false)?;
     if holds_data(target.as_ref())? {
@@ -233,7 +282,9 @@ pub fn migrate(
         ("sessions", dump.sessions.len() as u64),
         ("notices", dump.notices.len() as u64),
         ("changes", dump.changes.len() as u64),
+        ("audit", dump.audit.len() as u64),
     ];
+    let audit_head = source.audit_head()?;
     let deadline = Instant::now() + COPY_DEADLINE;
     let results = target.batch(1, deadline, &mut |tx: &mut dyn Tx, _| {
         load(tx, &dump, &tables, progress)?;
@@ -241,7 +292,9 @@ pub fn migrate(
         // (An embedded source cannot change: the copy holds its lock.)
         if source.shared()
             && (!source.changes_after(last_change, 1)?.is_empty()
-                || source.tokens_page(None, usize::MAX)?.len() != dump.tokens.len())
+                || source.tokens_page(None, usize::MAX)?.len() != dump.tokens.len()
+                || source.audit_head()? != audit_head
+                || source.audit_unsealed()? > 0)
         {
             return Err(Error::Database(
                 "the source changed during the migration: stop every node using it, then run it again".into(),
@@ -305,5 +358,7 @@ fn load(
     if dump.changes.is_empty() {
         report("changes", 0);
     }
+    tx.copy_audit(dump.audit_anchor, &dump.audit)?;
+    report("audit", dump.audit.len());
     Ok(())
 }

@@ -15,7 +15,8 @@ use tessera_core::{
     Context, CustomClaims, Identifier, KeyId, Restrictions, SessionId, Token, TokenId, Verifier,
 };
 use tessera_store::{
-    migrate, AppRecord, Error, Location, NewToken, Notice, Progress, Refreshed, SessionRecord, Store,
+    migrate, Actor, AppRecord, AuditEntry, AuditFilter, AuditHead, AuditVerdict, Error, Location, NewToken,
+    Notice, Progress, Refreshed, SessionRecord, Store,
 };
 
 /// What the filled store holds, and what each token gave before the move.
@@ -305,5 +306,166 @@ fn a_source_in_use_is_refused() {
     let pg = Db::postgres();
     let err = migrate(&file.location(), &pg.location(), &master(), &mut no_progress).unwrap_err();
     assert!(matches!(err, Error::InUse(_)), "{err}");
+    assert!(pg.open().list_keys().unwrap().is_empty());
+}
+
+/// Every audit entry, by id, read page by page with the cursor.
+fn audit_trail(store: &Store) -> Vec<AuditEntry> {
+    let mut out: Vec<AuditEntry> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |e| e.id);
+        let page = store.audit(&AuditFilter { after, limit: 2, ..AuditFilter::default() }).unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// The chain verifies; its anchor, its head and how many entries were checked.
+fn intact(store: &Store) -> (Option<AuditHead>, Option<AuditHead>, u64) {
+    match store.verify_audit(None).unwrap() {
+        AuditVerdict::Intact { anchor, head, checked, unsealed } => {
+            assert_eq!(unsealed, 0);
+            (anchor, head, checked)
+        }
+        broken => panic!("{broken:?}"),
+    }
+}
+
+/// Seal until nothing is left unsealed (PostgreSQL seals an entry once no older transaction
+/// runs anywhere on the server).
+fn seal(store: &Store) {
+    for _ in 0..3000 {
+        store.seal_audit().unwrap();
+        if let AuditVerdict::Intact { unsealed: 0, .. } = store.verify_audit(None).unwrap() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("entries left unsealed");
+}
+
+/// `n` tokens recorded by alice (a `token.mint` entry each).
+fn write(store: &Store, n: usize) {
+    let alice = Actor {
+        subject: Some("alice".into()),
+        address: Some("192.0.2.7".into()),
+        user_agent: Some("test-agent/1.0".into()),
+        ..Actor::default()
+    };
+    for _ in 0..n {
+        store.audited(&alice).record_token(new_token(store, "alice", None)).unwrap();
+    }
+}
+
+/// The audit trail moves with its ids, places, links and anchor, file → PostgreSQL → file →
+/// PostgreSQL: each target verifies intact with the source's head, reads back the same entries,
+/// and chains new entries on. On the way back the PostgreSQL ids differ from the places (the
+/// file keeps them: the links cover them), and unsealed entries of the source are sealed first.
+#[test]
+fn the_audit_trail_moves_with_its_chain_both_ways() {
+    let file = Db::file();
+    {
+        let store = file.open();
+        store.rotate().unwrap();
+        write(&store, 3);
+        std::thread::sleep(Duration::from_millis(5));
+        let cut = store.audit(&AuditFilter::default()).unwrap().last().unwrap().at_ms + 1;
+        std::thread::sleep(Duration::from_millis(5));
+        write(&store, 3);
+        assert_eq!(store.prune_audit(cut).unwrap(), 4, "the rotation and the first three");
+    }
+    let (trail, (anchor, head, checked)) = {
+        let store = file.open();
+        (audit_trail(&store), intact(&store))
+    };
+    assert_eq!((anchor.unwrap().seq, head.unwrap().seq, checked, trail.len()), (4, 7, 3, 3));
+
+    // File → PostgreSQL.
+    let pg = Db::postgres();
+    let report = migrate(&file.location(), &pg.location(), &master(), &mut no_progress).unwrap();
+    assert!(report.tables.contains(&("audit", 3)), "{:?}", report.tables);
+    let cluster = pg.open();
+    assert_eq!(intact(&cluster), (anchor, head, 3));
+    assert_eq!(audit_trail(&cluster), trail);
+    // New entries continue the chain; ids jump past the places (as a rolled-back or slow
+    // transaction makes them on a cluster), and the last two stay unsealed until the migration.
+    let Db::Postgres(url) = &pg else { unreachable!() };
+    common::pg().sql(url, "SELECT setval(pg_get_serial_sequence('tessera_audit', 'id'), 1000)");
+    write(&cluster, 2);
+    seal(&cluster);
+    let (_, pg_head, _) = intact(&cluster);
+    assert_eq!(pg_head.unwrap().seq, 9);
+    write(&cluster, 2);
+    match cluster.verify_audit(None).unwrap() {
+        AuditVerdict::Intact { unsealed, .. } => assert_eq!(unsealed, 2),
+        broken => panic!("{broken:?}"),
+    }
+    drop(cluster);
+
+    // PostgreSQL → file: sealed first, then copied with the PostgreSQL ids.
+    let back = Db::file();
+    migrate(&pg.location(), &back.location(), &master(), &mut no_progress).unwrap();
+    let cluster = pg.open();
+    let (_, pg_head, _) = intact(&cluster);
+    assert_eq!(pg_head.unwrap().seq, 11);
+    let pg_trail = audit_trail(&cluster);
+    assert_eq!(pg_trail.iter().map(|e| e.id).collect::<Vec<_>>(), vec![5, 6, 7, 1001, 1002, 1003, 1004]);
+    drop(cluster);
+    let node = back.open();
+    assert_eq!(intact(&node), (anchor, pg_head, 7));
+    assert_eq!(audit_trail(&node), pg_trail);
+    write(&node, 1);
+    let (_, node_head, checked) = intact(&node);
+    assert_eq!((node_head.unwrap().seq, checked), (12, 8));
+    let newest = audit_trail(&node).pop().unwrap();
+    assert_eq!((newest.seq, newest.id, newest.actor.subject.as_deref()), (12, 1005, Some("alice")));
+    let node_trail = audit_trail(&node);
+    drop(node);
+
+    // And the file with copied ids to PostgreSQL again: the ids travel on.
+    let again = Db::postgres();
+    migrate(&back.location(), &again.location(), &master(), &mut no_progress).unwrap();
+    let cluster = again.open();
+    assert_eq!(intact(&cluster), (anchor, node_head, 8));
+    assert_eq!(audit_trail(&cluster), node_trail);
+    write(&cluster, 1);
+    seal(&cluster);
+    let newest = audit_trail(&cluster).pop().unwrap();
+    assert_eq!((newest.seq, newest.id), (13, 1006));
+    assert_eq!(intact(&cluster).2, 9);
+}
+
+/// A target that already has an audit trail (even only entries) is refused.
+#[test]
+fn a_target_with_an_audit_trail_is_refused() {
+    let file = Db::file();
+    {
+        let store = file.open();
+        store.rotate().unwrap();
+        write(&store, 1);
+    }
+    let pg = Db::postgres();
+    {
+        let cluster = pg.open();
+        cluster.audit_note(tessera_store::AuditNote {
+            kind: tessera_store::AuditKind::Refused,
+            outcome: tessera_store::Outcome::Refused,
+            actor: Actor::system(),
+            target: tessera_store::Target::default(),
+            reason: Some("test".into()),
+            detail: None,
+        });
+        for _ in 0..500 {
+            if !audit_trail(&cluster).is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(audit_trail(&cluster).len(), 1);
+    }
+    let err = migrate(&file.location(), &pg.location(), &master(), &mut no_progress).unwrap_err();
+    assert!(matches!(err, Error::TargetNotEmpty(_)), "{err}");
     assert!(pg.open().list_keys().unwrap().is_empty());
 }

@@ -162,6 +162,14 @@ pub(crate) trait Tx {
         Ok(())
     }
 
+    /// Copy sealed audit entries as they are (id, seq, link and every field) and the anchor
+    /// they chain from, into a database with no audit trail yet (a migration).
+    fn copy_audit(
+        &mut self,
+        anchor: Option<crate::audit::AuditHead>,
+        rows: &[crate::audit::AuditRow],
+    ) -> Result<()>;
+
     /// Copy expiry notices as they are.
     fn copy_notices(&mut self, rows: &[Notice]) -> Result<()> {
         for n in rows {

@@ -386,6 +386,10 @@ impl Tx for RedbTx<'_> {
         audit::insert(self.txn, self.audit_key, row, only)
     }
 
+    fn copy_audit(&mut self, anchor: Option<AuditHead>, rows: &[AuditRow]) -> Result<()> {
+        audit::copy(self.txn, anchor, rows)
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         // One writer thread per database: the next number is the last one plus one.
         let mut log = self.txn.open_table(CHANGES).map_err(storage)?;

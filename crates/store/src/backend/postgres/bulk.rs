@@ -7,6 +7,7 @@ use tessera_core::{SessionId, TokenId};
 use super::rows::{bytes, db, notice_of, session_of, token_of};
 use super::tx::{p, Params, PgTx};
 use super::PostgresBackend;
+use crate::audit::{AuditHead, AuditRow};
 use crate::backend::postgres::rows::kind_of;
 use crate::backend::Change;
 use crate::codec::{Notice, StoredSession, StoredToken};
@@ -135,6 +136,79 @@ pub(super) fn copy_changes(tx: &mut PgTx<'_>, rows: &[Change]) -> Result<()> {
                 p(kinds),
                 p(ids),
             ],
+            |_| Ok(()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Sealed audit entries with their ids, seqs and links, a thousand per statement, then the
+/// anchor, and the id counter moved past the copied ids (entries written later get larger
+/// ones, as the cursor readers use expects). Into a database with no audit trail yet.
+pub(super) fn copy_audit(tx: &mut PgTx<'_>, anchor: Option<AuditHead>, rows: &[AuditRow]) -> Result<()> {
+    let held = tx.run(
+        "SELECT EXISTS (SELECT 1 FROM tessera_audit) OR EXISTS (SELECT 1 FROM tessera_audit_anchor)",
+        vec![],
+        |rows| rows.first().map_or(Ok(false), |r| r.try_get::<_, bool>(0).map_err(db)),
+    )?;
+    if held {
+        return Err(Error::Corrupt("the target already has an audit trail".into()));
+    }
+    if let Some(a) = anchor {
+        tx.run(
+            "INSERT INTO tessera_audit_anchor (seq, mac) VALUES ($1, $2)",
+            vec![p(a.seq as i64), p(a.mac.to_vec())],
+            |_| Ok(()),
+        )?;
+    }
+    for chunk in rows.chunks(1000) {
+        let mut macs = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let mac =
+                r.mac.ok_or_else(|| Error::Corrupt(format!("audit entry {} is not sealed", r.entry.id)))?;
+            macs.push(mac.to_vec());
+        }
+        let text = |f: fn(&AuditRow) -> Option<&str>| {
+            chunk.iter().map(|r| f(r).map(str::to_owned)).collect::<Vec<Option<String>>>()
+        };
+        let id16 =
+            |f: fn(&AuditRow) -> Option<Vec<u8>>| chunk.iter().map(f).collect::<Vec<Option<Vec<u8>>>>();
+        let params: Params = vec![
+            p(chunk.iter().map(|r| r.entry.id as i64).collect::<Vec<_>>()),
+            p(chunk.iter().map(|r| r.entry.seq as i64).collect::<Vec<_>>()),
+            p(macs),
+            p(chunk.iter().map(|r| r.entry.at_ms).collect::<Vec<_>>()),
+            p(chunk.iter().map(|r| r.entry.kind.as_str().to_owned()).collect::<Vec<_>>()),
+            p(chunk.iter().map(|r| r.entry.outcome.as_str().to_owned()).collect::<Vec<_>>()),
+            p(text(|r| r.entry.actor.subject.as_deref())),
+            p(id16(|r| r.entry.actor.tid.map(|t| t.as_bytes().to_vec()))),
+            p(text(|r| r.entry.actor.issuer.as_deref())),
+            p(text(|r| r.entry.actor.address.as_deref())),
+            p(text(|r| r.entry.actor.request_id.as_deref())),
+            p(text(|r| r.entry.actor.user_agent.as_deref())),
+            p(id16(|r| r.entry.target.tid.map(|t| t.as_bytes().to_vec()))),
+            p(text(|r| r.entry.target.kid.as_deref())),
+            p(id16(|r| r.entry.target.sid.map(|s| s.as_bytes().to_vec()))),
+            p(text(|r| r.entry.target.app.as_deref())),
+            p(text(|r| r.target_subject.as_deref())),
+            p(text(|r| r.entry.reason.as_deref())),
+            p(text(|r| r.entry.detail.as_deref())),
+        ];
+        tx.run(
+            "INSERT INTO tessera_audit (id, seq, mac, at_ms, kind, outcome, actor_subject, actor_tid, issuer,
+               address, request_id, user_agent, target_tid, target_kid, target_sid, target_app, target_subject,
+               reason, detail)
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[], $4::int8[], $5::text[], $6::text[],
+               $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[],
+               $14::text[], $15::bytea[], $16::text[], $17::text[], $18::text[], $19::text[])",
+            params,
+            |_| Ok(()),
+        )?;
+    }
+    if let Some(last) = rows.iter().map(|r| r.entry.id).max() {
+        tx.run(
+            "SELECT setval(pg_get_serial_sequence('tessera_audit', 'id'), $1)",
+            vec![p(last as i64)],
             |_| Ok(()),
         )?;
     }

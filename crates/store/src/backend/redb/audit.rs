@@ -1,9 +1,13 @@
-//! The audit trail on redb: table `audit` (id → entry, CBOR) and the anchor in `meta`.
+//! The audit trail on redb: table `audit` (seq → entry, CBOR) and the anchor in `meta`.
 //!
 //! One writer thread per file, so an entry is sealed as it is written, in the same transaction:
-//! its `seq` (and its id: the two are equal here) is the last entry's plus one, its link
-//! `HMAC(k_audit, previous link ‖ entry)`. After pruning, `meta["audit_anchor"]` holds the last
-//! deleted entry's `seq` and link.
+//! its `seq` is the last entry's plus one, its link `HMAC(k_audit, previous link ‖ entry)`. After
+//! pruning, `meta["audit_anchor"]` holds the last deleted entry's `seq` and link.
+//!
+//! An entry written here has its id equal to its seq, and the entry keeps no id of its own. An
+//! entry copied from PostgreSQL by a migration keeps its id there (ids have gaps and, sealed by
+//! commit, need not follow seq order): the link covers it, so the entry stores it, and
+//! `meta["audit_last_id"]` holds the largest copied id so that later entries get larger ones.
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -12,11 +16,13 @@ use tessera_core::{SessionId, TokenId};
 use super::{get_token, META, TOKENS};
 use crate::audit::{Actor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target};
 use crate::codec;
-use crate::error::{storage, Result};
+use crate::error::{storage, Error, Result};
 
-/// Audit entries by id (schema version 9).
+/// Audit entries by seq (schema version 9; the same as by id for every entry written here).
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const ANCHOR: &str = "audit_anchor";
+/// The largest id a migration copied, when some copied id differs from its seq.
+const LAST_ID: &str = "audit_last_id";
 
 /// An entry as stored (CBOR).
 #[derive(Serialize, Deserialize)]
@@ -39,6 +45,9 @@ struct StoredEntry {
     reason: Option<String>,
     detail: Option<String>,
     mac: [u8; 32],
+    /// The id, when it is not the seq (an entry copied from PostgreSQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,14 +77,15 @@ fn stored(row: &AuditRow, mac: [u8; 32]) -> StoredEntry {
         reason: e.reason.clone(),
         detail: e.detail.clone(),
         mac,
+        id: (e.id != e.seq).then_some(e.id),
     }
 }
 
-fn row_of(id: u64, s: StoredEntry) -> Result<AuditRow> {
+fn row_of(s: StoredEntry) -> Result<AuditRow> {
     Ok(AuditRow {
         entry: AuditEntry {
             seq: s.seq,
-            id,
+            id: s.id.unwrap_or(s.seq),
             at_ms: s.at_ms,
             kind: s.kind.parse()?,
             outcome: s.outcome.parse()?,
@@ -125,6 +135,13 @@ fn head_in(
     }
 }
 
+fn last_id_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u64>> {
+    match meta.get(LAST_ID).map_err(storage)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(codec::decode(v.value(), "audit last id")?)),
+    }
+}
+
 /// Write and seal one entry in the operation's transaction.
 pub(super) fn insert(txn: &WriteTransaction, key: &AuditKey, row: &AuditRow, only: Only) -> Result<()> {
     let mut row = row.clone();
@@ -140,12 +157,21 @@ pub(super) fn insert(txn: &WriteTransaction, key: &AuditKey, row: &AuditRow, onl
         }
     }
     let mut audit = txn.open_table(AUDIT).map_err(storage)?;
-    let prev = head_in(&audit, &txn.open_table(META).map_err(storage)?)?;
+    let meta = txn.open_table(META).map_err(storage)?;
+    let prev = head_in(&audit, &meta)?;
     let (seq, prev_mac) = prev.map_or((0, [0u8; 32]), |h| (h.seq, h.mac));
     row.entry.seq = seq + 1;
     row.entry.id = seq + 1;
+    if let Some(floor) = last_id_in(&meta)? {
+        // After a copy from PostgreSQL: above every copied id and the newest entry's.
+        let newest = match audit.last().map_err(storage)? {
+            Some((_, v)) => row_of(codec::decode(v.value(), "audit entry")?)?.entry.id,
+            None => 0,
+        };
+        row.entry.id = row.entry.id.max(floor + 1).max(newest + 1);
+    }
     let mac = key.link(&prev_mac, &row);
-    audit.insert(row.entry.id, codec::encode(&stored(&row, mac)).as_slice()).map_err(storage)?;
+    audit.insert(row.entry.seq, codec::encode(&stored(&row, mac)).as_slice()).map_err(storage)?;
     Ok(())
 }
 
@@ -158,10 +184,13 @@ pub(super) fn query(db: &Database, filter: &AuditFilter) -> Result<Vec<AuditEntr
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(storage(e)),
     };
+    if last_id_in(&txn.open_table(META).map_err(storage)?)?.is_some() {
+        return query_copied(&audit, filter);
+    }
     let mut out = Vec::new();
     for r in audit.range(filter.after.saturating_add(1)..).map_err(storage)? {
-        let (k, v) = r.map_err(storage)?;
-        let row = row_of(k.value(), codec::decode(v.value(), "audit entry")?)?;
+        let (_, v) = r.map_err(storage)?;
+        let row = row_of(codec::decode(v.value(), "audit entry")?)?;
         if filter.admits(&row.entry, row.target_subject.as_deref()) {
             out.push(row.entry);
             if out.len() == filter.page() {
@@ -170,6 +199,49 @@ pub(super) fn query(db: &Database, filter: &AuditFilter) -> Result<Vec<AuditEntr
         }
     }
     Ok(out)
+}
+
+/// [`query`] on a trail copied from PostgreSQL, where id order is not key (seq) order: the
+/// whole table is read and sorted by id.
+fn query_copied(
+    audit: &impl ReadableTable<u64, &'static [u8]>,
+    filter: &AuditFilter,
+) -> Result<Vec<AuditEntry>> {
+    let mut out = Vec::new();
+    for r in audit.range::<u64>(..).map_err(storage)? {
+        let (_, v) = r.map_err(storage)?;
+        let row = row_of(codec::decode(v.value(), "audit entry")?)?;
+        if row.entry.id > filter.after && filter.admits(&row.entry, row.target_subject.as_deref()) {
+            out.push(row.entry);
+        }
+    }
+    out.sort_by_key(|e| e.id);
+    out.truncate(filter.page());
+    Ok(out)
+}
+
+/// Load a migration's copy: `anchor`, then `rows` (sealed, in seq order, following it) with
+/// their ids, seqs and links as they are, into a file with no audit trail yet.
+pub(super) fn copy(txn: &WriteTransaction, anchor: Option<AuditHead>, rows: &[AuditRow]) -> Result<()> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+    if head_in(&audit, &meta)?.is_some() {
+        return Err(Error::Corrupt("the target already has an audit trail".into()));
+    }
+    if let Some(a) = anchor {
+        meta.insert(ANCHOR, codec::encode(&StoredAnchor { seq: a.seq, mac: a.mac }).as_slice())
+            .map_err(storage)?;
+    }
+    for row in rows {
+        let mac =
+            row.mac.ok_or_else(|| Error::Corrupt(format!("audit entry {} is not sealed", row.entry.id)))?;
+        audit.insert(row.entry.seq, codec::encode(&stored(row, mac)).as_slice()).map_err(storage)?;
+    }
+    if rows.iter().any(|r| r.entry.id != r.entry.seq) {
+        let id = rows.iter().map(|r| r.entry.id).max().unwrap_or(0);
+        meta.insert(LAST_ID, codec::encode(&id).as_slice()).map_err(storage)?;
+    }
+    Ok(())
 }
 
 pub(super) fn head(db: &Database) -> Result<Option<AuditHead>> {
@@ -187,7 +259,7 @@ pub(super) fn anchor(db: &Database) -> Result<Option<AuditHead>> {
     anchor_in(&txn.open_table(META).map_err(storage)?)
 }
 
-/// Entries with `seq > after`, by seq (ids and seqs are equal here), at most `limit`.
+/// Entries with `seq > after`, by seq (the table's key), at most `limit`.
 pub(super) fn sealed_after(db: &Database, after: u64, limit: usize) -> Result<Vec<AuditRow>> {
     let txn = db.begin_read().map_err(storage)?;
     let audit = match txn.open_table(AUDIT) {
@@ -197,8 +269,8 @@ pub(super) fn sealed_after(db: &Database, after: u64, limit: usize) -> Result<Ve
     };
     let mut out = Vec::new();
     for r in audit.range(after.saturating_add(1)..).map_err(storage)?.take(limit) {
-        let (k, v) = r.map_err(storage)?;
-        out.push(row_of(k.value(), codec::decode(v.value(), "audit entry")?)?);
+        let (_, v) = r.map_err(storage)?;
+        out.push(row_of(codec::decode(v.value(), "audit entry")?)?);
     }
     Ok(out)
 }

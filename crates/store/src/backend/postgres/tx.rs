@@ -7,6 +7,7 @@ use deadpool_postgres::Object;
 use tessera_core::{KeyId, SessionId, TokenId};
 use tokio_postgres::Row;
 
+use super::audit::{Pending, INSERT_SQL};
 use super::rows::{
     app_of, bytes, db, key_of, kind_of, notice_of, session_of, signing_key_of, signing_state_name,
     state_name, token_of, SELECT_APPS, SELECT_SIGNING,
@@ -461,10 +462,6 @@ impl Tx for PgTx<'_> {
 
     fn copy_changes(&mut self, rows: &[crate::backend::Change]) -> Result<()> {
         super::bulk::copy_changes(self, rows)
-    }
-
-    fn copy_audit(&mut self, anchor: Option<crate::audit::AuditHead>, rows: &[crate::audit::AuditRow]) -> Result<()> {
-        super::bulk::copy_audit(self, anchor, rows)
     }
 
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {

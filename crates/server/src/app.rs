@@ -159,6 +159,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     served
 }
 
+/// TLS handshakes in progress per worker (actix's default is 256).
+const TLS_HANDSHAKES_PER_WORKER: usize = 4096;
+/// How long a TLS client has to finish its handshake (actix's default is 3 s).
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn serve(mut config: Config) -> Result<(), Error> {
     let listener = std::net::TcpListener::bind(&config.listen)?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -218,6 +223,13 @@ fn serve(mut config: Config) -> Result<(), Error> {
             .on_connect(move |io, ext| cap.on_connect(io, ext))
             .client_request_timeout(head_timeout)
             .client_disconnect_timeout(std::time::Duration::from_secs(1))
+            // The per-address cap above sees a TLS connection only after its handshake: until
+            // then a connection holds one of the worker's handshake places. actix's default (256
+            // places, 3 s each) let one address's silent sockets queue every other client behind
+            // them; more places and a shorter wait make that take thousands of new connections a
+            // second (docs/LIMITS.md: a firewall per-address limit closes it entirely).
+            .max_connection_rate(TLS_HANDSHAKES_PER_WORKER)
+            .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
             .workers(workers)
             .shutdown_timeout(30);
         match tls {

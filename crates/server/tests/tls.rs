@@ -294,3 +294,45 @@ fn the_connection_cap_holds_on_tls_connections() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Review of issue 24, F1: connections that never start their handshake, all from one address,
+/// must not hold up another client's handshake. Before the fix ~900 silent sockets from
+/// 127.0.0.1 took every handshake place of the worker (256, 3 s each), and a request from
+/// 127.0.0.2 waited behind them for several seconds. The client gives up after 5 s: that is
+/// the failure, not a measurement.
+#[test]
+fn silent_connections_from_one_address_do_not_starve_another_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let (cert, key) = write_cert(dir.path(), &ca, &["localhost"]);
+    let server = start(
+        &dir.path().join("data"),
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--workers", "1"],
+    );
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    let silent: Vec<TcpStream> = (0..900).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A client on another loopback address.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5)).unwrap();
+    let sock: TcpStream = sock.into();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.cert_der())).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("the handshake from 127.0.0.2 did not complete within 5 s");
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "no answer within 5 s: {answer:?}");
+    drop(silent);
+}

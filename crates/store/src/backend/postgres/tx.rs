@@ -464,6 +464,10 @@ impl Tx for PgTx<'_> {
         super::bulk::copy_changes(self, rows)
     }
 
+    fn copy_audit(&mut self, anchor: Option<crate::audit::AuditHead>, rows: &[crate::audit::AuditRow]) -> Result<()> {
+        super::bulk::copy_audit(self, anchor, rows)
+    }
+
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         let (kind, id) = kind_of(&event);
         let params: Params = vec![p(at), p(kind), p(id)];

@@ -546,3 +546,91 @@ on_both!(a_spent_budget_reports_its_first_refusal_once_per_window, |db| {
     assert!(store.take_rates(family, &[budget], later).unwrap().first());
     assert!(!store.take_rates(family, &[budget], later).unwrap().first());
 });
+
+// Review finding F1: a pin older than the anchor was skipped silently, so deleting the whole
+// trail and copying the newest row into the anchor verified as Intact against an old pin. The
+// state that raw edit leaves (no entry, the anchor = the newest entry's seq and link) is the one
+// pruning everything leaves; on PostgreSQL the raw edit itself is made too.
+on_both!(a_pin_older_than_the_anchor_is_not_reported_intact, |db| {
+    let store = with_entries(&db, 3);
+    let pinned = store.audit_head().unwrap().unwrap();
+    for _ in 0..2 {
+        store.record_token(new_token(&store, "bob", None)).unwrap();
+    }
+    sealed(&store);
+    let newest = store.audit_head().unwrap().unwrap();
+    assert!(newest.seq > pinned.seq);
+    match &db {
+        Db::Postgres(url) => {
+            drop(store);
+            let hex = newest.to_string().split_once(':').unwrap().1.to_owned();
+            pg().sql(
+                url,
+                &format!(
+                    "DELETE FROM tessera_audit; DELETE FROM tessera_audit_anchor; \
+                     INSERT INTO tessera_audit_anchor (one, seq, mac) VALUES (true, {}, '\\x{hex}')",
+                    newest.seq
+                ),
+            );
+        }
+        Db::File(_) => {
+            store.prune_audit(i64::MAX).unwrap();
+            drop(store);
+        }
+    }
+    let store = db.open();
+    match store.verify_audit(Some(pinned)).unwrap() {
+        AuditVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, pinned.seq);
+            assert!(reason.contains("pruned"), "{reason}");
+        }
+        intact => panic!("a pin below the anchor verified as {intact:?}"),
+    }
+});
+
+// Review finding F2: text a caller controls (an unverified issuer or subject, a user agent)
+// carried terminal escapes and line breaks into the trail raw.
+on_both!(control_characters_in_entry_text_are_replaced, |db| {
+    let store = db.open();
+    store.rotate().unwrap();
+    let evil = "x\n2026-01-01 #1 token.mint ok by admin\x1b[2J\u{7f}\u{9b}31m\r\0";
+    let actor = Actor {
+        subject: Some(evil.into()),
+        tid: None,
+        issuer: Some(evil.into()),
+        address: Some("192.0.2.9".into()),
+        request_id: Some(evil.into()),
+        user_agent: Some(evil.into()),
+    };
+    assert!(store.audit_note(AuditNote {
+        kind: AuditKind::ExchangeRefuse,
+        outcome: Outcome::Refused,
+        actor,
+        target: Target { app: Some(evil.into()), kid: Some(evil.into()), ..Target::default() },
+        reason: Some(evil.into()),
+        detail: Some(evil.into()),
+    }));
+    store.record_token(new_token(&store, "bob", None)).unwrap();
+    let e = store
+        .audit(&AuditFilter { outcome: Some(Outcome::Refused), ..AuditFilter::default() })
+        .unwrap()
+        .pop()
+        .unwrap();
+    let a = &e.actor;
+    for text in [
+        &a.subject,
+        &a.issuer,
+        &a.request_id,
+        &a.user_agent,
+        &e.target.app,
+        &e.target.kid,
+        &e.reason,
+        &e.detail,
+    ] {
+        let text = text.as_deref().unwrap();
+        assert!(!text.chars().any(char::is_control), "a control character kept: {text:?}");
+        assert!(text.contains("token.mint ok by admin"), "the rest kept: {text:?}");
+    }
+    sealed(&store);
+    assert!(matches!(store.verify_audit(None).unwrap(), AuditVerdict::Intact { .. }));
+});

@@ -479,14 +479,21 @@ impl AuditRow {
     }
 }
 
-/// `text` cut to at most `max` bytes at a character boundary, without NUL (which PostgreSQL's
-/// text cannot hold).
+/// `text` with every control character (C0 including NUL, which PostgreSQL's text cannot hold,
+/// DEL and C1) replaced by U+FFFD, then cut to at most `max` bytes at a character boundary.
+/// Callers without a credential put text here (an exchange's unverified `iss` and `sub`, a user
+/// agent): a terminal escape or a line break in it must not reach whoever reads the trail.
 pub(crate) fn clip(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
+    let clean: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c })
+        .collect();
+    let mut end = clean.len().min(max);
+    while !clean.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].replace('\0', "")
+    clean[..end].to_owned()
 }
 
 /// An entry about to be written: every field bounded.
@@ -562,6 +569,19 @@ pub(crate) fn verify_chain(
         if p.mac != prev {
             return Ok(broken(seq, "the anchor differs from the pinned head"));
         }
+    }
+    // A pin below the anchor cannot be checked: the anchor carries only the last pruned link,
+    // so whoever deletes every entry and copies the newest into the anchor would pass. Say so
+    // rather than call the chain intact.
+    if let Some(p) = pinned.filter(|p| anchor.is_some_and(|a| p.seq < a.seq)) {
+        return Ok(broken(
+            p.seq,
+            format!(
+                "the pinned head {} was pruned (the anchor is {seq}); the anchor cannot be checked against it: \
+                 pin a newer head",
+                p.seq
+            ),
+        ));
     }
     loop {
         let page = src.audit_sealed_after(seq, PAGE)?;

@@ -145,11 +145,15 @@ impl Store {
 
 /// Put the snapshot `from` back as the database `target`, with the service stopped.
 ///
-/// The snapshot must open with `master` (checked before anything is touched). A target whose
-/// lock is held (a running service) is refused with [`Error::InUse`]. An existing target is not
-/// deleted: it is renamed to `<target>.replaced-<seconds since the epoch>` first. Returns the
-/// restored file's description; revocations made on the source after the snapshot (numbered
-/// after its `last_change`) are not in it.
+/// The snapshot is never written to: it is copied to `<target>.partial`, and the copy is what is
+/// checked (an existing Tessera database, opened without being created, with the master key and
+/// at least one root key; a schema upgrade happens in the copy) and then renamed over the target.
+/// Anything else (an empty file, another file, a wrong master key) is refused and the target is
+/// not touched. A target whose lock is held (a running service) is refused with
+/// [`Error::InUse`]. An existing target is not deleted: it is kept under a new name,
+/// `<target>.replaced-<seconds since the epoch>[-<n>]`, never replacing an earlier one. Returns
+/// the restored file's description; revocations made on the source after the snapshot
+/// (numbered after its `last_change`) are not in it.
 pub fn restore(from: &Path, target: &Path, master: &MasterKey) -> Result<Snapshot> {
     let io = |p: &Path| {
         let p = p.display().to_string();
@@ -158,11 +162,22 @@ pub fn restore(from: &Path, target: &Path, master: &MasterKey) -> Result<Snapsho
     if !from.is_file() {
         return Err(io(from)(std::io::Error::new(std::io::ErrorKind::NotFound, "no snapshot file")));
     }
-    // The snapshot opens with the master key, and has a schema this build reads: opened (and
-    // closed) as a store, which also gives its last change number.
-    let last_change = {
-        let store = Store::open(from, master.clone())?;
-        store.last_applied()
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let partial = partial_path(target);
+    {
+        let mut out = create_private(&partial)?;
+        let mut src = std::fs::File::open(from).map_err(io(from))?;
+        std::io::copy(&mut src, &mut out).map_err(io(&partial))?;
+        out.sync_all().map_err(io(&partial))?;
+    }
+    let last_change = match check_copy(from, &partial, master) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
     };
     // Refuse a target a running service holds; keep holding its lock while it is replaced.
     let lock = if target.exists() {
@@ -177,24 +192,44 @@ pub fn restore(from: &Path, target: &Path, master: &MasterKey) -> Result<Snapsho
     } else {
         None
     };
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let partial = partial_path(target);
-    {
-        let mut out = create_private(&partial)?;
-        let mut src = std::fs::File::open(from).map_err(io(from))?;
-        std::io::copy(&mut src, &mut out).map_err(io(&partial))?;
-        out.sync_all().map_err(io(&partial))?;
-    }
     if target.exists() {
-        let mut aside = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        aside.push(format!(".replaced-{}", crate::store::now_ms() / 1000));
-        std::fs::rename(target, target.with_file_name(aside)).map_err(io(target))?;
+        // A hard link fails rather than replace a name already there: two restores within one
+        // second keep both earlier databases.
+        let secs = crate::store::now_ms() / 1000;
+        let mut n = 0u32;
+        loop {
+            let mut aside = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            aside.push(format!(".replaced-{secs}"));
+            if n > 0 {
+                aside.push(format!("-{n}"));
+            }
+            match std::fs::hard_link(target, target.with_file_name(aside)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(io(target)(e));
+                }
+            }
+        }
     }
     std::fs::rename(&partial, target).map_err(io(target))?;
     sync_dir(target);
     drop(lock);
     let bytes = std::fs::metadata(target).map_err(io(target))?.len();
     Ok(Snapshot { path: target.to_owned(), last_change, bytes })
+}
+
+/// Check the copy of a snapshot: an existing redb database (opened without create: an empty or
+/// foreign file is refused, not initialised), that opens as a store with the master key (its
+/// schema upgraded in the copy) and holds at least one root key. Returns its last change number.
+fn check_copy(from: &Path, copy: &Path, master: &MasterKey) -> Result<u64> {
+    let not_a_snapshot =
+        |why: &str| Error::Corrupt(format!("{} is not a Tessera snapshot: {why}", from.display()));
+    drop(Database::open(copy).map_err(|e| not_a_snapshot(&e.to_string()))?);
+    let store = Store::open(copy, master.clone())?;
+    if store.list_keys()?.is_empty() {
+        return Err(not_a_snapshot("it holds no root key"));
+    }
+    Ok(store.last_applied())
 }

@@ -142,3 +142,81 @@ fn a_restore_refuses_a_running_target_and_sets_the_old_one_aside() {
         .collect();
     assert_eq!(aside.len(), 1);
 }
+
+/// The databases set aside next to `target` (`<name>.replaced-…`), their bytes.
+fn set_aside(target: &std::path::Path) -> Vec<Vec<u8>> {
+    let prefix = format!("{}.replaced-", target.file_name().unwrap().to_string_lossy());
+    let mut found: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Review of issue 24, F2: two restores within one second renamed both earlier databases to
+/// the same `.replaced-<seconds>` name, and the second rename replaced the first.
+#[test]
+fn two_restores_back_to_back_keep_both_earlier_databases() {
+    let db = Db::file();
+    let store = db.open();
+    store.rotate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap.redb");
+    store.backup_to(&snap).unwrap();
+    let later = store.record_token(new_token(&store, "alice", None)).unwrap().tid;
+    drop(store);
+    restore(&snap, &db.path(), &master()).unwrap();
+    restore(&snap, &db.path(), &master()).unwrap();
+    // Both earlier databases are kept: the live one (with the later token) and the first restore.
+    let prefix = format!("{}.replaced-", db.path().file_name().unwrap().to_string_lossy());
+    let aside: Vec<_> = std::fs::read_dir(db.path().parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    let holding_later =
+        aside.iter().filter(|p| Store::open(p, master()).unwrap().token(&later).unwrap().is_some()).count();
+    assert_eq!(holding_later, 1, "the live database before the restores is kept");
+}
+
+/// Review of issue 24, F3: an empty file was taken as a snapshot (opened with create, it became
+/// a fresh empty store that replaced the live one).
+#[test]
+fn restoring_an_empty_file_fails_and_leaves_the_target_alone() {
+    let db = Db::file();
+    let store = db.open();
+    store.rotate().unwrap();
+    let kept = store.record_token(new_token(&store, "alice", None)).unwrap().tid;
+    drop(store);
+    let before = std::fs::read(db.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(restore(&empty, &db.path(), &master()).is_err(), "an empty file is no snapshot");
+    assert_eq!(std::fs::read(&empty).unwrap(), b"", "the input is not written");
+    assert_eq!(std::fs::read(db.path()).unwrap(), before, "the target is untouched");
+    assert!(set_aside(&db.path()).is_empty());
+    assert!(db.open().token(&kept).unwrap().is_some());
+}
+
+/// Review of issue 24, F3: restore opened the snapshot itself as a store (redb may write to a
+/// file it opens, and a schema upgrade would have been written in place).
+#[test]
+fn a_restore_does_not_write_to_the_snapshot() {
+    let db = Db::file();
+    let store = db.open();
+    store.rotate().unwrap();
+    store.record_token(new_token(&store, "alice", None)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap.redb");
+    store.backup_to(&snap).unwrap();
+    drop(store);
+    let before = std::fs::read(&snap).unwrap();
+    restore(&snap, &db.path(), &master()).unwrap();
+    assert_eq!(std::fs::read(&snap).unwrap(), before, "the snapshot's bytes are unchanged");
+}

@@ -18,8 +18,8 @@ pub(crate) struct MigrateArgs {
     /// The source: `--db FILE` (default) or `--database URL`, and its master key.
     #[command(flatten)]
     pub(crate) from: Db,
-    /// The target: a PostgreSQL URL (`postgres://...`) or a new embedded database file. It must
-    /// hold no data; its schema is created if it has none.
+    /// The target: a PostgreSQL URL (`postgres://...`) or a new embedded database file whose name
+    /// ends in `.redb` (anything else is refused, not printed). It must hold no data; its schema is created if it has none.
     #[arg(long, env = "TESSERA_MIGRATE_TO", hide_env_values = true)]
     pub(crate) to: String,
 }
@@ -67,11 +67,15 @@ pub(crate) enum RevocationsAction {
     },
 }
 
-fn location_of(target: &str) -> Location {
+/// The migration's target: a PostgreSQL URL or a path ending in `.redb`. Anything else (a
+/// key=value connection string, which may hold a password) is refused without being repeated.
+fn location_of(target: &str) -> Result<Location> {
     if target.starts_with("postgres://") || target.starts_with("postgresql://") {
-        Location::Postgres { url: target.to_owned(), options: PostgresOptions::default() }
+        Ok(Location::Postgres { url: target.to_owned(), options: PostgresOptions::default() })
+    } else if target.ends_with(".redb") {
+        Ok(Location::File(PathBuf::from(target)))
     } else {
-        Location::File(PathBuf::from(target))
+        bail!("--to must be a postgres:// or postgresql:// URL or a path ending in .redb")
     }
 }
 
@@ -98,7 +102,7 @@ impl Printer {
 
 pub(crate) fn migrate(args: MigrateArgs) -> Result<()> {
     let (source, master) = args.from.location()?;
-    let target = location_of(&args.to);
+    let target = location_of(&args.to)?;
     let redacted = |s: String| match &args.from.database {
         Some(url) => s.replace(url.expose(), &url.redacted()),
         None => s,
@@ -276,5 +280,17 @@ impl Db {
             None => Location::File(self.db.clone()),
         };
         Ok((location, master))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Review of issue 24, F7: `--to 'host=db password=…'` was taken as a file path and printed.
+    #[test]
+    fn a_target_that_is_neither_a_url_nor_a_redb_path_is_refused_unprinted() {
+        let err = super::location_of("host=db user=t password=hunter2").err().expect("refused");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(super::location_of("./data/new.redb").is_ok());
+        assert!(super::location_of("postgres://u:p@h/db").is_ok());
     }
 }

@@ -18,8 +18,9 @@ pub(crate) struct MigrateArgs {
     /// The source: `--db FILE` (default) or `--database URL`, and its master key.
     #[command(flatten)]
     pub(crate) from: Db,
-    /// The target: a PostgreSQL URL (`postgres://...`) or a new embedded database file whose name
-    /// ends in `.redb` (anything else is refused, not printed). It must hold no data; its schema is created if it has none.
+    /// The target: a PostgreSQL URL (`postgres://...`) or a new embedded database file whose
+    /// name ends in `.redb` (anything else is refused, not printed). It must hold no data; its
+    /// schema is created if it has none.
     #[arg(long, env = "TESSERA_MIGRATE_TO", hide_env_values = true)]
     pub(crate) to: String,
 }

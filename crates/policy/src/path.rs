@@ -39,8 +39,20 @@ fn encoded_separator(path: &str) -> bool {
 /// The path of a request target (`/a/b?q`, the query and fragment dropped), decoded and
 /// checked. One trailing `/` is allowed and ignored; every other ambiguity is an error.
 pub(crate) fn canonical(target: &str) -> Result<Canonical<'_>, Error> {
-    let path = match target.find(['?', '#']) {
-        Some(i) => &target[..i],
+    // A client never sends a fragment: `/public#/../admin` is refused, not cut to `/public`
+    // (an upstream that does not cut it would see another path).
+    if target.contains('#') {
+        return Err(Error::Path("the request target has a #"));
+    }
+    let path = match target.split_once('?') {
+        Some((path, query)) => {
+            // `_method=DELETE` makes many frameworks take a POST for another method: the policy
+            // would judge the wrong operation.
+            if query.split('&').any(|p| p.len() >= 8 && p[..8].eq_ignore_ascii_case("_method=")) {
+                return Err(Error::Path("the query overrides the method (_method=)"));
+            }
+            path
+        }
         None => target,
     };
     if path.len() > MAX_PATH_BYTES {
@@ -66,6 +78,11 @@ pub(crate) fn canonical(target: &str) -> Result<Canonical<'_>, Error> {
     }
     if decoded.chars().any(char::is_control) {
         return Err(Error::Path("the path has a control character"));
+    }
+    // Path parameters: servlet containers and others route `/admin;x` as `/admin`, while the
+    // policy would see another segment (`admin;x`). Plain or encoded (`%3B`), refused.
+    if decoded.contains(';') {
+        return Err(Error::Path("the path has a ; (path parameter)"));
     }
     let body = &decoded[1..];
     let body = body.strip_suffix('/').unwrap_or(body);
@@ -110,7 +127,8 @@ mod tests {
         assert_eq!(segs("/a/b%20c"), vec!["a", "b c"]);
         assert_eq!(segs("/a/.well-known/x..y"), vec!["a", ".well-known", "x..y"]);
         assert_eq!(segs("/a/%C3%A9t%C3%A9/"), vec!["a", "été"]);
-        assert_eq!(segs("/%2a/%3b"), vec!["*", ";"]);
+        assert_eq!(segs("/%2a/b"), vec!["*", "b"]);
+        assert_eq!(segs("/a?my_method=1&x_method=2"), vec!["a"]);
     }
 
     #[test]
@@ -157,6 +175,18 @@ mod tests {
             "/a/%25/b",
             "/a/%c3%28",
             "/a/%0a",
+            // Path parameters: servlet containers route `/admin;x` as `/admin`.
+            "/a;x/b",
+            "/a%3bx",
+            "/a%3Bx/b",
+            "/admin;",
+            // A fragment is refused, not cut off.
+            "/public#/../admin",
+            "/a#b",
+            "/a?q#x",
+            // A method override in the query.
+            "/a?_method=DELETE",
+            "/a?x=1&_METHOD=put",
         ] {
             assert!(canonical(bad).is_err(), "{bad:?} was accepted");
         }

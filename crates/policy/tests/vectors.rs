@@ -32,7 +32,7 @@ struct Case {
 #[test]
 fn file_policy_decides_every_case() {
     let policy = Policy::load(&dir().join("files.policy.toml")).unwrap();
-    assert_eq!(policy.rules(), 6);
+    assert_eq!(policy.rules(), 8);
     assert_eq!(
         policy.token_source(),
         &TokenSource { header: Some("x-api-token".into()), cookie: Some("tessera".into()) }

@@ -481,3 +481,63 @@ fn authz_without_a_policy_is_not_configured() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3") && err.contains("prefx"), "{err}");
 }
+
+/// A method-override header (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
+/// would make a framework run a POST as another method while the policy judged the POST:
+/// refused (403), on every endpoint, public paths included.
+#[test]
+fn authz_refuses_method_override_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let (_serve, url, admin) = serve(dir.path(), &["--authz-policy", policy.to_str().unwrap()]);
+    let tessera = url.trim_start_matches("http://").to_owned();
+    let (writer, _) = mint(
+        &url,
+        &admin,
+        json!({"subject": "w", "operations": ["read", "write"], "resources": ["files/*"]}),
+    );
+    let auth = format!("Bearer {writer}");
+    let plain = request(&tessera, "POST", "/v1/authz/envoy/files/a", &[("Authorization", &auth)]);
+    assert_eq!(plain.status, 200, "{plain:?}");
+    for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "x-http-method-override"] {
+        let a = request(
+            &tessera,
+            "POST",
+            "/v1/authz/envoy/files/a",
+            &[("Authorization", &auth), (name, "DELETE")],
+        );
+        assert_eq!(a.status, 403, "{name}: {a:?}");
+        let n = request(
+            &tessera,
+            "GET",
+            "/v1/authz/nginx",
+            &[("X-Original-Method", "GET"), ("X-Original-URI", "/health"), (name, "DELETE")],
+        );
+        assert_eq!(n.status, 403, "{name} on a public path: {n:?}");
+    }
+    let q = request(&tessera, "POST", "/v1/authz/envoy/files/a?_method=DELETE", &[("Authorization", &auth)]);
+    assert_eq!(q.status, 403, "{q:?}");
+}
+
+/// A claim holding DEL (0x7f) or a C1 control character comes back escaped in
+/// `X-Tessera-Claims` (a valid header value), never a 500.
+#[test]
+fn authz_claims_with_control_characters_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let (_serve, url, admin) = serve(dir.path(), &["--authz-policy", policy.to_str().unwrap()]);
+    let tessera = url.trim_start_matches("http://").to_owned();
+    let claims = json!({"note": "a\u{7f}b\u{85}c\u{1}d"});
+    let (reader, _) = mint(
+        &url,
+        &admin,
+        json!({"subject": "r", "operations": ["read"], "resources": ["files/*"], "claims": claims}),
+    );
+    let auth = format!("Bearer {reader}");
+    let a = request(&tessera, "GET", "/v1/authz/envoy/files/a", &[("Authorization", &auth)]);
+    assert_eq!(a.status, 200, "{a:?}");
+    let got: Value = serde_json::from_str(a.header("X-Tessera-Claims").unwrap()).unwrap();
+    assert_eq!(got, claims);
+}

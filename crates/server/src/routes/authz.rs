@@ -157,15 +157,17 @@ fn no_identity_headers(req: &HttpRequest) -> Result<()> {
     Ok(())
 }
 
-/// JSON with every character outside ASCII escaped (`\uXXXX`), so it is a valid header value.
+/// JSON with every character outside printable ASCII escaped (`\uXXXX`: non-ASCII, DEL and C1
+/// controls; serde_json already escapes C0), so it is always a valid header value.
 fn ascii_json(value: &impl serde::Serialize) -> Result<String> {
     let json = serde_json::to_string(value).map_err(ApiError::internal)?;
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
-        if c.is_ascii() {
+        if (' '..='~').contains(&c) {
             out.push(c);
         } else {
-            // Non-ASCII only occurs inside JSON strings, where an escape means the same.
+            // Outside printable ASCII only occurs inside JSON strings, where an escape means the
+            // same (serde_json escapes C0 itself, so this only meets DEL and above).
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{u:04x}"));
@@ -175,8 +177,37 @@ fn ascii_json(value: &impl serde::Serialize) -> Result<String> {
     Ok(out)
 }
 
-fn header_value(text: &str) -> Result<HeaderValue> {
-    HeaderValue::from_bytes(text.as_bytes()).map_err(ApiError::internal)
+/// A header value that cannot fail, so an allowed request never turns into a 500 after its use
+/// was recorded: UTF-8 passes as bytes (as before), a control character or DEL (which no header
+/// may hold) is written `\uXXXX`, like the claims.
+fn header_value(text: &str) -> HeaderValue {
+    if let Ok(v) = HeaderValue::from_bytes(text.as_bytes()) {
+        return v;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    HeaderValue::from_bytes(out.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Headers that make many frameworks run a request as another method than the one the policy
+/// judged (`POST` + `X-HTTP-Method-Override: DELETE`): refused.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+fn no_method_override(req: &HttpRequest) -> Result<()> {
+    for name in METHOD_OVERRIDES {
+        if req.headers().contains_key(name) {
+            return Err(ApiError::forbidden(format!(
+                "the request carries {name}: a method override is refused (the policy judges the request's own method)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The 200: every identity header, empty when there is nothing to say.
@@ -188,9 +219,9 @@ fn allowed(r: Option<&Restrictions>, extra: Vec<(&'static str, String)>) -> Resu
         None => String::new(),
     };
     let mut res = HttpResponse::Ok();
-    res.insert_header((SUBJECT, header_value(&subject)?));
-    res.insert_header((TID, header_value(&tid)?));
-    res.insert_header((CLAIMS, header_value(&claims)?));
+    res.insert_header((SUBJECT, header_value(&subject)));
+    res.insert_header((TID, header_value(&tid)));
+    res.insert_header((CLAIMS, header_value(&claims)));
     res.insert_header(("Cache-Control", "no-store"));
     for (name, value) in extra {
         res.insert_header((name, value));
@@ -218,6 +249,7 @@ async fn decide(req: HttpRequest, family: Family) -> Result<HttpResponse> {
     };
     let policy = &policy.policy;
     no_identity_headers(&req)?;
+    no_method_override(&req)?;
     let o = original(&req, family)?;
     let (operation, resource) = match policy.decide(&o.host, &o.method, &o.target) {
         Err(e) => return Err(ApiError::forbidden(e.to_string())),
@@ -271,6 +303,12 @@ mod tests {
         let v = serde_json::json!({"name": "Zoë 😀", "n": 1});
         let s = ascii_json(&v).unwrap();
         assert!(s.is_ascii(), "{s}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&s).unwrap(), v);
+        // DEL and C1 controls are not valid in a header value: escaped too.
+        let v = serde_json::json!({"c": "a\u{7f}b\u{85}c\u{9f}d\u{1}"});
+        let s = ascii_json(&v).unwrap();
+        assert!(s.bytes().all(|b| (0x20..0x7f).contains(&b)), "{s:?}");
+        assert!(HeaderValue::from_str(&s).is_ok(), "{s:?}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&s).unwrap(), v);
     }
 }

@@ -197,11 +197,21 @@ impl Policy {
     /// Read, parse and check a policy file (at most [`MAX_POLICY_BYTES`]).
     pub fn load(path: &Path) -> Result<Self, Error> {
         let read = |source| Error::Read { path: path.to_owned(), source };
-        let size = std::fs::metadata(path).map_err(read)?.len();
-        if size > MAX_POLICY_BYTES as u64 {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        // A device or FIFO (`/dev/zero`) says 0 bytes and never ends: only regular files.
+        if !meta.is_file() {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(read(e));
+        }
+        // Bounded read: the file may grow after the metadata was taken.
+        let mut text = String::new();
+        file.take(MAX_POLICY_BYTES as u64 + 1).read_to_string(&mut text).map_err(read)?;
+        if text.len() > MAX_POLICY_BYTES {
+            let size = meta.len().max(text.len() as u64);
             return Err(Error::TooLarge { size, limit: MAX_POLICY_BYTES });
         }
-        let text = std::fs::read_to_string(path).map_err(read)?;
         Self::from_toml(&text)
     }
 

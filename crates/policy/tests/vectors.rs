@@ -142,3 +142,14 @@ fn plain_paths_are_decided_without_copies() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A policy path that is not a regular file (`/dev/zero`, a device or FIFO whose metadata says
+/// 0 bytes) is refused before anything is read: reading it unbounded would eat memory.
+#[test]
+fn policies_that_are_not_regular_files_are_refused() {
+    match Policy::load(Path::new("/dev/zero")) {
+        // Refused up front, not after reading until memory ran out.
+        Err(Error::Read { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput),
+        other => panic!("{other:?}"),
+    }
+}

@@ -171,8 +171,17 @@ fn read(a: &ReadArgs) -> Result<()> {
 }
 
 /// One entry in words: `<time> <kind> <outcome> by <who> from <address> on <target> ...`.
+/// `text` with each control character written as `\u{..}`.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect()
+}
+
 fn line(e: &Value) -> String {
-    let s = |v: &Value| v.as_str().map(str::to_owned);
+    // Defence in depth: the store already replaces control characters, but an entry from an
+    // older server (or a proxy) must not move the terminal's cursor or fake a line either.
+    let s = |v: &Value| v.as_str().map(escape_controls);
     let actor = &e["actor"];
     let who = match (s(&actor["subject"]), s(&actor["issuer"])) {
         (Some(sub), _) => sub,
@@ -208,4 +217,23 @@ fn line(e: &Value) -> String {
         out.push_str(&format!(" request {id}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Review finding F2: a field with a line break or a terminal escape is printed escaped.
+    #[test]
+    fn a_line_escapes_control_characters() {
+        let evil = "x\n2026-01-01 #1 token.mint ok by admin\u{1b}[2J\u{9b}\r";
+        let e = serde_json::json!({
+            "at": "2026-12-05T07:00:00Z", "id": 7, "kind": "exchange.refuse", "outcome": "refused",
+            "actor": {"issuer": evil, "request_id": evil, "address": "192.0.2.9"},
+            "target": {"app": evil}, "detail": evil, "reason": evil,
+        });
+        let out = line(&e);
+        assert!(!out.chars().any(char::is_control), "{out:?}");
+        assert!(out.contains("\\u{1b}[2J") && out.contains("by issuer x\\u{a}2026"), "{out}");
+    }
 }

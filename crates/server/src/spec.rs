@@ -12,7 +12,12 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// Subjects of application credentials start with this.
 pub(crate) const APP_SUBJECT_PREFIX: &str = "app:";
 
-/// Subject names: 1 to 256 bytes without control characters.
+/// The subject the audit trail names as the actor of housekeeping and of the CLI's local admin:
+/// no credential is issued for it, so no caller can pass for the service in the trail.
+pub(crate) const SYSTEM_SUBJECT: &str = "system";
+
+/// Subject names: 1 to 256 bytes without control characters, not reserved (`app:...`,
+/// [`SYSTEM_SUBJECT`]).
 pub(crate) fn check_subject(subject: Option<&str>) -> Result<()> {
     match subject {
         Some(s) if s.is_empty() || s.len() > tessera_core::MAX_SUBJECT || s.chars().any(char::is_control) => {
@@ -20,6 +25,9 @@ pub(crate) fn check_subject(subject: Option<&str>) -> Result<()> {
         }
         Some(s) if s.starts_with(APP_SUBJECT_PREFIX) => Err(ApiError::bad_request(
             "subjects starting with app: are application credentials: register an application (POST /v1/apps)",
+        )),
+        Some(SYSTEM_SUBJECT) => Err(ApiError::bad_request(
+            "the subject \"system\" is reserved: the audit trail names the service itself with it",
         )),
         _ => Ok(()),
     }
@@ -87,5 +95,19 @@ pub(crate) fn claims_for(
             all.extend(asked);
             Ok(Some(CustomClaims::new(all).map_err(|e| ApiError::bad_request(e.to_string()))?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Review (low): `system` is the trail's actor for the service itself; no credential names it.
+    #[test]
+    fn the_system_subject_is_reserved_like_app_subjects() {
+        assert!(check_subject(Some("system")).is_err());
+        assert!(check_subject(Some("app:billing")).is_err());
+        assert!(check_subject(Some("systems")).is_ok());
+        assert!(check_subject(Some("alice")).is_ok());
     }
 }

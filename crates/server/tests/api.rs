@@ -23,6 +23,8 @@ fn health_metrics_and_second_start() {
         let a = send(&e, TestRequest::get().uri("/metrics")).await;
         assert!(a.raw.contains("tessera_http_responses_total{class=\"2xx\"}"), "{}", a.raw);
         assert!(a.raw.contains("tessera_revoked_tokens 0"));
+        // Review finding F3: refusals the audit writer could not take are counted where they show.
+        assert!(a.raw.contains("tessera_audit_notes_dropped_total 0"), "{}", a.raw);
         let config = e.state.config.clone();
         drop(e.state);
         let again = AppState::open(config).unwrap();

@@ -26,7 +26,7 @@ use tessera_core::{CustomClaims, REGISTERED_CLAIMS};
 
 use crate::http::problem::ApiError;
 use crate::session::strategy::Strategy;
-use crate::spec::{check_subject, lifetime, restriction_caveats, APP_SUBJECT_PREFIX};
+use crate::spec::{check_subject, lifetime, restriction_caveats, APP_SUBJECT_PREFIX, SYSTEM_SUBJECT};
 use jwks::{parse_jwks, IssuerKeys, Missing};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -311,7 +311,12 @@ pub(crate) fn ask(exchange: &Exchange, json: bool, body: &[u8]) -> Result<Asked>
         .issuers
         .iter()
         .position(|i| i.config.issuer == iss)
-        .ok_or_else(|| ApiError::unauthorized(format!("issuer \"{iss:.200}\" is not trusted")))?;
+        // The claim is unverified caller text: escaped, so a problem body never carries a
+        // terminal escape or a line break (review finding F2).
+        .ok_or_else(|| {
+            let shown: String = iss.chars().take(200).collect();
+            ApiError::unauthorized(format!("issuer \"{}\" is not trusted", shown.escape_debug()))
+        })?;
     let i = &exchange.issuers[issuer];
     let template = i.config.template.issue;
     let issue = match r.requested_token_type.as_deref() {
@@ -345,7 +350,8 @@ pub(crate) async fn key(exchange: &Exchange, asked: &Asked) -> Result<PublicKey>
 fn missing(i: &Issuer, kid: &str, why: Missing) -> ApiError {
     match why {
         Missing::Unknown => ApiError::unauthorized(format!(
-            "subject_token: kid \"{kid:.80}\" is not in the JWKS of issuer \"{}\"",
+            "subject_token: kid \"{}\" is not in the JWKS of issuer \"{}\"",
+            kid.chars().take(80).collect::<String>().escape_debug(),
             i.config.issuer
         )),
         // The details (where, what the upstream said) are in the log, not for the caller.
@@ -402,9 +408,9 @@ pub(crate) fn admit(
         .map_err(|e| ApiError::unauthorized(format!("subject_token: {e}")))?;
     let sub = claims["sub"].as_str().unwrap_or_default();
     let subject = format!("{}{sub}", i.config.subject_prefix);
-    if subject == admin_subject || subject.starts_with(APP_SUBJECT_PREFIX) {
+    if subject == admin_subject || subject == SYSTEM_SUBJECT || subject.starts_with(APP_SUBJECT_PREFIX) {
         return Err(ApiError::forbidden(format!(
-            "subject_token: the subject \"{subject:.100}\" is reserved (the admin's or an application's) and is never given by an exchange"
+            "subject_token: the subject \"{subject:.100}\" is reserved (the admin's, the service's or an application's) and is never given by an exchange"
         )));
     }
     check_subject(Some(&subject))?;

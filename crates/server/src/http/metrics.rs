@@ -145,6 +145,12 @@ impl Metrics {
              # TYPE tessera_log_lines_dropped_total counter\ntessera_log_lines_dropped_total {}",
             crate::logging::dropped_lines()
         );
+        let _ = writeln!(
+            out,
+            "# HELP tessera_audit_notes_dropped_total Audit entries of refusals not written because the audit writer was behind.\n\
+             # TYPE tessera_audit_notes_dropped_total counter\ntessera_audit_notes_dropped_total {}",
+            store.audit_dropped()
+        );
         self.latency.render(&mut out);
         let _ = writeln!(
             out,

@@ -47,7 +47,11 @@ pub(crate) async fn exchange(
                 let (iss, sub) = claimed(json, &body);
                 let mut actor = actor(&state, &req, None, None);
                 actor.issuer = iss;
-                let detail = sub.map(|s| format!("sub={s} (unverified)"));
+                // Both claims are the caller's word: the entry says so (review finding F2).
+                let detail = Some(match sub {
+                    Some(s) => format!("iss and sub unverified; sub={s}"),
+                    None => "iss unverified".to_owned(),
+                });
                 note(&state, AuditKind::ExchangeRefuse, actor, Target::default(), Some(e.detail()), detail);
             }
             return Err(e);

@@ -100,8 +100,10 @@ impl Db {
             }
             return Ok(Store::open(&self.db, master)?);
         };
-        let location =
-            tessera_store::Location::Postgres { url: url.expose().to_owned(), options: self.postgres_options() };
+        let location = tessera_store::Location::Postgres {
+            url: url.expose().to_owned(),
+            options: self.postgres_options(),
+        };
         // Whatever the driver says, the password never reaches the terminal.
         Store::open_at(&location, master, tessera_store::Freshness::default()).map_err(|e| {
             let said = e.to_string().replace(url.expose(), &url.redacted());

@@ -50,7 +50,12 @@ pub(crate) fn record(state: &AppState, r: &Restrictions) -> Result<Headers, ApiE
 
 /// `actor` is asked for only when the audit trail needs it (a budget spent for the first time in
 /// its window): nothing is built for a use that is not refused.
-fn record_at(state: &AppState, r: &Restrictions, now: i64, actor: &dyn Fn() -> Actor) -> Result<Headers, ApiError> {
+fn record_at(
+    state: &AppState,
+    r: &Restrictions,
+    now: i64,
+    actor: &dyn Fn() -> Actor,
+) -> Result<Headers, ApiError> {
     let Some(tid) = r.tid else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     if !r.rate_limits.is_empty() {

@@ -251,7 +251,8 @@ fn authorize_noting(
         Ok(v) => v,
         Err(e) => {
             let why = match &e {
-                tessera_core::Error::CaveatNotMet { caveat, .. } | tessera_core::Error::UnknownCaveat(caveat) => {
+                tessera_core::Error::CaveatNotMet { caveat, .. }
+                | tessera_core::Error::UnknownCaveat(caveat) => {
                     format!("caveat \"{caveat}\" not met")
                 }
                 _ => "a discharge is missing".to_owned(),

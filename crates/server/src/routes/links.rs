@@ -232,8 +232,7 @@ pub(crate) async fn redeem(
         Product::Token(spec) => {
             let st = state.clone();
             let minted =
-                blocking(move || mint(&st.store, &actor, &st.location, &st.discharge_location, spec))
-                    .await?;
+                blocking(move || mint(&st.store, &actor, &st.location, &st.discharge_location, spec)).await?;
             state.metrics.tokens_minted.inc();
             Ok(HttpResponse::Ok().json(json!({
                 "issued": "token",

@@ -13,11 +13,11 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tessera_core::{KeyId, SessionId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
+use crate::audit::{AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only};
 use crate::codec::{
     self, Notice, StoredApp, StoredKey, StoredRevocation, StoredSession, StoredSigningKey, StoredTarget,
     StoredToken, SCHEMA_VERSION,
 };
-use crate::audit::{AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only};
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
 

@@ -89,7 +89,12 @@ pub struct PostgresOptions {
 
 impl Default for PostgresOptions {
     fn default() -> Self {
-        PostgresOptions { pool_size: 8, connect_timeout: Duration::from_secs(5), sslmode: None, ca_file: None }
+        PostgresOptions {
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            sslmode: None,
+            ca_file: None,
+        }
     }
 }
 
@@ -293,8 +298,14 @@ impl Backend for PostgresBackend {
     fn batch(&self, n: usize, deadline: Instant, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
         let pool = self.pool.clone();
         let client = Arc::new(self.call_until(deadline, async move { pool.get().await.map_err(pool_err) })?);
-        let mut tx =
-            PgTx { backend: self, client, appended: false, keys: Default::default(), deadline, audit: Default::default() };
+        let mut tx = PgTx {
+            backend: self,
+            client,
+            appended: false,
+            keys: Default::default(),
+            deadline,
+            audit: Default::default(),
+        };
         let out = run_batch(&mut tx, n, apply);
         // The rollback is bounded by the same deadline: a database that does not answer is not
         // waited for twice. Past it, dropping the connection ends the transaction.
@@ -381,7 +392,9 @@ impl Backend for PostgresBackend {
             match &lease {
                 RateLease::Granted(_) => txn.commit().await.map_err(db)?,
                 // A budget's first refusal in its window marks its counter (once).
-                RateLease::Spent { first, .. } if first.iter().any(|f| *f) => txn.commit().await.map_err(db)?,
+                RateLease::Spent { first, .. } if first.iter().any(|f| *f) => {
+                    txn.commit().await.map_err(db)?
+                }
                 // Otherwise dropping the transaction rolls it back: a refusal writes nothing.
                 _ => {}
             }

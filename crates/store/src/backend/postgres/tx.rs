@@ -464,7 +464,11 @@ impl Tx for PgTx<'_> {
         super::bulk::copy_changes(self, rows)
     }
 
-    fn copy_audit(&mut self, anchor: Option<crate::audit::AuditHead>, rows: &[crate::audit::AuditRow]) -> Result<()> {
+    fn copy_audit(
+        &mut self,
+        anchor: Option<crate::audit::AuditHead>,
+        rows: &[crate::audit::AuditRow],
+    ) -> Result<()> {
         super::bulk::copy_audit(self, anchor, rows)
     }
 

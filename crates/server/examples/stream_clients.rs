@@ -31,7 +31,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("tessera-stream-clients-{}", std::process::id()));
     let mut child = Command::new(&bin)
         .args(["--listen", "127.0.0.1:0", "--rate-limit", "0", "--max-connections-per-address", "0"])
-        .args(["--max-streams", &(n + 1).to_string(), "--workers", "2"])
+        .args(["--max-streams", &(n + 1).to_string(), "--max-streams-per-address", "0", "--workers", "2"])
         .arg("--data-dir")
         .arg(&dir)
         .stdout(Stdio::piped())

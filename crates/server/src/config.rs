@@ -379,6 +379,11 @@ pub struct Config {
     #[arg(long, env = "TESSERA_MAX_STREAMS", default_value_t = 1024)]
     pub max_streams: usize,
 
+    /// Clients of `GET /v1/revocations/stream` open at once from one client address (by the
+    /// trusted-proxy rules; IPv6 per /64); one more gets a 429. 0 = no cap.
+    #[arg(long, env = "TESSERA_MAX_STREAMS_PER_ADDRESS", default_value_t = 8)]
+    pub max_streams_per_address: usize,
+
     /// Time between two heartbeats (SSE comments) on an idle revocation stream.
     #[arg(long, env = "TESSERA_STREAM_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub stream_heartbeat: Duration,
@@ -447,6 +452,7 @@ impl Config {
             body_timeout: Duration::from_secs(10),
             max_connections_per_address: 256,
             max_streams: 1024,
+            max_streams_per_address: 8,
             stream_heartbeat: Duration::from_secs(15),
             stream_buffer: 1024,
             stream_replay_limit: 10_000,

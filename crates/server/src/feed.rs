@@ -10,9 +10,15 @@
 //! the store, at most `--stream-replay-limit` entries, else a `reset` event), then goes live,
 //! skipping what it already sent: the subscription comes before the replay's read, so what the
 //! replay did not see the buffer holds, and nothing is lost or sent twice.
+//!
+//! Slots are capped twice: `--max-streams` on the node, and `--max-streams-per-address` per client
+//! address (by the trusted-proxy rules; IPv6 per /64), so one client cannot take every slot from
+//! the guards and proxies elsewhere. A slot is given back when its stream ends.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -21,6 +27,7 @@ use tessera_store::{Revocation, RevocationTarget, Store};
 use tokio::sync::{broadcast, watch};
 
 use crate::http::blocking;
+use crate::http::limit::bucket_of;
 use crate::http::problem::ApiError;
 use crate::http::text::rfc3339;
 
@@ -62,6 +69,8 @@ struct Frame {
 pub(crate) struct Settings {
     /// Clients at once.
     pub(crate) max_streams: usize,
+    /// Clients at once from one address (IPv6: one /64); 0 = no cap.
+    pub(crate) max_per_address: usize,
     /// Time between heartbeats.
     pub(crate) heartbeat: Duration,
     /// Entries a client may fall behind.
@@ -73,6 +82,9 @@ pub(crate) struct Settings {
 struct Shared {
     tx: broadcast::Sender<Frame>,
     open: AtomicUsize,
+    /// Open clients by address (an entry only while it holds at most `max_per_address` and at
+    /// least one: at most `--max-streams` entries).
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Whether the pump runs (under this lock: a client subscribes and starts the pump, the pump
     /// ends only when no one is subscribed, never in between).
     pump: Mutex<bool>,
@@ -93,12 +105,26 @@ impl std::fmt::Debug for Streams {
     }
 }
 
-/// A client's place among the `--max-streams`; given back when its stream is dropped.
-struct Permit(Arc<Shared>);
+/// A client's place among the `--max-streams` and its address's `--max-streams-per-address`;
+/// given back when its stream is dropped.
+struct Permit {
+    shared: Arc<Shared>,
+    address: Option<IpAddr>,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.address {
+            // A poisoned lock still holds a consistent map (no code panics while holding it).
+            let mut held = self.shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = held.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&ip);
+                }
+            }
+        }
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -117,6 +143,7 @@ impl Streams {
             shared: Arc::new(Shared {
                 tx,
                 open: AtomicUsize::new(0),
+                per_address: Mutex::new(HashMap::new()),
                 pump: Mutex::new(false),
                 closed: watch::channel(false).0,
                 settings,
@@ -151,24 +178,55 @@ impl Streams {
         self.close();
     }
 
+    /// Stream clients open on this node from `client`'s address (IPv6: its /64).
+    pub fn open_from(&self, client: IpAddr) -> usize {
+        let held = self.shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(&bucket_of(client)).copied().unwrap_or(0)
+    }
+
+    /// A slot for a client from `client` (by the trusted-proxy rules; `None` when unknown): 503
+    /// when `--max-streams` are open, 429 when its address holds `--max-streams-per-address`.
+    fn admit(&self, client: Option<IpAddr>) -> Result<Permit, ApiError> {
+        let shared = &self.shared;
+        let Settings { max_streams, max_per_address, .. } = shared.settings;
+        if shared.open.fetch_add(1, Ordering::AcqRel) >= max_streams {
+            shared.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::unavailable(format!(
+                "{max_streams} revocation streams are open (--max-streams)"
+            ))
+            .with_headers(vec![("Retry-After", "5".into())]));
+        }
+        // From here on, dropping the permit gives back what it holds.
+        let mut permit = Permit { shared: Arc::clone(shared), address: None };
+        if let Some(ip) = client.map(bucket_of).filter(|_| max_per_address > 0) {
+            let mut held = shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = held.entry(ip).or_insert(0);
+            if *n >= max_per_address {
+                return Err(ApiError::too_many_streams(format!(
+                    "this client address holds {max_per_address} revocation streams already \
+                     (--max-streams-per-address); close one or retry later"
+                ))
+                .with_headers(vec![("Retry-After", "5".into())]));
+            }
+            *n += 1;
+            permit.address = Some(ip);
+        }
+        Ok(permit)
+    }
+
     /// A new client's stream of SSE chunks, or 503 when `--max-streams` are open or the service
-    /// is stopping.
+    /// is stopping, 429 when `client`'s address holds `--max-streams-per-address`.
     pub(crate) fn subscribe(
         &self,
         store: &Store,
         start: Start,
+        client: Option<IpAddr>,
     ) -> Result<impl futures_core::Stream<Item = Result<Bytes, actix_web::Error>> + 'static, ApiError> {
         let shared = &self.shared;
-        let max = shared.settings.max_streams;
         if *shared.closed.borrow() {
             return Err(ApiError::unavailable("the service is stopping"));
         }
-        if shared.open.fetch_add(1, Ordering::AcqRel) >= max {
-            shared.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::unavailable(format!("{max} revocation streams are open (--max-streams)"))
-                .with_headers(vec![("Retry-After", "5".into())]));
-        }
-        let permit = Permit(Arc::clone(shared));
+        let permit = self.admit(client)?;
         let rx = {
             let mut running = shared.pump.lock().map_err(ApiError::internal)?;
             let rx = shared.tx.subscribe();

@@ -83,6 +83,7 @@ impl AppState {
             ),
             streams: crate::feed::Streams::new(crate::feed::Settings {
                 max_streams: config.max_streams,
+                max_per_address: config.max_streams_per_address,
                 heartbeat: config.stream_heartbeat,
                 buffer: config.stream_buffer,
                 replay_limit: config.stream_replay_limit,

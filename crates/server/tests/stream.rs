@@ -1,7 +1,8 @@
 //! `GET /v1/revocations/stream` in-process: a revocation reaches a client as the polling feed's
 //! entry; a client resuming with `Last-Event-ID` (or `?after=`) misses nothing and gets nothing
 //! twice; one too far behind (or ahead) gets `reset`; a client that does not read is disconnected
-//! once it falls `--stream-buffer` behind; `--max-streams` is a cap; a plain GET holds no stream.
+//! once it falls `--stream-buffer` behind; `--max-streams` is a cap, and so is
+//! `--max-streams-per-address` (one address cannot hold every slot); a plain GET holds no stream.
 //! (Across cluster nodes: crates/cli/tests/stream.rs.)
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
@@ -38,15 +39,26 @@ struct Client {
 }
 
 async fn open(e: &Env, req: TestRequest) -> Result<Client, Answer> {
+    open_from(e, req, "127.0.0.1").await
+}
+
+/// A stream request from the connection peer `peer`.
+async fn open_from(e: &Env, req: TestRequest, peer: &str) -> Result<Client, Answer> {
     let svc = init_service(app(e.state.clone())).await;
-    let req =
-        req.insert_header(("Accept", "text/event-stream")).peer_addr("127.0.0.1:40000".parse().unwrap());
+    let peer = std::net::SocketAddr::new(peer.parse().unwrap(), 40000);
+    let req = req.insert_header(("Accept", "text/event-stream")).peer_addr(peer);
     let res = call_service(&svc, req.to_request()).await;
     if res.status() != StatusCode::OK {
         let status = res.status();
+        let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let content_type = header("content-type").unwrap_or_default();
+        // A refusal that asks the client to come back says when.
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(header("retry-after").is_some(), "{status} without Retry-After");
+        }
         let raw = String::from_utf8(actix_web::test::read_body(res).await.to_vec()).unwrap();
         let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
-        return Err(Answer { status, content_type: "application/problem+json".into(), body, raw });
+        return Err(Answer { status, content_type, body, raw });
     }
     assert_eq!(res.headers().get("content-type").unwrap(), "text/event-stream");
     Ok(Client { body: res.into_body().boxed(), buf: String::new(), ended: false })
@@ -277,5 +289,51 @@ fn streams_are_capped_and_need_an_event_stream_accept() {
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         let unknown = open(&e, TestRequest::get().uri("/v1/revocations/stream?limit=3")).await.err().unwrap();
         assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    })
+}
+
+#[test]
+fn one_address_cannot_hold_every_stream() {
+    run(async {
+        let e = env_with(|c| {
+            c.max_streams = 10;
+            c.max_streams_per_address = 2;
+            c.trusted_proxies = vec!["10.0.0.1/32".parse().unwrap()];
+        });
+        let path = "/v1/revocations/stream";
+        let from = |peer: &'static str| open_from(&e, TestRequest::get().uri(path), peer);
+        let a1 = from("192.0.2.1").await.map_err(|a| a.raw).unwrap();
+        let a2 = from("192.0.2.1").await.map_err(|a| a.raw).unwrap();
+        // The third from the same address: 429 problem+json naming the flag; nothing held.
+        let refused = from("192.0.2.1").await.err().unwrap();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.raw);
+        assert_eq!(refused.content_type, "application/problem+json");
+        assert!(refused.raw.contains("--max-streams-per-address"), "{}", refused.raw);
+        assert_eq!(e.state.streams.open(), 2);
+        assert_eq!(e.state.streams.open_from("192.0.2.1".parse().unwrap()), 2);
+        // Another address still gets its streams.
+        let b = from("192.0.2.2").await.map_err(|a| a.raw).unwrap();
+        // Through a trusted proxy the address is the forwarded client's, not the proxy's: the
+        // full address is refused, another one served, though both come from the proxy.
+        let via = |client: &str| {
+            open_from(
+                &e,
+                TestRequest::get().uri(path).insert_header(("X-Forwarded-For", client.to_owned())),
+                "10.0.0.1",
+            )
+        };
+        assert_eq!(via("192.0.2.1").await.err().unwrap().status, StatusCode::TOO_MANY_REQUESTS);
+        let c = via("192.0.2.3").await.map_err(|a| a.raw).unwrap();
+        // IPv6 clients count per /64: another host of the same /64 is the same client.
+        let v6a = from("2001:db8:1:2::1").await.map_err(|a| a.raw).unwrap();
+        let v6b = from("2001:db8:1:2::2").await.map_err(|a| a.raw).unwrap();
+        assert_eq!(from("2001:db8:1:2::3").await.err().unwrap().status, StatusCode::TOO_MANY_REQUESTS);
+        // A slot is given back when its stream ends.
+        drop(a1);
+        assert_eq!(e.state.streams.open_from("192.0.2.1".parse().unwrap()), 1);
+        let a3 = from("192.0.2.1").await.map_err(|a| a.raw).unwrap();
+        drop((a2, a3, b, c, v6a, v6b));
+        assert_eq!(e.state.streams.open(), 0);
+        assert_eq!(e.state.streams.open_from("192.0.2.1".parse().unwrap()), 0);
     })
 }

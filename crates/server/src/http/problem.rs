@@ -99,6 +99,10 @@ impl ApiError {
     pub(crate) fn token_rate_limited(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "token rate limit", detail)
     }
+    /// 429 for a client address that holds its `--max-streams-per-address` revocation streams.
+    pub(crate) fn too_many_streams(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too many streams", detail)
+    }
     /// 409: the request conflicts with the current state (e.g. a rotation that is too early).
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", detail)

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::feed::{revocation_view, Start};
+use crate::http::auth::client_ip_of;
 use crate::http::blocking;
 use crate::http::problem::ApiError;
 use crate::state::AppState;
@@ -72,7 +73,9 @@ pub(crate) async fn stream(
         ),
         None => query.after.map_or(Start::Now, Start::After),
     };
-    let body = state.streams.subscribe(&state.store, start)?;
+    // Counted per client address by the trusted-proxy rules (`--max-streams-per-address`).
+    let client = client_ip_of(&state, &req)?;
+    let body = state.streams.subscribe(&state.store, start, client)?;
     Ok(HttpResponse::build(StatusCode::OK)
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-store"))

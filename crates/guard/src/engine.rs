@@ -36,6 +36,10 @@ pub(crate) struct Engine {
     hits: AtomicU64,
 }
 
+/// A 429 from the service carries this header when a token's budget is spent, never when the
+/// service's own per-client limiter (`--rate-limit`) refuses the caller (docs/API.md).
+const BUDGET_HEADER: &str = "ratelimit-policy";
+
 /// What the request needs once mapped: borrowed from the request and the policy (a policy
 /// allocates only for a percent-encoded path or a host not in lower case).
 enum Need<'a> {
@@ -176,18 +180,22 @@ impl Engine {
     ) -> Result<(Verified, bool), Refusal> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut context = json!({"operation": operation, "resource": resource});
+        let mut call = self.client.post(format!("{}/v1/verify", self.url)).timeout(self.timeout);
         if let Some(ip) = view.client_ip {
             context["client_ip"] = json!(ip.to_string());
+            // The client's address as the service's trusted-proxy rules read it, in both headers
+            // (the service reads the one `--forwarded-header` names): with this guard's address
+            // in the service's `--trusted-proxy`, its per-client rate limit counts each client,
+            // not the guard. Otherwise the service ignores them and counts the guard.
+            let node = match ip {
+                std::net::IpAddr::V4(v4) => format!("for={v4}"),
+                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+            };
+            call = call.header("X-Forwarded-For", ip.to_string()).header("Forwarded", node);
         }
         let unreachable = |_| Refusal::Unavailable("the Tessera service cannot be reached".into());
-        let res = self
-            .client
-            .post(format!("{}/v1/verify", self.url))
-            .timeout(self.timeout)
-            .json(&json!({"token": token, "context": context}))
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let res =
+            call.json(&json!({"token": token, "context": context})).send().await.map_err(unreachable)?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let body: serde_json::Value = res.json().await.map_err(unreachable)?;
@@ -205,6 +213,16 @@ impl Engine {
             }
             400 | 401 => Err(Refusal::Unauthorized(detail)),
             403 => Err(Refusal::Forbidden(detail)),
+            // The service's own per-client limiter, not the token's budget: the service refuses
+            // this caller for a while, whatever the token. A 503, not a 429 the client would read
+            // as its token's budget.
+            429 if !headers.contains_key(BUDGET_HEADER) => Err(Refusal::Throttled(
+                format!(
+                    "the Tessera service is refusing requests from this client's address or from this guard \
+                     (its --rate-limit), not the token's budget: {detail:.200}"
+                ),
+                headers.get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            )),
             429 => {
                 let keep = [
                     "retry-after",

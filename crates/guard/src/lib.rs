@@ -6,7 +6,9 @@
 //! policy names), turns the request into an operation on a resource (a [`tessera_policy::Policy`],
 //! the language of `/v1/authz`, or a closure), asks the service (`POST /v1/verify`, connections
 //! reused) and either calls the handler with the verified identity as a request extension
-//! ([`Verified`]) or answers 401, 403, 429 or 503 as problem+json ([`Refusal`]).
+//! ([`Verified`]) or answers 400, 401, 403, 429 or 503 as problem+json ([`Refusal`]). The
+//! client's address goes to the service in `X-Forwarded-For` and `Forwarded` too, so a service
+//! that lists the guard among its trusted proxies counts its per-client rate limit per client.
 //!
 //! Allowed decisions are cached (see [`GuardBuilder`]): keyed by two keyed hashes of the token
 //! text and the context (SipHash-1-3 to index, SipHash-2-4 to check) under keys drawn at start, bounded in entries and bytes, for at most a TTL and
@@ -189,6 +191,10 @@ pub enum Refusal {
     BadRequest(String),
     /// The service cannot be reached or cannot answer: fail closed (503).
     Unavailable(String),
+    /// The service's own per-client rate limit (`--rate-limit`) refused the call: the service is
+    /// refusing this client's address or this guard, not the token (503, with the service's
+    /// `Retry-After`).
+    Throttled(String, Option<String>),
 }
 
 impl Refusal {
@@ -199,7 +205,7 @@ impl Refusal {
             Refusal::Forbidden(_) => 403,
             Refusal::RateLimited(..) => 429,
             Refusal::BadRequest(_) => 400,
-            Refusal::Unavailable(_) => 503,
+            Refusal::Unavailable(_) | Refusal::Throttled(..) => 503,
         }
     }
 
@@ -211,7 +217,7 @@ impl Refusal {
             Refusal::Forbidden(d) => ("not allowed", d.as_str()),
             Refusal::RateLimited(d, _) => ("token rate limit", d.as_str()),
             Refusal::BadRequest(d) => ("malformed request", d.as_str()),
-            Refusal::Unavailable(d) => ("unavailable", d.as_str()),
+            Refusal::Unavailable(d) | Refusal::Throttled(d, _) => ("unavailable", d.as_str()),
         };
         let status = self.status();
         let mut headers = vec![("Content-Type".to_owned(), "application/problem+json".to_owned())];
@@ -220,6 +226,9 @@ impl Refusal {
                 headers.push(("WWW-Authenticate".into(), "Bearer".into()));
             }
             Refusal::RateLimited(_, h) => headers.extend(h.iter().cloned()),
+            Refusal::Throttled(_, Some(retry_after)) => {
+                headers.push(("Retry-After".into(), retry_after.clone()));
+            }
             _ => {}
         }
         let body =

@@ -1,7 +1,9 @@
 //! The guard as a tower layer in an axum router, against a real `tessera-server`: allowed, no
 //! token, a read-only token writing, the wrong resource, unmatched and public paths, revoked, a
 //! spent budget (429), cache hits (calls to the service counted), a revocation reaching the
-//! cache within a second, and the service going away (fail closed).
+//! cache within a second, and the service going away (fail closed); each client behind the guard
+//! counted by the service's rate limiter under its own address, that limiter's 429 answered as a
+//! 503.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
@@ -15,7 +17,7 @@ use axum::{Extension, Router};
 use common::{until, Server};
 use http::{Request, StatusCode};
 use serde_json::{json, Value};
-use tessera_guard::{Guard, GuardLayer, Policy, Verified};
+use tessera_guard::{ClientIp, Guard, GuardLayer, Policy, Verified};
 use tower::ServiceExt;
 
 const POLICY: &str = r#"
@@ -53,10 +55,23 @@ async fn call(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, http::HeaderMap, String) {
+    send(guard, request(method, path, token)).await
+}
+
+fn request(method: &str, path: &str, token: Option<&str>) -> http::request::Builder {
     let mut req = Request::builder().method(method).uri(path).header("Host", "files.example");
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
+    req
+}
+
+/// One request as an outer layer found it from the client at `ip` (a `ClientIp` extension).
+async fn call_from(guard: &Guard, ip: &str, token: &str) -> (StatusCode, http::HeaderMap, String) {
+    send(guard, request("GET", "/files/x", Some(token)).extension(ClientIp(ip.parse().unwrap()))).await
+}
+
+async fn send(guard: &Guard, req: http::request::Builder) -> (StatusCode, http::HeaderMap, String) {
     let res = app(guard).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     let (parts, body) = res.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
@@ -136,6 +151,7 @@ async fn revoked_and_spent_tokens_are_refused_and_never_cached() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(headers.contains_key("retry-after"));
     assert!(headers.contains_key("ratelimit"));
+    assert!(headers.contains_key("ratelimit-policy"));
     problem(&body, 429);
     assert_eq!(g.stats().calls, before + 3, "a budgeted token is never answered from the cache");
     // Refusals are not cached either.
@@ -190,4 +206,36 @@ async fn the_service_going_away_fails_closed() {
     problem(&body, 503);
     assert!(!g.stream_live());
     assert_eq!(g.stats().entries, 0);
+}
+
+#[tokio::test]
+async fn each_client_spends_its_own_rate_limit_and_the_services_429_is_a_503() {
+    // The guard's host is among the service's trusted proxies (as the README says to set it up);
+    // the service allows 2 requests/s per client (bursts of 4).
+    let server = Server::start_with(&["--rate-limit", "2", "--trusted-proxy", "127.0.0.1/32"]);
+    let g = guard(&server);
+    let (token, _) = server.mint(json!({"subject": "alice", "operations": ["read"]})).await;
+    // One client sends junk until the service's limiter refuses it: the guard answers 503 with
+    // the service's Retry-After, never a 429 its client would take for its token's budget.
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, headers, body) = call_from(&g, "192.0.2.1", "junk").await;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (headers, body) = refused.expect("the service's per-client limit never refused the junk");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(headers["retry-after"], "1");
+    problem(&body, 503);
+    assert!(body.contains("--rate-limit"), "{body}");
+    // Another client behind the same guard is counted under its own address: still served.
+    let (status, _, body) = call_from(&g, "192.0.2.2", &token).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "alice"));
+    // IPv6 clients too (sent in both forwarding headers' forms).
+    let (status, _, body) = call_from(&g, "2001:db8::7", &token).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "alice"));
 }

@@ -49,12 +49,19 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Started with heartbeats every 200 ms (so a silent stream is noticed quickly).
+    /// Started with heartbeats every 200 ms (so a silent stream is noticed quickly), without a
+    /// per-client rate limit.
     pub(crate) fn start() -> Server {
+        Server::start_with(&["--rate-limit", "0"])
+    }
+
+    /// Started with heartbeats every 200 ms and `flags` (which must name `--rate-limit`).
+    pub(crate) fn start_with(flags: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         #[allow(clippy::zombie_processes)] // owned by `Server`, whose Drop waits
         let mut child = Command::new(server_bin())
-            .args(["--listen", "127.0.0.1:0", "--rate-limit", "0", "--stream-heartbeat", "200ms"])
+            .args(["--listen", "127.0.0.1:0", "--stream-heartbeat", "200ms"])
+            .args(flags)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env_remove("TESSERA_MASTER_KEY")

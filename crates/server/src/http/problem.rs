@@ -87,13 +87,17 @@ impl ApiError {
             "send Content-Type: application/json",
         )
     }
-    /// 429.
+    /// 429 from the per-client limiter (`--rate-limit`): `Retry-After: 1` (a second refills at
+    /// least one request) and never a `RateLimit-Policy`, which only a token budget's 429
+    /// carries: how a client of `/v1/verify` (the guard) tells the service refusing it from a
+    /// token's budget being spent.
     pub fn rate_limited() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limited",
             "too many requests from this client; slow down",
         )
+        .with_headers(vec![("Retry-After", "1".into())])
     }
     /// 429 for a token whose `rate-limit` budget is spent.
     pub(crate) fn token_rate_limited(detail: impl Into<String>) -> Self {

@@ -36,6 +36,10 @@ pub(crate) struct Engine {
     hits: AtomicU64,
 }
 
+/// Headers that make many frameworks run a request as another method than the one the mapping
+/// judged (`POST` + `X-HTTP-Method-Override: DELETE`): refused, as `/v1/authz` refuses them.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
 /// A 429 from the service carries this header when a token's budget is spent, never when the
 /// service's own per-client limiter (`--rate-limit`) refuses the caller (docs/API.md).
 const BUDGET_HEADER: &str = "ratelimit-policy";
@@ -89,6 +93,12 @@ impl Engine {
     }
 
     fn need<'a>(&'a self, view: &RequestView<'a>, headers: &'a http::HeaderMap) -> Result<Need<'a>, Refusal> {
+        // Before any mapping, public paths included: the handler would run another method.
+        if let Some(name) = METHOD_OVERRIDES.iter().find(|n| headers.contains_key(**n)) {
+            return Err(Refusal::BadRequest(format!(
+                "the request carries {name}: a method override is refused (the guard judges the request's own method)"
+            )));
+        }
         let (operation, resource) = match &self.mapping {
             Mapping::Policy(p) => match p.decide_ref(view.host, view.method, view.target) {
                 Ok(DecisionRef::Public) => return Ok(Need::Public),

@@ -8,7 +8,8 @@
 //! reused) and either calls the handler with the verified identity as a request extension
 //! ([`Verified`]) or answers 400, 401, 403, 429 or 503 as problem+json ([`Refusal`]). The
 //! client's address goes to the service in `X-Forwarded-For` and `Forwarded` too, so a service
-//! that lists the guard among its trusted proxies counts its per-client rate limit per client.
+//! that lists the guard among its trusted proxies counts its per-client rate limit per client;
+//! requests carrying a method override header are refused (400).
 //!
 //! Allowed decisions are cached (see [`GuardBuilder`]): keyed by two keyed hashes of the token
 //! text and the context (SipHash-1-3 to index, SipHash-2-4 to check) under keys drawn at start, bounded in entries and bytes, for at most a TTL and
@@ -187,7 +188,8 @@ pub enum Refusal {
     /// A budget of the token is spent (429), with the service's `Retry-After` and `RateLimit`
     /// headers.
     RateLimited(String, Vec<(String, String)>),
-    /// The request's path cannot be read unambiguously (400).
+    /// The request's path cannot be read unambiguously, or it carries a method override
+    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`) (400).
     BadRequest(String),
     /// The service cannot be reached or cannot answer: fail closed (503).
     Unavailable(String),

@@ -1,5 +1,6 @@
 //! The guard as actix-web middleware, against a real `tessera-server`: the handler gets the
-//! identity; refusals are problem+json; the cache is shared with the engine.
+//! identity; refusals are problem+json; the cache is shared with the engine; method overrides
+//! are refused.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
@@ -52,4 +53,15 @@ async fn the_actix_middleware_checks_tokens() {
     let res = call_service(&app, TestRequest::get().uri("/docs/a").to_request()).await;
     assert_eq!(res.status(), 401);
     assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
+    // A read the handler's framework could run as a DELETE: refused, 400 problem+json.
+    for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+        let req =
+            TestRequest::get().uri("/docs/a").insert_header(bearer.clone()).insert_header((name, "DELETE"));
+        let res = call_service(&app, req.to_request()).await;
+        assert_eq!(res.status(), 400, "{name}");
+        assert_eq!(res.headers().get("content-type").unwrap(), "application/problem+json");
+        let body: serde_json::Value = serde_json::from_slice(&read_body(res).await).unwrap();
+        assert_eq!(body["status"], 400);
+        assert!(body["detail"].as_str().unwrap().contains(&name.to_lowercase()), "{body}");
+    }
 }

@@ -3,7 +3,7 @@
 //! spent budget (429), cache hits (calls to the service counted), a revocation reaching the
 //! cache within a second, and the service going away (fail closed); each client behind the guard
 //! counted by the service's rate limiter under its own address, that limiter's 429 answered as a
-//! 503.
+//! 503; method overrides refused.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
@@ -238,4 +238,27 @@ async fn each_client_spends_its_own_rate_limit_and_the_services_429_is_a_503() {
     // IPv6 clients too (sent in both forwarding headers' forms).
     let (status, _, body) = call_from(&g, "2001:db8::7", &token).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "alice"));
+}
+
+#[tokio::test]
+async fn method_overrides_are_refused_before_any_call() {
+    let server = Server::start();
+    let g = guard(&server);
+    let (reader, _) = server.mint(json!({"subject": "alice", "operations": ["read"]})).await;
+    let calls = g.stats().calls;
+    for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+        // A GET judged a read, which a framework honouring the header would run as a DELETE.
+        let req = request("GET", "/files/report", Some(&reader)).header(name, "DELETE");
+        let (status, headers, body) = send(&g, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        problem(&body, 400);
+        assert!(body.to_lowercase().contains(&name.to_lowercase()), "{body}");
+        // Public paths included.
+        let (status, _, _) = send(&g, request("POST", "/health", None).header(name, "DELETE")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name} on a public path");
+    }
+    assert_eq!(g.stats().calls, calls, "a refused override costs no call to the service");
+    // Without the header the same request is allowed.
+    assert_eq!(call(&g, "GET", "/files/report", Some(&reader)).await.0, StatusCode::OK);
 }

@@ -1,7 +1,9 @@
 //! Forward auth through real proxies: Debian's nginx (`auth_request`, with the configuration of
 //! docs/proxies/nginx.conf) and Debian's Caddy (`forward_auth`, docs/proxies/Caddyfile), each
 //! started by the test with its own configuration and temporary directories, in front of a tiny
-//! upstream that echoes the request head it receives, and `tessera serve --authz-policy`.
+//! upstream that echoes the request head it receives, and `tessera serve --authz-policy`; and
+//! nginx in front of one node of a two-node cluster on PostgreSQL, refusing a token revoked on
+//! the other node.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
@@ -10,12 +12,13 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod common;
 
 use common::serve;
 use serde_json::{json, Value};
+use tessera_testpg::PgServer;
 
 const NGINX_SITE: &str = include_str!("../../../docs/proxies/nginx.conf");
 const CADDY_SITE: &str = include_str!("../../../docs/proxies/Caddyfile");
@@ -400,6 +403,68 @@ fn forward_auth_through_nginx() {
 #[test]
 fn forward_auth_through_caddy() {
     through(Proxy::Caddy);
+}
+
+/// Revoked on another cluster node: two nodes on one PostgreSQL, nginx (the documented
+/// configuration) in front of node A only; a token revoked on node B is refused through nginx
+/// within a second of B's answer.
+#[test]
+fn forward_auth_through_nginx_refuses_a_token_revoked_on_another_node() {
+    let pg = PgServer::start();
+    let db = pg.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    // Every node of a cluster has the same master key: here one key file, made by A's first start.
+    let key = dir.path().join("master.key");
+    let node = |name: &str, extra: &[&str]| {
+        let node_dir = dir.path().join(name);
+        std::fs::create_dir(&node_dir).unwrap();
+        let mut args = vec!["--database", &db, "--master-key-file", key.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        serve(&node_dir, &args)
+    };
+    let (_a, url_a, admin) =
+        node("a", &["--authz-policy", policy.to_str().unwrap(), "--trusted-proxy", "127.0.0.1/32"]);
+    let (_b, url_b, _) = node("b", &[]);
+    assert!(!admin.is_empty(), "node A made the cluster's first key and admin token");
+    let upstream = Upstream::start();
+    let proxy_dir = dir.path().join("proxy");
+    std::fs::create_dir(&proxy_dir).unwrap();
+    let (_nginx, front) = start_nginx(&proxy_dir, url_a.trim_start_matches("http://"), &upstream.addr);
+
+    let (token, tid) = mint(&url_b, &admin, json!({"subject": "carol", "resources": ["files/*"]}));
+    let auth = format!("Bearer {token}");
+    let get = || request(&front, "GET", "/files/a", &[("Authorization", &auth)]);
+    // Allowed through A (minted on B: A learns of it from the database), and again (A's
+    // signature memo now holds the token).
+    for _ in 0..2 {
+        let a = get();
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.upstream_header("X-Tessera-Tid"), Some(tid.clone()));
+    }
+    let (status, v) = post(&format!("{url_b}/v1/tokens/{tid}/revoke"), &admin, json!({}));
+    assert_eq!(status, 200, "{v}");
+    let revoked = Instant::now();
+    loop {
+        let a = get();
+        if a.status == 401 {
+            break;
+        }
+        assert_eq!(a.status, 200, "{a:?}");
+        // A deadline, not a measurement.
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "still allowed through nginx 1 s after B revoked it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // From then on, refused every time, and never at the upstream.
+    let before = upstream.count();
+    for _ in 0..3 {
+        assert_eq!(get().status, 401);
+    }
+    assert_eq!(upstream.count(), before);
 }
 
 /// docs/PROXIES.md shows the very configurations the tests run.

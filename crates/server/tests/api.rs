@@ -392,15 +392,23 @@ fn rate_limit_answers_429() {
         let e = env_with(|c| c.rate_limit = 1);
         let svc = init_service(app(e.state.clone())).await;
         let mut statuses = Vec::new();
+        let mut last = None;
         for _ in 0..4 {
             let req = TestRequest::get()
                 .uri("/v1/revocations")
                 .peer_addr("10.9.9.9:1234".parse().unwrap())
                 .to_request();
-            statuses.push(call_service(&svc, req).await.status());
+            let res = call_service(&svc, req).await;
+            statuses.push(res.status());
+            last = Some(res);
         }
         assert_eq!(&statuses[..2], &[StatusCode::OK, StatusCode::OK], "burst of two");
         assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+        // The limiter's 429 says when to come back, and never carries RateLimit-Policy: only a
+        // token budget's 429 does, which is how the guard tells the two apart (docs/API.md).
+        let limited = last.unwrap();
+        assert_eq!(limited.headers().get("retry-after").unwrap(), "1");
+        assert!(!limited.headers().contains_key("ratelimit-policy"));
         let req = TestRequest::get().uri("/health").peer_addr("10.9.9.9:1234".parse().unwrap()).to_request();
         assert_eq!(call_service(&svc, req).await.status(), StatusCode::OK, "health is not limited");
     })

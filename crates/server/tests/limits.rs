@@ -52,6 +52,8 @@ fn a_token_budget_is_exact_on_one_node_and_says_so_in_headers() {
         let retry: u64 = header(&h, "retry-after").unwrap().parse().unwrap();
         assert!((1..=60).contains(&retry), "{retry}");
         assert_eq!(header(&h, "ratelimit-remaining"), Some("0"));
+        // Always on a budget's 429: what tells it from the per-client limiter's (docs/API.md).
+        assert_eq!(header(&h, "ratelimit-policy"), Some("3;w=60"));
         assert!(body["detail"].as_str().unwrap().contains("3/1m"), "{body}");
         // Tokens without a budget answer without the headers.
         let plain = mint_ok(&e, &e.admin, json!({"subject": "helper", "operations": ["read"]})).await;

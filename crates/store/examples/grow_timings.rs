@@ -218,9 +218,11 @@ fn main() {
     let (put, _) = timed("restore (copy, check, rename)", || restore(&snapshot, &restored, &master).unwrap());
     println!("  restored {}", mib(put.bytes));
 
-    for (name, location) in
-        [("PostgreSQL", cluster), ("file moved back", Location::File(back)), ("restored", Location::File(restored))]
-    {
+    for (name, location) in [
+        ("PostgreSQL", cluster),
+        ("file moved back", Location::File(back)),
+        ("restored", Location::File(restored)),
+    ] {
         let store = Store::open_at(&location, master.clone(), Freshness::default()).unwrap();
         assert_eq!(store.revoked_count(), count, "{name} lost revocations");
         assert_eq!(store.last_applied(), snap.last_change, "{name} has another change log");

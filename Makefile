@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster proxies
+.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
 
 all: test
 
@@ -41,6 +41,12 @@ bench-core:
 bench-store: postgres
 	$(CARGO) bench -p tessera-store --bench store
 	$(CARGO) bench -p tessera-store --bench revoked
+
+## bench-grow: timings for docs/DEPLOY.md (issue 24): a redb store with 100,000 revoked tokens
+## (GROW_REVOKED to change it) moved to a throwaway PostgreSQL (fsync on) and back, backed up
+## while open and restored, each timed once (release)
+bench-grow: postgres
+	$(CARGO) run --release -p tessera-store --example grow_timings
 
 ## audit: cargo-audit against the offline advisory snapshot (installs cargo-audit if missing)
 ADVISORY_DB ?= ../shared/advisory-db

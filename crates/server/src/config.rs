@@ -145,6 +145,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
 }
 
+/// A duration above zero (a bound that must leave time to do anything).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
+}
+
 /// A duration as a person writes it in a flag, in its largest whole unit: `90d`, `6h`, `30s`,
 /// `250ms` (what `humantime` would print as `2months 29days 2h 52m 48s` for 90 days).
 pub(crate) fn show_duration(d: Duration) -> String {
@@ -375,6 +384,18 @@ pub struct Config {
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     pub max_connections_per_address: usize,
 
+    /// Time a `POST /v1/backup` answer may take in all; past it the stream is cut (the client
+    /// sees the connection closed before the announced length) and the node's one backup place
+    /// is free again.
+    #[arg(long, env = "TESSERA_BACKUP_TIMEOUT", default_value = "1h", value_parser = positive_duration)]
+    pub backup_timeout: Duration,
+
+    /// Time the client of a `POST /v1/backup` answer may go without taking the next 64 KiB of
+    /// it; past it the stream is cut and the backup place is free again (a client that stops
+    /// reading holds it no longer than this).
+    #[arg(long, env = "TESSERA_BACKUP_STALL_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub backup_stall_timeout: Duration,
+
     /// Clients of `GET /v1/revocations/stream` open at once on this node; one more gets a 503.
     #[arg(long, env = "TESSERA_MAX_STREAMS", default_value_t = 1024)]
     pub max_streams: usize,
@@ -451,6 +472,8 @@ impl Config {
             head_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             max_connections_per_address: 256,
+            backup_timeout: Duration::from_secs(3600),
+            backup_stall_timeout: Duration::from_secs(60),
             max_streams: 1024,
             max_streams_per_address: 8,
             stream_heartbeat: Duration::from_secs(15),

@@ -42,8 +42,9 @@ pub struct Opened {
 }
 
 impl AppState {
-    /// Open the store (creating master key and database on first start). On first start, create
-    /// the first root key and an admin token.
+    /// Open the store (creating master key and database on first start) and, on the embedded
+    /// database, remove the snapshot files a backup cut short left in the data directory. On
+    /// first start, create the first root key and an admin token.
     pub fn open(config: Config) -> Result<Opened, Error> {
         let freshness = Freshness { max_staleness: config.max_staleness };
         let store = match &config.database_url {
@@ -62,6 +63,21 @@ impl AppState {
                 Store::open_at(&location, master, freshness)?
             }
         };
+        if !store.is_shared() {
+            // What a backup cut short by a crash left beside the database (the names
+            // `POST /v1/backup` writes, nothing else): no backup can be running now, the
+            // database's lock is ours.
+            match tessera_store::remove_stale_snapshots(&config.data_dir) {
+                Ok(removed) => {
+                    for path in removed {
+                        tracing::warn!(path = %path.display(), "removed a backup file left by an earlier run");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not remove the backup files left by an earlier run")
+                }
+            }
+        }
         let exchange = match &config.exchange_config {
             None => None,
             Some(path) => Some(exchange::Exchange::load(path, config.max_ttl).map_err(Error::Config)?),

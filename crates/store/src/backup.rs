@@ -97,10 +97,67 @@ pub(crate) fn snapshot(
     }
 }
 
+/// How a snapshot written into a data directory is named: `.backup-` (a hidden file), 32
+/// lowercase hex digits, `.redb`.
+const SNAPSHOT_PREFIX: &str = ".backup-";
+const SNAPSHOT_SUFFIX: &str = ".redb";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// A new, unused name for a snapshot in the directory `dir`: `.backup-<32 hex digits>.redb`
+/// (random). [`Store::backup_to`] writes it as `<that name>.partial` first;
+/// [`remove_stale_snapshots`] recognises both names and no other.
+pub fn snapshot_path_in(dir: &Path) -> Result<PathBuf> {
+    let id = tessera_core::TokenId::generate().map_err(|e| Error::Corrupt(format!("no randomness: {e}")))?;
+    Ok(dir.join(format!("{SNAPSHOT_PREFIX}{id}{SNAPSHOT_SUFFIX}")))
+}
+
+/// Whether `name` is exactly a name [`snapshot_path_in`] gives, or that name with `.partial`.
+fn is_snapshot_name(name: &str) -> bool {
+    let name = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(name);
+    let Some(id) = name.strip_prefix(SNAPSHOT_PREFIX).and_then(|n| n.strip_suffix(SNAPSHOT_SUFFIX)) else {
+        return false;
+    };
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Remove what a backup that never finished left in `dir`: regular files (not symbolic links,
+/// not directories) named exactly as [`snapshot_path_in`] names them, with or without
+/// `.partial`. Nothing else in `dir` is touched. Call it only while no backup into `dir` can be
+/// running (at start, holding the database's lock). Returns the paths removed.
+pub fn remove_stale_snapshots(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |source| Error::Io { path: p, source }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(dir))?;
+        if !entry.file_name().to_str().is_some_and(is_snapshot_name) {
+            continue;
+        }
+        let path = entry.path();
+        // `file_type` does not follow a symbolic link.
+        if !entry.file_type().map_err(io(&path))?.is_file() {
+            continue;
+        }
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        removed.push(path);
+    }
+    if !removed.is_empty() {
+        sync_dir(&dir.join("."));
+    }
+    Ok(removed)
+}
+
 /// `<path>.partial`: where a file is written before it takes its name.
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
+    name.push(PARTIAL_SUFFIX);
     path.with_file_name(name)
 }
 
@@ -232,4 +289,36 @@ fn check_copy(from: &Path, copy: &Path, master: &MasterKey) -> Result<u64> {
         return Err(not_a_snapshot("it holds no root key"));
     }
     Ok(store.last_applied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_names_a_snapshot_is_given_are_snapshot_names() {
+        let dir = Path::new("/data");
+        let path = snapshot_path_in(dir).unwrap();
+        assert_eq!(path.parent(), Some(dir));
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(is_snapshot_name(&name), "{name}");
+        let partial = partial_path(&path);
+        assert!(is_snapshot_name(partial.file_name().unwrap().to_str().unwrap()));
+        let id = &name[".backup-".len()..name.len() - ".redb".len()];
+        for other in [
+            format!("{name}.partial.partial"),
+            format!("{name}x"),
+            format!("x{name}"),
+            format!(".backup-{}.redb", id.to_uppercase()),
+            format!(".backup-{}.redb", &id[1..]),
+            format!(".backup-{id}0.redb"),
+            format!(".backup-{}g.redb", &id[1..]),
+            format!(".backup-{id}.redb.part"),
+            ".backup-.redb.partial".into(),
+            "tessera.redb.partial".into(),
+        ] {
+            assert!(!is_snapshot_name(&other), "{other}");
+        }
+        assert_ne!(snapshot_path_in(dir).unwrap(), path, "names are random");
+    }
 }

@@ -46,7 +46,7 @@ pub use audit::{
     MAX_AUDIT_PAGE,
 };
 pub use backend::postgres::{PostgresOptions, SslMode};
-pub use backup::{restore, Snapshot};
+pub use backup::{remove_stale_snapshots, restore, snapshot_path_in, Snapshot};
 pub use codec::{
     AppRecord, KeyInfo, KeyState, NewToken, Notice, Refreshed, Revocation, RevocationTarget, SessionRecord,
     SigningKeyInfo, SigningKeyState, Spent, TokenRecord, MAX_CAVEAT_SUMMARY, MAX_DESCRIPTION, SCHEMA_VERSION,

@@ -113,6 +113,13 @@ impl Connection {
     pub(crate) fn stop_reading(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Read);
     }
+
+    /// Another handle on the socket, for a thread that may have to close the connection (a
+    /// backup stream past its deadline): `Socket::shutdown` on it ends the connection for
+    /// actix too.
+    pub(crate) fn handle(&self) -> Option<socket2::Socket> {
+        self.0.try_clone().ok()
+    }
 }
 
 /// The error a body that did not arrive in time ends with; [`is_body_timeout`] recognises it.

@@ -12,8 +12,13 @@ use common::*;
 use tessera_server::{PAGE_ROUTES, ROUTES};
 
 /// Routes whose handlers read no body: what they answer does not depend on one.
-const NO_BODY: &[&str] =
-    &["/v1/keys/rotate", "/v1/keys/{kid}/revoke", "/v1/sessions/{sid}/revoke", "/v1/tokens/{tid}/revoke"];
+const NO_BODY: &[&str] = &[
+    "/v1/backup",
+    "/v1/keys/rotate",
+    "/v1/keys/{kid}/revoke",
+    "/v1/sessions/{sid}/revoke",
+    "/v1/tokens/{tid}/revoke",
+];
 
 fn uri(path: &str) -> String {
     path.replace("{tid}", &"0".repeat(32))

@@ -3,15 +3,15 @@
 //! disk per session (issue 25, goal 3; `make bench-sessions-size`, part of `make bench-store`).
 //!
 //! Each session is what `POST /v1/sessions` creates: one `create_session` call, which records
-//! the session and its first refresh token in one durable transaction (the service also writes
-//! one audit entry beside it, not counted here). Subjects are distinct, caveats and the
-//! description are the service's. Sessions are created by concurrent clients, so they share
+//! the session, its first refresh token and its `session.create` audit entry in one durable
+//! transaction. Subjects are distinct, caveats and the description are the service's. Sessions are created by concurrent clients, so they share
 //! commits: 16 clients on redb; on PostgreSQL 16 clients on each of three nodes (`Store`s with
 //! their own pools and writers), as a cluster would.
 //!
 //! Sizes are measured after N/2 and after N sessions, above the store's size just after it was
 //! created with one root key: the redb file's length; on PostgreSQL `pg_total_relation_size`
-//! (heap, indexes, TOAST) of `tessera_sessions` and `tessera_tokens`, and `pg_database_size`.
+//! (heap, indexes, TOAST) of `tessera_sessions`, `tessera_tokens` and `tessera_audit`, and
+//! `pg_database_size`.
 //! Two sizes show whether the cost per session is constant. Then, on redb, what of the file is
 //! in use (redb's own statistics) and its length once compacted (`Database::compact`, the
 //! store closed).
@@ -151,36 +151,44 @@ fn postgres(n: usize, master: &MasterKey) {
     let first = open();
     let kid = first.rotate().unwrap().kid;
     let nodes = [first, open(), open()];
-    let sizes = || -> [u64; 3] {
+    let sizes = || -> [u64; 4] {
         let out = pg.sql(
             &url,
             "SELECT pg_total_relation_size('tessera_sessions'), pg_total_relation_size('tessera_tokens'),
-                    pg_database_size(current_database())",
+                    pg_total_relation_size('tessera_audit'), pg_database_size(current_database())",
         );
         let v: Vec<u64> = out.trim().split('|').map(|x| x.parse().unwrap()).collect();
-        [v[0], v[1], v[2]]
+        [v[0], v[1], v[2], v[3]]
     };
     let base = sizes();
     println!(
-        "\n| PostgreSQL, 3 nodes x {CLIENTS} clients | sessions/s | tessera_sessions | tessera_tokens | both | database |\n|---|---|---|---|---|---|"
+        "\n| PostgreSQL, 3 nodes x {CLIENTS} clients | sessions/s | tessera_sessions | tessera_tokens | sessions + tokens | tessera_audit | database |\n|---|---|---|---|---|---|---|"
     );
     let mut done = 0;
     for to in [n / 2, n] {
         let rate = create(&nodes, kid, done, to);
         done = to;
-        let [s, t, d] = sizes();
+        let [s, t, a, d] = sizes();
         println!(
-            "| {to} sessions | {rate:.0} | {:.1} MiB, {:.0} B/session | {:.1} MiB, {:.0} B/session | {:.0} B/session | {:.1} MiB, {:.0} B/session |",
+            "| {to} sessions | {rate:.0} | {:.1} MiB, {:.0} B/session | {:.1} MiB, {:.0} B/session | {:.0} B/session | {:.1} MiB, {:.0} B/session | {:.1} MiB, {:.0} B/session |",
             mib(s),
             per(s, base[0], to),
             mib(t),
             per(t, base[1], to),
             per(s + t, base[0] + base[1], to),
+            mib(a),
+            per(a, base[2], to),
             mib(d),
-            per(d, base[2], to)
+            per(d, base[3], to)
         );
     }
-    println!("(empty store with one root key: database {} bytes)", base[2]);
+    println!("(empty store with one root key: database {} bytes)", base[3]);
+    let largest = pg.sql(
+        &url,
+        "SELECT relname || ' ' || round(pg_total_relation_size(oid) / 1048576.0, 1) || ' MiB'
+           FROM pg_class WHERE relkind = 'r' ORDER BY pg_total_relation_size(oid) DESC LIMIT 4",
+    );
+    println!("largest tables (with indexes and TOAST): {}", largest.trim().replace('\n', ", "));
 }
 
 fn main() {

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
+.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
 
 all: test
 
@@ -37,10 +37,19 @@ bench-core:
 ## bench-store: store throughput and 1M revocations through the API; then the revocation set
 ## (issue 25 goal 2): peak RSS per revoked id and open time with 1M and 10M revocations on redb
 ## and PostgreSQL (the redb stores are built once into target/bench-stores/), and verify with
-## the previous HashSet against RevokedSet in the same run
+## the previous HashSet against RevokedSet in the same run; then the bytes per live session
+## (bench-sessions-size)
 bench-store: postgres
 	$(CARGO) bench -p tessera-store --bench store
 	$(CARGO) bench -p tessera-store --bench revoked
+	$(CARGO) run --release -q -p tessera-store --example sessions_size -- $(SESSIONS)
+
+## bench-sessions-size: SESSIONS (default 1,000,000) live sessions created through the store's
+## API on redb and on PostgreSQL (fsync=on, three nodes), then the bytes per session on disk,
+## measured at SESSIONS/2 and SESSIONS (issue 25 goal 3)
+SESSIONS ?= 1000000
+bench-sessions-size: postgres
+	$(CARGO) run --release -q -p tessera-store --example sessions_size -- $(SESSIONS)
 
 ## bench-grow: timings for docs/DEPLOY.md (issue 24): a redb store with 100,000 revoked tokens
 ## (GROW_REVOKED to change it) moved to a throwaway PostgreSQL (fsync on) and back, backed up
@@ -118,8 +127,10 @@ fuzz-seeds:
 cluster:
 	scripts/cluster.sh
 
-## bench-cluster: mint throughput on PostgreSQL and redb, revocation propagation across three
-## nodes, verify on a cluster node beside a redb node, memory with 1M revocations
+## bench-cluster: mint throughput on PostgreSQL and redb; the cluster's measured point (3 nodes
+## x 8 clients on one PostgreSQL: records/s, p50/p99 per write, ratio to redb's 8 clients);
+## revocation propagation across three nodes, verify on a cluster node beside a redb node,
+## memory with 1M revocations
 bench-cluster: postgres
 	$(CARGO) bench -p tessera-store --bench cluster
 

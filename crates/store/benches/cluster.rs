@@ -2,6 +2,9 @@
 //! the embedded redb store:
 //!
 //! 1. durable record throughput with 1 and 8 concurrent clients, PostgreSQL and redb;
+//!    then the cluster's measured point (issue 25): three nodes (three `Store`s, each its own
+//!    pool and writer) on the same PostgreSQL, 8 clients on each (24), records/s and per-write
+//!    latency p50/p99, beside one client on one node and redb's 8 clients of the same run;
 //! 2. revocation propagation: 1,000 revocations on node A of three, the time from the start of
 //!    A's `revoke_token` call (so including the durable commit) until A returned, and until nodes
 //!    B and C refuse the token (p50, p99);
@@ -49,19 +52,50 @@ fn record(store: &Store, subject: &str) -> TokenId {
     tid
 }
 
-/// Records per second with `clients` threads writing `per_client` records each.
-fn throughput(store: &Store, clients: usize, per_client: usize) -> f64 {
+/// What a run of concurrent writers measured: records per second over the whole run, and the
+/// latency of every write (sorted).
+struct Load {
+    per_second: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn p(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p).as_secs_f64() * 1e3
+    }
+}
+
+/// `clients` threads on each of `nodes`, writing `per_client` records each, every write timed.
+fn load(nodes: &[&Store], clients: usize, per_client: usize) -> Load {
     let t = Instant::now();
-    std::thread::scope(|s| {
-        for c in 0..clients {
-            s.spawn(move || {
-                for _ in 0..per_client {
-                    record(store, &format!("client{c}"));
-                }
-            });
-        }
+    let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, &store)| (0..clients).map(move |c| (n, c, store)))
+            .map(|(n, c, store)| {
+                s.spawn(move || {
+                    let subject = format!("node{n}-client{c}");
+                    (0..per_client)
+                        .map(|_| {
+                            let t = Instant::now();
+                            record(store, &subject);
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    (clients * per_client) as f64 / t.elapsed().as_secs_f64()
+    let per_second = latencies.len() as f64 / t.elapsed().as_secs_f64();
+    latencies.sort();
+    Load { per_second, latencies }
+}
+
+/// Three nodes on the database at `url`: `first` and two more, each with its own pool.
+fn cluster(url: &str, first: Store) -> [Store; 3] {
+    [first, pg_store(url), pg_store(url)]
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -104,15 +138,47 @@ fn main() {
     let n1 = scale(2_000, 20);
     let n8 = scale(500, 5);
     println!("| backend | 1 client | 8 clients | ratio |\n|---|---|---|---|");
-    for (name, store) in [("redb", &redb), ("PostgreSQL", &a)] {
-        let one = throughput(store, 1, n1);
-        let eight = throughput(store, 8, n8);
-        println!("| {name} | {one:.0} records/s | {eight:.0} records/s | {:.1}x |", eight / one);
-    }
+    let section = |name: &str, store: &Store| {
+        let one = load(&[store], 1, n1);
+        let eight = load(&[store], 8, n8);
+        println!(
+            "| {name} | {:.0} records/s | {:.0} records/s | {:.1}x |",
+            one.per_second,
+            eight.per_second,
+            eight.per_second / one.per_second
+        );
+        (one, eight)
+    };
+    let (_, redb8) = section("redb", &redb);
+    let (pg1, _) = section("PostgreSQL", &a);
 
-    // 2. Revocation propagation across three nodes.
-    let b = pg_store(&url);
-    let c = pg_store(&url);
+    // 1b. The cluster's measured point: 3 nodes x 8 clients on one PostgreSQL.
+    let [a, b, c] = cluster(&url, a);
+    let n24 = scale(300, 5);
+    let pg24 = load(&[&a, &b, &c], 8, n24);
+    println!(
+        "\n| durable records (same run) | clients | records/s | p50 per write | p99 per write |\n|---|---|---|---|---|"
+    );
+    for (name, clients, run) in [
+        ("PostgreSQL, 1 node", 1, &pg1),
+        ("PostgreSQL, 3 nodes x 8 clients", 24, &pg24),
+        ("redb, 8 clients", 8, &redb8),
+    ] {
+        println!(
+            "| {name} | {clients} | {:.0} | {:.2} ms | {:.2} ms |",
+            run.per_second,
+            run.p(0.5),
+            run.p(0.99)
+        );
+    }
+    println!(
+        "\nPostgreSQL 24 clients on 3 nodes / redb 8 clients: {:.2} ({} + {} records)",
+        pg24.per_second / redb8.per_second,
+        pg24.latencies.len(),
+        redb8.latencies.len()
+    );
+
+    // 2. Revocation propagation across the same three nodes.
     let mut to_a = Vec::new();
     let mut to_b = Vec::new();
     let mut to_c = Vec::new();

@@ -57,9 +57,11 @@ impl Store {
     }
 
     /// Delete sealed entries older than `before_ms`, from the start of the chain, keeping the
-    /// last one deleted as the anchor the rest verifies from; how many.
+    /// last one deleted as the anchor the rest verifies from (with the time of pruning and the
+    /// anchor's own MAC); how many. The anchor and every entry deleted are checked first: a chain
+    /// that breaks there is not pruned ([`crate::Error::Corrupt`], nothing deleted).
     pub fn prune_audit(&self, before_ms: i64) -> Result<usize> {
-        self.inner.backend.prune_audit(before_ms)
+        self.inner.backend.prune_audit(&self.inner.audit_key, before_ms, crate::store::now_ms())
     }
 
     /// [`verify`] this store's chain.

@@ -26,10 +26,13 @@ use crate::Store;
 
 mod chain;
 mod ops;
+mod repeats;
 pub(crate) use chain::prune_walk;
 pub use chain::{verify, AuditAnchor, AuditVerdict};
 pub use ops::Audited;
-pub(crate) use ops::{rows_for, with_actor, NoteSlot};
+pub(crate) use ops::{close_repeats, rows_for, with_actor, NoteSlot};
+pub(crate) use repeats::Repeats;
+pub use repeats::{MAX_REPEAT_KEYS, REPEAT_WINDOW};
 
 /// Entries one [`Store::audit`] call returns at most.
 pub const MAX_AUDIT_PAGE: usize = 1000;

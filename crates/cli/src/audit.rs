@@ -106,18 +106,42 @@ fn verify(db: &Db, pinned: Option<&str>) -> Result<Result<(), Denied>> {
             let head = head.map_or("none (nothing sealed yet)".to_owned(), |h| h.to_string());
             println!("OK: {checked} sealed entries verify; head {head}");
             if let Some(a) = anchor {
-                println!("the kept chain starts after the pruned entry {a}");
+                let when = a.pruned_at_ms().map_or_else(|| "?".to_owned(), at_text);
+                println!(
+                    "the kept chain starts after the pruned entry {} (pruned at {when}; anchor MAC checks)",
+                    a.head()
+                );
             }
             if unsealed > 0 {
                 println!("{unsealed} newer entries are not sealed yet (not covered by the chain)");
             }
             Ok(Ok(()))
         }
+        AuditVerdict::UnauthenticatedAnchor { anchor, head, checked, unsealed } => {
+            let head = head.map_or("none (nothing sealed yet)".to_owned(), |h| h.to_string());
+            println!(
+                "UNAUTHENTICATED anchor {anchor}: it has no MAC (written before schema 10, or replaced by one \
+                 without); the {checked} sealed entries after it verify; head {head}"
+            );
+            println!("the next pruning writes an anchor with a MAC; until then the start of the chain is not proven");
+            if unsealed > 0 {
+                println!("{unsealed} newer entries are not sealed yet (not covered by the chain)");
+            }
+            Ok(Err(Denied(format!("the audit anchor {anchor} is unauthenticated (no MAC)"))))
+        }
         AuditVerdict::Broken { seq, reason } => {
             println!("BROKEN at entry {seq}: {reason}");
             Ok(Err(Denied(format!("the audit chain breaks at entry {seq}"))))
         }
     }
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC).
+fn at_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms since the epoch"))
 }
 
 fn read(a: &ReadArgs) -> Result<()> {

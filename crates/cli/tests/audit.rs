@@ -143,3 +143,47 @@ fn audit_reads_the_trail_and_verify_finds_an_edited_entry() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stdout(&o).contains("BROKEN at entry 2"), "{}", stdout(&o));
 }
+
+/// After pruning, `tessera audit verify` says when the anchor was pruned; an anchor without a
+/// MAC (as a build before schema 10 wrote it) is reported UNAUTHENTICATED, exit 1, not OK.
+#[test]
+fn verify_reports_the_anchor_and_one_without_a_mac() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = data.join("tessera.redb");
+    let db_arg = db.to_str().unwrap();
+    let (master, _) = MasterKey::load_or_create(&data.join("master.key")).unwrap();
+    let head = {
+        let store = Store::open(&db, master).unwrap();
+        store.rotate().unwrap();
+        let head = store.audit_head().unwrap().unwrap();
+        assert_eq!(store.prune_audit(i64::MAX).unwrap(), 1);
+        head
+    };
+    let o = tessera(&["audit", "verify", "--db", db_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(text.contains(&format!("after the pruned entry {head} (pruned at 20")), "{text}");
+    assert!(text.contains("anchor MAC checks"), "{text}");
+
+    // The anchor as schema 9 stored it: CBOR {"seq": 1, "mac": [32 bytes as integers]}.
+    assert_eq!(head.seq, 1);
+    let mut old = vec![0xa2, 0x63, b's', b'e', b'q', 0x01, 0x63, b'm', b'a', b'c', 0x98, 0x20];
+    for b in head.mac {
+        if b >= 24 {
+            old.push(0x18);
+        }
+        old.push(b);
+    }
+    let file = redb::Database::create(&db).unwrap();
+    let txn = file.begin_write().unwrap();
+    {
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        txn.open_table(meta).unwrap().insert("audit_anchor", old.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(file);
+    let o = tessera(&["audit", "verify", "--db", db_arg]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with(&format!("UNAUTHENTICATED anchor {head}")), "{}", stdout(&o));
+}

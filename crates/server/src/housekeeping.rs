@@ -2,8 +2,8 @@
 //! one batch, rate counters whose windows ended dropped, the gauges of tokens expiring within
 //! each threshold, expiry notices (claimed once per token and threshold across the cluster,
 //! delivered at least once to `--notify-webhook`, signed, with retries and backoff), and, with
-//! `--revoke-unused-after`, the revocation of unused tokens; the audit trail's entries chained
-//! (`seal_audit`), its head logged every 10 minutes when it moved, and entries older than
+//! `--revoke-unused-after`, the revocation of unused tokens; the summaries of collapsed refusals
+//! whose window ended written, the audit trail's entries chained (`seal_audit`), its head logged every 10 minutes when it moved, and entries older than
 //! `--audit-retention` pruned.
 
 use std::collections::{HashMap, HashSet};
@@ -104,10 +104,12 @@ pub fn tick(state: &AppState, now: i64) -> Round {
     round
 }
 
-/// The audit trail's share of a round: chain the committed entries (one sealer per cluster),
-/// then, with `--audit-retention`, delete entries older than it from the start of the chain (the
-/// store keeps the last one deleted as the anchor the rest verifies from).
+/// The audit trail's share of a round: the summaries of collapsed refusals whose window ended,
+/// then chain the committed entries (one sealer per cluster), then, with `--audit-retention`,
+/// delete entries older than it from the start of the chain (the store keeps the last one
+/// deleted as the anchor the rest verifies from).
 fn audit(state: &AppState, now: i64, round: &mut Round) {
+    state.store.flush_audit_repeats();
     match state.store.seal_audit() {
         Ok(n) => round.sealed = n,
         Err(e) => tracing::warn!("housekeeping: sealing audit entries: {e}"),
@@ -315,7 +317,9 @@ pub(crate) fn spawn(state: web::Data<AppState>, stop: Arc<AtomicBool>) -> std::t
             }
         }
         let _ = state.store.flush_uses();
-        // The last entries sealed, and the head they end at logged, before the process ends.
+        // The counts of refusals still collapsed written, the last entries sealed, and the head
+        // they end at logged, before the process ends.
+        state.store.close_audit_repeats();
         let _ = state.store.seal_audit();
         log_head(&state, head);
     })

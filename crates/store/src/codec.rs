@@ -11,14 +11,16 @@ pub(crate) use crate::sessions::StoredSession;
 pub use crate::sessions::{Refreshed, SessionRecord, Spent};
 
 /// Schema version this build writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 // Version history: 1 = first release; 2 = token lineage (`parent` in records, the children
 // index), change log with key changes; 3 = JWT signing keys; 4 = registered applications and
 // signing keys they own; 5 = sessions; 6 = uses, last use and grants of tokens, rate counters,
 // expiry notices; 7 = rate counters one row per family and budget with the end of its window
 // (PostgreSQL only: redb keeps no rate counters); 8 = sessions of fixed size (`first`,
 // `last_spent` in milliseconds) and the session of a refresh token in its record;
-// 9 = the audit trail (`audit` on redb; `tessera_audit`, `tessera_audit_anchor` on PostgreSQL).
+// 9 = the audit trail (`audit` on redb; `tessera_audit`, `tessera_audit_anchor` on PostgreSQL);
+// 10 = the audit anchor's time and MAC (`pruned_at_ms`, `anchor_mac`; redb's `audit_anchor`
+// value gains both, absent in an anchor written before).
 // Older databases are migrated at open, after the master key check.
 
 /// The state of a root key.

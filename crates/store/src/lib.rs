@@ -42,8 +42,8 @@ mod usage;
 mod writer;
 
 pub use audit::{
-    Actor, AuditEntry, AuditFilter, AuditHead, AuditKind, AuditNote, AuditVerdict, Audited, Outcome, Target,
-    MAX_AUDIT_PAGE,
+    Actor, AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditKind, AuditNote, AuditVerdict, Audited,
+    Outcome, Target, MAX_AUDIT_PAGE,
 };
 pub use backend::postgres::{PostgresOptions, SslMode};
 pub use backup::{remove_stale_snapshots, restore, snapshot_path_in, Snapshot};

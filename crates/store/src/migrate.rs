@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tessera_core::{SessionId, TokenId};
 
-use crate::audit::{AuditHead, AuditKey, AuditRow};
+use crate::audit::{AuditAnchor, AuditKey, AuditRow};
 use crate::backend::postgres::PostgresBackend;
 use crate::backend::redb::RedbBackend;
 use crate::backend::{Backend, Change, Tx};
@@ -87,7 +87,7 @@ struct Dump {
     sessions: Vec<(SessionId, StoredSession)>,
     notices: Vec<Notice>,
     changes: Vec<Change>,
-    audit_anchor: Option<AuditHead>,
+    audit_anchor: Option<AuditAnchor>,
     audit: Vec<AuditRow>,
 }
 

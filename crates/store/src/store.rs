@@ -96,12 +96,28 @@ pub(crate) struct Inner {
     pub(crate) audit_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Audit notes dropped because the queue was full.
     pub(crate) audit_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Identical refusals being collapsed ([`crate::audit::Repeats`]).
+    pub(crate) audit_repeats: crate::audit::Repeats,
     /// The follower's announcement of each applied entry.
     applied: tokio::sync::watch::Receiver<u64>,
 }
 
+impl Inner {
+    /// Queue a write without waiting for it (nobody reads its answer); whether it was queued.
+    pub(crate) fn queue(&self, op: Op) -> bool {
+        let (reply, _) = mpsc::sync_channel(1);
+        let job = Job { op, deadline: std::time::Instant::now() + WRITE_DEADLINE, reply };
+        match self.tx.lock() {
+            Ok(tx) => tx.as_ref().is_some_and(|tx| tx.send(job).is_ok()),
+            Err(_) => false,
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The counts of refusals still collapsed are written before the writer stops.
+        crate::audit::close_repeats(self);
         self.stop.store(true, Ordering::Release);
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
@@ -187,6 +203,7 @@ impl Store {
                 audit_key,
                 audit_pending: Default::default(),
                 audit_dropped: Default::default(),
+                audit_repeats: Default::default(),
                 applied,
             }),
         })
@@ -205,16 +222,6 @@ impl Store {
         // No timeout of its own here: an answer given up on while the write may still commit
         // would be a lie either way.
         answer.recv().map_err(|_| Error::Closed)?
-    }
-
-    /// Queue a write without waiting for it (nobody reads its answer); whether it was queued.
-    pub(crate) fn queue(&self, op: Op) -> bool {
-        let (reply, _) = mpsc::sync_channel(1);
-        let job = Job { op, deadline: std::time::Instant::now() + WRITE_DEADLINE, reply };
-        match self.inner.tx.lock() {
-            Ok(tx) => tx.as_ref().is_some_and(|tx| tx.send(job).is_ok()),
-            Err(_) => false,
-        }
     }
 
     // ---- freshness -----------------------------------------------------------------------

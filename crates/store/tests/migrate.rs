@@ -15,8 +15,8 @@ use tessera_core::{
     Context, CustomClaims, Identifier, KeyId, Restrictions, SessionId, Token, TokenId, Verifier,
 };
 use tessera_store::{
-    migrate, Actor, AppRecord, AuditEntry, AuditFilter, AuditHead, AuditVerdict, Error, Location, NewToken,
-    Notice, Progress, Refreshed, SessionRecord, Store,
+    migrate, Actor, AppRecord, AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditVerdict, Error,
+    Location, NewToken, Notice, Progress, Refreshed, SessionRecord, Store,
 };
 
 /// What the filled store holds, and what each token gave before the move.
@@ -322,8 +322,9 @@ fn audit_trail(store: &Store) -> Vec<AuditEntry> {
     }
 }
 
-/// The chain verifies; its anchor, its head and how many entries were checked.
-fn intact(store: &Store) -> (Option<AuditHead>, Option<AuditHead>, u64) {
+/// The chain verifies (the anchor's MAC too); its anchor, its head and how many entries were
+/// checked.
+fn intact(store: &Store) -> (Option<AuditAnchor>, Option<AuditHead>, u64) {
     match store.verify_audit(None).unwrap() {
         AuditVerdict::Intact { anchor, head, checked, unsealed } => {
             assert_eq!(unsealed, 0);
@@ -381,6 +382,9 @@ fn the_audit_trail_moves_with_its_chain_both_ways() {
         (audit_trail(&store), intact(&store))
     };
     assert_eq!((anchor.unwrap().seq, head.unwrap().seq, checked, trail.len()), (4, 7, 3, 3));
+    // The anchor carries its time and MAC; every target below keeps both (the equality of
+    // `intact`'s anchors), so its MAC still checks there.
+    assert!(anchor.unwrap().pruned_at_ms().is_some());
 
     // File → PostgreSQL.
     let pg = Db::postgres();

@@ -80,7 +80,8 @@ pub(crate) fn note_outcome(
 
 /// Note a refusal (or another entry that is not part of a state change): queued to the store's
 /// writer without waiting. When the writer is behind it is dropped and counted
-/// (`Store::audit_dropped`), never waited for.
+/// (`Store::audit_dropped`), never waited for. Identical refusals within the store's window are
+/// collapsed into the first entry and a summary with their count (docs/AUDIT.md).
 pub(crate) fn note(
     state: &AppState,
     kind: AuditKind,

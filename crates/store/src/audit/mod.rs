@@ -19,14 +19,20 @@ use sha2::Sha256;
 use tessera_core::{SessionId, TokenId};
 use zeroize::Zeroizing;
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::master::MasterKey;
+#[cfg(doc)]
 use crate::Store;
 
+mod chain;
 mod ops;
+mod repeats;
+pub(crate) use chain::prune_walk;
+pub use chain::{verify, AuditAnchor, AuditVerdict};
 pub use ops::Audited;
-pub(crate) use ops::{rows_for, with_actor, NoteSlot};
+pub(crate) use ops::{close_repeats, rows_for, with_actor, NoteSlot};
+pub(crate) use repeats::Repeats;
+pub use repeats::{MAX_REPEAT_KEYS, REPEAT_WINDOW};
 
 /// Entries one [`Store::audit`] call returns at most.
 pub const MAX_AUDIT_PAGE: usize = 1000;
@@ -358,31 +364,6 @@ impl FromStr for AuditHead {
     }
 }
 
-/// What [`verify`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuditVerdict {
-    /// Every sealed entry from the anchor on links to the one before it, and the pinned head (if
-    /// any) is in the chain.
-    Intact {
-        /// Where the kept chain starts (the last pruned entry), if anything was pruned.
-        anchor: Option<AuditHead>,
-        /// The newest sealed entry (`None`: nothing sealed).
-        head: Option<AuditHead>,
-        /// Sealed entries checked.
-        checked: u64,
-        /// Entries not sealed yet (not covered by the chain).
-        unsealed: u64,
-    },
-    /// The chain breaks at `seq`: the entry there was edited, is missing, or (past the newest
-    /// entry kept) the newest entries up to a pinned head were deleted.
-    Broken {
-        /// The first place in the chain that does not verify.
-        seq: u64,
-        /// What is wrong there.
-        reason: String,
-    },
-}
-
 /// The chain key: `HMAC(master, "tessera/audit/v1")`, zeroized on drop, redacted in `Debug`.
 #[derive(Clone)]
 pub(crate) struct AuditKey(Zeroizing<[u8; 32]>);
@@ -414,6 +395,30 @@ impl AuditKey {
     /// Whether `mac` is the link of `row` after `prev` (compared in constant time).
     pub(crate) fn checks(&self, prev: &[u8; 32], row: &AuditRow, mac: &[u8; 32]) -> bool {
         self.mac(prev, row).verify_slice(mac).is_ok()
+    }
+
+    /// The anchor's own MAC: `HMAC(k_audit, "tessera/audit-anchor/v1" ‖ seq ‖ link ‖
+    /// pruned_at_ms)`, integers big-endian. The label differs from an entry's, and the input
+    /// (71 bytes) is shorter than any entry's link input (the previous link, the entry's label
+    /// and three integers alone are 78), so no entry's link is ever an anchor's MAC.
+    fn anchor_hmac(&self, seq: u64, link: &[u8; 32], pruned_at_ms: i64) -> Hmac<Sha256> {
+        let mut m =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_slice()).unwrap_or_else(|_| unreachable!());
+        m.update(b"tessera/audit-anchor/v1");
+        m.update(&seq.to_be_bytes());
+        m.update(link);
+        m.update(&pruned_at_ms.to_be_bytes());
+        m
+    }
+
+    /// The MAC of an anchor at `seq` with `link`, pruned at `pruned_at_ms`.
+    pub(crate) fn anchor_mac(&self, seq: u64, link: &[u8; 32], pruned_at_ms: i64) -> [u8; 32] {
+        self.anchor_hmac(seq, link, pruned_at_ms).finalize().into_bytes().into()
+    }
+
+    /// Whether `mac` is that MAC (compared in constant time).
+    pub(crate) fn checks_anchor(&self, seq: u64, link: &[u8; 32], pruned_at_ms: i64, mac: &[u8; 32]) -> bool {
+        self.anchor_hmac(seq, link, pruned_at_ms).verify_slice(mac).is_ok()
     }
 }
 
@@ -547,84 +552,4 @@ impl AuditRow {
         self.entry.detail = detail.map(|d| clip(d, MAX_AUDIT_TEXT));
         self
     }
-}
-
-/// Walk the chain of `store` from its anchor and name the first entry that breaks it; with
-/// `pinned` (a head an outside copy kept), also check that the chain still reaches it with the
-/// same link (deleting the newest entries is caught only so).
-pub fn verify(store: &Store, pinned: Option<AuditHead>) -> Result<AuditVerdict> {
-    verify_chain(&*store.inner.backend, &store.inner.audit_key, pinned)
-}
-
-pub(crate) fn verify_chain(
-    src: &dyn Backend,
-    key: &AuditKey,
-    pinned: Option<AuditHead>,
-) -> Result<AuditVerdict> {
-    const PAGE: usize = 1000;
-    let anchor = src.audit_anchor()?;
-    let (mut seq, mut prev) = anchor.map_or((0, [0u8; 32]), |a| (a.seq, a.mac));
-    let mut checked = 0u64;
-    if let Some(p) = pinned.filter(|p| p.seq == seq && anchor.is_some()) {
-        if p.mac != prev {
-            return Ok(broken(seq, "the anchor differs from the pinned head"));
-        }
-    }
-    // A pin below the anchor cannot be checked: the anchor carries only the last pruned link,
-    // so whoever deletes every entry and copies the newest into the anchor would pass. Say so
-    // rather than call the chain intact.
-    if let Some(p) = pinned.filter(|p| anchor.is_some_and(|a| p.seq < a.seq)) {
-        return Ok(broken(
-            p.seq,
-            format!(
-                "the pinned head {} was pruned (the anchor is {seq}); the anchor cannot be checked against it: \
-                 pin a newer head",
-                p.seq
-            ),
-        ));
-    }
-    loop {
-        let page = src.audit_sealed_after(seq, PAGE)?;
-        for row in &page {
-            let e = &row.entry;
-            if e.seq != seq + 1 {
-                return Ok(broken(
-                    seq + 1,
-                    format!("entry {} is missing (the next kept one is {})", seq + 1, e.seq),
-                ));
-            }
-            let Some(mac) = row.mac else { return Ok(broken(e.seq, "sealed without a link")) };
-            if !key.checks(&prev, row, &mac) {
-                return Ok(broken(e.seq, format!("entry {} (id {}) does not match its link", e.seq, e.id)));
-            }
-            if let Some(p) = pinned.filter(|p| p.seq == e.seq) {
-                if p.mac != mac {
-                    return Ok(broken(e.seq, "the entry differs from the pinned head"));
-                }
-            }
-            seq = e.seq;
-            prev = mac;
-            checked += 1;
-        }
-        if page.len() < PAGE {
-            break;
-        }
-    }
-    if let Some(p) = pinned.filter(|p| p.seq > seq) {
-        return Ok(broken(
-            seq + 1,
-            format!(
-                "the chain ends at {seq} but the pinned head is {}: entries {}..={} were deleted",
-                p.seq,
-                seq + 1,
-                p.seq
-            ),
-        ));
-    }
-    let head = (seq > 0).then_some(AuditHead { seq, mac: prev });
-    Ok(AuditVerdict::Intact { anchor, head, checked, unsealed: src.audit_unsealed()? })
-}
-
-fn broken(seq: u64, reason: impl Into<String>) -> AuditVerdict {
-    AuditVerdict::Broken { seq, reason: reason.into() }
 }

@@ -3,15 +3,17 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tessera_core::{SessionId, TokenId};
 
 use super::{
     new_row, Actor, AuditEntry, AuditFilter, AuditHead, AuditKind, AuditNote, AuditRow, AuditVerdict, Only,
-    Outcome, Target, MAX_PENDING_NOTES,
+    Outcome, Repeats, Target, MAX_PENDING_NOTES,
 };
 use crate::codec::RevocationTarget;
 use crate::error::Result;
+use crate::store::Inner;
 use crate::writer::{Done, Op};
 use crate::Store;
 
@@ -24,13 +26,37 @@ impl Store {
     /// Queue an entry that is no state change (a refusal, an exchange) to the writer, without
     /// waiting for it: `false` (and [`Store::audit_dropped`] counts it) when
     /// [`MAX_PENDING_NOTES`] are queued already. Never blocks.
+    ///
+    /// A refusal (but `budget.exhausted`) identical to one written less than [`REPEAT_WINDOW`](super::REPEAT_WINDOW)
+    /// ago is counted instead of written (`true`); the count goes into one summary entry when the
+    /// window ends: see [`Store::flush_audit_repeats`] and `docs/AUDIT.md`.
     pub fn audit_note(&self, note: AuditNote) -> bool {
-        let queued = NoteSlot::take(&self.inner.audit_pending, &self.inner.audit_dropped)
-            .is_some_and(|slot| self.queue(Op::Note { note: Box::new(note), slot }));
-        if !queued {
-            self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
+        if !Repeats::collapses(&note) {
+            return queue_note(&self.inner, note);
+        }
+        let mut queued = true;
+        for n in self.inner.audit_repeats.admit(note, Instant::now()) {
+            queued &= queue_note(&self.inner, n);
         }
         queued
+    }
+
+    /// Write the summaries of the windows of collapsed refusals that have ended (the
+    /// housekeeping round calls this); how many were queued.
+    pub fn flush_audit_repeats(&self) -> usize {
+        let notes = self.inner.audit_repeats.flush(Instant::now(), false);
+        notes.into_iter().filter(|n| queue_note(&self.inner, n.clone())).count()
+    }
+
+    /// End every window of collapsed refusals now and write their summaries (before the service
+    /// stops; dropping the store does it too); how many were queued.
+    pub fn close_audit_repeats(&self) -> usize {
+        close_repeats(&self.inner)
+    }
+
+    /// Distinct refusals whose window is running (at most [`MAX_REPEAT_KEYS`](super::MAX_REPEAT_KEYS)).
+    pub fn audit_repeat_keys(&self) -> usize {
+        self.inner.audit_repeats.len()
     }
 
     /// Notes not written since the store opened: [`Store::audit_note`] found the queue full, or
@@ -57,15 +83,34 @@ impl Store {
     }
 
     /// Delete sealed entries older than `before_ms`, from the start of the chain, keeping the
-    /// last one deleted as the anchor the rest verifies from; how many.
+    /// last one deleted as the anchor the rest verifies from (with the time of pruning and the
+    /// anchor's own MAC); how many. The anchor and every entry deleted are checked first: a chain
+    /// that breaks there is not pruned ([`crate::Error::Corrupt`], nothing deleted).
     pub fn prune_audit(&self, before_ms: i64) -> Result<usize> {
-        self.inner.backend.prune_audit(before_ms)
+        self.inner.backend.prune_audit(&self.inner.audit_key, before_ms, crate::store::now_ms())
     }
 
     /// [`verify`] this store's chain.
     pub fn verify_audit(&self, pinned: Option<AuditHead>) -> Result<AuditVerdict> {
         super::verify(self, pinned)
     }
+}
+
+/// Queue `note` to the writer without waiting, holding a place of the bounded queue; `false`
+/// (counted with the dropped) when the queue is full.
+fn queue_note(inner: &Inner, note: AuditNote) -> bool {
+    let queued = NoteSlot::take(&inner.audit_pending, &inner.audit_dropped)
+        .is_some_and(|slot| inner.queue(Op::Note { note: Box::new(note), slot }));
+    if !queued {
+        inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    queued
+}
+
+/// [`Store::close_audit_repeats`].
+pub(crate) fn close_repeats(inner: &Inner) -> usize {
+    let notes = inner.audit_repeats.flush(Instant::now(), true);
+    notes.into_iter().filter(|n| queue_note(inner, n.clone())).count()
 }
 
 /// The store's write methods on behalf of an [`Actor`]: the same signatures, each writing its

@@ -166,7 +166,7 @@ pub(crate) trait Tx {
     /// they chain from, into a database with no audit trail yet (a migration).
     fn copy_audit(
         &mut self,
-        anchor: Option<crate::audit::AuditHead>,
+        anchor: Option<crate::audit::AuditAnchor>,
         rows: &[crate::audit::AuditRow],
     ) -> Result<()>;
 
@@ -273,11 +273,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn audit_head(&self) -> Result<Option<crate::audit::AuditHead>>;
     /// Chain committed entries not sealed yet (one sealer at a time); how many.
     fn seal_audit(&self, key: &crate::audit::AuditKey) -> Result<usize>;
-    /// Delete sealed entries older than `before_ms` from the start of the chain, keeping the last
-    /// one deleted as the anchor; how many.
-    fn prune_audit(&self, before_ms: i64) -> Result<usize>;
+    /// Delete sealed entries older than `before_ms` from the start of the chain, having checked
+    /// the anchor and each of them against `key` ([`crate::audit::prune_walk`]), keeping the last
+    /// one deleted as the anchor, with its MAC and `now_ms`; how many.
+    fn prune_audit(&self, key: &crate::audit::AuditKey, before_ms: i64, now_ms: i64) -> Result<usize>;
     /// The last pruned entry (where the kept chain starts), if any.
-    fn audit_anchor(&self) -> Result<Option<crate::audit::AuditHead>>;
+    fn audit_anchor(&self) -> Result<Option<crate::audit::AuditAnchor>>;
     /// Sealed entries with `seq > after`, in seq order, at most `limit`.
     fn audit_sealed_after(&self, after: u64, limit: usize) -> Result<Vec<crate::audit::AuditRow>>;
     /// Entries not sealed yet.

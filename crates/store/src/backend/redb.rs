@@ -13,7 +13,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tessera_core::{KeyId, SessionId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
-use crate::audit::{AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only};
+use crate::audit::{AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only};
 use crate::codec::{
     self, Notice, StoredApp, StoredKey, StoredRevocation, StoredSession, StoredSigningKey, StoredTarget,
     StoredToken, SCHEMA_VERSION,
@@ -130,7 +130,9 @@ fn init(db: &Database, master: &MasterKey) -> Result<()> {
 /// Bring an older database to [`SCHEMA_VERSION`] in one transaction: 1 → 2 adds the children
 /// index (existing records have no parent), 2 → 3 the signing keys, 3 → 4 the applications
 /// (existing signing keys have no owner: they are the service's), 4 → 5 the sessions, 5 → 6 the notices
-/// (token records gain their new fields as they are read: absent means none).
+/// (token records gain their new fields as they are read: absent means none), 8 → 9 the audit
+/// trail, 9 → 10 the anchor's time and MAC (an anchor written before has neither: it stays as it
+/// is, reported unauthenticated by verification until the next pruning replaces it).
 fn migrate(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(storage)?;
     {
@@ -386,7 +388,7 @@ impl Tx for RedbTx<'_> {
         audit::insert(self.txn, self.audit_key, row, only)
     }
 
-    fn copy_audit(&mut self, anchor: Option<AuditHead>, rows: &[AuditRow]) -> Result<()> {
+    fn copy_audit(&mut self, anchor: Option<AuditAnchor>, rows: &[AuditRow]) -> Result<()> {
         audit::copy(self.txn, anchor, rows)
     }
 
@@ -589,11 +591,11 @@ impl Backend for RedbBackend {
         Ok(0)
     }
 
-    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
-        audit::prune(&self.db, before_ms)
+    fn prune_audit(&self, key: &AuditKey, before_ms: i64, now_ms: i64) -> Result<usize> {
+        audit::prune(&self.db, key, before_ms, now_ms)
     }
 
-    fn audit_anchor(&self) -> Result<Option<AuditHead>> {
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
         audit::anchor(&self.db)
     }
 

@@ -12,7 +12,9 @@ use tokio_postgres::Row;
 
 use super::rows::{bytes, db, pool_err};
 use super::PostgresBackend;
-use crate::audit::{Actor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target};
+use crate::audit::{
+    prune_walk, Actor, AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target,
+};
 use crate::error::Result;
 
 /// Key of the advisory lock the sealer (and pruning) hold ("tessaudt" in ASCII).
@@ -173,6 +175,23 @@ fn head_of(rows: &[Row]) -> Result<Option<AuditHead>> {
 
 const HEAD_SQL: &str = "SELECT seq, mac FROM tessera_audit WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1";
 const ANCHOR_SQL: &str = "SELECT seq, mac FROM tessera_audit_anchor";
+/// The anchor with its time and MAC (schema 10; NULL in an anchor written before).
+const ANCHOR_FULL_SQL: &str = "SELECT seq, mac, pruned_at_ms, anchor_mac FROM tessera_audit_anchor";
+
+fn anchor_of(rows: &[Row]) -> Result<Option<AuditAnchor>> {
+    rows.first()
+        .map(|r| {
+            let seq: i64 = r.try_get(0).map_err(db)?;
+            let at: Option<i64> = r.try_get(2).map_err(db)?;
+            let mac: Option<Vec<u8>> = r.try_get(3).map_err(db)?;
+            let sealed = match (at, mac) {
+                (Some(at), Some(m)) => Some((at, bytes(m, "audit anchor mac")?)),
+                _ => None,
+            };
+            Ok(AuditAnchor { seq: seq as u64, link: bytes(r.try_get(1).map_err(db)?, "audit mac")?, sealed })
+        })
+        .transpose()
+}
 
 impl PostgresBackend {
     /// A statement built here (the filter's conditions) with its parameters.
@@ -244,8 +263,8 @@ impl PostgresBackend {
         }
     }
 
-    pub(super) fn audit_anchor_now(&self) -> Result<Option<AuditHead>> {
-        self.query(ANCHOR_SQL, vec![], head_of)
+    pub(super) fn audit_anchor_now(&self) -> Result<Option<AuditAnchor>> {
+        self.query(ANCHOR_FULL_SQL, vec![], anchor_of)
     }
 
     pub(super) fn audit_sealed(&self, after: u64, limit: usize) -> Result<Vec<AuditRow>> {
@@ -330,38 +349,39 @@ impl PostgresBackend {
     }
 
     /// Delete sealed entries older than `before_ms` from the start of the chain (under the
-    /// sealer's lock, so the two never interleave), keeping the last one deleted as the anchor.
-    pub(super) fn audit_prune(&self, before_ms: i64) -> Result<usize> {
+    /// sealer's lock, so the two never interleave), a page per transaction, once the anchor and
+    /// each of them verify ([`prune_walk`]); the last one deleted becomes the anchor, with its MAC
+    /// and `now_ms`.
+    pub(super) fn audit_prune(&self, key: &AuditKey, before_ms: i64, now_ms: i64) -> Result<usize> {
         let mut total = 0;
         loop {
             let pool = self.pool.clone();
+            let key = key.clone();
             let n = self.call(async move {
                 let mut client = pool.get().await.map_err(pool_err)?;
                 let txn = client.transaction().await.map_err(db)?;
                 txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SEAL_LOCK]).await.map_err(db)?;
+                let anchor = anchor_of(&txn.query(ANCHOR_FULL_SQL, &[]).await.map_err(db)?)?;
                 let rows = txn
                     .query(
-                        &format!("SELECT seq, mac, at_ms FROM tessera_audit WHERE seq IS NOT NULL ORDER BY seq LIMIT {SEAL_PAGE}"),
+                        &format!(
+                            "SELECT {COLUMNS} FROM tessera_audit WHERE seq IS NOT NULL ORDER BY seq LIMIT {SEAL_PAGE}"
+                        ),
                         &[],
                     )
                     .await
-                    .map_err(db)?;
-                let mut last: Option<(i64, Vec<u8>)> = None;
-                let mut n = 0usize;
-                for r in &rows {
-                    let at: i64 = r.try_get(2).map_err(db)?;
-                    if at >= before_ms {
-                        break;
-                    }
-                    last = Some((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?));
-                    n += 1;
-                }
-                let Some((seq, mac)) = last else { return Ok(0) };
-                txn.execute("DELETE FROM tessera_audit WHERE seq <= $1", &[&seq]).await.map_err(db)?;
+                    .map_err(db)?
+                    .iter()
+                    .map(row_of)
+                    .collect::<Result<Vec<_>>>()?;
+                let Some((n, a)) = prune_walk(&key, anchor, &rows, before_ms, now_ms)? else { return Ok(0) };
+                let (at, mac) = a.sealed.unwrap_or_else(|| unreachable!("prune_walk seals the anchor"));
+                txn.execute("DELETE FROM tessera_audit WHERE seq <= $1", &[&(a.seq as i64)]).await.map_err(db)?;
                 txn.execute(
-                    "INSERT INTO tessera_audit_anchor (one, seq, mac) VALUES (true, $1, $2)
-                     ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
-                    &[&seq, &mac],
+                    "INSERT INTO tessera_audit_anchor (one, seq, mac, pruned_at_ms, anchor_mac) \
+                     VALUES (true, $1, $2, $3, $4) ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, \
+                     mac = excluded.mac, pruned_at_ms = excluded.pruned_at_ms, anchor_mac = excluded.anchor_mac",
+                    &[&(a.seq as i64), &a.link.to_vec(), &at, &mac.to_vec()],
                 )
                 .await
                 .map_err(db)?;

@@ -7,7 +7,7 @@ use tessera_core::{SessionId, TokenId};
 use super::rows::{bytes, db, notice_of, session_of, token_of};
 use super::tx::{p, Params, PgTx};
 use super::PostgresBackend;
-use crate::audit::{AuditHead, AuditRow};
+use crate::audit::{AuditAnchor, AuditRow};
 use crate::backend::postgres::rows::kind_of;
 use crate::backend::Change;
 use crate::codec::{Notice, StoredSession, StoredToken};
@@ -145,7 +145,7 @@ pub(super) fn copy_changes(tx: &mut PgTx<'_>, rows: &[Change]) -> Result<()> {
 /// Sealed audit entries with their ids, seqs and links, a thousand per statement, then the
 /// anchor, and the id counter moved past the copied ids (entries written later get larger
 /// ones, as the cursor readers use expects). Into a database with no audit trail yet.
-pub(super) fn copy_audit(tx: &mut PgTx<'_>, anchor: Option<AuditHead>, rows: &[AuditRow]) -> Result<()> {
+pub(super) fn copy_audit(tx: &mut PgTx<'_>, anchor: Option<AuditAnchor>, rows: &[AuditRow]) -> Result<()> {
     let held = tx.run(
         "SELECT EXISTS (SELECT 1 FROM tessera_audit) OR EXISTS (SELECT 1 FROM tessera_audit_anchor)",
         vec![],
@@ -155,9 +155,16 @@ pub(super) fn copy_audit(tx: &mut PgTx<'_>, anchor: Option<AuditHead>, rows: &[A
         return Err(Error::Corrupt("the target already has an audit trail".into()));
     }
     if let Some(a) = anchor {
+        // The anchor's time and MAC as they are (none for an anchor from before schema 10): the
+        // target derives the same chain key from the same master key, so the MAC still checks.
         tx.run(
-            "INSERT INTO tessera_audit_anchor (seq, mac) VALUES ($1, $2)",
-            vec![p(a.seq as i64), p(a.mac.to_vec())],
+            "INSERT INTO tessera_audit_anchor (seq, mac, pruned_at_ms, anchor_mac) VALUES ($1, $2, $3, $4)",
+            vec![
+                p(a.seq as i64),
+                p(a.link.to_vec()),
+                p(a.sealed.map(|(at, _)| at)),
+                p(a.sealed.map(|(_, m)| m.to_vec())),
+            ],
             |_| Ok(()),
         )?;
     }

@@ -62,6 +62,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (7, include_str!("../migrations/0006_rates.sql")),
     (8, include_str!("../migrations/0007_session_tokens.sql")),
     (9, include_str!("../migrations/0008_audit.sql")),
+    (10, include_str!("../migrations/0009_audit_anchor_mac.sql")),
 ];
 /// Key of the advisory lock migrations run under ("tessera" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6573_7365_7261;
@@ -477,11 +478,11 @@ impl Backend for PostgresBackend {
         self.audit_seal(key)
     }
 
-    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
-        self.audit_prune(before_ms)
+    fn prune_audit(&self, key: &crate::audit::AuditKey, before_ms: i64, now_ms: i64) -> Result<usize> {
+        self.audit_prune(key, before_ms, now_ms)
     }
 
-    fn audit_anchor(&self) -> Result<Option<crate::audit::AuditHead>> {
+    fn audit_anchor(&self) -> Result<Option<crate::audit::AuditAnchor>> {
         self.audit_anchor_now()
     }
 

@@ -466,7 +466,7 @@ impl Tx for PgTx<'_> {
 
     fn copy_audit(
         &mut self,
-        anchor: Option<crate::audit::AuditHead>,
+        anchor: Option<crate::audit::AuditAnchor>,
         rows: &[crate::audit::AuditRow],
     ) -> Result<()> {
         super::bulk::copy_audit(self, anchor, rows)

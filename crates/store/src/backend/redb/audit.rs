@@ -2,7 +2,8 @@
 //!
 //! One writer thread per file, so an entry is sealed as it is written, in the same transaction:
 //! its `seq` is the last entry's plus one, its link `HMAC(k_audit, previous link ‖ entry)`. After
-//! pruning, `meta["audit_anchor"]` holds the last deleted entry's `seq` and link.
+//! pruning, `meta["audit_anchor"]` holds the last deleted entry's `seq` and link, and (since schema
+//! 10) when it was pruned and the anchor's own MAC; an anchor written before has neither.
 //!
 //! An entry written here has its id equal to its seq, and the entry keeps no id of its own. An
 //! entry copied from PostgreSQL by a migration keeps its id there (ids have gaps and, sealed by
@@ -14,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tessera_core::{SessionId, TokenId};
 
 use super::{get_token, META, TOKENS};
-use crate::audit::{Actor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target};
+use crate::audit::{
+    prune_walk, Actor, AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target,
+};
 use crate::codec;
 use crate::error::{storage, Error, Result};
 
@@ -50,10 +53,35 @@ struct StoredEntry {
     id: Option<u64>,
 }
 
+/// The anchor as stored (CBOR). `pruned_at_ms` and `anchor_mac` since schema 10: absent in an
+/// anchor written before (decoded as `None`, reported unauthenticated).
 #[derive(Serialize, Deserialize)]
 struct StoredAnchor {
     seq: u64,
     mac: [u8; 32],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pruned_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    anchor_mac: Option<[u8; 32]>,
+}
+
+impl StoredAnchor {
+    fn of(a: &AuditAnchor) -> StoredAnchor {
+        StoredAnchor {
+            seq: a.seq,
+            mac: a.link,
+            pruned_at_ms: a.sealed.map(|(at, _)| at),
+            anchor_mac: a.sealed.map(|(_, m)| m),
+        }
+    }
+
+    fn anchor(self) -> AuditAnchor {
+        let sealed = match (self.pruned_at_ms, self.anchor_mac) {
+            (Some(at), Some(m)) => Some((at, m)),
+            _ => None,
+        };
+        AuditAnchor { seq: self.seq, link: self.mac, sealed }
+    }
 }
 
 fn stored(row: &AuditRow, mac: [u8; 32]) -> StoredEntry {
@@ -111,13 +139,10 @@ fn row_of(s: StoredEntry) -> Result<AuditRow> {
     })
 }
 
-fn anchor_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<AuditHead>> {
+fn anchor_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<AuditAnchor>> {
     match meta.get(ANCHOR).map_err(storage)? {
         None => Ok(None),
-        Some(v) => {
-            let a: StoredAnchor = codec::decode(v.value(), "audit anchor")?;
-            Ok(Some(AuditHead { seq: a.seq, mac: a.mac }))
-        }
+        Some(v) => Ok(Some(codec::decode::<StoredAnchor>(v.value(), "audit anchor")?.anchor())),
     }
 }
 
@@ -131,7 +156,7 @@ fn head_in(
             let s: StoredEntry = codec::decode(v.value(), "audit entry")?;
             Ok(Some(AuditHead { seq: s.seq, mac: s.mac }))
         }
-        None => anchor_in(meta),
+        None => Ok(anchor_in(meta)?.map(|a| a.head())),
     }
 }
 
@@ -222,15 +247,14 @@ fn query_copied(
 
 /// Load a migration's copy: `anchor`, then `rows` (sealed, in seq order, following it) with
 /// their ids, seqs and links as they are, into a file with no audit trail yet.
-pub(super) fn copy(txn: &WriteTransaction, anchor: Option<AuditHead>, rows: &[AuditRow]) -> Result<()> {
+pub(super) fn copy(txn: &WriteTransaction, anchor: Option<AuditAnchor>, rows: &[AuditRow]) -> Result<()> {
     let mut meta = txn.open_table(META).map_err(storage)?;
     let mut audit = txn.open_table(AUDIT).map_err(storage)?;
     if head_in(&audit, &meta)?.is_some() {
         return Err(Error::Corrupt("the target already has an audit trail".into()));
     }
     if let Some(a) = anchor {
-        meta.insert(ANCHOR, codec::encode(&StoredAnchor { seq: a.seq, mac: a.mac }).as_slice())
-            .map_err(storage)?;
+        meta.insert(ANCHOR, codec::encode(&StoredAnchor::of(&a)).as_slice()).map_err(storage)?;
     }
     for row in rows {
         let mac =
@@ -249,12 +273,12 @@ pub(super) fn head(db: &Database) -> Result<Option<AuditHead>> {
     let meta = txn.open_table(META).map_err(storage)?;
     match txn.open_table(AUDIT) {
         Ok(audit) => head_in(&audit, &meta),
-        Err(redb::TableError::TableDoesNotExist(_)) => anchor_in(&meta),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(anchor_in(&meta)?.map(|a| a.head())),
         Err(e) => Err(storage(e)),
     }
 }
 
-pub(super) fn anchor(db: &Database) -> Result<Option<AuditHead>> {
+pub(super) fn anchor(db: &Database) -> Result<Option<AuditAnchor>> {
     let txn = db.begin_read().map_err(storage)?;
     anchor_in(&txn.open_table(META).map_err(storage)?)
 }
@@ -275,36 +299,49 @@ pub(super) fn sealed_after(db: &Database, after: u64, limit: usize) -> Result<Ve
     Ok(out)
 }
 
-/// Delete entries from the start while they are older than `before_ms`; the last one deleted
-/// becomes the anchor. One durable transaction.
-pub(super) fn prune(db: &Database, before_ms: i64) -> Result<usize> {
-    let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(storage)?;
-    let mut n = 0;
-    {
-        let mut audit = txn.open_table(AUDIT).map_err(storage)?;
-        let mut last = None;
-        let mut doomed = Vec::new();
-        for r in audit.range::<u64>(..).map_err(storage)? {
-            let (k, v) = r.map_err(storage)?;
-            let s: StoredEntry = codec::decode(v.value(), "audit entry")?;
-            if s.at_ms >= before_ms {
-                break;
-            }
-            doomed.push(k.value());
-            last = Some(StoredAnchor { seq: s.seq, mac: s.mac });
-        }
-        for id in &doomed {
-            audit.remove(id).map_err(storage)?;
-        }
-        if let Some(a) = last {
-            txn.open_table(META)
-                .map_err(storage)?
-                .insert(ANCHOR, codec::encode(&a).as_slice())
-                .map_err(storage)?;
-            n = doomed.len();
+/// Entries [`prune`] checks and deletes per transaction.
+const PRUNE_PAGE: usize = 1000;
+
+/// Delete entries from the start while they are older than `before_ms`, once the anchor and
+/// each of them verify ([`prune_walk`]); the last one deleted becomes the anchor, with its MAC and
+/// `now_ms`. A durable transaction per [`PRUNE_PAGE`] entries.
+pub(super) fn prune(db: &Database, key: &AuditKey, before_ms: i64, now_ms: i64) -> Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = prune_page(db, key, before_ms, now_ms)?;
+        total += n;
+        if n < PRUNE_PAGE {
+            return Ok(total);
         }
     }
+}
+
+fn prune_page(db: &Database, key: &AuditKey, before_ms: i64, now_ms: i64) -> Result<usize> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    let n = {
+        let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        let mut rows = Vec::new();
+        for r in audit.range::<u64>(..).map_err(storage)?.take(PRUNE_PAGE) {
+            let (_, v) = r.map_err(storage)?;
+            let row = row_of(codec::decode(v.value(), "audit entry")?)?;
+            if row.entry.at_ms >= before_ms {
+                break;
+            }
+            rows.push(row);
+        }
+        match prune_walk(key, anchor_in(&meta)?, &rows, before_ms, now_ms)? {
+            None => 0,
+            Some((n, anchor)) => {
+                for row in &rows[..n] {
+                    audit.remove(row.entry.seq).map_err(storage)?;
+                }
+                meta.insert(ANCHOR, codec::encode(&StoredAnchor::of(&anchor)).as_slice()).map_err(storage)?;
+                n
+            }
+        }
+    };
     txn.commit().map_err(storage)?;
     Ok(n)
 }

@@ -401,7 +401,7 @@ pub struct Config {
     pub max_streams: usize,
 
     /// Clients of `GET /v1/revocations/stream` open at once from one client address (by the
-    /// trusted-proxy rules; IPv6 per /64); one more gets a 429. 0 = no cap.
+    /// trusted-proxy rules; IPv6 per /48); one more gets a 429. 0 = no cap.
     #[arg(long, env = "TESSERA_MAX_STREAMS_PER_ADDRESS", default_value_t = 8)]
     pub max_streams_per_address: usize,
 

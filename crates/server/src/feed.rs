@@ -27,7 +27,6 @@ use tessera_store::{Revocation, RevocationTarget, Store};
 use tokio::sync::{broadcast, watch};
 
 use crate::http::blocking;
-use crate::http::limit::bucket_of;
 use crate::http::problem::ApiError;
 use crate::http::text::rfc3339;
 
@@ -178,10 +177,10 @@ impl Streams {
         self.close();
     }
 
-    /// Stream clients open on this node from `client`'s address (IPv6: its /64).
+    /// Stream clients open on this node from `client`'s address (IPv6: its /48).
     pub fn open_from(&self, client: IpAddr) -> usize {
         let held = self.shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
-        held.get(&bucket_of(client)).copied().unwrap_or(0)
+        held.get(&stream_bucket_of(client)).copied().unwrap_or(0)
     }
 
     /// A slot for a client from `client` (by the trusted-proxy rules; `None` when unknown): 503
@@ -198,7 +197,7 @@ impl Streams {
         }
         // From here on, dropping the permit gives back what it holds.
         let mut permit = Permit { shared: Arc::clone(shared), address: None };
-        if let Some(ip) = client.map(bucket_of).filter(|_| max_per_address > 0) {
+        if let Some(ip) = client.map(stream_bucket_of).filter(|_| max_per_address > 0) {
             let mut held = shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
             let n = held.entry(ip).or_insert(0);
             if *n >= max_per_address {
@@ -378,5 +377,18 @@ async fn pump(shared: Arc<Shared>, store: Store, mut cursor: u64) {
                 cursor = upto;
             }
         }
+    }
+}
+
+/// The address a stream slot is counted under: IPv4 as it is, IPv6 by its /48. Streams last, so
+/// the rate limiter's /64 is too fine here: one home connection's /56 holds 256 of them, enough
+/// to take every slot of a node (`--max-streams` / 8 = 128 by default).
+fn stream_bucket_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
+        },
+        v4 => v4,
     }
 }

@@ -324,16 +324,50 @@ fn one_address_cannot_hold_every_stream() {
         };
         assert_eq!(via("192.0.2.1").await.err().unwrap().status, StatusCode::TOO_MANY_REQUESTS);
         let c = via("192.0.2.3").await.map_err(|a| a.raw).unwrap();
-        // IPv6 clients count per /64: another host of the same /64 is the same client.
+        // IPv6 clients count per /48: another /64 of the same /48 is the same client (a home
+        // connection's /56 holds 256 /64s, enough to take every slot if each counted alone).
         let v6a = from("2001:db8:1:2::1").await.map_err(|a| a.raw).unwrap();
-        let v6b = from("2001:db8:1:2::2").await.map_err(|a| a.raw).unwrap();
-        assert_eq!(from("2001:db8:1:2::3").await.err().unwrap().status, StatusCode::TOO_MANY_REQUESTS);
+        let v6b = from("2001:db8:1:3::1").await.map_err(|a| a.raw).unwrap();
+        assert_eq!(from("2001:db8:1:ff::1").await.err().unwrap().status, StatusCode::TOO_MANY_REQUESTS);
+        let v6c = from("2001:db8:2::1").await.map_err(|a| a.raw).unwrap();
         // A slot is given back when its stream ends.
         drop(a1);
         assert_eq!(e.state.streams.open_from("192.0.2.1".parse().unwrap()), 1);
         let a3 = from("192.0.2.1").await.map_err(|a| a.raw).unwrap();
-        drop((a2, a3, b, c, v6a, v6b));
+        drop((a2, a3, b, c, v6a, v6b, v6c));
         assert_eq!(e.state.streams.open(), 0);
         assert_eq!(e.state.streams.open_from("192.0.2.1".parse().unwrap()), 0);
+    })
+}
+
+/// Review of issue 23: a HEAD request to the stream (routed as GET) opened a stream whose body
+/// the connection never sent, so it never saw its client leave and kept its slot for good; a few
+/// HEAD requests locked every slot. HEAD gets the headers and holds nothing.
+#[test]
+fn a_head_request_holds_no_stream_slot() {
+    run(async {
+        let e = env_with(|c| {
+            c.max_streams = 2;
+            c.max_streams_per_address = 1;
+        });
+        let head = || {
+            open_from(
+                &e,
+                TestRequest::default().method(actix_web::http::Method::HEAD).uri("/v1/revocations/stream"),
+                "192.0.2.9",
+            )
+        };
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(head().await.map_err(|a| a.raw).unwrap());
+            assert_eq!(e.state.streams.open(), 0);
+        }
+        // The address's one slot is still free for a real stream.
+        let real = open_from(&e, TestRequest::get().uri("/v1/revocations/stream"), "192.0.2.9")
+            .await
+            .map_err(|a| a.raw)
+            .unwrap();
+        assert_eq!(e.state.streams.open(), 1);
+        drop((held, real));
     })
 }

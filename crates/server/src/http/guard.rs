@@ -4,7 +4,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpMessage as _, ResponseError};
 
 use crate::http::problem::{self, ApiError};
 use crate::http::{auth, conn};
@@ -25,6 +25,11 @@ fn has_body(req: &ServiceRequest) -> bool {
         || req.headers().get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// Marks a request that came as HEAD and is routed as GET. A handler whose GET answer does not
+/// end (the revocation stream) answers it with the headers alone: the connection would send no
+/// body and the stream would never notice that its client left, holding its slot for good.
+pub(crate) struct Head;
+
 pub(crate) async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -34,6 +39,7 @@ pub(crate) async fn guard(
     // request was HEAD and sends the headers without the body.
     if req.method() == actix_web::http::Method::HEAD {
         req.head_mut().method = actix_web::http::Method::GET;
+        req.extensions_mut().insert(Head);
     }
     if let Some(state) = &state {
         // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is

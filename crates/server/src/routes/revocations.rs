@@ -9,8 +9,10 @@ use serde_json::json;
 use crate::feed::{revocation_view, Start};
 use crate::http::auth::client_ip_of;
 use crate::http::blocking;
+use crate::http::guard::Head;
 use crate::http::problem::ApiError;
 use crate::state::AppState;
+use actix_web::HttpMessage as _;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -73,6 +75,15 @@ pub(crate) async fn stream(
         ),
         None => query.after.map_or(Start::Now, Start::After),
     };
+    if req.extensions().get::<Head>().is_some() {
+        // HEAD: the stream's headers and nothing held. Its body would never be sent, so a stream
+        // behind it would not see its client leave and keep the slot.
+        return Ok(HttpResponse::build(StatusCode::OK)
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-store"))
+            .insert_header(("X-Accel-Buffering", "no"))
+            .finish());
+    }
     // Counted per client address by the trusted-proxy rules (`--max-streams-per-address`).
     let client = client_ip_of(&state, &req)?;
     let body = state.streams.subscribe(&state.store, start, client)?;

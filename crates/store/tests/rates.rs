@@ -160,7 +160,8 @@ fn schema_6_rate_counters_migrate() {
     drop(db.open());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let hour = now - now.rem_euclid(3600);
-    // Back to what schema 6 had: one row per window (and nothing of schema 8's sessions).
+    // Back to what schema 6 had: one row per window (and nothing of schema 8's sessions, nor the
+    // audit trail of schemas 9 and 10).
     pg().sql(
         url,
         &format!(
@@ -172,6 +173,8 @@ fn schema_6_rate_counters_migrate() {
                ('\\x{two}', '5/1m', 60, 1, 1);
              ALTER TABLE tessera_tokens DROP COLUMN session;
              DROP FUNCTION tessera_family(bytea[]);
+             DROP TABLE tessera_audit, tessera_audit_anchor;
+             DROP FUNCTION tessera_audit_anchor_unsealed();
              UPDATE tessera_meta SET value = '\\x00000006'::bytea WHERE name = 'schema';",
             old = hour - 3600,
             one = "01".repeat(16),

@@ -16,9 +16,6 @@ use crate::uses;
 const UNLIMITED: &[&str] =
     &["/health", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
-/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
-/// budget headers of management calls, or their give-back when the answer is not a success
-/// (`uses::settle`), around every request.
 /// Whether a request says it carries a body (a length above zero, or a transfer coding).
 fn has_body(req: &ServiceRequest) -> bool {
     req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
@@ -30,6 +27,9 @@ fn has_body(req: &ServiceRequest) -> bool {
 /// body and the stream would never notice that its client left, holding its slot for good.
 pub(crate) struct Head;
 
+/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
+/// budget headers of management calls, or their give-back when the answer is not a success
+/// (`uses::settle`), around every request: run by `http/request_id`'s middleware, inside it.
 pub(crate) async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,

@@ -90,12 +90,12 @@ fn batch() -> Bytes {
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = Vec::with_capacity(raw.len() * 2);
-    for b in raw {
-        text.push(HEX[usize::from(b >> 4)]);
-        text.push(HEX[usize::from(b & 15)]);
+    let mut text = [0u8; BATCH * ID_BYTES * 2];
+    for (pair, b) in text.chunks_exact_mut(2).zip(raw) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
-    Bytes::from(text)
+    Bytes::copy_from_slice(&text)
 }
 
 /// The id of a request: the client's when [`sane`], else a fresh one.

@@ -118,7 +118,8 @@ pub(crate) async fn observe(
     req.extensions_mut().insert(RequestId(id.clone()));
     // Before the guard routes HEAD as GET: the log says what the client sent.
     let method = req.method().clone();
-    let mut res = guard(req, next).await?;
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let mut res = guard(req, next, state.as_ref()).await?;
     // Sane ids and hex are visible ASCII: `to_str` cannot fail.
     let id_text = id.to_str().unwrap_or_default();
     if is_problem(&res) {
@@ -127,7 +128,6 @@ pub(crate) async fn observe(
     res.headers_mut().insert(HEADER, id.clone());
     let elapsed = started.elapsed();
     let http = res.request();
-    let state = http.app_data::<web::Data<AppState>>();
     // The resources are named by their template (`app`), which actix finds without matching the
     // path again; a resource without a name is matched again to read its template.
     let pattern;
@@ -139,7 +139,7 @@ pub(crate) async fn observe(
         }
     };
     let status = res.status().as_u16();
-    if let Some(state) = state {
+    if let Some(state) = &state {
         state.metrics.latency.observe(route, status, elapsed);
     }
     // Decided once when logging starts (the filter for ACCESS_TARGET at info).
@@ -149,6 +149,7 @@ pub(crate) async fn observe(
         // By the trusted-proxy rules; a forwarding header that does not parse (answered 400)
         // leaves the connection's peer, never the header's text.
         let client = state
+            .as_ref()
             .and_then(|s| auth::client_ip_of(s, http).ok().flatten())
             .or_else(|| http.peer_addr().map(|a| a.ip()));
         crate::logging::access(&crate::logging::AccessLine {

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
+.PHONY: bench-instructions bench-requests browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
 
 all: test
 
@@ -113,6 +113,13 @@ bench-authz: proxies
 ## bench-instructions: instructions of one verification (valgrind callgrind; repeatable)
 bench-instructions:
 	scripts/instructions.sh
+
+## bench-requests: instructions per POST /v1/verify over HTTP (valgrind callgrind on the release
+## tessera-server, N = 200 and 2200 requests over one connection; repeatable whatever the load),
+## with the access line on and off, and the functions that cost most per request.
+## BIN=<another tessera-server> to count another build (CONFIGS=plain for one before --log-level).
+bench-requests:
+	scripts/bench-requests.sh
 
 ## fuzz: coverage-guided fuzzing of every target, FUZZ_SECONDS each (default 60; cargo-fuzz on
 ## stable, installed if missing); new inputs are merged into fuzz/corpus. `make test` replays it.

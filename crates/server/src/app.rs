@@ -12,7 +12,6 @@ use actix_web::{web, App, HttpServer};
 use crate::config::{self, Config};
 use crate::housekeeping;
 use crate::http::conn::ConnectionCap;
-use crate::http::guard::guard;
 use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
 use crate::http::request_id;
 use crate::routes::{
@@ -89,9 +88,9 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e)))
         .app_data(web::PayloadConfig::default().limit(limit))
         .app_data(web::FormConfig::default().limit(limit))
-        .wrap(actix_web::middleware::from_fn(guard))
-        // Outermost (the last wrapped): the request id exists before the guard runs, and every
-        // answer, the guard's refusals included, carries it and is logged and timed.
+        // The one middleware: the request id, then the guard (`http/guard`, which `observe`
+        // calls itself: one layer less per request), so the id exists before the guard runs and
+        // every answer, the guard's refusals included, carries it and is logged and timed.
         .wrap(actix_web::middleware::from_fn(request_id::observe))
         // The hot path first: static routes before templated ones (which match by regex).
         .service(resource("/v1/verify").route(web::post().to(verify::verify)))

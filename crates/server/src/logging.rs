@@ -76,10 +76,23 @@ impl Pending {
         DROPPED.fetch_add(1, Relaxed);
     }
 
+    #[cfg(test)]
     fn take(&self) -> Vec<u8> {
         self.lines.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
     }
+
+    /// The lines logged so far, exchanged for `spare` (emptied first): the loggers go on in the
+    /// writer's previous buffer, its capacity kept, instead of growing a new one after every write.
+    fn swap(&self, spare: &mut Vec<u8>) {
+        spare.clear();
+        if let Ok(mut lines) = self.lines.lock() {
+            std::mem::swap(&mut *lines, spare);
+        }
+    }
 }
+
+/// A buffer larger than this (a burst) is not kept for the next round.
+const KEEP_BYTES: usize = 256 * 1024;
 
 /// What the formatter writes each event into (one `write_all` per event, so a line is never
 /// split between two writes of the thread).
@@ -120,17 +133,21 @@ impl Drop for Logging {
                 thread.thread().unpark();
                 let _ = thread.join();
             }
-            write_out(pending);
+            write_out(pending, &mut Vec::new());
         }
     }
 }
 
-fn write_out(pending: &Pending) {
-    let lines = pending.take();
-    if !lines.is_empty() {
+/// Write what was logged, through `spare` (see [`Pending::swap`]).
+fn write_out(pending: &Pending, spare: &mut Vec<u8>) {
+    pending.swap(spare);
+    if !spare.is_empty() {
         let mut err = std::io::stderr().lock();
-        let _ = err.write_all(&lines);
+        let _ = err.write_all(spare);
         let _ = err.flush();
+    }
+    if spare.capacity() > KEEP_BYTES {
+        *spare = Vec::new();
     }
 }
 
@@ -165,11 +182,12 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Logging {
     }
     let drain = pending.clone();
     let thread = std::thread::Builder::new().name("tessera-log".into()).spawn(move || {
+        let mut spare = Vec::new();
         while !drain.stop.load(Relaxed) {
             std::thread::park_timeout(FLUSH_EVERY);
-            write_out(&drain);
+            write_out(&drain, &mut spare);
         }
-        write_out(&drain);
+        write_out(&drain, &mut spare);
     });
     if let Some(e) = bad_env {
         tracing::warn!("RUST_LOG does not parse ({e}); logging at {DEFAULT_LEVEL}");

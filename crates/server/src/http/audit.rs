@@ -41,7 +41,7 @@ pub(crate) fn actor(
         issuer: None,
         // A forwarding header the rules refuse has refused the request already (400).
         address: client_ip_of(state, req).ok().flatten().map(|ip| ip.to_string()),
-        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.as_str().to_owned()),
         user_agent: req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| cut(ua, MAX_TEXT)),
     }
 }

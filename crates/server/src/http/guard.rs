@@ -16,9 +16,6 @@ use crate::uses;
 const UNLIMITED: &[&str] =
     &["/health", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
-/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
-/// budget headers of management calls, or their give-back when the answer is not a success
-/// (`uses::settle`), around every request.
 /// Whether a request says it carries a body (a length above zero, or a transfer coding).
 fn has_body(req: &ServiceRequest) -> bool {
     req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
@@ -30,18 +27,24 @@ fn has_body(req: &ServiceRequest) -> bool {
 /// body and the stream would never notice that its client left, holding its slot for good.
 pub(crate) struct Head;
 
+/// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
+/// budget headers of management calls, or their give-back when the answer is not a success
+/// (`uses::settle`), around every request: run by `http/request_id`'s middleware, inside it.
+/// `state` is the application's (looked up once, by the caller).
 pub(crate) async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
+    state: Option<&web::Data<AppState>>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let state = req.app_data::<web::Data<AppState>>().cloned();
     // HEAD is served wherever GET is (RFC 9110): routed as GET; the connection still knows the
     // request was HEAD and sends the headers without the body.
     if req.method() == actix_web::http::Method::HEAD {
         req.head_mut().method = actix_web::http::Method::GET;
         req.extensions_mut().insert(Head);
     }
-    if let Some(state) = &state {
+    // Read once: `body_deadline` replaces the payload, not the headers.
+    let has_body = has_body(&req);
+    if let Some(state) = state {
         // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is
         // served as `/v1/verify`): so it counts every path except the exact unlimited ones.
         let refused = if UNLIMITED.contains(&req.path()) {
@@ -57,7 +60,7 @@ pub(crate) async fn guard(
             state.metrics.observe(e.status().as_u16());
             return Ok(req.into_response(e.error_response()));
         }
-        if has_body(&req) {
+        if has_body {
             conn::body_deadline(&mut req, state.config.body_timeout);
         }
     }
@@ -65,7 +68,6 @@ pub(crate) async fn guard(
     // `--body-timeout`) ends its connection: actix would otherwise drain a chunked body for as
     // long as the client trickles it.
     let connection = req.conn_data::<std::rc::Rc<conn::Connection>>().cloned();
-    let has_body = has_body(&req);
     let mut res = problem::as_problem(next.call(req).await?.map_into_boxed_body());
     if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
         res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);

@@ -19,9 +19,11 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage};
+use actix_web::web::{self, Bytes};
+use actix_web::HttpMessage;
 
 use crate::http::auth::{self, Principal};
+use crate::http::guard::guard;
 use crate::http::metrics::UNMATCHED;
 use crate::state::AppState;
 
@@ -36,7 +38,14 @@ pub(crate) const ACCESS_TARGET: &str = "tessera::access";
 
 /// The request's id, in every request's extensions before any handler runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(pub String);
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id: visible ASCII (a sane client id, or hex).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
 
 /// Whether a client's value may be reused as the request id: 1 to [`MAX_LEN`] bytes, every one
 /// visible ASCII (no space, no control byte, nothing beyond ASCII), so it is safe in a header,
@@ -45,70 +54,78 @@ pub(crate) fn sane(value: &[u8]) -> bool {
     (1..=MAX_LEN).contains(&value.len()) && value.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
-/// A fresh id: 16 random bytes as 32 lowercase hex digits. The bytes come from the operating
-/// system a kilobyte at a time (one system call per 64 requests on a thread, not one each);
-/// should that ever fail, a process-wide counter stands in (an id names, it guards nothing).
-fn generate() -> [u8; 32] {
-    const POOL: usize = 1024;
-    const LEN: usize = 16;
-    thread_local!(static BYTES: RefCell<([u8; POOL], usize)> = const { RefCell::new(([0; POOL], POOL)) });
-    let mut raw = [0u8; LEN];
-    let random = BYTES.with(|b| {
-        let (pool, used) = &mut *b.borrow_mut();
-        if *used + LEN > POOL {
-            if getrandom::fill(pool).is_err() {
-                return false;
-            }
-            *used = 0;
+/// Random bytes in an id (written as twice as many hex digits).
+const ID_BYTES: usize = 16;
+/// Ids made at a time on a thread: one system call for their random bytes and one allocation
+/// for their text, which the ids then share (each is a slice of it: no allocation per request).
+const BATCH: usize = 64;
+
+/// A fresh id: 16 random bytes as 32 lowercase hex digits, each handed out once. The bytes come
+/// from the operating system [`BATCH`] ids at a time; should that ever fail, the process id and
+/// a process-wide counter stand in (an id names, it guards nothing).
+fn generate() -> HeaderValue {
+    thread_local!(static IDS: RefCell<(Bytes, usize)> = const { RefCell::new((Bytes::new(), BATCH)) });
+    IDS.with(|ids| {
+        let (text, next) = &mut *ids.borrow_mut();
+        if *next == BATCH {
+            *text = batch();
+            *next = 0;
         }
-        raw.copy_from_slice(&pool[*used..*used + LEN]);
-        // Taken bytes are not handed out twice.
-        pool[*used..*used + LEN].fill(0);
-        *used += LEN;
-        true
-    });
-    if !random {
+        let id = text.slice(*next * 2 * ID_BYTES..(*next + 1) * 2 * ID_BYTES);
+        *next += 1;
+        // Hex digits are always a valid header value.
+        HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("-"))
+    })
+}
+
+/// The text of [`BATCH`] ids, one after another.
+fn batch() -> Bytes {
+    let mut raw = [0u8; BATCH * ID_BYTES];
+    if getrandom::fill(&mut raw).is_err() {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        raw[8..].copy_from_slice(&n.to_be_bytes());
-        raw[..8].copy_from_slice(&u64::from(std::process::id()).to_be_bytes());
+        for id in raw.chunks_exact_mut(ID_BYTES) {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            id[..8].copy_from_slice(&u64::from(std::process::id()).to_be_bytes());
+            id[8..].copy_from_slice(&n.to_be_bytes());
+        }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    for (pair, b) in out.chunks_exact_mut(2).zip(raw) {
+    let mut text = [0u8; BATCH * ID_BYTES * 2];
+    for (pair, b) in text.chunks_exact_mut(2).zip(raw) {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 15)];
     }
-    out
+    Bytes::copy_from_slice(&text)
 }
 
 /// The id of a request: the client's when [`sane`], else a fresh one.
 fn id_for(req: &ServiceRequest) -> HeaderValue {
-    if let Some(v) = req.headers().get(&HEADER).filter(|v| sane(v.as_bytes())) {
-        return v.clone();
+    match req.headers().get(&HEADER).filter(|v| sane(v.as_bytes())) {
+        Some(v) => v.clone(),
+        None => generate(),
     }
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&generate()).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// The middleware (see the module's documentation).
+/// The middleware (see the module's documentation). It runs the guard (`http/guard`) itself,
+/// inside it, rather than as a middleware of its own: one layer (one boxed future) less on
+/// every request.
 pub(crate) async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
     let id = id_for(&req);
-    // Sane ids and hex are visible ASCII: `to_str` cannot fail.
-    req.extensions_mut().insert(RequestId(id.to_str().unwrap_or_default().to_owned()));
+    req.extensions_mut().insert(RequestId(id.clone()));
     // Before the guard routes HEAD as GET: the log says what the client sent.
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let mut res = guard(req, next, state.as_ref()).await?;
+    // Sane ids and hex are visible ASCII: `to_str` cannot fail.
+    let id_text = id.to_str().unwrap_or_default();
     if is_problem(&res) {
-        let text = id.to_str().unwrap_or_default().to_owned();
-        res = with_request_id(res, &text);
+        res = with_request_id(res, id_text);
     }
-    res.headers_mut().insert(HEADER, id);
+    res.headers_mut().insert(HEADER, id.clone());
     let elapsed = started.elapsed();
     let http = res.request();
     // The resources are named by their template (`app`), which actix finds without matching the
@@ -140,7 +157,7 @@ pub(crate) async fn observe(
             route,
             status,
             elapsed,
-            request_id: extensions.get::<RequestId>().map(|r| r.0.as_str()),
+            request_id: Some(id_text),
             subject: principal.map(|p| p.subject.as_str()),
             tid: principal.map(|p| &p.tid as &dyn std::fmt::Display),
             client,
@@ -210,8 +227,11 @@ mod tests {
 
     #[test]
     fn generated_ids_are_hex_and_differ() {
-        let ids: std::collections::HashSet<[u8; 32]> = (0..1000).map(|_| generate()).collect();
-        assert_eq!(ids.len(), 1000);
+        // Across several batches.
+        let ids: std::collections::HashSet<Vec<u8>> =
+            (0..BATCH * 15 + 7).map(|_| generate().as_bytes().to_vec()).collect();
+        assert_eq!(ids.len(), BATCH * 15 + 7);
+        assert!(ids.iter().all(|i| i.len() == 32));
         assert!(ids.iter().all(|i| i.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
     }
 

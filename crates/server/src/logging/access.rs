@@ -123,9 +123,75 @@ fn digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
     }
 }
 
+/// `n` in decimal, as `Display` writes it.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // `n % 10` is a digit.
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// `ms` (a whole number of microseconds divided by 1000, as [`format`] computes it) as `{:?}`
+/// writes it (`1.235`, `0.5`, `2000.0`) without the float formatter: such a value under 10^12 ms
+/// is the double nearest a decimal of at most 15 significant digits, so its shortest form is
+/// that decimal. Anything else goes through `{:?}`.
+fn debug_ms(out: &mut Vec<u8>, ms: f64) {
+    let micros = ms * 1e3;
+    if !(0.0..1e15).contains(&micros) || micros.round() != micros {
+        let _ = write!(out, "{ms:?}");
+        return;
+    }
+    // Whole, non-negative and below 10^15: exact in a u64.
+    let micros = micros as u64;
+    decimal(out, micros / 1000);
+    out.push(b'.');
+    let frac = micros % 1000;
+    let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+    let mut len = 3;
+    while len > 1 && digits[len - 1] == b'0' {
+        len -= 1;
+    }
+    out.extend_from_slice(&digits[..len]);
+}
+
+/// An address as `Display` writes it; IPv4's four numbers without the formatter.
+fn ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            decimal(out, a.into());
+            for n in [b, c, d] {
+                out.push(b'.');
+                decimal(out, n.into());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Bytes that go into a quoted string unchanged in both formats: printable ASCII but `"` and `\`.
 fn plain(s: &[u8]) -> bool {
-    s.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    // A table: one load per byte (this runs over every string of every access line).
+    const PLAIN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0x20;
+        while b < 0x7f {
+            t[b] = b != b'"' as usize && b != b'\\' as usize;
+            b += 1;
+        }
+        t
+    };
+    s.iter().all(|&b| PLAIN[usize::from(b)])
 }
 
 /// `s` quoted as `fmt`'s text format writes a string field (Rust's `Debug` of `str`).
@@ -177,7 +243,10 @@ fn format(out: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, fmt: LogFormat,
             text_str(out, l.method);
             out.extend_from_slice(b" route=");
             text_str(out, l.route);
-            let _ = write!(out, " status={} duration_ms={ms:?}", l.status);
+            out.extend_from_slice(b" status=");
+            decimal(out, u64::from(l.status));
+            out.extend_from_slice(b" duration_ms=");
+            debug_ms(out, ms);
             if let Some(id) = l.request_id {
                 out.extend_from_slice(b" request_id=");
                 text_str(out, id);
@@ -190,7 +259,8 @@ fn format(out: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, fmt: LogFormat,
                 let _ = write!(out, " tid={t}");
             }
             if let Some(c) = l.client {
-                let _ = write!(out, " client={c}");
+                out.extend_from_slice(b" client=");
+                ip(out, c);
             }
         }
         LogFormat::Json => {
@@ -348,6 +418,61 @@ mod tests {
                     assert!(ours.ends_with('\n') && ours.matches('\n').count() == 1, "{ours:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn plain_is_printable_ascii_but_quote_and_backslash() {
+        for b in 0..=255u8 {
+            assert_eq!(plain(&[b]), (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\', "{b:#x}");
+        }
+        assert!(plain(b"POST /v1/verify 4f1c0e9a"));
+        assert!(!plain("é".as_bytes()));
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_and_debug_write_them() {
+        // What `format` computes: whole microseconds over 1000; then values it never makes.
+        let mut values: Vec<f64> = (0..20_000u32).map(|us| f64::from(us) / 1e3).collect();
+        values.extend(
+            (0..2_000u64)
+                .map(|i| (Duration::from_nanos(i * 7_919_993 + i * i).as_secs_f64() * 1e6).round() / 1e3),
+        );
+        values.extend([
+            1e6,
+            123_456.789,
+            999_999_999.999,
+            1e12,
+            1e13,
+            1e-7,
+            0.0001,
+            1.000_000_1,
+            f64::NAN,
+            -1.0,
+        ]);
+        for v in values {
+            let mut out = Vec::new();
+            debug_ms(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{v:?}"));
+        }
+        for n in [0u64, 1, 9, 10, 99, 100, 200, 404, 599, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+        for a in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let a: IpAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            ip(&mut out, a);
+            assert_eq!(String::from_utf8(out).unwrap(), a.to_string());
         }
     }
 

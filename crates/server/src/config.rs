@@ -141,8 +141,16 @@ fn authz_policy(s: &str) -> Result<AuthzPolicy, String> {
     Ok(AuthzPolicy { path, policy: std::sync::Arc::new(policy) })
 }
 
+/// The longest duration a flag takes: 100 years. Deadlines are `Instant::now() + d`, which
+/// panics past what the clock can hold: a flag meant as "no limit" must not break every request.
+const MAX_FLAG_DURATION: Duration = Duration::from_secs(100 * 31_557_600); // humantime's `100y`
+
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, 6h, 90d)"))?;
+    if d > MAX_FLAG_DURATION {
+        return Err("at most 100 years".into());
+    }
+    Ok(d)
 }
 
 /// A duration above zero (a bound that must leave time to do anything).
@@ -527,6 +535,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_past_a_hundred_years_are_refused() {
+        // Review of issue 24: `--backup-timeout 300000000000y` was taken, then every backup's
+        // deadline (`Instant::now() + d`) overflowed and its answer came back empty.
+        assert_eq!(duration("300000000000y").unwrap_err(), "at most 100 years");
+        assert_eq!(positive_duration("101y").unwrap_err(), "at most 100 years");
+        assert_eq!(duration("100y"), Ok(MAX_FLAG_DURATION));
+    }
 
     #[test]
     fn durations_print_as_configured() {

@@ -272,3 +272,36 @@ fn a_start_removes_what_a_crashed_backup_left_and_nothing_else() {
     assert!(target.exists());
     drop(opened);
 }
+
+/// Review of issue 24: a client that went away (closed its connection) while the pump waited for
+/// room held the node's backup place until `--backup-stall-timeout`: the pump was parked and
+/// nothing woke it when the answer's stream was dropped; every backup asked meanwhile was a 409.
+#[test]
+fn a_client_that_left_gives_the_backup_place_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--backup-stall-timeout", "30s", "--backup-timeout", "1h"];
+    let admin = {
+        let (_first, admin) = start(&data, &flags);
+        admin.unwrap()
+    };
+    fill_large(&data, 5_000);
+    let (server, _) = start(&data, &flags);
+    let (gone, status, _) = ask_backup(&server.addr, &admin, Some(4096));
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(500)); // the pump fills the read-ahead and parks
+    drop(gone); // the client leaves
+    let left = Instant::now();
+    loop {
+        let (_conn, status, _) = ask_backup(&server.addr, &admin, None);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(5),
+            "{:?} after the only client left, the backup place is still held (409)",
+            left.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -94,6 +94,9 @@ pub(crate) struct Inner {
     pub(crate) audit_key: crate::audit::AuditKey,
     /// Audit notes queued for the writer and not yet done with.
     pub(crate) audit_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Summaries of collapsed refusals queued for the writer and not yet done with: a place of
+    /// their own, so that a queue full of notes does not throw their counts away.
+    pub(crate) audit_summaries_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Audit notes dropped because the queue was full.
     pub(crate) audit_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// Identical refusals being collapsed ([`crate::audit::Repeats`]).
@@ -202,6 +205,7 @@ impl Store {
                 stop,
                 audit_key,
                 audit_pending: Default::default(),
+                audit_summaries_pending: Default::default(),
                 audit_dropped: Default::default(),
                 audit_repeats: Default::default(),
                 applied,

@@ -131,3 +131,115 @@ on_both!(the_map_of_refusals_is_bounded_and_a_new_key_past_it_is_written, |db| {
     assert_eq!(entries.len(), MAX_REPEAT_KEYS + 20 + 3, "every refusal of a key past the bound is written");
     assert_eq!(store.audit_dropped(), 0);
 });
+
+/// What `POST /v1/tokens/{tid}/revoke` notes for an id the credential may not revoke: the same
+/// reason whatever the id, the id asked for as the target.
+fn revoke_refusal(actor_tid: TokenId, target: TokenId, request_id: &str) -> AuditNote {
+    AuditNote {
+        kind: AuditKind::Refused,
+        outcome: Outcome::Refused,
+        actor: Actor {
+            subject: Some("mallory".into()),
+            tid: Some(actor_tid),
+            address: Some("198.51.100.7".into()),
+            request_id: Some(request_id.into()),
+            user_agent: Some("curl/8".into()),
+            ..Actor::default()
+        },
+        target: Target { tid: Some(target), ..Target::default() },
+        reason: Some("nothing by this id that this credential may revoke".into()),
+        detail: Some("op=tokens.revoke".into()),
+    }
+}
+
+// Review of the collapsing: a decoy refusal, then attempts on alice's tokens within the window:
+// only the decoy's target was written, the summary said "targets differ" and named none, so
+// neither a search by her token ids nor by her subject found the attempts. The target is part
+// of the key now.
+on_both!(attempts_on_a_victims_tokens_are_entries_naming_them, |db| {
+    let store = db.open();
+    store.rotate().unwrap();
+    let mallory = TokenId::generate().unwrap();
+    let mut victims = Vec::new();
+    for _ in 0..5 {
+        let t = new_token(&store, "alice", None);
+        victims.push(t.tid);
+        store.record_token(t).unwrap();
+    }
+    assert!(store.audit_note(revoke_refusal(mallory, TokenId::generate().unwrap(), "decoy")));
+    for (i, v) in victims.iter().enumerate() {
+        assert!(store.audit_note(revoke_refusal(mallory, *v, &format!("attack-{i}"))));
+    }
+    store.close_audit_repeats();
+    refused(&store);
+    let by_victim = store
+        .audit(&AuditFilter {
+            tids: victims.clone(),
+            outcome: Some(Outcome::Refused),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(by_victim.len(), 5, "each attempt on one of alice's tokens names it");
+    let about_alice = store
+        .audit(&AuditFilter {
+            subject: Some("alice".into()),
+            outcome: Some(Outcome::Refused),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(about_alice.len(), 5, "and is found by her subject");
+});
+
+// Review of the collapsing: two callers of one token family behind one address shared a key, so
+// the victim's refusals were counted under a summary naming only the other caller's request and
+// user agent. The user agent is part of the key now.
+on_both!(callers_with_other_user_agents_are_not_merged, |db| {
+    let store = db.open();
+    store.rotate().unwrap();
+    let family = TokenId::generate().unwrap();
+    let target = TokenId::generate().unwrap();
+    let mut victim = revoke_refusal(family, target, "victim-0");
+    victim.actor.user_agent = Some("victim-app/1.0".into());
+    let mut attacker = revoke_refusal(family, target, "attacker-1");
+    attacker.actor.user_agent = Some("attacker/6.6".into());
+    store.audit_note(attacker.clone());
+    for i in 0..10 {
+        let mut v = victim.clone();
+        v.actor.request_id = Some(format!("victim-{i}"));
+        store.audit_note(v);
+    }
+    attacker.actor.request_id = Some("attacker-2".into());
+    store.audit_note(attacker);
+    store.close_audit_repeats();
+    let all = refused(&store);
+    let victims: Vec<_> =
+        all.iter().filter(|e| e.actor.user_agent.as_deref() == Some("victim-app/1.0")).collect();
+    assert_eq!(victims.len(), 2, "the victim's first refusal and its summary: {all:#?}");
+    assert!(victims[1].detail.as_deref().unwrap().starts_with("repeated=9 total=10"), "{victims:#?}");
+});
+
+// Review of the collapsing: summaries were queued in the notes' 4,096 places, so a flush of many
+// windows while the queue was busy dropped their counts. Summaries have places of their own.
+on_both!(summaries_are_not_dropped_when_the_notes_queue_is_busy, |db| {
+    let store = db.open();
+    store.rotate().unwrap();
+    let mallory = TokenId::generate().unwrap();
+    let targets: Vec<TokenId> = (0..MAX_REPEAT_KEYS).map(|_| TokenId::generate().unwrap()).collect();
+    for _round in 0..2 {
+        for (i, t) in targets.iter().enumerate() {
+            let mut n = revoke_refusal(mallory, *t, "x");
+            n.reason = Some(format!("caveat \"junk-{i}\" not met"));
+            store.audit_note(n);
+        }
+    }
+    // Other notes arriving at that moment (budget.exhausted is never collapsed).
+    for _ in 0..1000 {
+        let mut n = revoke_refusal(mallory, TokenId::generate().unwrap(), "y");
+        n.kind = AuditKind::BudgetExhausted;
+        store.audit_note(n);
+    }
+    let before = store.audit_dropped();
+    let queued = store.close_audit_repeats();
+    assert_eq!(queued, MAX_REPEAT_KEYS, "every window's summary queued");
+    assert_eq!(store.audit_dropped(), before, "no summary dropped");
+});

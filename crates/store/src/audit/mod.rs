@@ -217,7 +217,7 @@ impl FromStr for Outcome {
 }
 
 /// What an entry is about (ids only).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Target {
     /// A token family.
     pub tid: Option<TokenId>,

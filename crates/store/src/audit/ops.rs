@@ -34,8 +34,12 @@ impl Store {
         if !Repeats::collapses(&note) {
             return queue_note(&self.inner, note);
         }
-        let mut queued = true;
-        for n in self.inner.audit_repeats.admit(note, Instant::now()) {
+        let mut out = self.inner.audit_repeats.admit(note, Instant::now());
+        // `admit` gives the refusal itself last (nothing when it is counted), after the summaries
+        // of windows that ended.
+        let own = out.pop();
+        let mut queued = out.into_iter().fold(true, |ok, n| queue_summary(&self.inner, n) && ok);
+        if let Some(n) = own {
             queued &= queue_note(&self.inner, n);
         }
         queued
@@ -45,7 +49,7 @@ impl Store {
     /// housekeeping round calls this); how many were queued.
     pub fn flush_audit_repeats(&self) -> usize {
         let notes = self.inner.audit_repeats.flush(Instant::now(), false);
-        notes.into_iter().filter(|n| queue_note(&self.inner, n.clone())).count()
+        notes.into_iter().filter(|n| queue_summary(&self.inner, n.clone())).count()
     }
 
     /// End every window of collapsed refusals now and write their summaries (before the service
@@ -99,7 +103,17 @@ impl Store {
 /// Queue `note` to the writer without waiting, holding a place of the bounded queue; `false`
 /// (counted with the dropped) when the queue is full.
 fn queue_note(inner: &Inner, note: AuditNote) -> bool {
-    let queued = NoteSlot::take(&inner.audit_pending, &inner.audit_dropped)
+    queue_in(inner, note, &inner.audit_pending, MAX_PENDING_NOTES)
+}
+
+/// Queue the summary of a window of collapsed refusals, in places of its own (as many as there
+/// can be windows): a queue full of other notes must not throw away the count of many refusals.
+fn queue_summary(inner: &Inner, note: AuditNote) -> bool {
+    queue_in(inner, note, &inner.audit_summaries_pending, super::MAX_REPEAT_KEYS)
+}
+
+fn queue_in(inner: &Inner, note: AuditNote, pending: &Arc<AtomicUsize>, cap: usize) -> bool {
+    let queued = NoteSlot::take(pending, &inner.audit_dropped, cap)
         .is_some_and(|slot| inner.queue(Op::Note { note: Box::new(note), slot }));
     if !queued {
         inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
@@ -110,7 +124,7 @@ fn queue_note(inner: &Inner, note: AuditNote) -> bool {
 /// [`Store::close_audit_repeats`].
 pub(crate) fn close_repeats(inner: &Inner) -> usize {
     let notes = inner.audit_repeats.flush(Instant::now(), true);
-    notes.into_iter().filter(|n| queue_note(inner, n.clone())).count()
+    notes.into_iter().filter(|n| queue_summary(inner, n.clone())).count()
 }
 
 /// The store's write methods on behalf of an [`Actor`]: the same signatures, each writing its
@@ -205,9 +219,9 @@ pub(crate) fn with_actor(op: Op) -> Op {
 pub(crate) struct NoteSlot(Arc<AtomicUsize>, Arc<AtomicU64>);
 
 impl NoteSlot {
-    fn take(pending: &Arc<AtomicUsize>, dropped: &Arc<AtomicU64>) -> Option<NoteSlot> {
+    fn take(pending: &Arc<AtomicUsize>, dropped: &Arc<AtomicU64>, cap: usize) -> Option<NoteSlot> {
         pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_PENDING_NOTES).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
             .ok()
             .map(|_| NoteSlot(Arc::clone(pending), Arc::clone(dropped)))
     }

@@ -4,11 +4,13 @@
 //!
 //! Without this, a client refused on every call within its rate limit (about 140 calls a second
 //! per address) wrote as many durable entries, kept for the whole retention. "Identical" is the
-//! same key: kind, outcome, reason, detail, and the actor's subject, tid, issuer and address
-//! (not its request id or user agent, which change with every request, nor the target, which a
-//! prober varies). The summary is an ordinary entry (the chain is unchanged): the key's fields,
-//! the last repeat's request id and user agent, the target when every repeat had the same one,
-//! and the detail `repeated=<n> total=<n+1> within <window>s[, targets differ]; <detail>`.
+//! same key: kind, outcome, reason, detail, the target, and the actor's subject, tid, issuer,
+//! address and user agent (not its request id, which changes with every request). The target is
+//! in the key so that a prober cannot hide which tokens it tried behind one decoy's entry, and
+//! the user agent so that two callers behind one address and one token family are not merged
+//! into one of them; a caller who varies either gets entries as before (past the bound below,
+//! uncollapsed). The summary is an ordinary entry (the chain is unchanged): the key's fields, the
+//! last repeat's request id, and the detail `repeated=<n> total=<n+1> within <window>s; <detail>`.
 //!
 //! The map holds at most [`MAX_REPEAT_KEYS`] keys. When it is full (windows that ended are
 //! swept first, at most once a second), a refusal of a new key is written uncollapsed, as
@@ -42,6 +44,8 @@ struct Key {
     tid: Option<TokenId>,
     issuer: Option<String>,
     address: Option<String>,
+    user_agent: Option<String>,
+    target: Target,
 }
 
 impl Key {
@@ -55,6 +59,12 @@ impl Key {
             tid: n.actor.tid,
             issuer: f(&n.actor.issuer, MAX_AUDIT_FIELD),
             address: f(&n.actor.address, 64),
+            user_agent: f(&n.actor.user_agent, MAX_AUDIT_FIELD),
+            target: Target {
+                kid: f(&n.target.kid, MAX_AUDIT_FIELD),
+                app: f(&n.target.app, MAX_AUDIT_FIELD),
+                ..n.target.clone()
+            },
         }
     }
 }
@@ -66,12 +76,8 @@ struct Window {
     start: Instant,
     /// Identical refusals since, not written.
     repeats: u64,
-    /// The latest of them (its request id, user agent and target go into the summary).
+    /// The latest of them (its request id goes into the summary).
     last: Option<AuditNote>,
-    /// Whether every one of them had the first one's target.
-    same_target: bool,
-    /// The first one's target.
-    target: Target,
 }
 
 #[derive(Debug)]
@@ -113,7 +119,6 @@ impl Repeats {
         if let Some(w) = map.windows.get_mut(&key) {
             if now < w.start + self.window {
                 w.repeats += 1;
-                w.same_target &= note.target == w.target;
                 w.last = Some(note);
                 return out;
             }
@@ -125,8 +130,7 @@ impl Repeats {
             out.extend(self.take(&mut map, now, false));
         }
         if map.windows.len() < MAX_REPEAT_KEYS {
-            let target = note.target.clone();
-            map.windows.insert(key, Window { start: now, repeats: 0, last: None, same_target: true, target });
+            map.windows.insert(key, Window { start: now, repeats: 0, last: None });
         }
         out.push(note);
         out
@@ -165,19 +169,11 @@ impl Repeats {
     /// The entry that says how many refusals of `key` its window collapsed.
     fn summary(&self, key: &Key, w: Window) -> Option<AuditNote> {
         let mut last = w.last?;
-        let varied = if w.same_target { "" } else { ", targets differ" };
-        let mut detail = format!(
-            "repeated={} total={} within {}s{varied}",
-            w.repeats,
-            w.repeats + 1,
-            self.window.as_secs()
-        );
+        let mut detail =
+            format!("repeated={} total={} within {}s", w.repeats, w.repeats + 1, self.window.as_secs());
         if let Some(d) = &key.detail {
             detail.push_str("; ");
             detail.push_str(d);
-        }
-        if !w.same_target {
-            last.target = Target::default();
         }
         last.detail = Some(detail);
         Some(last)
@@ -230,15 +226,15 @@ mod tests {
         let r = Repeats::default();
         let t0 = Instant::now();
         assert_eq!(r.admit(refusal("192.0.2.1", 1), t0).len(), 1);
-        assert!(r.admit(refusal("192.0.2.1", 2), t0 + Duration::from_secs(1)).is_empty());
+        // Another target is another key (review of issue 22: a decoy's entry hid which tokens a
+        // prober tried): written, not counted.
+        assert_eq!(r.admit(refusal("192.0.2.1", 2), t0 + Duration::from_secs(1)).len(), 1);
         assert!(r.admit(refusal("192.0.2.1", 1), t0 + Duration::from_secs(2)).is_empty());
+        assert!(r.admit(refusal("192.0.2.1", 1), t0 + Duration::from_secs(3)).is_empty());
         let out = r.admit(refusal("192.0.2.1", 1), t0 + REPEAT_WINDOW);
         assert_eq!(out.len(), 2, "the summary, then the refusal that opens the next window");
-        assert_eq!(
-            out[0].detail.as_deref(),
-            Some("repeated=2 total=3 within 60s, targets differ; op=tokens.revoke")
-        );
-        assert_eq!(out[0].target, Target::default(), "no single target to name");
+        assert_eq!(out[0].detail.as_deref(), Some("repeated=2 total=3 within 60s; op=tokens.revoke"));
+        assert_eq!(out[0].target.tid, Some(TokenId::from_bytes([1; 16])), "its target");
         assert_eq!(out[0].actor.request_id.as_deref(), Some("req-1"), "the last repeat's request");
         assert_eq!(out[1].detail.as_deref(), Some("op=tokens.revoke"));
         // A window with no repeats ends without a summary.

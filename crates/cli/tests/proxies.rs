@@ -565,7 +565,16 @@ fn authz_refuses_method_override_headers() {
     let auth = format!("Bearer {writer}");
     let plain = request(&tessera, "POST", "/v1/authz/envoy/files/a", &[("Authorization", &auth)]);
     assert_eq!(plain.status, 200, "{plain:?}");
-    for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "x-http-method-override"] {
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "x-http-method-override",
+        // CGI, FastCGI and WSGI upstreams read these as the same variable.
+        "X_HTTP_METHOD_OVERRIDE",
+        "X_HTTP_METHOD",
+        "X_METHOD_OVERRIDE",
+    ] {
         let a = request(
             &tessera,
             "POST",
@@ -581,8 +590,20 @@ fn authz_refuses_method_override_headers() {
         );
         assert_eq!(n.status, 403, "{name} on a public path: {n:?}");
     }
-    let q = request(&tessera, "POST", "/v1/authz/envoy/files/a?_method=DELETE", &[("Authorization", &auth)]);
-    assert_eq!(q.status, 403, "{q:?}");
+    for q in [
+        "_method=DELETE",
+        "%5Fmethod=DELETE",
+        "%5fmethod=DELETE",
+        ".method=DELETE",
+        "[method=DELETE",
+        "a=1;_method=DELETE",
+    ] {
+        let path = format!("/v1/authz/envoy/files/a?{q}");
+        let r = request(&tessera, "POST", &path, &[("Authorization", &auth)]);
+        assert_eq!(r.status, 403, "{q}: {r:?}");
+    }
+    let ok = request(&tessera, "POST", "/v1/authz/envoy/files/a?a=1;b=2", &[("Authorization", &auth)]);
+    assert_eq!(ok.status, 200, "{ok:?}");
 }
 
 /// A claim holding DEL (0x7f) or a C1 control character comes back escaped in

@@ -2,12 +2,12 @@
 //! `POST /v1/verify`.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tessera_policy::DecisionRef;
+use tessera_policy::{is_method_override_header, DecisionRef};
 
 use crate::cache::{Cache, Limits};
 use crate::{Error, Identity, Mapping, Outcome, Refusal, RequestView, Verified};
@@ -23,6 +23,13 @@ pub struct Stats {
     pub entries: usize,
     /// Bytes the cache counts for them.
     pub bytes: usize,
+    /// Times the service refused the revocation stream (a 429 or 503 when its stream limits are
+    /// reached, or any other status that is not a success), counted once per episode: the
+    /// retries every 2 s while it keeps refusing do not add up, a connection ends the episode.
+    pub stream_refusals: u64,
+    /// The status of the ongoing refusal of the revocation stream, `None` when the stream is not
+    /// being refused (connected, or not reachable at all).
+    pub stream_refused: Option<u16>,
 }
 
 pub(crate) struct Engine {
@@ -34,11 +41,11 @@ pub(crate) struct Engine {
     timeout: Duration,
     calls: AtomicU64,
     hits: AtomicU64,
+    /// Refusal episodes of the revocation stream.
+    stream_refusals: AtomicU64,
+    /// The status of the ongoing refusal, 0 for none.
+    stream_refused: AtomicU16,
 }
-
-/// Headers that make many frameworks run a request as another method than the one the mapping
-/// judged (`POST` + `X-HTTP-Method-Override: DELETE`): refused, as `/v1/authz` refuses them.
-const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// A 429 from the service carries this header when a token's budget is spent, never when the
 /// service's own per-client limiter (`--rate-limit`) refuses the caller (docs/API.md).
@@ -76,6 +83,8 @@ impl Engine {
             timeout,
             calls: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            stream_refusals: AtomicU64::new(0),
+            stream_refused: AtomicU16::new(0),
         })
     }
 
@@ -85,7 +94,22 @@ impl Engine {
             hits: self.hits.load(Ordering::Relaxed),
             entries: self.cache.len(),
             bytes: self.cache.bytes(),
+            stream_refusals: self.stream_refusals.load(Ordering::Relaxed),
+            stream_refused: Some(self.stream_refused.load(Ordering::Relaxed)).filter(|s| *s != 0),
         }
+    }
+
+    /// The service refused the revocation stream with `status`: a new episode unless one is
+    /// already going on.
+    pub(crate) fn stream_refused(&self, status: u16) {
+        if self.stream_refused.swap(status.max(1), Ordering::Relaxed) == 0 {
+            self.stream_refusals.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The revocation stream is connected: the refusal episode, if any, is over.
+    pub(crate) fn stream_accepted(&self) {
+        self.stream_refused.store(0, Ordering::Relaxed);
     }
 
     pub(crate) fn stream_live(&self) -> bool {
@@ -94,7 +118,12 @@ impl Engine {
 
     fn need<'a>(&'a self, view: &RequestView<'a>, headers: &'a http::HeaderMap) -> Result<Need<'a>, Refusal> {
         // Before any mapping, public paths included: the handler would run another method.
-        if let Some(name) = METHOD_OVERRIDES.iter().find(|n| headers.contains_key(**n)) {
+        // Headers that make many frameworks run a request as another method than the one the
+        // mapping judged (`POST` + `X-HTTP-Method-Override: DELETE`), in any spelling an upstream
+        // folds into the same variable (`X_HTTP_METHOD_OVERRIDE`): refused, as `/v1/authz` does.
+        if let Some(name) =
+            headers.keys().map(http::HeaderName::as_str).find(|n| is_method_override_header(n))
+        {
             return Err(Refusal::BadRequest(format!(
                 "the request carries {name}: a method override is refused (the guard judges the request's own method)"
             )));

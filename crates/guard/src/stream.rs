@@ -31,10 +31,11 @@ async fn follow(engine: Weak<Engine>) {
     let mut failures = 0usize;
     loop {
         let Some(e) = engine.upgrade() else { return };
-        if connect_and_read(&e, &engine).await {
+        if connect_and_read(e, &engine).await {
             failures = 0;
         }
         // Lost (or never had): nothing cached is trusted any more.
+        let Some(e) = engine.upgrade() else { return };
         e.cache.set_live(false);
         drop(e);
         let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
@@ -44,8 +45,9 @@ async fn follow(engine: Weak<Engine>) {
 }
 
 /// One connection: read events until the stream ends, errs, falls silent for the staleness or
-/// the guard is dropped. Whether it connected.
-async fn connect_and_read(e: &Arc<Engine>, engine: &Weak<Engine>) -> bool {
+/// the guard is dropped. Whether it connected. The engine is held only until the stream is
+/// open: while it is read, only the weak reference is, so dropping the last `Guard` ends it.
+async fn connect_and_read(e: Arc<Engine>, engine: &Weak<Engine>) -> bool {
     let res = e
         .client
         .get(format!("{}/v1/revocations/stream", e.url))
@@ -54,13 +56,18 @@ async fn connect_and_read(e: &Arc<Engine>, engine: &Weak<Engine>) -> bool {
         .await;
     let Ok(res) = res else { return false };
     if !res.status().is_success() {
+        // Refused (a 503 or 429 when the service's stream limits are reached): counted once per
+        // episode in the guard's stats, since this crate has no logger to tell anyone.
+        e.stream_refused(res.status().as_u16());
         return false;
     }
+    e.stream_accepted();
     // Live from now: whatever was cached before is dropped (set_live clears), and the stream
     // starts at the service's present position, so nothing needs replaying.
     e.cache.set_live(true);
     let staleness = e.limits.staleness;
-    let cache_of = Arc::downgrade(e);
+    let cache_of = Arc::downgrade(&e);
+    drop(e);
     let bytes = res.bytes_stream().inspect(move |_| {
         // Any bytes (heartbeats included) are a sign of life.
         if let Some(e) = cache_of.upgrade() {

@@ -54,7 +54,14 @@ async fn the_actix_middleware_checks_tokens() {
     assert_eq!(res.status(), 401);
     assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
     // A read the handler's framework could run as a DELETE: refused, 400 problem+json.
-    for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "X_HTTP_METHOD_OVERRIDE",
+        "X_HTTP_METHOD",
+        "X_METHOD_OVERRIDE",
+    ] {
         let req =
             TestRequest::get().uri("/docs/a").insert_header(bearer.clone()).insert_header((name, "DELETE"));
         let res = call_service(&app, req.to_request()).await;

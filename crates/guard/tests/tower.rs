@@ -3,7 +3,8 @@
 //! spent budget (429), cache hits (calls to the service counted), a revocation reaching the
 //! cache within a second, and the service going away (fail closed); each client behind the guard
 //! counted by the service's rate limiter under its own address, that limiter's 429 answered as a
-//! 503; method overrides refused.
+//! 503; method overrides refused (headers in any spelling, `_method` in the query); a refused
+//! revocation stream counted in the stats once per episode.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
@@ -209,6 +210,28 @@ async fn the_service_going_away_fails_closed() {
 }
 
 #[tokio::test]
+async fn a_refused_stream_shows_in_the_stats_once_per_episode() {
+    // One revocation stream at a time: a second guard is refused (503) until the first goes.
+    let server = Server::start_with(&["--max-streams", "1"]);
+    let first = guard(&server);
+    live(&first).await;
+    assert_eq!((first.stats().stream_refusals, first.stats().stream_refused), (0, None));
+    let second = guard(&server);
+    let refused = until(Duration::from_secs(5), async || second.stats().stream_refused.is_some()).await;
+    assert!(refused, "the refusal never showed in the stats");
+    assert_eq!(second.stats().stream_refused, Some(503));
+    // Retried every 2 s while refused: still one episode.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(!second.stream_live());
+    assert_eq!(second.stats().stream_refusals, 1);
+    assert_eq!(second.stats().stream_refused, Some(503));
+    // The first guard goes: the second connects, the episode is over.
+    drop(first);
+    assert!(until(Duration::from_secs(10), async || second.stream_live()).await, "never connected");
+    assert_eq!((second.stats().stream_refusals, second.stats().stream_refused), (1, None));
+}
+
+#[tokio::test]
 async fn each_client_spends_its_own_rate_limit_and_the_services_429_is_a_503() {
     // The guard's host is among the service's trusted proxies (as the README says to set it up);
     // the service allows 2 requests/s per client (bursts of 4).
@@ -246,7 +269,15 @@ async fn method_overrides_are_refused_before_any_call() {
     let g = guard(&server);
     let (reader, _) = server.mint(json!({"subject": "alice", "operations": ["read"]})).await;
     let calls = g.stats().calls;
-    for name in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        // CGI, FastCGI and WSGI upstreams read these as the same variable.
+        "X_HTTP_METHOD_OVERRIDE",
+        "X_HTTP_METHOD",
+        "X_METHOD_OVERRIDE",
+    ] {
         // A GET judged a read, which a framework honouring the header would run as a DELETE.
         let req = request("GET", "/files/report", Some(&reader)).header(name, "DELETE");
         let (status, headers, body) = send(&g, req).await;
@@ -258,7 +289,17 @@ async fn method_overrides_are_refused_before_any_call() {
         let (status, _, _) = send(&g, request("POST", "/health", None).header(name, "DELETE")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{name} on a public path");
     }
+    // `_method` in the query, in the spellings frameworks decode to it: refused by the policy.
+    let (writer, _) = server.mint(json!({"subject": "bob", "operations": ["write"]})).await;
+    for q in
+        ["%5Fmethod=DELETE", "%5fmethod=DELETE", ".method=DELETE", "[method=DELETE", "a=1;_method=DELETE"]
+    {
+        let (status, _, body) = call(&g, "POST", &format!("/files/report?{q}"), Some(&writer)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+        assert!(body.contains("_method"), "{q}: {body}");
+    }
     assert_eq!(g.stats().calls, calls, "a refused override costs no call to the service");
+    assert_eq!(call(&g, "POST", "/files/report?a=1;b=2", Some(&writer)).await.0, StatusCode::OK);
     // Without the header the same request is allowed.
     assert_eq!(call(&g, "GET", "/files/report", Some(&reader)).await.0, StatusCode::OK);
 }

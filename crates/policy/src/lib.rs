@@ -67,6 +67,25 @@ pub fn is_identity_header(name: &str) -> bool {
             .all(|(a, b)| (if *a == b'_' { b'-' } else { a.to_ascii_lowercase() }) == *b)
 }
 
+/// Headers that make many frameworks run a request as another method than the one the policy
+/// judged (`POST` + `X-HTTP-Method-Override: DELETE`), lower case. A request carrying one, in any
+/// spelling [`is_method_override_header`] takes for it, is refused by `/v1/authz` and the guard.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
+    ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Is `name` one of [`METHOD_OVERRIDE_HEADERS`] in any case, with `_` for `-`
+/// (`X_HTTP_METHOD_OVERRIDE`)? CGI, FastCGI and WSGI upstreams fold both spellings into the same
+/// variable (`HTTP_X_HTTP_METHOD_OVERRIDE`), so both are refused.
+pub fn is_method_override_header(name: &str) -> bool {
+    METHOD_OVERRIDE_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && name
+                .bytes()
+                .zip(h.bytes())
+                .all(|(a, b)| (if a == b'_' { b'-' } else { a.to_ascii_lowercase() }) == b)
+    })
+}
+
 /// What a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -335,6 +354,31 @@ mod tests {
         }
         for n in ["X-Tessera", "Tessera-Subject", "X-Forwarded-For", "x-tesserasubject"] {
             assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn method_override_header_spellings() {
+        for n in [
+            "X-HTTP-Method-Override",
+            "x-http-method",
+            "X-Method-Override",
+            "X_HTTP_METHOD_OVERRIDE",
+            "X_HTTP_METHOD",
+            "X_METHOD_OVERRIDE",
+            "x_http-Method_override",
+        ] {
+            assert!(is_method_override_header(n), "{n}");
+        }
+        for n in [
+            "X-HTTP-Method-Overrid",
+            "X-Method",
+            "X-HTTP-Method-Override-X",
+            "Method-Override",
+            "x.http.method",
+            "",
+        ] {
+            assert!(!is_method_override_header(n), "{n}");
         }
     }
 

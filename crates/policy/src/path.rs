@@ -36,6 +36,27 @@ fn encoded_separator(path: &str) -> bool {
         .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'f') | (b'5', b'c')))
 }
 
+/// Does `query` hold a `_method` key in a spelling some framework decodes to it? Pairs are split
+/// on `&` and `;` (Rack 2 splits on both); each key is percent-decoded (`%5Fmethod`), `+` read as
+/// a space, and `.`, `[` and ` ` taken for `_` (PHP does so in parameter names), in any case.
+fn overrides_method(query: &str) -> bool {
+    const KEY: &[u8] = b"_method";
+    query.split(['&', ';']).any(|pair| {
+        let key = pair.split('=').next().unwrap_or(pair);
+        // Cheap first: a key that is `_method` must be 7 to 21 bytes (`%5F` for each byte).
+        if key.len() < KEY.len() || key.len() > KEY.len() * 3 {
+            return false;
+        }
+        let plus = key.replace('+', " ");
+        let decoded: Vec<u8> = percent_decode_str(&plus).collect();
+        decoded.len() == KEY.len()
+            && decoded.iter().zip(KEY).all(|(a, b)| {
+                let a = if matches!(a, b'.' | b'[' | b' ') { b'_' } else { a.to_ascii_lowercase() };
+                a == *b
+            })
+    })
+}
+
 /// The path of a request target (`/a/b?q`, the query and fragment dropped), decoded and
 /// checked. One trailing `/` is allowed and ignored; every other ambiguity is an error.
 pub(crate) fn canonical(target: &str) -> Result<Canonical<'_>, Error> {
@@ -48,7 +69,7 @@ pub(crate) fn canonical(target: &str) -> Result<Canonical<'_>, Error> {
         Some((path, query)) => {
             // `_method=DELETE` makes many frameworks take a POST for another method: the policy
             // would judge the wrong operation.
-            if query.split('&').any(|p| p.len() >= 8 && p[..8].eq_ignore_ascii_case("_method=")) {
+            if overrides_method(query) {
                 return Err(Error::Path("the query overrides the method (_method=)"));
             }
             path
@@ -129,6 +150,11 @@ mod tests {
         assert_eq!(segs("/a/%C3%A9t%C3%A9/"), vec!["a", "été"]);
         assert_eq!(segs("/%2a/b"), vec!["*", "b"]);
         assert_eq!(segs("/a?my_method=1&x_method=2"), vec!["a"]);
+        // Ordinary queries, and keys that only look like `_method`, still pass.
+        assert_eq!(segs("/files/x?a=1&b=2;c=3"), vec!["files", "x"]);
+        assert_eq!(segs("/files/x?q=_method%3DDELETE&m=_method"), vec!["files", "x"]);
+        assert_eq!(segs("/files/x?__method=DELETE&_methods=1&method=DELETE"), vec!["files", "x"]);
+        assert_eq!(segs("/files/x?%5F%5Fmethod=1&a%5Bb%5D=2&x=%5Fmethod"), vec!["files", "x"]);
     }
 
     #[test]
@@ -184,9 +210,16 @@ mod tests {
             "/public#/../admin",
             "/a#b",
             "/a?q#x",
-            // A method override in the query.
+            // A method override in the query, in the spellings frameworks decode to `_method`.
             "/a?_method=DELETE",
             "/a?x=1&_METHOD=put",
+            "/files/x?%5Fmethod=DELETE",
+            "/files/x?%5fmethod=DELETE",
+            "/files/x?.method=DELETE",
+            "/files/x?[method=DELETE",
+            "/files/x?a=1;_method=DELETE",
+            "/files/x?+method=DELETE",
+            "/files/x?_method",
         ] {
             assert!(canonical(bad).is_err(), "{bad:?} was accepted");
         }

@@ -16,7 +16,7 @@ use actix_web::http::header::{HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tessera_core::{Context, CustomClaims, Restrictions};
-use tessera_policy::{is_identity_header, Decision};
+use tessera_policy::{is_identity_header, is_method_override_header, Decision};
 
 use crate::http::auth::{client_ip_of, DISCHARGE_HEADER};
 use crate::http::problem::ApiError;
@@ -196,14 +196,15 @@ fn header_value(text: &str) -> HeaderValue {
 }
 
 /// Headers that make many frameworks run a request as another method than the one the policy
-/// judged (`POST` + `X-HTTP-Method-Override: DELETE`): refused.
-const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
-
+/// judged (`POST` + `X-HTTP-Method-Override: DELETE`), in any spelling an upstream folds into the
+/// same variable (`X_HTTP_METHOD_OVERRIDE`): refused. The list is the policy crate's, shared with
+/// the guard.
 fn no_method_override(req: &HttpRequest) -> Result<()> {
-    for name in METHOD_OVERRIDES {
-        if req.headers().contains_key(name) {
+    for name in req.headers().keys() {
+        let n = name.as_str();
+        if is_method_override_header(n) {
             return Err(ApiError::forbidden(format!(
-                "the request carries {name}: a method override is refused (the policy judges the request's own method)"
+                "the request carries {n}: a method override is refused (the policy judges the request's own method)"
             )));
         }
     }

@@ -38,7 +38,10 @@ impl Store {
         // `admit` gives the refusal itself last (nothing when it is counted), after the summaries
         // of windows that ended.
         let own = out.pop();
-        let mut queued = out.into_iter().fold(true, |ok, n| queue_summary(&self.inner, n) && ok);
+        let mut queued = true;
+        for n in out {
+            queued &= queue_summary(&self.inner, n);
+        }
         if let Some(n) = own {
             queued &= queue_note(&self.inner, n);
         }

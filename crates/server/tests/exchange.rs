@@ -489,10 +489,16 @@ fn an_id_token_expiring_at_the_end_of_the_calendar_is_no_500() {
 }
 
 /// An answer's text holds nothing about where the issuer's keys live or what the upstream said.
+/// (The request id is left out of the check: a random hex id may contain "500".)
 fn generic(a: &Answer, idp: &Idp) {
+    let mut body = a.body.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.remove("request_id");
+    }
+    let text = if body.is_null() { a.raw.clone() } else { body.to_string() };
     let host = idp.url.trim_start_matches("http://").split('/').next().unwrap();
     for secret in [idp.url.as_str(), host, "jwks.json", "db-7", "500"] {
-        assert!(!a.raw.contains(secret), "\"{secret}\" leaked: {}", a.raw);
+        assert!(!text.contains(secret), "\"{secret}\" leaked: {}", a.raw);
     }
 }
 

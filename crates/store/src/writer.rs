@@ -255,21 +255,6 @@ impl Writer {
         grant: Option<String>,
         session: Option<&SessionId>,
     ) -> Result<TokenRecord> {
-        let key = tx.key(&new.kid)?.ok_or(Error::UnknownKey(new.kid))?;
-        if key.state == KeyState::Revoked {
-            return Err(Error::KeyRevoked(new.kid));
-        }
-        if tx.token(&new.tid)?.is_some() {
-            return Err(Error::DuplicateToken(new.tid));
-        }
-        if let Some(parent) = &new.parent {
-            // In the same transaction as a revocation would be: a child is never
-            // recorded under a parent whose revocation has committed.
-            let p = tx.parent(parent)?.ok_or(Error::UnknownToken(*parent))?;
-            if p.revoked_at.is_some() {
-                return Err(Error::ParentRevoked(*parent));
-            }
-        }
         let stored = StoredToken {
             kid: *new.kid.as_bytes(),
             subject: new.subject.clone(),
@@ -284,7 +269,7 @@ impl Writer {
             grant,
             session: session.map(|s| *s.as_bytes()),
         };
-        tx.insert_token(&new.tid, &stored)?;
+        tx.record_token(&new.tid, &stored)?;
         Ok(stored.into_record(new.tid))
     }
 

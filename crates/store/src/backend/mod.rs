@@ -88,6 +88,17 @@ pub(crate) trait Tx {
         }
         self.insert_token(tid, token)
     }
+    /// Record several freshly minted tokens, in order, each as [`Tx::record_token`] would: one
+    /// outcome each, a refused one having written nothing. An error of the database itself (not
+    /// a refusal) fails them all. A shared database sends them together (one round trip).
+    fn record_tokens(&mut self, rows: &[(TokenId, StoredToken)]) -> Result<Vec<Result<()>>> {
+        rows.iter()
+            .map(|(tid, t)| match self.record_token(tid, t) {
+                Err(e) if e.is_refusal() => Ok(Err(e)),
+                other => other.map(Ok),
+            })
+            .collect()
+    }
     /// Mark a token record revoked at `at`.
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()>;
     /// Record the single use of a token at `at`: `None` when this is it, `Some(when)` when it

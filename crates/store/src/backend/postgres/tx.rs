@@ -174,12 +174,7 @@ impl PgTx<'_> {
     /// Send the queued requests and then `last`, pipelined (one round trip), and wait for every
     /// answer. tokio-postgres queues a request when its future is first polled, and the futures
     /// are first polled in order, so the server runs them in that order.
-    fn send<T: Send + 'static>(
-        &mut self,
-        last: impl FnOnce(Arc<Object>) -> BoxFuture<std::result::Result<T, tokio_postgres::Error>>
-            + Send
-            + 'static,
-    ) -> Result<std::result::Result<T, Failed>> {
+    fn send<T: Send + 'static>(&mut self, last: Vec<Last<T>>) -> Result<std::result::Result<Vec<T>, Failed>> {
         let queue = std::mem::take(&mut self.queue);
         let client = Arc::clone(&self.client);
         self.count();
@@ -213,10 +208,12 @@ impl PgTx<'_> {
                 }
             }
             let queued = futs.len();
-            let mut last = last(client);
+            let mut last: Vec<BoxFuture<std::result::Result<T, tokio_postgres::Error>>> =
+                last.into_iter().map(|l| l(Arc::clone(&client))).collect();
             let mut done: Vec<bool> = vec![false; queued];
             let mut failed: Option<Failed> = None;
-            let mut answer = None;
+            let mut answers: Vec<Option<std::result::Result<T, tokio_postgres::Error>>> =
+                last.iter().map(|_| None).collect();
             std::future::poll_fn(|cx| {
                 let mut pending = false;
                 for (i, f) in futs.iter_mut().enumerate() {
@@ -233,10 +230,12 @@ impl PgTx<'_> {
                         std::task::Poll::Pending => pending = true,
                     }
                 }
-                if answer.is_none() {
-                    match last.as_mut().poll(cx) {
-                        std::task::Poll::Ready(r) => answer = Some(r),
-                        std::task::Poll::Pending => pending = true,
+                for (f, answer) in last.iter_mut().zip(answers.iter_mut()) {
+                    if answer.is_none() {
+                        match f.as_mut().poll(cx) {
+                            std::task::Poll::Ready(r) => *answer = Some(r),
+                            std::task::Poll::Pending => pending = true,
+                        }
                     }
                 }
                 if pending {
@@ -246,12 +245,18 @@ impl PgTx<'_> {
                 }
             })
             .await;
-            Ok(match (failed, answer) {
-                (Some(f), _) => Err(f),
-                (None, Some(Ok(t))) => Ok(t),
-                (None, Some(Err(e))) => Err((false, e)),
-                (None, None) => return Err(Error::Corrupt("pipeline ended without an answer".into())),
-            })
+            if let Some(f) = failed {
+                return Ok(Err(f));
+            }
+            let mut out = Vec::with_capacity(answers.len());
+            for answer in answers {
+                match answer {
+                    Some(Ok(t)) => out.push(t),
+                    Some(Err(e)) => return Ok(Err((false, e))),
+                    None => return Err(Error::Corrupt("pipeline ended without an answer".into())),
+                }
+            }
+            Ok(Ok(out))
         })
     }
 
@@ -276,16 +281,32 @@ impl PgTx<'_> {
         params: Params,
         map: impl FnOnce(Vec<Row>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let rows = self.run_many(sql, vec![params])?.pop().unwrap_or_default();
+        map(rows)
+    }
+
+    /// `sql` once per set of parameters, pipelined in that order behind the queued requests (one
+    /// round trip for all), and the rows of each. The first failure is returned; after it the
+    /// transaction is aborted.
+    pub(super) fn run_many(&mut self, sql: &'static str, sets: Vec<Params>) -> Result<Vec<Vec<Row>>> {
         self.sent = true;
-        let out = self.send(move |client| {
-            Box::pin(async move {
-                let stmt = client.prepare_cached(sql).await?;
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-                client.query(&stmt, &refs).await
+        let last: Vec<Last<Vec<Row>>> = sets
+            .into_iter()
+            .map(|params| -> Last<Vec<Row>> {
+                Box::new(move |client: Arc<Object>| -> BoxFuture<std::result::Result<Vec<Row>, tokio_postgres::Error>> {
+                    Box::pin(async move {
+                        let stmt = client.prepare_cached(sql).await?;
+                        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                            .iter()
+                            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                            .collect();
+                        client.query(&stmt, &refs).await
+                    })
+                })
             })
-        })?;
-        map(self.settle(out)?)
+            .collect();
+        let out = self.send(last)?;
+        self.settle(out)
     }
 
     /// Transaction statements alone (a `ROLLBACK`): whatever is queued is dropped.
@@ -306,8 +327,13 @@ impl PgTx<'_> {
             self.queue.push(Queued::Write(INSERT_SQL, entries.into_params()));
         }
         let end = if self.appended { "NOTIFY tessera_changes; COMMIT" } else { "COMMIT" };
-        let out = self.send(move |client| Box::pin(async move { client.batch_execute(end).await }))?;
-        self.settle(out)
+        let last: Last<()> = Box::new(
+            move |client: Arc<Object>| -> BoxFuture<std::result::Result<(), tokio_postgres::Error>> {
+                Box::pin(async move { client.batch_execute(end).await })
+            },
+        );
+        let out = self.send(vec![last])?;
+        self.settle(out).map(|_| ())
     }
 
     /// The family of `ids` as the statement's snapshot sees it (the migration's `tessera_family`).
@@ -330,6 +356,10 @@ impl PgTx<'_> {
 pub(super) type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A request to send behind the queued ones, given the connection.
+type Last<T> =
+    Box<dyn FnOnce(Arc<Object>) -> BoxFuture<std::result::Result<T, tokio_postgres::Error>> + Send>;
 
 pub(super) fn p<T: tokio_postgres::types::ToSql + Send + Sync + 'static>(
     v: T,
@@ -423,51 +453,17 @@ impl Tx for PgTx<'_> {
     /// [`Tx::parent`] holds it) and the insert, which happens only when every check passes; then
     /// the checks' findings say which error, if any, the operation has.
     fn record_token(&mut self, tid: &TokenId, t: &StoredToken) -> Result<()> {
-        let params: Params = vec![
-            p(tid.as_bytes().to_vec()),
-            p(t.kid.to_vec()),
-            p(t.subject.clone()),
-            p(t.description.clone()),
-            p(t.created),
-            p(t.expires),
-            p(t.caveats.clone()),
-            p(t.parent.map(|b| b.to_vec())),
-            p(t.grant.clone()),
-            p(t.session.map(|b| b.to_vec())),
-        ];
-        let found = self.run(RECORD_SQL, params, |rows| {
-            let r = rows.first().ok_or_else(|| Error::Corrupt("recording a token returned no row".into()))?;
-            Ok(Recorded {
-                key_state: r.try_get(0).map_err(db)?,
-                duplicate: r.try_get(1).map_err(db)?,
-                parent_found: r.try_get(2).map_err(db)?,
-                parent_revoked: r.try_get(3).map_err(db)?,
-                inserted: r.try_get(4).map_err(db)?,
-            })
-        })?;
-        let kid = KeyId::from_bytes(t.kid);
-        let parent = t.parent.map(TokenId::from_bytes);
-        match found.key_state.as_deref() {
-            None => return Err(Error::UnknownKey(kid)),
-            Some("revoked") => return Err(Error::KeyRevoked(kid)),
-            Some(_) => {}
-        }
-        if found.duplicate {
-            return Err(Error::DuplicateToken(*tid));
-        }
-        if let Some(parent) = parent {
-            if !found.parent_found {
-                return Err(Error::UnknownToken(parent));
-            }
-            if found.parent_revoked {
-                return Err(Error::ParentRevoked(parent));
-            }
-        }
-        if !found.inserted {
-            // Recorded by a concurrent writer after this statement's snapshot.
-            return Err(Error::DuplicateToken(*tid));
-        }
-        Ok(())
+        let rows = self.run_many(RECORD_SQL, vec![record_params(tid, t)])?;
+        recorded(tid, t, &rows[0])
+    }
+
+    /// The statement of [`Tx::record_token`] once per record, pipelined: one round trip for all.
+    /// Each sees the ones before it (one transaction, run in order). None raises an error for a
+    /// refusal, so an error is the database's and fails them all.
+    fn record_tokens(&mut self, rows: &[(TokenId, StoredToken)]) -> Result<Vec<Result<()>>> {
+        let sets = rows.iter().map(|(tid, t)| record_params(tid, t)).collect();
+        let found = self.run_many(RECORD_SQL, sets)?;
+        Ok(rows.iter().zip(&found).map(|((tid, t), found)| recorded(tid, t, found)).collect())
     }
 
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()> {
@@ -734,14 +730,56 @@ impl Tx for PgTx<'_> {
     }
 }
 
-/// What [`RECORD_SQL`] found: the key's state (none: unknown), whether the id was taken, whether
-/// the parent was found and revoked, and whether the row went in.
-struct Recorded {
-    key_state: Option<String>,
-    duplicate: bool,
-    parent_found: bool,
-    parent_revoked: bool,
-    inserted: bool,
+/// The parameters of [`RECORD_SQL`].
+fn record_params(tid: &TokenId, t: &StoredToken) -> Params {
+    vec![
+        p(tid.as_bytes().to_vec()),
+        p(t.kid.to_vec()),
+        p(t.subject.clone()),
+        p(t.description.clone()),
+        p(t.created),
+        p(t.expires),
+        p(t.caveats.clone()),
+        p(t.parent.map(|b| b.to_vec())),
+        p(t.grant.clone()),
+        p(t.session.map(|b| b.to_vec())),
+    ]
+}
+
+/// The outcome of recording `tid` from what [`RECORD_SQL`] found: the key's state (none:
+/// unknown), whether the id was taken, whether the parent was found and revoked, and whether the
+/// row went in; the refusals in the order [`Tx::record_token`] checks them.
+fn recorded(tid: &TokenId, t: &StoredToken, rows: &[Row]) -> Result<()> {
+    let r = rows.first().ok_or_else(|| Error::Corrupt("recording a token returned no row".into()))?;
+    let key_state: Option<String> = r.try_get(0).map_err(db)?;
+    let (duplicate, parent_found, parent_revoked, inserted): (bool, bool, bool, bool) = (
+        r.try_get(1).map_err(db)?,
+        r.try_get(2).map_err(db)?,
+        r.try_get(3).map_err(db)?,
+        r.try_get(4).map_err(db)?,
+    );
+    let kid = KeyId::from_bytes(t.kid);
+    match key_state.as_deref() {
+        None => return Err(Error::UnknownKey(kid)),
+        Some("revoked") => return Err(Error::KeyRevoked(kid)),
+        Some(_) => {}
+    }
+    if duplicate {
+        return Err(Error::DuplicateToken(*tid));
+    }
+    if let Some(parent) = t.parent.map(TokenId::from_bytes) {
+        if !parent_found {
+            return Err(Error::UnknownToken(parent));
+        }
+        if parent_revoked {
+            return Err(Error::ParentRevoked(parent));
+        }
+    }
+    if !inserted {
+        // Recorded by a concurrent writer after this statement's snapshot.
+        return Err(Error::DuplicateToken(*tid));
+    }
+    Ok(())
 }
 
 /// Recording a new token in one statement (see [`Tx::record_token`]). Every check is a

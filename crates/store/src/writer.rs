@@ -207,24 +207,27 @@ impl Writer {
             (0..jobs.len()).map(Unit::One).collect()
         };
         let mut done: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
-        let outcome = self.backend.batch(units.len(), deadline, &mut |tx, u| match &units[u] {
-            Unit::One(i) => {
-                done[*i] = Some(Ok(self.apply(tx, &jobs[*i].op)?));
-                Ok(())
-            }
-            Unit::Records(all) => {
-                let outcomes = self.apply_records(tx, all.iter().map(|&i| &jobs[i].op))?;
-                for (&i, o) in all.iter().zip(outcomes) {
-                    done[i] = Some(o);
-                }
-                Ok(())
-            }
+        let mut appended = false;
+        let outcome = self.backend.batch(units.len(), deadline, &mut |tx, u| {
+            let out = match &units[u] {
+                Unit::One(i) => self.apply(tx, &jobs[*i].op).map(|d| done[*i] = Some(Ok(d))),
+                Unit::Records(all) => self.apply_records(tx, all.iter().map(|&i| &jobs[i].op)).map(|outcomes| {
+                    for (&i, o) in all.iter().zip(outcomes) {
+                        done[i] = Some(o);
+                    }
+                }),
+            };
+            appended |= tx.appended();
+            out
         });
         match outcome {
             Ok(results) => {
-                // Memory follows the log before anyone hears of the commit. If the database
-                // cannot be read back right now, the follower catches up later.
-                let _ = self.follower.catch_up();
+                // Memory follows the log before anyone hears of the commit (a batch that
+                // appended nothing has nothing to follow: no read back). If the database cannot
+                // be read back right now, the follower catches up later.
+                if appended {
+                    let _ = self.follower.catch_up();
+                }
                 let mut answers: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
                 let mut take = |i: usize| {
                     done[i].take().unwrap_or_else(|| Err(Error::Corrupt("operation left no result".into())))

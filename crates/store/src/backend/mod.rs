@@ -135,6 +135,12 @@ pub(crate) trait Tx {
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
+    /// Whether this transaction may have appended to the change log (so memory has something
+    /// to follow once it commits). A database in the same process just says yes: following it
+    /// costs no round trip.
+    fn appended(&self) -> bool {
+        true
+    }
 
     /// Append several entries, in order, as [`Tx::append`] would one by one; their sequence
     /// numbers. Nothing (and no lock) for none.

@@ -693,6 +693,10 @@ impl Tx for PgTx<'_> {
         Ok(seqs)
     }
 
+    fn appended(&self) -> bool {
+        self.appended
+    }
+
     fn insert_audit(&mut self, row: &crate::audit::AuditRow, only: crate::audit::Only) -> Result<()> {
         self.audit.push(row, only);
         Ok(())

@@ -4,12 +4,14 @@
 # server block answering a constant), same load tool, same run, same machine. Goal (issue 23):
 # forward auth >= 0.6 of nginx alone. Installs wrk from Debian packages if missing.
 #
-# A third front runs the same documented configuration with a stub in Tessera's place (an nginx
+# Two more fronts run the same documented configuration with a stub in Tessera's place (an nginx
 # server block answering 200 with the identity headers, on kept-alive connections): the bound,
-# what `auth_request` costs nginx when the authorizer answers for next to nothing. Rounds
-# alternate the three. Besides requests/s (which depend on what else runs on the machine) the
-# table gives the CPU time each process spent per request (user + system, from /proc: wrk,
-# every nginx process, tessera-server), which moves much less with the load; the CPU ratio is
+# what `auth_request` costs when the authorizer answers for next to nothing; once inside the
+# front nginx itself (no other process to wake: the most favourable case), once in an nginx of
+# its own (a separate authorizer process, as Tessera is). Rounds alternate the four. Besides
+# requests/s (which depend on what else runs on the machine) the table gives the CPU time each
+# process spent per request (user + system, from /proc: wrk, the front nginx, the authorizer:
+# tessera-server or the separate stub), which moves much less with the load; the CPU ratio is
 # what the throughput ratio would be if the processes had the cores to themselves.
 #
 #   scripts/bench-authz.sh           (make bench-authz)
@@ -59,7 +61,7 @@ token=$(curl -sf -X POST "http://$tessera/v1/tokens" -H "Authorization: Bearer $
   python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 
 up=127.0.0.1:$(port); authz=127.0.0.1:$(port); plain=127.0.0.1:$(port)
-stub=127.0.0.1:$(port); bound=127.0.0.1:$(port)
+stub=127.0.0.1:$(port); bound=127.0.0.1:$(port); sepstub=127.0.0.1:$(port); sep=127.0.0.1:$(port)
 sed -e "s/TESSERA_ADDR/$tessera/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$authz/" \
   docs/proxies/nginx.conf >"$work/site.conf"
 # The same site with the stub in Tessera's place (its own upstream name).
@@ -67,6 +69,10 @@ sed -e "s/TESSERA_ADDR/$stub/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$boun
   -e 's/upstream tessera /upstream tessera_stub /' -e 's#http://tessera/#http://tessera_stub/#' \
   -e 's/upstream protected_app /upstream protected_app_stub /' -e 's#http://protected_app;#http://protected_app_stub;#' \
   docs/proxies/nginx.conf >"$work/stub-site.conf"
+sed -e "s/TESSERA_ADDR/$sepstub/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$sep/" \
+  -e 's/upstream tessera /upstream tessera_sep /' -e 's#http://tessera/#http://tessera_sep/#' \
+  -e 's/upstream protected_app /upstream protected_app_sep /' -e 's#http://protected_app;#http://protected_app_sep;#' \
+  docs/proxies/nginx.conf >"$work/sep-site.conf"
 user=""; [ "$(id -u)" = 0 ] && user="user root;"
 cat >"$work/nginx.conf" <<NGINX
 $user
@@ -90,28 +96,52 @@ http {
   server { listen $stub; location / { add_header X-Tessera-Subject bench; add_header X-Tessera-Tid 1; return 200; } }
   # The documented configuration again, asking the stub.
   include $work/stub-site.conf;
+  # And again, asking the stub in an nginx of its own.
+  include $work/sep-site.conf;
+}
+NGINX
+mkdir -p "$work/sep"
+cat >"$work/sep/nginx.conf" <<NGINX
+$user
+daemon off;
+worker_processes $TESSERA_WORKERS;
+pid $work/sep/nginx.pid;
+error_log $work/sep/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/sep/body; proxy_temp_path $work/sep/proxy; fastcgi_temp_path $work/sep/fcgi;
+  uwsgi_temp_path $work/sep/uwsgi; scgi_temp_path $work/sep/scgi;
+  server { listen $sepstub; location / { add_header X-Tessera-Subject bench; add_header X-Tessera-Tid 1; return 200; } }
 }
 NGINX
 /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" &
 pids+=($!)
+/usr/sbin/nginx -p "$work/sep" -c "$work/sep/nginx.conf" &
+pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "http://$plain/" && break; sleep 0.1; done
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://$authz/files/a")
 [ "$code" = 200 ] || { echo "forward auth answered $code" >&2; cat "$work/error.log" >&2; exit 1; }
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://$bound/files/a")
-[ "$code" = 200 ] || { echo "the stub front answered $code" >&2; cat "$work/error.log" >&2; exit 1; }
-tessera_pid=${pids[0]}; nginx_pid=${pids[1]}
+for front in "$bound" "$sep"; do
+  for _ in $(seq 100); do curl -s -o /dev/null "http://$front/files/a" && break; sleep 0.1; done
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://$front/files/a")
+  [ "$code" = 200 ] || { echo "the stub front $front answered $code" >&2; cat "$work/error.log" >&2; exit 1; }
+done
+tessera_pid=${pids[0]}; nginx_pid=${pids[1]}; sep_pid=${pids[2]}
 
 # CPU ticks (user + system) of a process and its children so far: /proc/PID/stat fields 14-17.
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
-nginx_ticks() { # the master and its workers
-  local t; t=$(ticks "$nginx_pid")
-  for w in $(cat /proc/"$nginx_pid"/task/*/children); do t=$((t + $(ticks "$w"))); done
+nginx_ticks() { # master -> the master and its workers
+  local t; t=$(ticks "$1")
+  for w in $(cat /proc/"$1"/task/*/children); do t=$((t + $(ticks "$w"))); done
   echo "$t"
 }
-# One wrk run: "requests/s requests wrk-ticks nginx-ticks tessera-ticks load".
+# The authorizers' ticks: tessera-server and the separate stub (one of them is idle).
+authorizer_ticks() { echo $(( $(ticks "$tessera_pid") + $(nginx_ticks "$sep_pid") )); }
+# One wrk run: "requests/s requests wrk-ticks nginx-ticks authorizer-ticks load".
 run() { # url [header]
   local n0 t0 out
-  n0=$(nginx_ticks); t0=$(ticks "$tessera_pid")
+  n0=$(nginx_ticks "$nginx_pid"); t0=$(authorizer_ticks)
   out=$(python3 - "$THREADS" "$CONNECTIONS" "$DURATION" "$1" "${2:-}" <<'PY'
 import os, re, resource, subprocess, sys
 t, c, d, url, header = sys.argv[1:]
@@ -128,17 +158,18 @@ print(rps, n, round((ru.ru_utime + ru.ru_stime) * hz), f"{os.getloadavg()[0]:.2f
 PY
 )
   set -- $out
-  echo "$1 $2 $3 $(( $(nginx_ticks) - n0 )) $(( $(ticks "$tessera_pid") - t0 )) $4"
+  echo "$1 $2 $3 $(( $(nginx_ticks "$nginx_pid") - n0 )) $(( $(authorizer_ticks) - t0 )) $4"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-alone=(); auth=(); stubbed=(); rows=()
+alone=(); auth=(); stubbed=(); separate=(); rows=()
 for _ in $(seq "$ROUNDS"); do
   r=$(run "http://$plain/files/a"); alone+=("${r%% *}"); rows+=("alone $r")
   r=$(run "http://$authz/files/a" "Authorization: Bearer $token"); auth+=("${r%% *}"); rows+=("authz $r")
   r=$(run "http://$bound/files/a" "Authorization: Bearer $token"); stubbed+=("${r%% *}"); rows+=("stub $r")
+  r=$(run "http://$sep/files/a" "Authorization: Bearer $token"); separate+=("${r%% *}"); rows+=("sep $r")
 done
 a=$(printf '%s\n' "${alone[@]}" | median); f=$(printf '%s\n' "${auth[@]}" | median)
-s=$(printf '%s\n' "${stubbed[@]}" | median)
+s=$(printf '%s\n' "${stubbed[@]}" | median); p=$(printf '%s\n' "${separate[@]}" | median)
 # CPU microseconds per request, summed over the rounds of each configuration.
 printf '%s\n' "${rows[@]}" | python3 -c '
 import os, sys
@@ -152,12 +183,14 @@ rows = {}
 for name, (n, w, ng, te, loads) in acc.items():
     rows[name] = (us(w, n), us(ng, n), us(te, n))
 base = sum(rows["alone"])
-print("| CPU µs per request (all rounds) | wrk | nginx | tessera | total | CPU ratio |")
+print("| CPU µs per request (all rounds) | wrk | nginx | authorizer | total | CPU ratio |")
 print("|---|---|---|---|---|---|")
-for name, label in (("alone", "nginx alone"), ("authz", "nginx + Tessera forward auth"), ("stub", "nginx + auth_request to a stub")):
+for name, label in (("alone", "nginx alone"), ("authz", "nginx + Tessera forward auth"),
+                    ("stub", "nginx + auth_request to a stub inside the same nginx"),
+                    ("sep", "nginx + auth_request to a stub in an nginx of its own")):
     w, ng, te = rows[name]
     print(f"| {label} | {w:.1f} | {ng:.1f} | {te:.1f} | {w + ng + te:.1f} | {base / (w + ng + te):.2f} |")
-print("(the stub answers inside nginx: its CPU is in the nginx column)")
+print("(the stub inside the front nginx is in the nginx column; the authorizer column is tessera-server or the stub nginx)")
 print("load average (1 min) after each run: " + "; ".join(k + " " + " ".join(v[4]) for k, v in acc.items()))
 ' >"$work/cpu.md"
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
@@ -165,7 +198,8 @@ echo "| path | requests/s (median of $ROUNDS) | ratio |"
 echo "|---|---|---|"
 echo "| nginx alone → upstream | $a | 1.00 |"
 echo "| nginx + Tessera forward auth → upstream | $f | $(ratio "$f" "$a") |"
-echo "| nginx + auth_request to a stub → upstream (the bound) | $s | $(ratio "$s" "$a") |"
-echo "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION, tessera --workers $TESSERA_WORKERS, nginx worker_processes $WORKERS; every round: ${alone[*]} / ${auth[*]} / ${stubbed[*]})"
+echo "| nginx + auth_request to a stub inside the same nginx → upstream | $s | $(ratio "$s" "$a") |"
+echo "| nginx + auth_request to a stub in an nginx of its own → upstream | $p | $(ratio "$p" "$a") |"
+echo "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION, tessera --workers $TESSERA_WORKERS, nginx worker_processes $WORKERS; every round: ${alone[*]} / ${auth[*]} / ${stubbed[*]} / ${separate[*]})"
 echo
 cat "$work/cpu.md"

@@ -106,7 +106,8 @@ bench-http:
 	scripts/bench-http.sh
 
 ## bench-authz: requests through nginx with Tessera forward auth against nginx alone in front of
-## the same upstream, same run (wrk; goal >= 0.6, issue 23)
+## the same upstream, same run (wrk; goal >= 0.6, issue 23), and the same configuration asking a
+## stub in Tessera's place (the bound); requests/s and CPU time per request of each process
 bench-authz: proxies
 	scripts/bench-authz.sh
 
@@ -117,6 +118,7 @@ bench-instructions:
 ## bench-requests: instructions per POST /v1/verify over HTTP (valgrind callgrind on the release
 ## tessera-server, N = 200 and 2200 requests over one connection; repeatable whatever the load),
 ## with the access line on and off, and the functions that cost most per request.
+## CONFIGS="on authz" compares with GET /v1/authz/nginx (forward auth as nginx asks it).
 ## BIN=<another tessera-server> to count another build (CONFIGS=plain for one before --log-level).
 bench-requests:
 	scripts/bench-requests.sh

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions bench-requests browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
+.PHONY: bench-writes bench-instructions bench-requests browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
 
 all: test
 
@@ -142,6 +142,11 @@ cluster:
 ## memory with 1M revocations
 bench-cluster: postgres
 	$(CARGO) bench -p tessera-store --bench cluster
+
+## bench-writes: issue 25 goal 1 - section 1 of bench-cluster, this tree against the build before
+## the one-round-trip write path (BEFORE=<bench binary built at 8313543>), alternately, ROUNDS=3
+bench-writes: postgres
+	scripts/compare-writes.sh
 
 ## crash: SIGKILL soak of the store (300 kills instead of the 20 in make test)
 crash:

@@ -211,11 +211,13 @@ impl Writer {
         let outcome = self.backend.batch(units.len(), deadline, &mut |tx, u| {
             let out = match &units[u] {
                 Unit::One(i) => self.apply(tx, &jobs[*i].op).map(|d| done[*i] = Some(Ok(d))),
-                Unit::Records(all) => self.apply_records(tx, all.iter().map(|&i| &jobs[i].op)).map(|outcomes| {
-                    for (&i, o) in all.iter().zip(outcomes) {
-                        done[i] = Some(o);
-                    }
-                }),
+                Unit::Records(all) => {
+                    self.apply_records(tx, all.iter().map(|&i| &jobs[i].op)).map(|outcomes| {
+                        for (&i, o) in all.iter().zip(outcomes) {
+                            done[i] = Some(o);
+                        }
+                    })
+                }
             };
             appended |= tx.appended();
             out

@@ -34,35 +34,6 @@ fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<()> {
     None
 }
 
-/// A row lock held by a connection of the test's own (another client of the database), so a
-/// writer that needs the row waits, observably, where the test chooses.
-struct RowLock {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl RowLock {
-    fn take(url: &str, tid: &TokenId) -> RowLock {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let client = rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client.batch_execute("BEGIN").await.unwrap();
-            let rows = client
-                .query("SELECT 1 FROM tessera_tokens WHERE tid = $1 FOR UPDATE", &[&tid.as_bytes().to_vec()])
-                .await
-                .unwrap();
-            assert_eq!(rows.len(), 1);
-            client
-        });
-        RowLock { rt, client }
-    }
-
-    fn release(self) {
-        self.rt.block_on(self.client.batch_execute("ROLLBACK")).unwrap();
-    }
-}
-
 /// Security review finding 1, on a cluster: a session end held the change-counter lock from its
 /// first revocation to its commit, so a revocation on another node waited behind it (503 after
 /// 13 s, the token still valid). Here the session end is held mid-walk, on its last refresh

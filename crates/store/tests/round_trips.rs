@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use tessera_core::{KeyId, SessionId, TokenId};
-use tessera_store::{AuditFilter, Error, NewToken, Refreshed, SessionRecord, Store};
+use tessera_store::{AuditFilter, Error, NewToken, Refreshed, Store};
 
 /// The name of an outcome, for comparing them across backends.
 fn outcome<T>(r: &Result<T, Error>) -> &'static str {
@@ -60,25 +60,6 @@ fn a_record_and_a_single_use_are_one_round_trip_each_and_the_commit_one_more() {
     let before = store.write_round_trips();
     store.record_token(new_token(&store, "child", Some(tids[1]))).unwrap();
     assert_eq!(store.write_round_trips() - before, 2);
-}
-
-fn session_of(subject: &str) -> SessionRecord {
-    SessionRecord {
-        subject: subject.into(),
-        app: None,
-        created: 0,
-        alg: "ES256".into(),
-        access_ttl: 900,
-        refresh_ttl: 72 * 3600,
-        strategy: "refreshBoth".into(),
-        caveats: vec!["allow read".into()],
-        refresh_caveats: vec!["allow sessions.refresh".into()],
-        claims: None,
-        current: TokenId::from_bytes([0; 16]),
-        first: TokenId::from_bytes([0; 16]),
-        last_spent: None,
-        revoked_at: None,
-    }
 }
 
 /// A rotating refresh: the session (`FOR UPDATE`), its current token, the successor's record;
@@ -283,43 +264,5 @@ fn wait_until(mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(start.elapsed() < Duration::from_secs(10), "condition not reached");
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A row lock held by a connection of the test's own.
-struct RowLock {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-    url: String,
-}
-
-impl RowLock {
-    fn take(url: &str, tid: &TokenId) -> RowLock {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let client = rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client.batch_execute("BEGIN").await.unwrap();
-            let rows = client
-                .query("SELECT 1 FROM tessera_tokens WHERE tid = $1 FOR UPDATE", &[&tid.as_bytes().to_vec()])
-                .await
-                .unwrap();
-            assert_eq!(rows.len(), 1);
-            client
-        });
-        RowLock { rt, client, url: url.to_owned() }
-    }
-
-    /// Statements of the test's own, committed on a connection of their own.
-    fn run(&self, sql: &str) {
-        self.rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(sql).await.unwrap();
-        });
-    }
-
-    fn release(&self) {
-        self.rt.block_on(self.client.batch_execute("ROLLBACK")).unwrap();
     }
 }

@@ -9,29 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use tessera_core::{KeyId, SessionId, TokenId};
-use tessera_store::{Error, NewToken, Refreshed, SessionRecord, Store};
+use tessera_store::{Error, NewToken, Refreshed, Store};
 
 /// Rotations of the long session (the security review's figure).
 const LONG: usize = 10_000;
-
-fn session_of(subject: &str) -> SessionRecord {
-    SessionRecord {
-        subject: subject.into(),
-        app: None,
-        created: 0,
-        alg: "ES256".into(),
-        access_ttl: 900,
-        refresh_ttl: 72 * 3600,
-        strategy: "refreshBoth".into(),
-        caveats: vec!["allow read".into()],
-        refresh_caveats: vec!["allow sessions.refresh".into()],
-        claims: None,
-        current: TokenId::from_bytes([0; 16]),
-        first: TokenId::from_bytes([0; 16]),
-        last_spent: None,
-        revoked_at: None,
-    }
-}
 
 /// A refresh token's record: minted from `parent` (the one it replaces), as the service does.
 fn refresh_token(kid: KeyId, parent: Option<TokenId>) -> NewToken {

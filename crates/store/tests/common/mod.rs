@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use tessera_core::TokenId;
-use tessera_store::{Error, Freshness, Location, MasterKey, NewToken, PostgresOptions, Store};
+use tessera_store::{Error, Freshness, Location, MasterKey, NewToken, PostgresOptions, SessionRecord, Store};
 use tessera_testpg::PgServer;
 
 pub(crate) fn master() -> MasterKey {
@@ -91,4 +91,63 @@ macro_rules! on_both {
             }
         }
     };
+}
+
+/// A session's record as `POST /v1/sessions` makes one (its ids are set by the store).
+pub(crate) fn session_of(subject: &str) -> SessionRecord {
+    SessionRecord {
+        subject: subject.into(),
+        app: None,
+        created: 0,
+        alg: "ES256".into(),
+        access_ttl: 900,
+        refresh_ttl: 72 * 3600,
+        strategy: "refreshBoth".into(),
+        caveats: vec!["allow read".into()],
+        refresh_caveats: vec!["allow sessions.refresh".into()],
+        claims: None,
+        current: TokenId::from_bytes([0; 16]),
+        first: TokenId::from_bytes([0; 16]),
+        last_spent: None,
+        revoked_at: None,
+    }
+}
+
+/// A row lock held by a connection of the test's own (`FOR UPDATE` on a token's row), so a
+/// writer that needs the row waits, observably, where the test chooses.
+pub(crate) struct RowLock {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    url: String,
+}
+
+impl RowLock {
+    pub(crate) fn take(url: &str, tid: &TokenId) -> RowLock {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let client = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute("BEGIN").await.unwrap();
+            let rows = client
+                .query("SELECT 1 FROM tessera_tokens WHERE tid = $1 FOR UPDATE", &[&tid.as_bytes().to_vec()])
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 1);
+            client
+        });
+        RowLock { rt, client, url: url.to_owned() }
+    }
+
+    /// Statements of the test's own, committed on a connection of their own.
+    pub(crate) fn run(&self, sql: &str) {
+        self.rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(sql).await.unwrap();
+        });
+    }
+
+    pub(crate) fn release(&self) {
+        self.rt.block_on(self.client.batch_execute("ROLLBACK")).unwrap();
+    }
 }

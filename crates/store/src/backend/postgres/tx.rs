@@ -428,18 +428,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn insert_token(&mut self, tid: &TokenId, t: &StoredToken) -> Result<()> {
-        let params: Params = vec![
-            p(tid.as_bytes().to_vec()),
-            p(t.kid.to_vec()),
-            p(t.subject.clone()),
-            p(t.description.clone()),
-            p(t.created),
-            p(t.expires),
-            p(t.caveats.clone()),
-            p(t.parent.map(|b| b.to_vec())),
-            p(t.grant.clone()),
-            p(t.session.map(|b| b.to_vec())),
-        ];
+        let params = record_params(tid, t);
         self.defer(
             "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json,
                session)

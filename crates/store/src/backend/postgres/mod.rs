@@ -318,6 +318,7 @@ impl Backend for PostgresBackend {
             queue: Vec::new(),
             sent: false,
             broken: None,
+            warm: false,
         };
         let out = run_batch(&mut tx, n, apply);
         // The rollback is bounded by the same deadline: a database that does not answer is not

@@ -115,6 +115,8 @@ pub(super) struct PgTx<'a> {
     pub(super) sent: bool,
     /// A queued request failed: the batch fails whatever the running operation says.
     pub(super) broken: Option<Error>,
+    /// Whether the queued statements are prepared on this connection (see [`QUEUED_SQL`]).
+    pub(super) warm: bool,
 }
 
 /// A request's failure and whether it was one of the queued ones (not the statement sent with
@@ -177,8 +179,14 @@ impl PgTx<'_> {
     fn send<T: Send + 'static>(&mut self, last: Vec<Last<T>>) -> Result<std::result::Result<Vec<T>, Failed>> {
         let queue = std::mem::take(&mut self.queue);
         let client = Arc::clone(&self.client);
+        let first = !std::mem::replace(&mut self.warm, true);
         self.count();
         self.backend.call_until(self.deadline, async move {
+            if first {
+                for sql in QUEUED_SQL {
+                    client.prepare_cached(sql).await.map_err(db)?;
+                }
+            }
             // Prepared first (once per connection): a preparation is a round trip of its own,
             // and must not come between the queued requests.
             let mut stmts = Vec::new();
@@ -429,12 +437,7 @@ impl Tx for PgTx<'_> {
 
     fn insert_token(&mut self, tid: &TokenId, t: &StoredToken) -> Result<()> {
         let params = record_params(tid, t);
-        self.defer(
-            "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json,
-               session)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            params,
-        );
+        self.defer(INSERT_TOKEN_SQL, params);
         Ok(())
     }
 
@@ -457,7 +460,7 @@ impl Tx for PgTx<'_> {
 
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()> {
         let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
-        self.defer("UPDATE tessera_tokens SET revoked_at = $2 WHERE tid = $1", params);
+        self.defer(REVOKE_ONE_SQL, params);
         Ok(())
     }
 
@@ -533,10 +536,7 @@ impl Tx for PgTx<'_> {
 
     fn touch(&mut self, tid: &TokenId, at: i64) -> Result<()> {
         let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
-        self.defer(
-            "UPDATE tessera_tokens SET last_used = $2 WHERE tid = $1 AND (last_used IS NULL OR last_used < $2)",
-            params,
-        );
+        self.defer(TOUCH_SQL, params);
         Ok(())
     }
 
@@ -575,11 +575,7 @@ impl Tx for PgTx<'_> {
             p(i32::try_from(n.attempts).unwrap_or(i32::MAX)),
             p(n.next_attempt),
         ];
-        self.defer(
-            "UPDATE tessera_notices SET delivered_at = $3, attempts = $4, next_attempt = $5
-             WHERE tid = $1 AND threshold = $2",
-            params,
-        );
+        self.defer(PUT_NOTICE_SQL, params);
         Ok(())
     }
 
@@ -596,11 +592,7 @@ impl Tx for PgTx<'_> {
             vec![p(sid.as_bytes().to_vec()), p(session.subject.clone()), p(crate::codec::encode(session))];
         // Queued: it goes with the next statement or the commit (the record was read `FOR
         // UPDATE` before, so nothing else can have changed it).
-        self.defer(
-            "INSERT INTO tessera_sessions (sid, subject, record) VALUES ($1, $2, $3)
-             ON CONFLICT (sid) DO UPDATE SET record = excluded.record",
-            params,
-        );
+        self.defer(PUT_SESSION_SQL, params);
         Ok(())
     }
 
@@ -794,3 +786,30 @@ const RECORD_SQL: &str = "WITH k AS MATERIALIZED (SELECT state FROM tessera_keys
         RETURNING 1)
     SELECT (SELECT state FROM k), EXISTS (SELECT 1 FROM d), EXISTS (SELECT 1 FROM par),
         EXISTS (SELECT 1 FROM par WHERE revoked_at IS NOT NULL), EXISTS (SELECT 1 FROM ins)";
+
+/// A token record's insert (queued: see [`PgTx::defer`]).
+const INSERT_TOKEN_SQL: &str =
+    "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json, session)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// One token record marked revoked (queued).
+const REVOKE_ONE_SQL: &str = "UPDATE tessera_tokens SET revoked_at = $2 WHERE tid = $1";
+
+/// A last use moved forward, never back (queued).
+const TOUCH_SQL: &str =
+    "UPDATE tessera_tokens SET last_used = $2 WHERE tid = $1 AND (last_used IS NULL OR last_used < $2)";
+
+/// A notice's delivery progress (queued).
+const PUT_NOTICE_SQL: &str = "UPDATE tessera_notices SET delivered_at = $3, attempts = $4, next_attempt = $5
+     WHERE tid = $1 AND threshold = $2";
+
+/// A session's record, new or replaced (queued).
+const PUT_SESSION_SQL: &str = "INSERT INTO tessera_sessions (sid, subject, record) VALUES ($1, $2, $3)
+     ON CONFLICT (sid) DO UPDATE SET record = excluded.record";
+
+/// Every statement that may be queued, and the audit entries' `INSERT`: prepared on the batch's
+/// first exchange (a cache lookup once a connection has them). A preparation sent later could
+/// meet a transaction aborted by a failed operation whose `ROLLBACK TO SAVEPOINT` is still
+/// queued behind it, and fail an operation that did nothing wrong.
+const QUEUED_SQL: [&str; 6] =
+    [INSERT_TOKEN_SQL, REVOKE_ONE_SQL, TOUCH_SQL, PUT_NOTICE_SQL, PUT_SESSION_SQL, INSERT_SQL];

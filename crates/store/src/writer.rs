@@ -185,6 +185,11 @@ impl Writer {
     /// earliest deadline among its operations (on a database that can fail to answer, its calls
     /// time out then), so every job is answered by its own deadline.
     pub(crate) fn batch(&self, jobs: Vec<Job>) {
+        self.run_batch(jobs, true);
+    }
+
+    /// [`Writer::batch`]; with `group`, the plain token records go together (see below).
+    fn run_batch(&self, jobs: Vec<Job>, group: bool) {
         let now = Instant::now();
         let (jobs, late): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
         for job in late {
@@ -201,13 +206,16 @@ impl Writer {
         // trip. A refused record writes nothing, so it needs no savepoint of its own.
         let (records, others): (Vec<usize>, Vec<usize>) =
             (0..jobs.len()).partition(|&i| plain_record(&jobs[i].op).is_some());
-        let units: Vec<Unit> = if records.len() > 1 {
+        let units: Vec<Unit> = if group && records.len() > 1 {
             std::iter::once(Unit::Records(records)).chain(others.into_iter().map(Unit::One)).collect()
         } else {
             (0..jobs.len()).map(Unit::One).collect()
         };
         let mut done: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
-        let mut appended = false;
+        // Memory must follow the log before an answer when the batch appended to it, and also
+        // when an operation's answer speaks of state memory holds (revoking what another node
+        // revoked already appends nothing, but its caller must then find it revoked here).
+        let mut appended = jobs.iter().any(|j| !memoryless(&j.op));
         let outcome = self.backend.batch(units.len(), deadline, &mut |tx, u| {
             let out = match &units[u] {
                 Unit::One(i) => self.apply(tx, &jobs[*i].op).map(|d| done[*i] = Some(Ok(d))),
@@ -231,29 +239,41 @@ impl Writer {
                     let _ = self.follower.catch_up();
                 }
                 let mut answers: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
+                // Records that failed together because of one database error (a deadlock with
+                // another node, say) are run again one by one: only the one at fault fails.
+                let mut alone: Vec<usize> = Vec::new();
                 let mut take = |i: usize| {
                     done[i].take().unwrap_or_else(|| Err(Error::Corrupt("operation left no result".into())))
                 };
                 for (unit, result) in units.iter().zip(results) {
                     match unit {
                         Unit::One(i) => answers[*i] = Some(result.and_then(|()| take(*i))),
-                        Unit::Records(all) => {
-                            for &i in all {
-                                answers[i] = Some(match &result {
-                                    Ok(()) => take(i),
-                                    Err(e) => Err(again(e)),
-                                });
+                        Unit::Records(all) => match &result {
+                            Ok(()) => all.iter().for_each(|&i| answers[i] = Some(take(i))),
+                            Err(Error::Unavailable(_) | Error::Unconfirmed(_)) => {
+                                let e = result.as_ref().err();
+                                all.iter().for_each(|&i| answers[i] = e.map(|e| Err(again(e))));
                             }
-                        }
+                            Err(_) => alone.extend(all.iter().copied()),
+                        },
                     }
                 }
-                for (job, answer) in jobs.into_iter().zip(answers) {
+                let mut retry = Vec::new();
+                for (i, (job, answer)) in jobs.into_iter().zip(answers).enumerate() {
+                    if alone.contains(&i) {
+                        retry.push(job);
+                        continue;
+                    }
                     let answer =
                         answer.unwrap_or_else(|| Err(Error::Corrupt("operation left no result".into())));
                     if answer.is_err() {
                         missed(&job);
                     }
                     let _ = job.reply.send(answer);
+                }
+                if !retry.is_empty() {
+                    // Nothing of them was written: their unit was rolled back.
+                    self.run_batch(retry, false);
                 }
             }
             Err(e) => {
@@ -663,5 +683,25 @@ fn again(e: &Error) -> Error {
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::Unconfirmed(m) => Error::Unconfirmed(m.clone()),
         other => Error::Database(format!("nothing written: {other}")),
+    }
+}
+
+/// Whether an operation's answer says nothing of what memory holds (revoked families, keys,
+/// signing keys, applications), so a batch of only such operations that appended nothing need
+/// not be followed before its answers.
+fn memoryless(op: &Op) -> bool {
+    match op {
+        Op::As { op, .. } => memoryless(op),
+        Op::Record(_)
+        | Op::CreateLink { .. }
+        | Op::CreateSession { .. }
+        | Op::RefreshSession { .. }
+        | Op::Consume(_)
+        | Op::Touch(_)
+        | Op::ClaimNotice(_)
+        | Op::PutNotice(_)
+        | Op::LeaseNotice { .. }
+        | Op::Note { .. } => true,
+        _ => false,
     }
 }

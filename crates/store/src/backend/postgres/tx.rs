@@ -182,9 +182,13 @@ impl PgTx<'_> {
         let first = !std::mem::replace(&mut self.warm, true);
         self.count();
         self.backend.call_until(self.deadline, async move {
+            // A preparation that fails fails the batch like a queued request (the queue is
+            // dropped unsent, so nothing of it may be taken as done).
             if first {
                 for sql in QUEUED_SQL {
-                    client.prepare_cached(sql).await.map_err(db)?;
+                    if let Err(e) = client.prepare_cached(sql).await {
+                        return Ok(Err((true, e)));
+                    }
                 }
             }
             // Prepared first (once per connection): a preparation is a round trip of its own,
@@ -192,7 +196,10 @@ impl PgTx<'_> {
             let mut stmts = Vec::new();
             for q in &queue {
                 if let Queued::Write(sql, _) = q {
-                    stmts.push(client.prepare_cached(sql).await.map_err(db)?);
+                    match client.prepare_cached(sql).await {
+                        Ok(stmt) => stmts.push(stmt),
+                        Err(e) => return Ok(Err((true, e))),
+                    }
                 }
             }
             let mut futs: Vec<BoxFuture<std::result::Result<(), tokio_postgres::Error>>> = Vec::new();

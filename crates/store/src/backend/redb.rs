@@ -7,9 +7,10 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tessera_core::{KeyId, SessionId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
@@ -20,8 +21,11 @@ use crate::codec::{
 };
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
+use tables::Tables;
 
 mod audit;
+mod entry;
+mod tables;
 mod tx;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -50,6 +54,9 @@ pub(crate) struct RedbBackend {
     db: Database,
     /// Entries are sealed as they are written (one writer per file).
     audit_key: AuditKey,
+    /// The audit trail's tail as the last commit left it (`None`: read it from the tables), set
+    /// only after a commit succeeded; checked against the table before use (see `audit::insert`).
+    audit_tail: Mutex<Option<audit::Tail>>,
 }
 
 impl RedbBackend {
@@ -79,7 +86,7 @@ impl RedbBackend {
             Some(_) => {}
             None => init(&db, master)?,
         }
-        Ok(RedbBackend { db, audit_key: AuditKey::from_master(master) })
+        Ok(RedbBackend { db, audit_key: AuditKey::from_master(master), audit_tail: Mutex::new(None) })
     }
 }
 
@@ -169,9 +176,12 @@ fn target_of(e: Event) -> StoredTarget {
     }
 }
 
-struct RedbTx<'a> {
-    txn: &'a WriteTransaction,
+/// One operation's view of the batch's write transaction: its tables (opened once per batch) and
+/// the audit trail's tail as the operations before it left it.
+struct RedbTx<'a, 't> {
+    tables: &'a mut Tables<'t>,
     audit_key: &'a AuditKey,
+    audit_tail: &'a mut Option<audit::Tail>,
 }
 
 fn get_token(
@@ -194,6 +204,16 @@ fn all_keys(table: &impl ReadableTable<[u8; 8], &'static [u8]>) -> Result<Vec<(K
 }
 
 impl RedbBackend {
+    fn committed_tail(&self) -> Option<audit::Tail> {
+        self.audit_tail.lock().ok().and_then(|t| *t)
+    }
+
+    fn set_committed_tail(&self, tail: Option<audit::Tail>) {
+        if let Ok(mut t) = self.audit_tail.lock() {
+            *t = tail;
+        }
+    }
+
     /// Every token record that `keep` accepts (a full scan: housekeeping, not the hot path).
     fn scan_tokens(&self, keep: impl Fn(&StoredToken) -> bool) -> Result<Vec<(TokenId, StoredToken)>> {
         let txn = self.db.begin_read().map_err(storage)?;
@@ -272,15 +292,24 @@ impl Backend for RedbBackend {
         'replay: loop {
             let mut txn = self.db.begin_write().map_err(storage)?;
             txn.set_durability(Durability::Immediate).map_err(storage)?;
+            let mut tail = self.committed_tail();
+            let mut tables = Tables::new(&txn);
             for (at, &i) in pending.iter().enumerate() {
-                if let Err(e) = apply(&mut RedbTx { txn: &txn, audit_key: &self.audit_key }, i) {
+                let mut tx =
+                    RedbTx { tables: &mut tables, audit_key: &self.audit_key, audit_tail: &mut tail };
+                if let Err(e) = apply(&mut tx, i) {
+                    drop(tables);
                     txn.abort().map_err(storage)?;
                     results[i] = Err(e);
                     pending.remove(at);
                     continue 'replay;
                 }
             }
+            drop(tables);
+            // Unknown until the commit answers: read from the tables by the next batch.
+            self.set_committed_tail(None);
             txn.commit().map_err(storage)?;
+            self.set_committed_tail(tail);
             return Ok(results);
         }
     }

@@ -3,7 +3,7 @@ CARGO ?= cargo
 VENV  ?= target/venv
 PY     = $(VENV)/bin/python
 
-.PHONY: bench-instructions bench-requests browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
+.PHONY: bench-writes bench-instructions bench-requests browser node-peers all run test lint fmt check audit bench bench-core bench-store bench-sessions-size bench-http bench-authz crash venv clean fuzz fuzz-seeds postgres cluster bench-cluster bench-grow proxies
 
 all: test
 
@@ -106,7 +106,8 @@ bench-http:
 	scripts/bench-http.sh
 
 ## bench-authz: requests through nginx with Tessera forward auth against nginx alone in front of
-## the same upstream, same run (wrk; goal >= 0.6, issue 23)
+## the same upstream, same run (wrk; goal >= 0.6, issue 23), and the same configuration asking a
+## stub in Tessera's place (the bound); requests/s and CPU time per request of each process
 bench-authz: proxies
 	scripts/bench-authz.sh
 
@@ -117,6 +118,7 @@ bench-instructions:
 ## bench-requests: instructions per POST /v1/verify over HTTP (valgrind callgrind on the release
 ## tessera-server, N = 200 and 2200 requests over one connection; repeatable whatever the load),
 ## with the access line on and off, and the functions that cost most per request.
+## CONFIGS="on authz" compares with GET /v1/authz/nginx (forward auth as nginx asks it).
 ## BIN=<another tessera-server> to count another build (CONFIGS=plain for one before --log-level).
 bench-requests:
 	scripts/bench-requests.sh
@@ -140,6 +142,11 @@ cluster:
 ## memory with 1M revocations
 bench-cluster: postgres
 	$(CARGO) bench -p tessera-store --bench cluster
+
+## bench-writes: issue 25 goal 1 - section 1 of bench-cluster, this tree against the build before
+## the one-round-trip write path (BEFORE=<bench binary built at 8313543>), alternately, ROUNDS=3
+bench-writes: postgres
+	scripts/compare-writes.sh
 
 ## crash: SIGKILL soak of the store (300 kills instead of the 20 in make test)
 crash:

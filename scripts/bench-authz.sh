@@ -4,20 +4,33 @@
 # server block answering a constant), same load tool, same run, same machine. Goal (issue 23):
 # forward auth >= 0.6 of nginx alone. Installs wrk from Debian packages if missing.
 #
+# Two more fronts run the same documented configuration with a stub in Tessera's place (an nginx
+# server block answering 200 with the identity headers, on kept-alive connections): the bound,
+# what `auth_request` costs when the authorizer answers for next to nothing; once inside the
+# front nginx itself (no other process to wake: the most favourable case), once in an nginx of
+# its own (a separate authorizer process, as Tessera is). Rounds alternate the four. Besides
+# requests/s (which depend on what else runs on the machine) the table gives the CPU time each
+# process spent per request (user + system, from /proc: wrk, the front nginx, the authorizer:
+# tessera-server or the separate stub), which moves much less with the load; the CPU ratio is
+# what the throughput ratio would be if the processes had the cores to themselves.
+#
 #   scripts/bench-authz.sh           (make bench-authz)
 #   DURATION=10s CONNECTIONS=64 THREADS=2 ROUNDS=3 scripts/bench-authz.sh
+#   NO_BUILD=1 BIN=/path/to/tessera-server scripts/bench-authz.sh     (another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
-WORKERS=${WORKERS:-2}
+WORKERS=${WORKERS:-2}   # nginx worker_processes
+TESSERA_WORKERS=${TESSERA_WORKERS:-$WORKERS}
 ROUNDS=${ROUNDS:-3}   # interleaved rounds; the table shows the median of each column
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
 test -x /usr/sbin/nginx || { echo "nginx missing: make proxies" >&2; exit 1; }
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p tessera-server --bin tessera-server
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/tessera-server}
 
 work=$(mktemp -d)
 pids=()
@@ -33,8 +46,8 @@ cat >"$work/policy.toml" <<'TOML'
 host = "*"
 prefix = "/files"
 TOML
-target/release/tessera-server --listen 127.0.0.1:0 --data-dir "$work/data" --rate-limit 0 \
-  --workers "$WORKERS" --authz-policy "$work/policy.toml" --trusted-proxy 127.0.0.1/32 \
+"$BIN" --listen 127.0.0.1:0 --data-dir "$work/data" --rate-limit 0 \
+  --workers "$TESSERA_WORKERS" --authz-policy "$work/policy.toml" --trusted-proxy 127.0.0.1/32 \
   >"$work/tessera.out" 2>"$work/tessera.err" &
 pids+=($!)
 for _ in $(seq 100); do
@@ -48,8 +61,18 @@ token=$(curl -sf -X POST "http://$tessera/v1/tokens" -H "Authorization: Bearer $
   python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 
 up=127.0.0.1:$(port); authz=127.0.0.1:$(port); plain=127.0.0.1:$(port)
+stub=127.0.0.1:$(port); bound=127.0.0.1:$(port); sepstub=127.0.0.1:$(port); sep=127.0.0.1:$(port)
 sed -e "s/TESSERA_ADDR/$tessera/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$authz/" \
   docs/proxies/nginx.conf >"$work/site.conf"
+# The same site with the stub in Tessera's place (its own upstream name).
+sed -e "s/TESSERA_ADDR/$stub/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$bound/" \
+  -e 's/upstream tessera /upstream tessera_stub /' -e 's#http://tessera/#http://tessera_stub/#' \
+  -e 's/upstream protected_app /upstream protected_app_stub /' -e 's#http://protected_app;#http://protected_app_stub;#' \
+  docs/proxies/nginx.conf >"$work/stub-site.conf"
+sed -e "s/TESSERA_ADDR/$sepstub/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$sep/" \
+  -e 's/upstream tessera /upstream tessera_sep /' -e 's#http://tessera/#http://tessera_sep/#' \
+  -e 's/upstream protected_app /upstream protected_app_sep /' -e 's#http://protected_app;#http://protected_app_sep;#' \
+  docs/proxies/nginx.conf >"$work/sep-site.conf"
 user=""; [ "$(id -u)" = 0 ] && user="user root;"
 cat >"$work/nginx.conf" <<NGINX
 $user
@@ -64,31 +87,119 @@ http {
   uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
   # The upstream both fronts share: a constant answer.
   server { listen $up; location / { return 200 "ok\n"; } }
-  # nginx alone in front of it.
-  upstream plain_upstream { server $up; keepalive 32; }
+  # nginx alone in front of it, kept alive as the documented configuration keeps its upstream.
+  upstream plain_upstream { server $up; keepalive 64; }
   server { listen $plain; location / { proxy_pass http://plain_upstream; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   # nginx with forward auth (the documented configuration).
   include $work/site.conf;
+  # The stub authorizer: 200 with the identity headers, for nothing.
+  server { listen $stub; location / { add_header X-Tessera-Subject bench; add_header X-Tessera-Tid 1; return 200; } }
+  # The documented configuration again, asking the stub.
+  include $work/stub-site.conf;
+  # And again, asking the stub in an nginx of its own.
+  include $work/sep-site.conf;
+}
+NGINX
+mkdir -p "$work/sep"
+cat >"$work/sep/nginx.conf" <<NGINX
+$user
+daemon off;
+worker_processes $TESSERA_WORKERS;
+pid $work/sep/nginx.pid;
+error_log $work/sep/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/sep/body; proxy_temp_path $work/sep/proxy; fastcgi_temp_path $work/sep/fcgi;
+  uwsgi_temp_path $work/sep/uwsgi; scgi_temp_path $work/sep/scgi;
+  server { listen $sepstub; location / { add_header X-Tessera-Subject bench; add_header X-Tessera-Tid 1; return 200; } }
 }
 NGINX
 /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" &
 pids+=($!)
+/usr/sbin/nginx -p "$work/sep" -c "$work/sep/nginx.conf" &
+pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "http://$plain/" && break; sleep 0.1; done
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://$authz/files/a")
 [ "$code" = 200 ] || { echo "forward auth answered $code" >&2; cat "$work/error.log" >&2; exit 1; }
+for front in "$bound" "$sep"; do
+  for _ in $(seq 100); do curl -s -o /dev/null "http://$front/files/a" && break; sleep 0.1; done
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://$front/files/a")
+  [ "$code" = 200 ] || { echo "the stub front $front answered $code" >&2; cat "$work/error.log" >&2; exit 1; }
+done
+tessera_pid=${pids[0]}; nginx_pid=${pids[1]}; sep_pid=${pids[2]}
 
-rps() { # url [header] -> requests/s
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" ${2:+-H "$2"} "$1" | awk '/Requests\/sec/ {print $2}'
+# CPU ticks (user + system) of a process and its children so far: /proc/PID/stat fields 14-17.
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+nginx_ticks() { # master -> the master and its workers
+  local t; t=$(ticks "$1")
+  for w in $(cat /proc/"$1"/task/*/children); do t=$((t + $(ticks "$w"))); done
+  echo "$t"
+}
+# The authorizers' ticks: tessera-server and the separate stub (one of them is idle).
+authorizer_ticks() { echo $(( $(ticks "$tessera_pid") + $(nginx_ticks "$sep_pid") )); }
+# One wrk run: "requests/s requests wrk-ticks nginx-ticks authorizer-ticks load".
+run() { # url [header]
+  local n0 t0 out
+  n0=$(nginx_ticks "$nginx_pid"); t0=$(authorizer_ticks)
+  out=$(python3 - "$THREADS" "$CONNECTIONS" "$DURATION" "$1" "${2:-}" <<'PY'
+import os, re, resource, subprocess, sys
+t, c, d, url, header = sys.argv[1:]
+cmd = ["wrk", f"-t{t}", f"-c{c}", f"-d{d}"] + (["-H", header] if header else []) + [url]
+out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+rps = re.search(r"Requests/sec:\s*([\d.]+)", out).group(1)
+n = re.search(r"(\d+) requests in", out).group(1)
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+if bad:
+    sys.exit(f"{url}: {bad.group(1)} answers were not 2xx")
+hz = os.sysconf("SC_CLK_TCK")
+print(rps, n, round((ru.ru_utime + ru.ru_stime) * hz), f"{os.getloadavg()[0]:.2f}")
+PY
+)
+  set -- $out
+  echo "$1 $2 $3 $(( $(nginx_ticks "$nginx_pid") - n0 )) $(( $(authorizer_ticks) - t0 )) $4"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-alone=(); auth=()
+alone=(); auth=(); stubbed=(); separate=(); rows=()
 for _ in $(seq "$ROUNDS"); do
-  alone+=("$(rps "http://$plain/files/a")")
-  auth+=("$(rps "http://$authz/files/a" "Authorization: Bearer $token")")
+  r=$(run "http://$plain/files/a"); alone+=("${r%% *}"); rows+=("alone $r")
+  r=$(run "http://$authz/files/a" "Authorization: Bearer $token"); auth+=("${r%% *}"); rows+=("authz $r")
+  r=$(run "http://$bound/files/a" "Authorization: Bearer $token"); stubbed+=("${r%% *}"); rows+=("stub $r")
+  r=$(run "http://$sep/files/a" "Authorization: Bearer $token"); separate+=("${r%% *}"); rows+=("sep $r")
 done
 a=$(printf '%s\n' "${alone[@]}" | median); f=$(printf '%s\n' "${auth[@]}" | median)
+s=$(printf '%s\n' "${stubbed[@]}" | median); p=$(printf '%s\n' "${separate[@]}" | median)
+# CPU microseconds per request, summed over the rounds of each configuration.
+printf '%s\n' "${rows[@]}" | python3 -c '
+import os, sys
+hz = os.sysconf("SC_CLK_TCK"); acc = {}
+for line in sys.stdin:
+    name, rps, n, w, ng, te, load = line.split()
+    a = acc.setdefault(name, [0, 0, 0, 0, []])
+    a[0] += int(n); a[1] += int(w); a[2] += int(ng); a[3] += int(te); a[4].append(load)
+us = lambda ticks, n: ticks * 1e6 / hz / n
+rows = {}
+for name, (n, w, ng, te, loads) in acc.items():
+    rows[name] = (us(w, n), us(ng, n), us(te, n))
+base = sum(rows["alone"])
+print("| CPU µs per request (all rounds) | wrk | nginx | authorizer | total | CPU ratio |")
+print("|---|---|---|---|---|---|")
+for name, label in (("alone", "nginx alone"), ("authz", "nginx + Tessera forward auth"),
+                    ("stub", "nginx + auth_request to a stub inside the same nginx"),
+                    ("sep", "nginx + auth_request to a stub in an nginx of its own")):
+    w, ng, te = rows[name]
+    print(f"| {label} | {w:.1f} | {ng:.1f} | {te:.1f} | {w + ng + te:.1f} | {base / (w + ng + te):.2f} |")
+print("(the stub inside the front nginx is in the nginx column; the authorizer column is tessera-server or the stub nginx)")
+print("load average (1 min) after each run: " + "; ".join(k + " " + " ".join(v[4]) for k, v in acc.items()))
+' >"$work/cpu.md"
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 echo "| path | requests/s (median of $ROUNDS) | ratio |"
 echo "|---|---|---|"
 echo "| nginx alone → upstream | $a | 1.00 |"
-echo "| nginx + Tessera forward auth → upstream | $f | $(python3 -c "print(f'{$f/$a:.2f}')") |"
-echo "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION, tessera --workers $WORKERS, nginx worker_processes $WORKERS; every round: ${alone[*]} / ${auth[*]})"
+echo "| nginx + Tessera forward auth → upstream | $f | $(ratio "$f" "$a") |"
+echo "| nginx + auth_request to a stub inside the same nginx → upstream | $s | $(ratio "$s" "$a") |"
+echo "| nginx + auth_request to a stub in an nginx of its own → upstream | $p | $(ratio "$p" "$a") |"
+echo "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION, tessera --workers $TESSERA_WORKERS, nginx worker_processes $WORKERS; every round: ${alone[*]} / ${auth[*]} / ${stubbed[*]} / ${separate[*]})"
+echo
+cat "$work/cpu.md"

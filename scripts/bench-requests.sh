@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Instructions per `POST /v1/verify` over HTTP, counted by valgrind's callgrind: independent of
-# the machine's load, so small differences show (wrk on a shared host cannot see 3%).
+# Instructions per `POST /v1/verify` (and per `GET /v1/authz/nginx`, forward auth as nginx's
+# `auth_request` asks it) over HTTP, counted by valgrind's callgrind: independent of the
+# machine's load, so small differences show (wrk on a shared host cannot see 3%).
 #
 # The release `tessera-server` (`--workers 1 --rate-limit 0`, redb) runs under callgrind while
 # curl sends N identical verify requests (the 5-caveat token of scripts/bench-http.sh) over one
@@ -14,7 +15,10 @@
 #   CONFIGS="on" LOW=200 HIGH=2200 TOP=25 scripts/bench-requests.sh
 #
 # CONFIGS: `on` (default logging: the access line), `off` (`--log-level info,tessera::access=off`),
-# `plain` (no logging flag at all, for builds older than --log-level). For each it prints the
+# `plain` (no logging flag at all, for builds older than --log-level), `authz` (access line on,
+# `--authz-policy` covering `/issues`, `--trusted-proxy 127.0.0.1/32`: `GET /v1/authz/nginx` with
+# the headers docs/proxies/nginx.conf sets, the same token, operation, resource and client address
+# as the verify body; `make bench-requests CONFIGS="on authz"` compares). For each it prints the
 # instructions per request and the TOP functions by their own instructions per request.
 # A binary built with CARGO_PROFILE_RELEASE_DEBUG=line-tables-only names the functions better.
 set -euo pipefail
@@ -59,6 +63,10 @@ mint_body='{"subject":"alice","operations":["read"],"resources":["issues/*"],"cl
 token=$(curl -sf -X POST "http://$addr/v1/tokens" -H "Authorization: Bearer $admin" \
   -H 'Content-Type: application/json' -d "$mint_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 printf '{"token":"%s","context":{"operation":"read","resource":"issues/42","client_ip":"10.1.2.3"}}' "$token" >"$work/body"
+# The same question as nginx asks it (docs/proxies/nginx.conf's subrequest headers).
+printf '[[rule]]\nhost = "*"\nprefix = "/issues"\n' >"$work/policy.toml"
+authz_headers=(-H 'Host: app.example' -H 'X-Original-Method: GET' -H 'X-Original-URI: /issues/42'
+  -H 'X-Forwarded-For: 10.1.2.3' -H "Authorization: Bearer $token")
 kill -TERM "$pid"
 wait "$pid" || true
 pid=
@@ -69,6 +77,7 @@ count() { # config n -> instructions of the whole run (prints them)
     on) flags=(--log-level info) ;;
     off) flags=(--log-level info,tessera::access=off) ;;
     plain) flags=() ;;
+    authz) flags=(--log-level info --authz-policy "$work/policy.toml" --trusted-proxy 127.0.0.1/32) ;;
     *) echo "unknown config $config" >&2; exit 1 ;;
   esac
   cp -r "$work/data" "$run"
@@ -81,10 +90,16 @@ count() { # config n -> instructions of the whole run (prints them)
   # One connection (curl reuses it for every URL), N identical requests.
   local urls=()
   for _ in $(seq "$n"); do urls+=("http://$a/v1/verify"); done
-  curl -s -X POST -H 'Content-Type: application/json' -H 'Expect:' --data-binary @"$work/body" "${urls[@]}" \
-    >"$run.answers"
   local ok
-  ok=$(grep -o '"valid":true' "$run.answers" | wc -l)
+  if [ "$config" = authz ]; then
+    for i in "${!urls[@]}"; do urls[i]="http://$a/v1/authz/nginx"; done
+    curl -s -o /dev/null -w '%{http_code}\n' "${authz_headers[@]}" "${urls[@]}" >"$run.answers"
+    ok=$(grep -c '^200$' "$run.answers" || true)
+  else
+    curl -s -X POST -H 'Content-Type: application/json' -H 'Expect:' --data-binary @"$work/body" "${urls[@]}" \
+      >"$run.answers"
+    ok=$(grep -o '"valid":true' "$run.answers" | wc -l)
+  fi
   [ "$ok" -eq "$n" ] || { echo "$config N=$n: $ok of $n verified: $(head -c 300 "$run.answers")" >&2; exit 1; }
   kill -TERM "$pid"
   wait "$pid" || true
@@ -116,7 +131,7 @@ for name, per in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:top]:
 PY
 }
 
-echo "instructions per POST /v1/verify (callgrind, N = $LOW and $HIGH over one connection, $BIN)"
+echo "instructions per request (POST /v1/verify; authz: GET /v1/authz/nginx) (callgrind, N = $LOW and $HIGH over one connection, $BIN)"
 for config in $CONFIGS; do
   lo=$(count "$config" "$LOW" | tr -d ,)
   hi=$(count "$config" "$HIGH" | tr -d ,)

@@ -193,3 +193,18 @@ pub enum Error {
 pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> Error {
     Error::Storage(e.into())
 }
+
+impl Error {
+    /// Whether this is a token record's refusal (its checks failed before anything was written),
+    /// not a failure of the database.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownKey(_)
+                | Error::KeyRevoked(_)
+                | Error::DuplicateToken(_)
+                | Error::UnknownToken(_)
+                | Error::ParentRevoked(_)
+        )
+    }
+}

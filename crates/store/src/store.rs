@@ -592,6 +592,14 @@ impl Store {
         self.inner.visits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Exchanges with a shared database's server that write transactions made since the store
+    /// opened (0 on the embedded database): counted so tests can hold each operation to its
+    /// round trips (not a stable API).
+    #[doc(hidden)]
+    pub fn write_round_trips(&self) -> u64 {
+        self.inner.backend.write_round_trips()
+    }
+
     /// Whether a token family is revoked (in-memory set, O(1)).
     pub fn is_token_revoked(&self, tid: &TokenId) -> bool {
         self.inner.mem.is_revoked(tid)

@@ -195,22 +195,62 @@ impl Writer {
             ))));
         }
         let Some(deadline) = jobs.iter().map(|j| j.deadline).min() else { return };
-        let mut done: Vec<Option<Done>> = jobs.iter().map(|_| None).collect();
-        let outcome = self.backend.batch(jobs.len(), deadline, &mut |tx, i| {
-            done[i] = Some(self.apply(tx, &jobs[i].op)?);
-            Ok(())
+        // The plain token records go first, together, as one operation of the transaction: no
+        // caller has heard another's answer yet, so any order of the batch is one they could
+        // have happened in, and a shared database then checks and writes them all in one round
+        // trip. A refused record writes nothing, so it needs no savepoint of its own.
+        let (records, others): (Vec<usize>, Vec<usize>) =
+            (0..jobs.len()).partition(|&i| plain_record(&jobs[i].op).is_some());
+        let units: Vec<Unit> = if records.len() > 1 {
+            std::iter::once(Unit::Records(records)).chain(others.into_iter().map(Unit::One)).collect()
+        } else {
+            (0..jobs.len()).map(Unit::One).collect()
+        };
+        let mut done: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
+        let mut appended = false;
+        let outcome = self.backend.batch(units.len(), deadline, &mut |tx, u| {
+            let out = match &units[u] {
+                Unit::One(i) => self.apply(tx, &jobs[*i].op).map(|d| done[*i] = Some(Ok(d))),
+                Unit::Records(all) => self.apply_records(tx, all.iter().map(|&i| &jobs[i].op)).map(|outcomes| {
+                    for (&i, o) in all.iter().zip(outcomes) {
+                        done[i] = Some(o);
+                    }
+                }),
+            };
+            appended |= tx.appended();
+            out
         });
         match outcome {
             Ok(results) => {
-                // Memory follows the log before anyone hears of the commit. If the database
-                // cannot be read back right now, the follower catches up later.
-                let _ = self.follower.catch_up();
-                for ((job, result), done) in jobs.into_iter().zip(results).zip(done) {
-                    if result.is_err() {
+                // Memory follows the log before anyone hears of the commit (a batch that
+                // appended nothing has nothing to follow: no read back). If the database cannot
+                // be read back right now, the follower catches up later.
+                if appended {
+                    let _ = self.follower.catch_up();
+                }
+                let mut answers: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
+                let mut take = |i: usize| {
+                    done[i].take().unwrap_or_else(|| Err(Error::Corrupt("operation left no result".into())))
+                };
+                for (unit, result) in units.iter().zip(results) {
+                    match unit {
+                        Unit::One(i) => answers[*i] = Some(result.and_then(|()| take(*i))),
+                        Unit::Records(all) => {
+                            for &i in all {
+                                answers[i] = Some(match &result {
+                                    Ok(()) => take(i),
+                                    Err(e) => Err(again(e)),
+                                });
+                            }
+                        }
+                    }
+                }
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    let answer =
+                        answer.unwrap_or_else(|| Err(Error::Corrupt("operation left no result".into())));
+                    if answer.is_err() {
                         missed(&job);
                     }
-                    let answer = result
-                        .and_then(|()| done.ok_or_else(|| Error::Corrupt("operation left no result".into())));
                     let _ = job.reply.send(answer);
                 }
             }
@@ -230,6 +270,36 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The plain token records of a batch, as one operation: each checked and written (or
+    /// refused, writing nothing) with its audit entry, in one call of the backend.
+    fn apply_records<'a>(
+        &self,
+        tx: &mut dyn Tx,
+        ops: impl Iterator<Item = &'a Op>,
+    ) -> Result<Vec<Result<Done>>> {
+        let at_ms = now_ms();
+        let at = at_ms.div_euclid(1000);
+        let ops: Vec<(&Op, &NewToken, Option<&Actor>)> = ops.filter_map(plain_record).collect();
+        let rows: Vec<(TokenId, StoredToken)> =
+            ops.iter().map(|(_, new, _)| (new.tid, stored_token(new, at, None, None))).collect();
+        let outcomes = tx.record_tokens(&rows)?;
+        let system = Actor::system();
+        let mut out = Vec::with_capacity(ops.len());
+        for (((op, _, actor), (tid, stored)), outcome) in ops.iter().zip(rows).zip(outcomes) {
+            out.push(match outcome {
+                Ok(()) => {
+                    let done = Done::Token(stored.into_record(tid));
+                    for (row, only) in audit::rows_for(op, &done, actor.unwrap_or(&system), at_ms) {
+                        tx.insert_audit(&row, only)?;
+                    }
+                    Ok(done)
+                }
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
     }
 
     fn log(tx: &mut dyn Tx, at: i64, target: RevocationTarget) -> Result<Revocation> {
@@ -255,36 +325,8 @@ impl Writer {
         grant: Option<String>,
         session: Option<&SessionId>,
     ) -> Result<TokenRecord> {
-        let key = tx.key(&new.kid)?.ok_or(Error::UnknownKey(new.kid))?;
-        if key.state == KeyState::Revoked {
-            return Err(Error::KeyRevoked(new.kid));
-        }
-        if tx.token(&new.tid)?.is_some() {
-            return Err(Error::DuplicateToken(new.tid));
-        }
-        if let Some(parent) = &new.parent {
-            // In the same transaction as a revocation would be: a child is never
-            // recorded under a parent whose revocation has committed.
-            let p = tx.parent(parent)?.ok_or(Error::UnknownToken(*parent))?;
-            if p.revoked_at.is_some() {
-                return Err(Error::ParentRevoked(*parent));
-            }
-        }
-        let stored = StoredToken {
-            kid: *new.kid.as_bytes(),
-            subject: new.subject.clone(),
-            description: new.description.clone(),
-            created: at,
-            expires: new.expires,
-            caveats: new.caveats.clone(),
-            revoked_at: None,
-            parent: new.parent.map(|p| *p.as_bytes()),
-            used_at: None,
-            last_used: None,
-            grant,
-            session: session.map(|s| *s.as_bytes()),
-        };
-        tx.insert_token(&new.tid, &stored)?;
+        let stored = stored_token(new, at, grant, session);
+        tx.record_token(&new.tid, &stored)?;
         Ok(stored.into_record(new.tid))
     }
 
@@ -571,5 +613,53 @@ impl Writer {
             Op::As { op, .. } => self.apply_op(tx, op, at_ms),
             Op::Note { .. } => Ok(Done::Nothing),
         }
+    }
+}
+
+/// What the backend runs as one operation of a batch's transaction.
+enum Unit {
+    /// One job.
+    One(usize),
+    /// These jobs, every one a plain token record (see [`Writer::apply_records`]).
+    Records(Vec<usize>),
+}
+
+/// A plain token record (on behalf of an actor or not): the operation, the record, the actor.
+fn plain_record(op: &Op) -> Option<(&Op, &NewToken, Option<&Actor>)> {
+    match op {
+        Op::Record(new) => Some((op, new, None)),
+        Op::As { actor, op } => match &**op {
+            Op::Record(new) => Some((&**op, new, Some(&**actor))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The stored record of a token minted at `at`, with what it grants when redeemed (a link) or
+/// the session whose refresh token it is.
+fn stored_token(new: &NewToken, at: i64, grant: Option<String>, session: Option<&SessionId>) -> StoredToken {
+    StoredToken {
+        kid: *new.kid.as_bytes(),
+        subject: new.subject.clone(),
+        description: new.description.clone(),
+        created: at,
+        expires: new.expires,
+        caveats: new.caveats.clone(),
+        revoked_at: None,
+        parent: new.parent.map(|p| *p.as_bytes()),
+        used_at: None,
+        last_used: None,
+        grant,
+        session: session.map(|s| *s.as_bytes()),
+    }
+}
+
+/// The same failure again, for each operation of a unit that failed as a whole.
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        Error::Unconfirmed(m) => Error::Unconfirmed(m.clone()),
+        other => Error::Database(format!("nothing written: {other}")),
     }
 }

@@ -124,9 +124,31 @@ pub fn client_ip(
     Ok(Some(last))
 }
 
-/// The client address as the service's configuration reads it.
+/// The client address the guard (`http/guard`) read from a trusted proxy's forwarding header,
+/// kept in the request's extensions so the handler and the access line do not parse the header
+/// again (forward auth asked three times per request). Only a success is kept: a header that
+/// does not parse is answered 400 by the guard before any handler runs.
+#[derive(Clone, Copy)]
+pub(crate) struct ClientAddr(Option<IpAddr>);
+
+/// The client address as the service's configuration reads it (what the guard kept, if it kept
+/// it).
 pub(crate) fn client_ip_of(state: &AppState, req: &HttpRequest) -> Result<Option<IpAddr>, ApiError> {
+    if let Some(ClientAddr(ip)) = req.extensions().get::<ClientAddr>() {
+        return Ok(*ip);
+    }
     client_ip(req, &state.config.trusted_proxies, state.config.forwarded_header)
+}
+
+/// [`client_ip_of`], kept in the request's extensions when it came through a trusted proxy (a
+/// direct client's address is its peer's, cheaper to read again than to keep).
+pub(crate) fn read_client_ip(state: &AppState, req: &HttpRequest) -> Result<Option<IpAddr>, ApiError> {
+    let ip = client_ip_of(state, req)?;
+    let trusted = &state.config.trusted_proxies;
+    if req.peer_addr().is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip()))) {
+        req.extensions_mut().insert(ClientAddr(ip));
+    }
+    Ok(ip)
 }
 
 fn decode(text: &str, what: &str) -> Result<Token, ApiError> {

@@ -50,7 +50,7 @@ pub(crate) async fn guard(
         let refused = if UNLIMITED.contains(&req.path()) {
             None
         } else {
-            match auth::client_ip_of(state, req.request()) {
+            match auth::read_client_ip(state, req.request()) {
                 Err(e) => Some(e),
                 Ok(Some(ip)) if !state.limiter.allow(ip) => Some(ApiError::rate_limited()),
                 Ok(_) => None,

@@ -12,7 +12,9 @@
 //! 200 (empty when there is nothing to say) so no proxy lets a client's own copy through; 401
 //! with `WWW-Authenticate: Bearer`; 403 with the reason; 429 with `Retry-After` and `RateLimit`.
 
-use actix_web::http::header::{HeaderMap, HeaderValue};
+use std::borrow::Cow;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tessera_core::{Context, CustomClaims, Restrictions};
@@ -27,10 +29,18 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// The path Envoy's `path_prefix` points at; the original path follows it.
 pub(crate) const ENVOY_PREFIX: &str = "/v1/authz/envoy";
 
-/// The identity headers of a 200, in the order they are sent.
-const SUBJECT: &str = "X-Tessera-Subject";
-const TID: &str = "X-Tessera-Tid";
-const CLAIMS: &str = "X-Tessera-Claims";
+/// The identity headers of a 200, in the order they are sent. Header names are made once, here:
+/// naming a header by text parses the name again on every request.
+const SUBJECT: HeaderName = HeaderName::from_static("x-tessera-subject");
+const TID: HeaderName = HeaderName::from_static("x-tessera-tid");
+const CLAIMS: HeaderName = HeaderName::from_static("x-tessera-claims");
+
+/// The original request's headers, per family.
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 
 /// The longest token text read from a header or cookie (a bearer token is bounded by actix's
 /// header limits alike).
@@ -44,16 +54,17 @@ enum Family {
     Envoy,
 }
 
-/// The original request as the family's headers describe it.
-struct Original {
-    host: String,
-    method: String,
-    target: String,
+/// The original request as the family's headers describe it (borrowed from the headers, but for
+/// Envoy's target, which is put together).
+struct Original<'a> {
+    host: &'a str,
+    method: &'a str,
+    target: Cow<'a, str>,
 }
 
 /// The one value of a header, as text; absent, repeated or not text is an error (a proxy sends
 /// one; two would let a client choose).
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>> {
     let mut all = headers.get_all(name);
     let Some(first) = all.next() else { return Ok(None) };
     if all.next().is_some() {
@@ -62,63 +73,66 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
     first.to_str().map(Some).map_err(|_| ApiError::bad_request(format!("{name} is not text")))
 }
 
-fn required<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str> {
+fn required<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str> {
     single(headers, name)?.ok_or_else(|| {
         ApiError::bad_request(format!("{name} is missing: configure the proxy as docs/PROXIES.md shows"))
     })
 }
 
-fn original(req: &HttpRequest, family: Family) -> Result<Original> {
+fn original(req: &HttpRequest, family: Family) -> Result<Original<'_>> {
     let h = req.headers();
-    let host = |name: &str| single(h, name).map(|v| v.unwrap_or("").to_owned());
+    let host = |name: &HeaderName| single(h, name).map(Option::unwrap_or_default);
     Ok(match family {
         Family::Nginx => Original {
-            host: host("host")?,
-            method: required(h, "x-original-method")?.to_owned(),
-            target: required(h, "x-original-uri")?.to_owned(),
+            host: host(&header::HOST)?,
+            method: required(h, &X_ORIGINAL_METHOD)?,
+            target: Cow::Borrowed(required(h, &X_ORIGINAL_URI)?),
         },
         Family::Forward => Original {
-            host: host("x-forwarded-host")?,
-            method: required(h, "x-forwarded-method")?.to_owned(),
-            target: required(h, "x-forwarded-uri")?.to_owned(),
+            host: host(&X_FORWARDED_HOST)?,
+            method: required(h, &X_FORWARDED_METHOD)?,
+            target: Cow::Borrowed(required(h, &X_FORWARDED_URI)?),
         },
         Family::Envoy => {
             // The raw target, before actix decodes it for routing: the policy decodes it once.
             let path = req.uri().path();
             let rest = path.strip_prefix(ENVOY_PREFIX).unwrap_or("");
             let target = match req.uri().query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_owned(),
+                Some(q) => Cow::Owned(format!("{rest}?{q}")),
+                None => Cow::Borrowed(rest),
             };
             // HEAD is routed as GET by the guard; both are `read` unless the policy says more.
-            Original { host: host("host")?, method: req.method().as_str().to_owned(), target }
+            Original { host: host(&header::HOST)?, method: req.method().as_str(), target }
         }
     })
 }
 
 /// The token text: `Authorization: Bearer`, else the policy's header, else its cookie.
-fn token_text(req: &HttpRequest, source: &tessera_policy::TokenSource) -> Result<Option<String>> {
+fn token_text<'a>(req: &'a HttpRequest, source: &tessera_policy::TokenSource) -> Result<Option<&'a str>> {
     let h = req.headers();
-    if let Some(v) = single(h, "authorization").map_err(|e| ApiError::unauthorized(e.detail()))? {
+    if let Some(v) = single(h, &header::AUTHORIZATION).map_err(|e| ApiError::unauthorized(e.detail()))? {
         let text = v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
             .ok_or_else(|| ApiError::unauthorized("Authorization must be: Bearer <token>"))?;
-        return Ok(Some(text.trim().to_owned()));
+        return Ok(Some(text.trim()));
     }
     if let Some(name) = &source.header {
-        if let Some(v) = single(h, name).map_err(|e| ApiError::unauthorized(e.detail()))? {
-            return Ok(Some(v.trim().to_owned()));
+        // The policy's name was checked when it loaded; a name that does not parse finds nothing.
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            if let Some(v) = single(h, &name).map_err(|e| ApiError::unauthorized(e.detail()))? {
+                return Ok(Some(v.trim()));
+            }
         }
     }
     if let Some(name) = &source.cookie {
         // The first cookie of that name, as browsers send the most specific first.
-        for line in h.get_all("cookie") {
+        for line in h.get_all(header::COOKIE) {
             let line = line.to_str().map_err(|_| ApiError::unauthorized("Cookie is not text"))?;
             for pair in line.split(';') {
                 if let Some((k, v)) = pair.trim().split_once('=') {
                     if k == name {
-                        return Ok(Some(v.trim().trim_matches('"').to_owned()));
+                        return Ok(Some(v.trim().trim_matches('"')));
                     }
                 }
             }
@@ -223,7 +237,7 @@ fn allowed(r: Option<&Restrictions>, extra: Vec<(&'static str, String)>) -> Resu
     res.insert_header((SUBJECT, header_value(&subject)));
     res.insert_header((TID, header_value(&tid)));
     res.insert_header((CLAIMS, header_value(&claims)));
-    res.insert_header(("Cache-Control", "no-store"));
+    res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
     for (name, value) in extra {
         res.insert_header((name, value));
     }
@@ -252,7 +266,7 @@ async fn decide(req: HttpRequest, family: Family) -> Result<HttpResponse> {
     no_identity_headers(&req)?;
     no_method_override(&req)?;
     let o = original(&req, family)?;
-    let (operation, resource) = match policy.decide(&o.host, &o.method, &o.target) {
+    let (operation, resource) = match policy.decide(o.host, o.method, &o.target) {
         Err(e) => return Err(ApiError::forbidden(e.to_string())),
         Ok(Decision::Unmatched) => {
             return Err(ApiError::forbidden(format!(
@@ -276,7 +290,7 @@ async fn decide(req: HttpRequest, family: Family) -> Result<HttpResponse> {
         ctx = ctx.client_ip(ip);
     }
     let (checked, headers) =
-        crate::verifying::verify(&req, &token, &discharges, &ctx).await.map_err(as_credential_error)?;
+        crate::verifying::verify(&req, token, &discharges, &ctx).await.map_err(as_credential_error)?;
     allowed(Some(&checked.restrictions()), headers)
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tessera_core::{KeyId, SessionId, TokenId};
 
-use crate::codec::{Notice, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken};
-use crate::error::Result;
+use crate::codec::{KeyState, Notice, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken};
+use crate::error::{Error, Result};
 
 /// What a change-log entry records. The log is gap-free and in commit order: a follower that
 /// has applied every entry up to `seq` has seen every change committed before it.
@@ -64,6 +64,41 @@ pub(crate) trait Tx {
     }
     /// Insert a new token record with its subject and lineage indexes.
     fn insert_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()>;
+    /// Record a freshly minted token, all checks and the insert as one step: its key must exist
+    /// and not be revoked, its id must be new, and its parent (if any) must be recorded and not
+    /// revoked, held against a concurrent revocation as [`Tx::parent`] says. Nothing is written
+    /// when a check fails. A shared database does it in one statement (one round trip); this
+    /// default is the same checks on the other primitives.
+    fn record_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()> {
+        let kid = KeyId::from_bytes(token.kid);
+        let key = self.key(&kid)?.ok_or(Error::UnknownKey(kid))?;
+        if key.state == KeyState::Revoked {
+            return Err(Error::KeyRevoked(kid));
+        }
+        if self.token(tid)?.is_some() {
+            return Err(Error::DuplicateToken(*tid));
+        }
+        if let Some(parent) = token.parent.map(TokenId::from_bytes) {
+            // In the same transaction as a revocation would be: a child is never recorded under
+            // a parent whose revocation has committed.
+            let p = self.parent(&parent)?.ok_or(Error::UnknownToken(parent))?;
+            if p.revoked_at.is_some() {
+                return Err(Error::ParentRevoked(parent));
+            }
+        }
+        self.insert_token(tid, token)
+    }
+    /// Record several freshly minted tokens, in order, each as [`Tx::record_token`] would: one
+    /// outcome each, a refused one having written nothing. An error of the database itself (not
+    /// a refusal) fails them all. A shared database sends them together (one round trip).
+    fn record_tokens(&mut self, rows: &[(TokenId, StoredToken)]) -> Result<Vec<Result<()>>> {
+        rows.iter()
+            .map(|(tid, t)| match self.record_token(tid, t) {
+                Err(e) if e.is_refusal() => Ok(Err(e)),
+                other => other.map(Ok),
+            })
+            .collect()
+    }
     /// Mark a token record revoked at `at`.
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()>;
     /// Record the single use of a token at `at`: `None` when this is it, `Some(when)` when it
@@ -100,6 +135,12 @@ pub(crate) trait Tx {
     /// Append to the change log; returns the entry's sequence number. Appends are serialized
     /// across every writer of the database, so sequence order is commit order.
     fn append(&mut self, at: i64, event: Event) -> Result<u64>;
+    /// Whether this transaction may have appended to the change log (so memory has something
+    /// to follow once it commits). A database in the same process just says yes: following it
+    /// costs no round trip.
+    fn appended(&self) -> bool {
+        true
+    }
 
     /// Append several entries, in order, as [`Tx::append`] would one by one; their sequence
     /// numbers. Nothing (and no lock) for none.
@@ -192,6 +233,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// transaction is durable; `Err` means nothing was committed. A database that may not
     /// answer gives up at `deadline` (`Unavailable`, nothing committed) instead of waiting.
     fn batch(&self, n: usize, deadline: Instant, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>>;
+    /// Exchanges with the database server that write transactions made, ever: what the
+    /// one-round-trip operations are held to in tests. A database in the same process makes
+    /// none.
+    fn write_round_trips(&self) -> u64 {
+        0
+    }
     /// Every key.
     fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>>;
     /// Every JWT signing key, by kid.

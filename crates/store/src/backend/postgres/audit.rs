@@ -1,9 +1,8 @@
 //! The audit trail on PostgreSQL (migration `0008_audit.sql`).
 //!
-//! Writing costs no round trip of its own: the entries of an operation go as one prepared
-//! `INSERT` (every value a bind parameter, so no text from a request is ever parsed as SQL),
-//! pipelined in front of the savepoint release or the `COMMIT` that ends the operation (see
-//! `PgTx::exec_with`). Sealing, pruning and reading run on their own connections, never on the
+//! Writing costs no round trip of its own: the entries of every operation of a batch that
+//! succeeded go as one prepared `INSERT` (every value a bind parameter, so no text from a request
+//! is ever parsed as SQL), pipelined in front of the `COMMIT` (see `PgTx::finish`). Sealing, pruning and reading run on their own connections, never on the
 //! write path.
 
 use tessera_core::{SessionId, TokenId};
@@ -99,26 +98,52 @@ impl Pending {
         self.at_ms.is_empty()
     }
 
-    /// The parameters of [`INSERT_SQL`], in order.
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 17] {
-        [
-            &self.at_ms,
-            &self.kind,
-            &self.outcome,
-            &self.actor_subject,
-            &self.actor_tid,
-            &self.issuer,
-            &self.address,
-            &self.request_id,
-            &self.user_agent,
-            &self.target_tid,
-            &self.target_kid,
-            &self.target_sid,
-            &self.target_app,
-            &self.target_subject,
-            &self.reason,
-            &self.detail,
-            &self.only_link,
+    /// How many entries are pending.
+    pub(super) fn len(&self) -> usize {
+        self.at_ms.len()
+    }
+
+    /// Forget every entry past the first `n` (those of an operation that failed).
+    pub(super) fn truncate(&mut self, n: usize) {
+        self.at_ms.truncate(n);
+        self.kind.truncate(n);
+        self.outcome.truncate(n);
+        self.actor_subject.truncate(n);
+        self.actor_tid.truncate(n);
+        self.issuer.truncate(n);
+        self.address.truncate(n);
+        self.request_id.truncate(n);
+        self.user_agent.truncate(n);
+        self.target_tid.truncate(n);
+        self.target_kid.truncate(n);
+        self.target_sid.truncate(n);
+        self.target_app.truncate(n);
+        self.target_subject.truncate(n);
+        self.reason.truncate(n);
+        self.detail.truncate(n);
+        self.only_link.truncate(n);
+    }
+
+    /// The parameters of [`INSERT_SQL`], in order, owned.
+    pub(super) fn into_params(self) -> super::tx::Params {
+        vec![
+            Box::new(self.at_ms),
+            Box::new(self.kind),
+            Box::new(self.outcome),
+            Box::new(self.actor_subject),
+            Box::new(self.actor_tid),
+            Box::new(self.issuer),
+            Box::new(self.address),
+            Box::new(self.request_id),
+            Box::new(self.user_agent),
+            Box::new(self.target_tid),
+            Box::new(self.target_kid),
+            Box::new(self.target_sid),
+            Box::new(self.target_app),
+            Box::new(self.target_subject),
+            Box::new(self.reason),
+            Box::new(self.detail),
+            Box::new(self.only_link),
         ]
     }
 }

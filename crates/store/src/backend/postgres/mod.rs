@@ -106,6 +106,9 @@ pub(crate) struct PostgresBackend {
     handle: tokio::runtime::Handle,
     pool: Pool,
     notified: Mutex<Receiver<()>>,
+    /// Exchanges with the server made by write transactions, ever (see
+    /// [`Backend::write_round_trips`]).
+    round_trips: std::sync::atomic::AtomicU64,
 }
 
 impl PostgresBackend {
@@ -140,7 +143,13 @@ impl PostgresBackend {
         };
         let (tx, rx) = mpsc::channel();
         let handle = rt.handle().clone();
-        let backend = PostgresBackend { rt: Some(rt), handle, pool, notified: Mutex::new(rx) };
+        let backend = PostgresBackend {
+            rt: Some(rt),
+            handle,
+            pool,
+            notified: Mutex::new(rx),
+            round_trips: Default::default(),
+        };
         let check = master.check_value()?;
         let opens = {
             let master = master.clone();
@@ -306,6 +315,9 @@ impl Backend for PostgresBackend {
             keys: Default::default(),
             deadline,
             audit: Default::default(),
+            queue: Vec::new(),
+            sent: false,
+            broken: None,
         };
         let out = run_batch(&mut tx, n, apply);
         // The rollback is bounded by the same deadline: a database that does not answer is not
@@ -317,6 +329,10 @@ impl Backend for PostgresBackend {
             }
         }
         out
+    }
+
+    fn write_round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn keys(&self) -> Result<Vec<(KeyId, StoredKey)>> {

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use deadpool_postgres::Object;
 use tessera_core::{KeyId, SessionId, TokenId};
 use tokio_postgres::Row;
@@ -17,55 +20,81 @@ use crate::backend::{ApplyOp, Event, Tx};
 use crate::codec::{Notice, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken};
 use crate::error::{Error, Result};
 
-/// `BEGIN`, each operation under its own savepoint (a failed one is rolled back alone), a
-/// `NOTIFY` if the change log grew, `COMMIT`. The transaction statements between operations go
-/// in one exchange with the server (`RELEASE SAVEPOINT op; SAVEPOINT op`), and a batch of one
-/// operation needs no savepoint: its failure rolls back the whole transaction.
+/// `BEGIN`, each operation under its own savepoint (a failed one is rolled back alone), the
+/// audit entries of the operations that succeeded, a `NOTIFY` if the change log grew, `COMMIT`.
+///
+/// Round trips are what a batch costs on a shared database, so nothing that needs no answer is
+/// sent alone. The transaction statements (`BEGIN`, `SAVEPOINT`, `RELEASE SAVEPOINT`,
+/// `ROLLBACK TO SAVEPOINT`) and the writes whose only possible failure is the database's own
+/// (a session's new record, a last use, a notice's progress) wait in `tx.queue` and go pipelined
+/// in front of the next statement that does need an answer; the audit entries wait for the
+/// `COMMIT` and go, as one `INSERT`, in front of it. So an operation that is one statement
+/// (recording a token, a single use) costs one round trip, and the batch one more. An operation
+/// that sent nothing needs no savepoint: its `SAVEPOINT` (and anything it queued) is taken back
+/// unsent. A batch of one operation needs none at all: its failure rolls back the whole
+/// transaction. A queued request that fails fails the whole batch: it may belong to an operation
+/// already done, which must not be rolled back alone.
 pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
     let single = n == 1;
-    let mut pending = String::from("BEGIN");
-    // The finished operation's audit entries, sent in front of `pending` (see `exec_with`).
-    let mut entries = Pending::default();
+    tx.control("BEGIN");
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
+        let mark = tx.mark();
+        let entries = tx.audit.len();
         if !single {
-            pending.push_str("; SAVEPOINT op");
+            tx.control("SAVEPOINT op");
         }
-        tx.exec_with(std::mem::take(&mut pending), std::mem::take(&mut entries))?;
-        match apply(tx, i) {
+        tx.sent = false;
+        let outcome = apply(tx, i);
+        if let Some(e) = tx.broken.take() {
+            return Err(e);
+        }
+        match outcome {
             Ok(()) => {
-                // The operation's audit entries go with the next exchange, inside its savepoint
-                // (or, alone in the batch, before the COMMIT): no round trip of their own.
-                entries = std::mem::take(&mut tx.audit);
-                if !single {
-                    pending.push_str("RELEASE SAVEPOINT op");
+                if !tx.sent && tx.mark() == tx.after_savepoint(mark, single) {
+                    tx.back_to(mark); // it neither sent nor queued anything
+                } else if !single {
+                    tx.control("RELEASE SAVEPOINT op");
                 }
                 results.push(Ok(()));
             }
             Err(e @ Error::Unavailable(_)) => return Err(e),
             Err(e) if single => {
-                tx.audit = Pending::default();
-                tx.exec("ROLLBACK".into())?;
+                if tx.sent {
+                    tx.exec("ROLLBACK".into())?;
+                }
                 return Ok(vec![Err(e)]);
             }
             Err(e) => {
-                tx.audit = Pending::default();
+                tx.audit.truncate(entries); // the failed operation's entries are not written
                 tx.keys.clear(); // what the failed operation read or wrote is gone
-                pending = "ROLLBACK TO SAVEPOINT op".into();
+                if tx.sent {
+                    tx.control("ROLLBACK TO SAVEPOINT op");
+                } else {
+                    tx.back_to(mark);
+                }
                 results.push(Err(e));
             }
         }
     }
-    if tx.appended {
-        pending.push_str("; NOTIFY tessera_changes");
+    if tx.mark() == (1, "BEGIN".len()) && tx.audit.is_empty() {
+        // Nothing was sent and nothing is to be written (every operation failed its checks).
+        return Ok(results);
     }
-    pending.push_str("; COMMIT");
     // Once COMMIT is sent, a deadline cannot undo it: the outcome is unknown, not "nothing".
-    tx.exec_with(pending.trim_start_matches("; ").to_owned(), entries).map_err(|e| match e {
+    tx.finish().map_err(|e| match e {
         Error::Unavailable(m) => Error::Unconfirmed(m),
         other => other,
     })?;
     Ok(results)
+}
+
+/// A request waiting to be sent in front of the next one that needs an answer.
+pub(super) enum Queued {
+    /// Transaction statements (simple query protocol; never values).
+    Control(String),
+    /// A prepared statement whose answer is not needed.
+    Write(&'static str, Params),
 }
 
 /// One write transaction on a pooled connection.
@@ -77,49 +106,234 @@ pub(super) struct PgTx<'a> {
     pub(super) keys: std::collections::HashMap<KeyId, Option<StoredKey>>,
     /// When every call of the transaction gives up (the earliest deadline of its operations).
     pub(super) deadline: std::time::Instant,
-    /// Audit entries of the running operation, sent with the exchange that ends it.
+    /// Audit entries of the operations so far that succeeded (and of the running one), written
+    /// in front of the `COMMIT`.
     pub(super) audit: Pending,
+    /// Requests not sent yet, in order: they go in front of the next statement.
+    pub(super) queue: Vec<Queued>,
+    /// Whether the running operation sent anything (so needs its savepoint).
+    pub(super) sent: bool,
+    /// A queued request failed: the batch fails whatever the running operation says.
+    pub(super) broken: Option<Error>,
 }
 
+/// A request's failure and whether it was one of the queued ones (not the statement sent with
+/// them).
+type Failed = (bool, tokio_postgres::Error);
+
 impl PgTx<'_> {
-    pub(super) fn run<T: Send + 'static>(
-        &self,
-        sql: &'static str,
-        params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
-        map: impl FnOnce(Vec<Row>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    /// One more exchange with the server.
+    fn count(&self) {
+        self.backend.round_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queue transaction statements (joined to the last queued ones when those are statements
+    /// too: one simple query).
+    fn control(&mut self, sql: &str) {
+        match self.queue.last_mut() {
+            Some(Queued::Control(last)) => {
+                last.push_str("; ");
+                last.push_str(sql);
+            }
+            _ => self.queue.push(Queued::Control(sql.to_owned())),
+        }
+    }
+
+    /// Queue a write whose answer is not needed.
+    fn defer(&mut self, sql: &'static str, params: Params) {
+        self.queue.push(Queued::Write(sql, params));
+    }
+
+    /// Where the queue ends now (requests, and the length of the last one's text).
+    fn mark(&self) -> (usize, usize) {
+        match self.queue.last() {
+            Some(Queued::Control(sql)) => (self.queue.len(), sql.len()),
+            _ => (self.queue.len(), 0),
+        }
+    }
+
+    /// Where the queue ends once an operation started at `mark` has queued its savepoint.
+    fn after_savepoint(&self, mark: (usize, usize), single: bool) -> (usize, usize) {
+        match (single, mark) {
+            (true, _) => mark,
+            (false, (n, 0)) => (n + 1, "SAVEPOINT op".len()),
+            (false, (n, len)) => (n, len + "; SAVEPOINT op".len()),
+        }
+    }
+
+    /// Take back whatever was queued since `mark`.
+    fn back_to(&mut self, (n, len): (usize, usize)) {
+        self.queue.truncate(n);
+        if let Some(Queued::Control(sql)) = self.queue.last_mut() {
+            if len > 0 {
+                sql.truncate(len);
+            }
+        }
+    }
+
+    /// Send the queued requests and then `last`, pipelined (one round trip), and wait for every
+    /// answer. tokio-postgres queues a request when its future is first polled, and the futures
+    /// are first polled in order, so the server runs them in that order.
+    fn send<T: Send + 'static>(&mut self, last: Vec<Last<T>>) -> Result<std::result::Result<Vec<T>, Failed>> {
+        let queue = std::mem::take(&mut self.queue);
         let client = Arc::clone(&self.client);
+        self.count();
         self.backend.call_until(self.deadline, async move {
-            let stmt = client.prepare_cached(sql).await.map_err(db)?;
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-            map(client.query(&stmt, &refs).await.map_err(db)?)
+            // Prepared first (once per connection): a preparation is a round trip of its own,
+            // and must not come between the queued requests.
+            let mut stmts = Vec::new();
+            for q in &queue {
+                if let Queued::Write(sql, _) = q {
+                    stmts.push(client.prepare_cached(sql).await.map_err(db)?);
+                }
+            }
+            let mut futs: Vec<BoxFuture<std::result::Result<(), tokio_postgres::Error>>> = Vec::new();
+            let mut stmts = stmts.into_iter();
+            for q in queue {
+                let client = Arc::clone(&client);
+                match q {
+                    Queued::Control(sql) => {
+                        futs.push(Box::pin(async move { client.batch_execute(&sql).await }))
+                    }
+                    Queued::Write(_, params) => {
+                        let stmt =
+                            stmts.next().ok_or_else(|| Error::Corrupt("statement not prepared".into()))?;
+                        futs.push(Box::pin(async move {
+                            let refs = params
+                                .iter()
+                                .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync));
+                            client.execute_raw(&stmt, refs).await.map(|_| ())
+                        }));
+                    }
+                }
+            }
+            let queued = futs.len();
+            let mut last: Vec<BoxFuture<std::result::Result<T, tokio_postgres::Error>>> =
+                last.into_iter().map(|l| l(Arc::clone(&client))).collect();
+            let mut done: Vec<bool> = vec![false; queued];
+            let mut failed: Option<Failed> = None;
+            let mut answers: Vec<Option<std::result::Result<T, tokio_postgres::Error>>> =
+                last.iter().map(|_| None).collect();
+            std::future::poll_fn(|cx| {
+                let mut pending = false;
+                for (i, f) in futs.iter_mut().enumerate() {
+                    if done[i] {
+                        continue;
+                    }
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(r) => {
+                            done[i] = true;
+                            if let Err(e) = r {
+                                failed.get_or_insert((true, e));
+                            }
+                        }
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+                for (f, answer) in last.iter_mut().zip(answers.iter_mut()) {
+                    if answer.is_none() {
+                        match f.as_mut().poll(cx) {
+                            std::task::Poll::Ready(r) => *answer = Some(r),
+                            std::task::Poll::Pending => pending = true,
+                        }
+                    }
+                }
+                if pending {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            if let Some(f) = failed {
+                return Ok(Err(f));
+            }
+            let mut out = Vec::with_capacity(answers.len());
+            for answer in answers {
+                match answer {
+                    Some(Ok(t)) => out.push(t),
+                    Some(Err(e)) => return Ok(Err((false, e))),
+                    None => return Err(Error::Corrupt("pipeline ended without an answer".into())),
+                }
+            }
+            Ok(Ok(out))
         })
     }
 
-    pub(super) fn exec(&self, sql: String) -> Result<()> {
+    /// The outcome of [`PgTx::send`]: a queued request that failed breaks the batch.
+    fn settle<T>(&mut self, out: std::result::Result<T, Failed>) -> Result<T> {
+        match out {
+            Ok(t) => Ok(t),
+            Err((false, e)) => Err(db(e)),
+            Err((true, e)) => {
+                let e = db(e);
+                self.broken = Some(Error::Database(format!("a queued write of the batch failed: {e}")));
+                Err(e)
+            }
+        }
+    }
+
+    /// One prepared statement, with the queued requests pipelined in front of it (one round trip
+    /// for all).
+    pub(super) fn run<T: Send + 'static>(
+        &mut self,
+        sql: &'static str,
+        params: Params,
+        map: impl FnOnce(Vec<Row>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let rows = self.run_many(sql, vec![params])?.pop().unwrap_or_default();
+        map(rows)
+    }
+
+    /// `sql` once per set of parameters, pipelined in that order behind the queued requests (one
+    /// round trip for all), and the rows of each. The first failure is returned; after it the
+    /// transaction is aborted.
+    pub(super) fn run_many(&mut self, sql: &'static str, sets: Vec<Params>) -> Result<Vec<Vec<Row>>> {
+        self.sent = true;
+        let last: Vec<Last<Vec<Row>>> = sets
+            .into_iter()
+            .map(|params| -> Last<Vec<Row>> {
+                Box::new(move |client: Arc<Object>| -> BoxFuture<std::result::Result<Vec<Row>, tokio_postgres::Error>> {
+                    Box::pin(async move {
+                        let stmt = client.prepare_cached(sql).await?;
+                        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                            .iter()
+                            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                            .collect();
+                        client.query(&stmt, &refs).await
+                    })
+                })
+            })
+            .collect();
+        let out = self.send(last)?;
+        self.settle(out)
+    }
+
+    /// Transaction statements alone (a `ROLLBACK`): whatever is queued is dropped.
+    pub(super) fn exec(&mut self, sql: String) -> Result<()> {
+        self.queue.clear();
+        self.count();
         let client = Arc::clone(&self.client);
         self.backend.call_until(self.deadline, async move { client.batch_execute(&sql).await.map_err(db) })
     }
 
-    /// `sql` (transaction statements, never values), after the audit `entries` written by one
-    /// prepared `INSERT` in the same exchange. Pipelined, in order: tokio-postgres queues a
-    /// request when its future is first polled (the statement is already prepared, so the
-    /// `INSERT` needs no round trip first), and `biased` polls the `INSERT` before the batch, so
-    /// the entries reach the server ahead of the savepoint release or `COMMIT` behind them, in
-    /// the same transaction. If the `INSERT` fails, the transaction is aborted and commits
-    /// nothing (a `COMMIT` then rolls back), and its error is returned.
-    pub(super) fn exec_with(&self, sql: String, entries: Pending) -> Result<()> {
-        if entries.is_empty() {
-            return self.exec(sql);
+    /// The end of the batch in one exchange, pipelined in this order: the queued requests, the
+    /// audit entries (one prepared `INSERT`), then `NOTIFY` if the change log grew and `COMMIT`.
+    /// If anything before the `COMMIT` fails, the transaction is aborted and the `COMMIT` commits
+    /// nothing (it rolls back), and the error is returned.
+    fn finish(&mut self) -> Result<()> {
+        let entries = std::mem::take(&mut self.audit);
+        if !entries.is_empty() {
+            self.queue.push(Queued::Write(INSERT_SQL, entries.into_params()));
         }
-        let client = Arc::clone(&self.client);
-        self.backend.call_until(self.deadline, async move {
-            let stmt = client.prepare_cached(INSERT_SQL).await.map_err(db)?;
-            tokio::try_join!(biased; client.execute_raw(&stmt, entries.params()), client.batch_execute(&sql))
-                .map_err(db)?;
-            Ok(())
-        })
+        let end = if self.appended { "NOTIFY tessera_changes; COMMIT" } else { "COMMIT" };
+        let last: Last<()> = Box::new(
+            move |client: Arc<Object>| -> BoxFuture<std::result::Result<(), tokio_postgres::Error>> {
+                Box::pin(async move { client.batch_execute(end).await })
+            },
+        );
+        let out = self.send(vec![last])?;
+        self.settle(out).map(|_| ())
     }
 
     /// The family of `ids` as the statement's snapshot sees it (the migration's `tessera_family`).
@@ -140,6 +354,12 @@ impl PgTx<'_> {
 }
 
 pub(super) type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A request to send behind the queued ones, given the connection.
+type Last<T> =
+    Box<dyn FnOnce(Arc<Object>) -> BoxFuture<std::result::Result<T, tokio_postgres::Error>> + Send>;
 
 pub(super) fn p<T: tokio_postgres::types::ToSql + Send + Sync + 'static>(
     v: T,
@@ -220,18 +440,36 @@ impl Tx for PgTx<'_> {
             p(t.grant.clone()),
             p(t.session.map(|b| b.to_vec())),
         ];
-        self.run(
+        self.defer(
             "INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json,
                session)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             params,
-            |_| Ok(()),
-        )
+        );
+        Ok(())
+    }
+
+    /// One statement, one round trip: the key, the id, the parent (`FOR SHARE`, as
+    /// [`Tx::parent`] holds it) and the insert, which happens only when every check passes; then
+    /// the checks' findings say which error, if any, the operation has.
+    fn record_token(&mut self, tid: &TokenId, t: &StoredToken) -> Result<()> {
+        let rows = self.run_many(RECORD_SQL, vec![record_params(tid, t)])?;
+        recorded(tid, t, &rows[0])
+    }
+
+    /// The statement of [`Tx::record_token`] once per record, pipelined: one round trip for all.
+    /// Each sees the ones before it (one transaction, run in order). None raises an error for a
+    /// refusal, so an error is the database's and fails them all.
+    fn record_tokens(&mut self, rows: &[(TokenId, StoredToken)]) -> Result<Vec<Result<()>>> {
+        let sets = rows.iter().map(|(tid, t)| record_params(tid, t)).collect();
+        let found = self.run_many(RECORD_SQL, sets)?;
+        Ok(rows.iter().zip(&found).map(|((tid, t), found)| recorded(tid, t, found)).collect())
     }
 
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()> {
         let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
-        self.run("UPDATE tessera_tokens SET revoked_at = $2 WHERE tid = $1", params, |_| Ok(()))
+        self.defer("UPDATE tessera_tokens SET revoked_at = $2 WHERE tid = $1", params);
+        Ok(())
     }
 
     fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>> {
@@ -282,33 +520,35 @@ impl Tx for PgTx<'_> {
         )
     }
 
+    /// One statement, one round trip: the row is locked (`FOR UPDATE`: of two nodes using one
+    /// token at once, the second waits and then sees the first's use) and marked used only if
+    /// it was not; the answer is the use before this one, if any.
     fn mark_used(&mut self, tid: &TokenId, at: i64) -> Result<Option<i64>> {
-        let params: Params = vec![p(tid.as_bytes().to_vec())];
-        // Locks the row: of two nodes using one token at once, the second sees the first's use.
-        self.run("SELECT used_at FROM tessera_tokens WHERE tid = $1 FOR UPDATE", params, move |rows| {
-            let row = rows.first().ok_or(crate::error::Error::UnknownToken(TokenId::from_bytes([0; 16])))?;
-            row.try_get::<_, Option<i64>>(0).map_err(db)
-        })
-        .map_err(|e| match e {
-            crate::error::Error::UnknownToken(_) => crate::error::Error::UnknownToken(*tid),
-            e => e,
-        })
-        .and_then(|used| match used {
-            Some(t) => Ok(Some(t)),
-            None => {
-                let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
-                self.run("UPDATE tessera_tokens SET used_at = $2 WHERE tid = $1", params, |_| Ok(None))
-            }
-        })
+        let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
+        let (found, before) = self.run(
+            "WITH o AS MATERIALIZED (SELECT used_at FROM tessera_tokens WHERE tid = $1 FOR UPDATE),
+             u AS (UPDATE tessera_tokens SET used_at = $2
+                   WHERE tid = $1 AND EXISTS (SELECT 1 FROM o WHERE used_at IS NULL) RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM o), (SELECT used_at FROM o), EXISTS (SELECT 1 FROM u)",
+            params,
+            |rows| {
+                let r = rows.first().ok_or_else(|| Error::Corrupt("a single use returned no row".into()))?;
+                Ok((r.try_get::<_, bool>(0).map_err(db)?, r.try_get::<_, Option<i64>>(1).map_err(db)?))
+            },
+        )?;
+        if !found {
+            return Err(Error::UnknownToken(*tid));
+        }
+        Ok(before)
     }
 
     fn touch(&mut self, tid: &TokenId, at: i64) -> Result<()> {
         let params: Params = vec![p(tid.as_bytes().to_vec()), p(at)];
-        self.run(
+        self.defer(
             "UPDATE tessera_tokens SET last_used = $2 WHERE tid = $1 AND (last_used IS NULL OR last_used < $2)",
             params,
-            |_| Ok(()),
-        )
+        );
+        Ok(())
     }
 
     fn claim_notice(&mut self, n: &Notice) -> Result<bool> {
@@ -346,12 +586,12 @@ impl Tx for PgTx<'_> {
             p(i32::try_from(n.attempts).unwrap_or(i32::MAX)),
             p(n.next_attempt),
         ];
-        self.run(
+        self.defer(
             "UPDATE tessera_notices SET delivered_at = $3, attempts = $4, next_attempt = $5
              WHERE tid = $1 AND threshold = $2",
             params,
-            |_| Ok(()),
-        )
+        );
+        Ok(())
     }
 
     fn session(&mut self, sid: &SessionId) -> Result<Option<StoredSession>> {
@@ -365,12 +605,14 @@ impl Tx for PgTx<'_> {
     fn put_session(&mut self, sid: &SessionId, session: &StoredSession) -> Result<()> {
         let params: Params =
             vec![p(sid.as_bytes().to_vec()), p(session.subject.clone()), p(crate::codec::encode(session))];
-        self.run(
+        // Queued: it goes with the next statement or the commit (the record was read `FOR
+        // UPDATE` before, so nothing else can have changed it).
+        self.defer(
             "INSERT INTO tessera_sessions (sid, subject, record) VALUES ($1, $2, $3)
              ON CONFLICT (sid) DO UPDATE SET record = excluded.record",
             params,
-            |_| Ok(()),
-        )
+        );
+        Ok(())
     }
 
     /// One statement (the migration's `tessera_family`): the whole family, each token once (at
@@ -451,6 +693,10 @@ impl Tx for PgTx<'_> {
         Ok(seqs)
     }
 
+    fn appended(&self) -> bool {
+        self.appended
+    }
+
     fn insert_audit(&mut self, row: &crate::audit::AuditRow, only: crate::audit::Only) -> Result<()> {
         self.audit.push(row, only);
         Ok(())
@@ -487,3 +733,75 @@ impl Tx for PgTx<'_> {
         seq.map(|s| s as u64).ok_or_else(|| Error::Corrupt("change counter row is missing".into()))
     }
 }
+
+/// The parameters of [`RECORD_SQL`].
+fn record_params(tid: &TokenId, t: &StoredToken) -> Params {
+    vec![
+        p(tid.as_bytes().to_vec()),
+        p(t.kid.to_vec()),
+        p(t.subject.clone()),
+        p(t.description.clone()),
+        p(t.created),
+        p(t.expires),
+        p(t.caveats.clone()),
+        p(t.parent.map(|b| b.to_vec())),
+        p(t.grant.clone()),
+        p(t.session.map(|b| b.to_vec())),
+    ]
+}
+
+/// The outcome of recording `tid` from what [`RECORD_SQL`] found: the key's state (none:
+/// unknown), whether the id was taken, whether the parent was found and revoked, and whether the
+/// row went in; the refusals in the order [`Tx::record_token`] checks them.
+fn recorded(tid: &TokenId, t: &StoredToken, rows: &[Row]) -> Result<()> {
+    let r = rows.first().ok_or_else(|| Error::Corrupt("recording a token returned no row".into()))?;
+    let key_state: Option<String> = r.try_get(0).map_err(db)?;
+    let (duplicate, parent_found, parent_revoked, inserted): (bool, bool, bool, bool) = (
+        r.try_get(1).map_err(db)?,
+        r.try_get(2).map_err(db)?,
+        r.try_get(3).map_err(db)?,
+        r.try_get(4).map_err(db)?,
+    );
+    let kid = KeyId::from_bytes(t.kid);
+    match key_state.as_deref() {
+        None => return Err(Error::UnknownKey(kid)),
+        Some("revoked") => return Err(Error::KeyRevoked(kid)),
+        Some(_) => {}
+    }
+    if duplicate {
+        return Err(Error::DuplicateToken(*tid));
+    }
+    if let Some(parent) = t.parent.map(TokenId::from_bytes) {
+        if !parent_found {
+            return Err(Error::UnknownToken(parent));
+        }
+        if parent_revoked {
+            return Err(Error::ParentRevoked(parent));
+        }
+    }
+    if !inserted {
+        // Recorded by a concurrent writer after this statement's snapshot.
+        return Err(Error::DuplicateToken(*tid));
+    }
+    Ok(())
+}
+
+/// Recording a new token in one statement (see [`Tx::record_token`]). Every check is a
+/// materialized CTE, evaluated before the insert that depends on them; the parent is locked
+/// `FOR SHARE` and read in its latest committed version. `ON CONFLICT DO NOTHING` covers an id
+/// recorded concurrently after the snapshot.
+const RECORD_SQL: &str = "WITH k AS MATERIALIZED (SELECT state FROM tessera_keys WHERE kid = $2::bytea),
+    d AS MATERIALIZED (SELECT 1 FROM tessera_tokens WHERE tid = $1::bytea),
+    par AS MATERIALIZED (SELECT revoked_at FROM tessera_tokens WHERE tid = $8::bytea FOR SHARE),
+    ins AS (
+        INSERT INTO tessera_tokens (tid, kid, subject, description, created, expires, caveats, parent, grant_json,
+            session)
+        SELECT $1::bytea, $2::bytea, $3::text, $4::text, $5::bigint, $6::bigint, $7::text[], $8::bytea, $9::text,
+            $10::bytea
+        WHERE EXISTS (SELECT 1 FROM k WHERE state <> 'revoked')
+          AND NOT EXISTS (SELECT 1 FROM d)
+          AND ($8::bytea IS NULL OR EXISTS (SELECT 1 FROM par WHERE revoked_at IS NULL))
+        ON CONFLICT (tid) DO NOTHING
+        RETURNING 1)
+    SELECT (SELECT state FROM k), EXISTS (SELECT 1 FROM d), EXISTS (SELECT 1 FROM par),
+        EXISTS (SELECT 1 FROM par WHERE revoked_at IS NOT NULL), EXISTS (SELECT 1 FROM ins)";

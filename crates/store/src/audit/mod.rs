@@ -364,9 +364,12 @@ impl FromStr for AuditHead {
     }
 }
 
-/// The chain key: `HMAC(master, "tessera/audit/v1")`, zeroized on drop, redacted in `Debug`.
+/// The chain key: `HMAC(master, "tessera/audit/v1")`, redacted in `Debug`. Held as HMAC-SHA-256
+/// keyed with it (the inner and outer padded-key blocks already hashed: every link would hash
+/// them again), which is as secret as the key and, like it, wiped on drop (`hmac`'s and `sha2`'s
+/// `zeroize` features); the key bytes themselves are wiped once it is made.
 #[derive(Clone)]
-pub(crate) struct AuditKey(Zeroizing<[u8; 32]>);
+pub(crate) struct AuditKey(Hmac<Sha256>);
 
 impl fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -376,14 +379,14 @@ impl fmt::Debug for AuditKey {
 
 impl AuditKey {
     pub(crate) fn from_master(master: &MasterKey) -> AuditKey {
-        AuditKey(master.derive(b"tessera/audit/v1"))
+        let key: Zeroizing<[u8; 32]> = master.derive(b"tessera/audit/v1");
+        AuditKey(<Hmac<Sha256> as KeyInit>::new_from_slice(key.as_slice()).unwrap_or_else(|_| unreachable!()))
     }
 
     fn mac(&self, prev: &[u8; 32], row: &AuditRow) -> Hmac<Sha256> {
-        let mut m =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_slice()).unwrap_or_else(|_| unreachable!());
+        let mut m = self.0.clone();
         m.update(prev);
-        m.update(&row.canonical());
+        row.canonical_into(&mut |b| m.update(b));
         m
     }
 
@@ -402,8 +405,7 @@ impl AuditKey {
     /// (71 bytes) is shorter than any entry's link input (the previous link, the entry's label
     /// and three integers alone are 78), so no entry's link is ever an anchor's MAC.
     fn anchor_hmac(&self, seq: u64, link: &[u8; 32], pruned_at_ms: i64) -> Hmac<Sha256> {
-        let mut m =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_slice()).unwrap_or_else(|_| unreachable!());
+        let mut m = self.0.clone();
         m.update(b"tessera/audit-anchor/v1");
         m.update(&seq.to_be_bytes());
         m.update(link);
@@ -442,45 +444,55 @@ pub(crate) struct AuditRow {
     pub(crate) mac: Option<[u8; 32]>,
 }
 
-fn put_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
+/// An optional field of the canonical bytes: 0, or 1 and its length (u32, big-endian) and bytes.
+fn put_opt(out: &mut impl FnMut(&[u8]), v: Option<&[u8]>) {
     match v {
-        None => out.push(0),
+        None => out(&[0]),
         Some(b) => {
-            out.push(1);
-            out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
-            out.extend_from_slice(b);
+            let len = u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes();
+            out(&[1, len[0], len[1], len[2], len[3]]);
+            out(b);
         }
     }
 }
 
 impl AuditRow {
     /// The bytes the link covers: every field but the link, each length-prefixed, in a fixed
-    /// order, after a version label. Two different entries never give the same bytes.
+    /// order, after a version label. Two different entries never give the same bytes. (Links
+    /// hash them piece by piece: [`AuditRow::canonical_into`].)
+    #[cfg(test)]
     pub(crate) fn canonical(&self) -> Vec<u8> {
-        let e = &self.entry;
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"tessera/audit-entry/v1");
-        out.extend_from_slice(&e.seq.to_be_bytes());
-        out.extend_from_slice(&e.id.to_be_bytes());
-        out.extend_from_slice(&e.at_ms.to_be_bytes());
-        put_opt(&mut out, Some(e.kind.as_str().as_bytes()));
-        put_opt(&mut out, Some(e.outcome.as_str().as_bytes()));
-        let a = &e.actor;
-        put_opt(&mut out, a.subject.as_deref().map(str::as_bytes));
-        put_opt(&mut out, a.tid.as_ref().map(|t| t.as_bytes().as_slice()));
-        put_opt(&mut out, a.issuer.as_deref().map(str::as_bytes));
-        put_opt(&mut out, a.address.as_deref().map(str::as_bytes));
-        put_opt(&mut out, a.request_id.as_deref().map(str::as_bytes));
-        put_opt(&mut out, a.user_agent.as_deref().map(str::as_bytes));
-        let t = &e.target;
-        put_opt(&mut out, t.tid.as_ref().map(|t| t.as_bytes().as_slice()));
-        put_opt(&mut out, t.kid.as_deref().map(str::as_bytes));
-        put_opt(&mut out, t.sid.as_ref().map(|s| s.as_bytes().as_slice()));
-        put_opt(&mut out, t.app.as_deref().map(str::as_bytes));
-        put_opt(&mut out, self.target_subject.as_deref().map(str::as_bytes));
-        put_opt(&mut out, e.reason.as_deref().map(str::as_bytes));
-        put_opt(&mut out, e.detail.as_deref().map(str::as_bytes));
+        self.canonical_into(&mut |b| out.extend_from_slice(b));
         out
+    }
+
+    /// The canonical bytes, piece by piece into `out` (a link hashes them as they come, without
+    /// gathering them first): every field but the link, each length-prefixed, in a fixed order,
+    /// after a version label. Two different entries never give the same bytes.
+    pub(crate) fn canonical_into(&self, out: &mut impl FnMut(&[u8])) {
+        let e = &self.entry;
+        out(b"tessera/audit-entry/v1");
+        out(&e.seq.to_be_bytes());
+        out(&e.id.to_be_bytes());
+        out(&e.at_ms.to_be_bytes());
+        put_opt(out, Some(e.kind.as_str().as_bytes()));
+        put_opt(out, Some(e.outcome.as_str().as_bytes()));
+        let a = &e.actor;
+        put_opt(out, a.subject.as_deref().map(str::as_bytes));
+        put_opt(out, a.tid.as_ref().map(|t| t.as_bytes().as_slice()));
+        put_opt(out, a.issuer.as_deref().map(str::as_bytes));
+        put_opt(out, a.address.as_deref().map(str::as_bytes));
+        put_opt(out, a.request_id.as_deref().map(str::as_bytes));
+        put_opt(out, a.user_agent.as_deref().map(str::as_bytes));
+        let t = &e.target;
+        put_opt(out, t.tid.as_ref().map(|t| t.as_bytes().as_slice()));
+        put_opt(out, t.kid.as_deref().map(str::as_bytes));
+        put_opt(out, t.sid.as_ref().map(|s| s.as_bytes().as_slice()));
+        put_opt(out, t.app.as_deref().map(str::as_bytes));
+        put_opt(out, self.target_subject.as_deref().map(str::as_bytes));
+        put_opt(out, e.reason.as_deref().map(str::as_bytes));
+        put_opt(out, e.detail.as_deref().map(str::as_bytes));
     }
 }
 
@@ -489,6 +501,10 @@ impl AuditRow {
 /// Callers without a credential put text here (an exchange's unverified `iss` and `sub`, a user
 /// agent): a terminal escape or a line break in it must not reach whoever reads the trail.
 pub(crate) fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        // Nothing to replace or cut (the usual case): the same text, copied once.
+        return text.to_owned();
+    }
     let clean: String = text
         .chars()
         .take(max)
@@ -553,3 +569,6 @@ impl AuditRow {
         self
     }
 }
+
+#[cfg(test)]
+mod tests;

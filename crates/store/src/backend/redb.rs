@@ -7,9 +7,10 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tessera_core::{KeyId, SessionId, TokenId};
 
 use super::{ApplyOp, Backend, Change, Event, Tx};
@@ -20,8 +21,11 @@ use crate::codec::{
 };
 use crate::error::{storage, Error, Result};
 use crate::master::MasterKey;
+use tables::Tables;
 
 mod audit;
+mod entry;
+mod tables;
 mod tx;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -50,6 +54,9 @@ pub(crate) struct RedbBackend {
     db: Database,
     /// Entries are sealed as they are written (one writer per file).
     audit_key: AuditKey,
+    /// The audit trail's tail as the last commit left it (`None`: read it from the tables), set
+    /// only after a commit succeeded; checked against the table before use (see `audit::insert`).
+    audit_tail: Mutex<Option<audit::Tail>>,
 }
 
 impl RedbBackend {
@@ -79,7 +86,7 @@ impl RedbBackend {
             Some(_) => {}
             None => init(&db, master)?,
         }
-        Ok(RedbBackend { db, audit_key: AuditKey::from_master(master) })
+        Ok(RedbBackend { db, audit_key: AuditKey::from_master(master), audit_tail: Mutex::new(None) })
     }
 }
 
@@ -169,9 +176,12 @@ fn target_of(e: Event) -> StoredTarget {
     }
 }
 
-struct RedbTx<'a> {
-    txn: &'a WriteTransaction,
+/// One operation's view of the batch's write transaction: its tables (opened once per batch) and
+/// the audit trail's tail as the operations before it left it.
+struct RedbTx<'a, 't> {
+    tables: &'a mut Tables<'t>,
     audit_key: &'a AuditKey,
+    audit_tail: &'a mut Option<audit::Tail>,
 }
 
 fn get_token(
@@ -194,6 +204,16 @@ fn all_keys(table: &impl ReadableTable<[u8; 8], &'static [u8]>) -> Result<Vec<(K
 }
 
 impl RedbBackend {
+    fn committed_tail(&self) -> Option<audit::Tail> {
+        self.audit_tail.lock().ok().and_then(|t| *t)
+    }
+
+    fn set_committed_tail(&self, tail: Option<audit::Tail>) {
+        if let Ok(mut t) = self.audit_tail.lock() {
+            *t = tail;
+        }
+    }
+
     /// Every token record that `keep` accepts (a full scan: housekeeping, not the hot path).
     fn scan_tokens(&self, keep: impl Fn(&StoredToken) -> bool) -> Result<Vec<(TokenId, StoredToken)>> {
         let txn = self.db.begin_read().map_err(storage)?;
@@ -272,15 +292,24 @@ impl Backend for RedbBackend {
         'replay: loop {
             let mut txn = self.db.begin_write().map_err(storage)?;
             txn.set_durability(Durability::Immediate).map_err(storage)?;
+            let mut tail = self.committed_tail();
+            let mut tables = Tables::new(&txn);
             for (at, &i) in pending.iter().enumerate() {
-                if let Err(e) = apply(&mut RedbTx { txn: &txn, audit_key: &self.audit_key }, i) {
+                let mut tx =
+                    RedbTx { tables: &mut tables, audit_key: &self.audit_key, audit_tail: &mut tail };
+                if let Err(e) = apply(&mut tx, i) {
+                    drop(tables);
                     txn.abort().map_err(storage)?;
                     results[i] = Err(e);
                     pending.remove(at);
                     continue 'replay;
                 }
             }
+            drop(tables);
+            // Unknown until the commit answers: read from the tables by the next batch.
+            self.set_committed_tail(None);
             txn.commit().map_err(storage)?;
+            self.set_committed_tail(tail);
             return Ok(results);
         }
     }
@@ -470,95 +499,4 @@ impl Backend for RedbBackend {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
-
-    use std::sync::mpsc::{self, Receiver};
-    use std::sync::Arc;
-
-    use redb::ReadableTableMetadata;
-    use tessera_core::RootKey;
-
-    use super::*;
-    use crate::codec::NewToken;
-    use crate::follow::Follower;
-    use crate::memory::Memory;
-    use crate::writer::{Done, Job, Op, Writer};
-
-    fn job(op: Op) -> (Job, Receiver<Result<Done>>) {
-        let (reply, rx) = mpsc::sync_channel(1);
-        (Job { op, deadline: Instant::now() + std::time::Duration::from_secs(60), reply }, rx)
-    }
-
-    fn record(kid: KeyId, parent: Option<TokenId>) -> (TokenId, Op) {
-        let tid = TokenId::generate().unwrap();
-        let new = NewToken {
-            tid,
-            kid,
-            subject: "alice".into(),
-            description: String::new(),
-            expires: None,
-            caveats: vec![],
-            parent,
-        };
-        (tid, Op::Record(new))
-    }
-
-    /// Security review finding 8: an operation that fails after some of its writes (here: revoking
-    /// a family whose descendant's record is corrupt, after the parent was marked and logged) must
-    /// commit none of them, and the other operations of the same batch must still commit.
-    #[test]
-    fn a_failing_operation_commits_nothing_and_the_rest_of_the_batch_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let master = MasterKey::from_bytes([7; 32]);
-        let backend = Arc::new(RedbBackend::open(&dir.path().join("t.redb"), &master).unwrap());
-        let mem = Arc::new(Memory::new());
-        let follower = Arc::new(Follower::new(backend.clone(), mem.clone(), master.clone()));
-        let w = Writer { backend: backend.clone(), follower, master, visits: Default::default() };
-
-        let kid = KeyId::generate().unwrap();
-        let (add, rx) = job(Op::AddKey {
-            kid,
-            secret: RootKey::generate().unwrap(),
-            activate: true,
-            only_if_none: false,
-        });
-        w.batch(vec![add]);
-        assert!(rx.recv().unwrap().is_ok());
-        let (p, rec_p) = record(kid, None);
-        let (c, rec_c) = record(kid, Some(p));
-        let (j1, r1) = job(rec_p);
-        let (j2, r2) = job(rec_c);
-        w.batch(vec![j1, j2]);
-        assert!(r1.recv().unwrap().is_ok() && r2.recv().unwrap().is_ok());
-        let seq_before = mem.last_seq();
-
-        // Corrupt the child's record behind the writer's back.
-        {
-            let txn = backend.db.begin_write().unwrap();
-            txn.open_table(TOKENS).unwrap().insert(c.as_bytes(), &b"\xff\xff not cbor"[..]).unwrap();
-            txn.commit().unwrap();
-        }
-        let (x, rec_x) = record(kid, None);
-        let (y, rec_y) = record(kid, None);
-        let (jx, rx_x) = job(rec_x);
-        let (jr, rx_r) = job(Op::RevokeToken(p));
-        let (jy, rx_y) = job(rec_y);
-        w.batch(vec![jx, jr, jy]);
-        assert!(matches!(rx_r.recv().unwrap(), Err(Error::Corrupt(_))));
-        assert!(rx_x.recv().unwrap().is_ok());
-        assert!(rx_y.recv().unwrap().is_ok());
-
-        // Nothing of the failed revocation is stored or in memory; the others are stored.
-        assert_eq!(
-            backend.token(&p).unwrap().unwrap().revoked_at,
-            None,
-            "parent marked revoked by a failed op"
-        );
-        let txn = backend.db.begin_read().unwrap();
-        assert_eq!(txn.open_table(CHANGES).unwrap().len().unwrap(), seq_before, "log entry of a failed op");
-        assert!(!mem.is_revoked(&p));
-        assert_eq!(mem.last_seq(), seq_before);
-        assert!(backend.token(&x).unwrap().is_some() && backend.token(&y).unwrap().is_some());
-    }
-}
+mod tests;

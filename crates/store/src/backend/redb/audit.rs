@@ -9,15 +9,20 @@
 //! entry copied from PostgreSQL by a migration keeps its id there (ids have gaps and, sealed by
 //! commit, need not follow seq order): the link covers it, so the entry stores it, and
 //! `meta["audit_last_id"]` holds the largest copied id so that later entries get larger ones.
+//!
+//! What the next entry chains from ([`Tail`]: the newest entry's seq and link, the copied-id floor)
+//! is kept by the backend from one commit to the next, so that writing an entry neither decodes
+//! the newest entry nor opens `meta`: it is used only while the table's newest key is its seq
+//! (else read again from the tables), and only a committed transaction's tail is kept. Entries are
+//! encoded by [`super::entry`].
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tessera_core::{SessionId, TokenId};
 
-use super::{get_token, META, TOKENS};
-use crate::audit::{
-    prune_walk, Actor, AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only, Target,
-};
+use super::entry::{self, row_of, StoredEntry};
+use super::tables::Tables;
+use super::{get_token, META};
+use crate::audit::{prune_walk, AuditAnchor, AuditEntry, AuditFilter, AuditHead, AuditKey, AuditRow, Only};
 use crate::codec;
 use crate::error::{storage, Error, Result};
 
@@ -26,32 +31,6 @@ pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audi
 const ANCHOR: &str = "audit_anchor";
 /// The largest id a migration copied, when some copied id differs from its seq.
 const LAST_ID: &str = "audit_last_id";
-
-/// An entry as stored (CBOR).
-#[derive(Serialize, Deserialize)]
-struct StoredEntry {
-    seq: u64,
-    at_ms: i64,
-    kind: String,
-    outcome: String,
-    actor_subject: Option<String>,
-    actor_tid: Option<[u8; 16]>,
-    issuer: Option<String>,
-    address: Option<String>,
-    request_id: Option<String>,
-    user_agent: Option<String>,
-    target_tid: Option<[u8; 16]>,
-    target_kid: Option<String>,
-    target_sid: Option<[u8; 16]>,
-    target_app: Option<String>,
-    target_subject: Option<String>,
-    reason: Option<String>,
-    detail: Option<String>,
-    mac: [u8; 32],
-    /// The id, when it is not the seq (an entry copied from PostgreSQL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    id: Option<u64>,
-}
 
 /// The anchor as stored (CBOR). `pruned_at_ms` and `anchor_mac` since schema 10: absent in an
 /// anchor written before (decoded as `None`, reported unauthenticated).
@@ -84,61 +63,6 @@ impl StoredAnchor {
     }
 }
 
-fn stored(row: &AuditRow, mac: [u8; 32]) -> StoredEntry {
-    let e = &row.entry;
-    StoredEntry {
-        seq: e.seq,
-        at_ms: e.at_ms,
-        kind: e.kind.as_str().to_owned(),
-        outcome: e.outcome.as_str().to_owned(),
-        actor_subject: e.actor.subject.clone(),
-        actor_tid: e.actor.tid.map(|t| *t.as_bytes()),
-        issuer: e.actor.issuer.clone(),
-        address: e.actor.address.clone(),
-        request_id: e.actor.request_id.clone(),
-        user_agent: e.actor.user_agent.clone(),
-        target_tid: e.target.tid.map(|t| *t.as_bytes()),
-        target_kid: e.target.kid.clone(),
-        target_sid: e.target.sid.map(|s| *s.as_bytes()),
-        target_app: e.target.app.clone(),
-        target_subject: row.target_subject.clone(),
-        reason: e.reason.clone(),
-        detail: e.detail.clone(),
-        mac,
-        id: (e.id != e.seq).then_some(e.id),
-    }
-}
-
-fn row_of(s: StoredEntry) -> Result<AuditRow> {
-    Ok(AuditRow {
-        entry: AuditEntry {
-            seq: s.seq,
-            id: s.id.unwrap_or(s.seq),
-            at_ms: s.at_ms,
-            kind: s.kind.parse()?,
-            outcome: s.outcome.parse()?,
-            actor: Actor {
-                subject: s.actor_subject,
-                tid: s.actor_tid.map(TokenId::from_bytes),
-                issuer: s.issuer,
-                address: s.address,
-                request_id: s.request_id,
-                user_agent: s.user_agent,
-            },
-            target: Target {
-                tid: s.target_tid.map(TokenId::from_bytes),
-                kid: s.target_kid,
-                sid: s.target_sid.map(SessionId::from_bytes),
-                app: s.target_app,
-            },
-            reason: s.reason,
-            detail: s.detail,
-        },
-        target_subject: s.target_subject,
-        mac: Some(s.mac),
-    })
-}
-
 fn anchor_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<AuditAnchor>> {
     match meta.get(ANCHOR).map_err(storage)? {
         None => Ok(None),
@@ -167,12 +91,49 @@ fn last_id_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<
     }
 }
 
-/// Write and seal one entry in the operation's transaction.
-pub(super) fn insert(txn: &WriteTransaction, key: &AuditKey, row: &AuditRow, only: Only) -> Result<()> {
+/// What the next entry is chained from and numbered after: the newest entry's seq and link (else
+/// the anchor's), `meta["audit_last_id"]` and the newest entry's id. The backend keeps the tail
+/// of the last commit, so that writing an entry reads neither the newest entry back nor `meta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Tail {
+    seq: u64,
+    mac: [u8; 32],
+    /// After a copy from PostgreSQL, the largest copied id: new ids are above it.
+    floor: Option<u64>,
+    /// The newest entry's id (0: none); read only under a floor.
+    newest_id: u64,
+}
+
+/// The tail as the tables hold it.
+fn tail_in(
+    audit: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Tail> {
+    let (seq, mac) = head_in(audit, meta)?.map_or((0, [0u8; 32]), |h| (h.seq, h.mac));
+    let floor = last_id_in(meta)?;
+    let newest_id = match (floor, audit.last().map_err(storage)?) {
+        (Some(_), Some((_, v))) => row_of(codec::decode(v.value(), "audit entry")?)?.entry.id,
+        _ => 0,
+    };
+    Ok(Tail { seq, mac, floor, newest_id })
+}
+
+/// Write and seal one entry in the operation's transaction: its seq is the tail's plus one, its
+/// id the same (after a copy from PostgreSQL: above every copied id and the newest entry's), its
+/// link `HMAC(k_audit, tail's link ‖ entry)`. `tail` is this transaction's (`None`: not known
+/// yet); it is used only while the table's newest entry is the one it names, else read again, so
+/// a tail that does not match the table is never chained from.
+pub(super) fn insert(
+    tables: &mut Tables<'_>,
+    tail: &mut Option<Tail>,
+    key: &AuditKey,
+    row: &AuditRow,
+    only: Only,
+) -> Result<()> {
     let mut row = row.clone();
     if row.target_subject.is_none() || only == Only::TargetIsLink {
         if let Some(tid) = row.entry.target.tid {
-            let token = get_token(&txn.open_table(TOKENS).map_err(storage)?, &tid)?;
+            let token = get_token(tables.tokens()?, &tid)?;
             if only == Only::TargetIsLink && token.as_ref().is_none_or(|t| t.grant.is_none()) {
                 return Ok(());
             }
@@ -181,22 +142,28 @@ pub(super) fn insert(txn: &WriteTransaction, key: &AuditKey, row: &AuditRow, onl
             }
         }
     }
-    let mut audit = txn.open_table(AUDIT).map_err(storage)?;
-    let meta = txn.open_table(META).map_err(storage)?;
-    let prev = head_in(&audit, &meta)?;
-    let (seq, prev_mac) = prev.map_or((0, [0u8; 32]), |h| (h.seq, h.mac));
-    row.entry.seq = seq + 1;
-    row.entry.id = seq + 1;
-    if let Some(floor) = last_id_in(&meta)? {
-        // After a copy from PostgreSQL: above every copied id and the newest entry's.
-        let newest = match audit.last().map_err(storage)? {
-            Some((_, v)) => row_of(codec::decode(v.value(), "audit entry")?)?.entry.id,
-            None => 0,
-        };
-        row.entry.id = row.entry.id.max(floor + 1).max(newest + 1);
+    let newest = tables.audit()?.last().map_err(storage)?.map(|(k, _)| k.value());
+    let t = match *tail {
+        Some(t) if newest == Some(t.seq) => t,
+        _ => {
+            let (audit, meta) = tables.audit_and_meta()?;
+            tail_in(audit, meta)?
+        }
+    };
+    let seq = t.seq + 1;
+    row.entry.seq = seq;
+    row.entry.id = match t.floor {
+        None => seq,
+        Some(floor) => seq.max(floor + 1).max(t.newest_id + 1),
+    };
+    let mac = key.link(&t.mac, &row);
+    let previous = tables.audit()?.insert(seq, entry::encode(&row, &mac).as_slice()).map_err(storage)?;
+    if previous.is_some() {
+        // Never over an entry (the operation fails, its transaction writes nothing).
+        *tail = None;
+        return Err(Error::Corrupt(format!("audit entry {seq} exists already")));
     }
-    let mac = key.link(&prev_mac, &row);
-    audit.insert(row.entry.seq, codec::encode(&stored(&row, mac)).as_slice()).map_err(storage)?;
+    *tail = Some(Tail { seq, mac, floor: t.floor, newest_id: row.entry.id });
     Ok(())
 }
 
@@ -247,10 +214,9 @@ fn query_copied(
 
 /// Load a migration's copy: `anchor`, then `rows` (sealed, in seq order, following it) with
 /// their ids, seqs and links as they are, into a file with no audit trail yet.
-pub(super) fn copy(txn: &WriteTransaction, anchor: Option<AuditAnchor>, rows: &[AuditRow]) -> Result<()> {
-    let mut meta = txn.open_table(META).map_err(storage)?;
-    let mut audit = txn.open_table(AUDIT).map_err(storage)?;
-    if head_in(&audit, &meta)?.is_some() {
+pub(super) fn copy(tables: &mut Tables<'_>, anchor: Option<AuditAnchor>, rows: &[AuditRow]) -> Result<()> {
+    let (audit, meta) = tables.audit_and_meta()?;
+    if head_in(audit, meta)?.is_some() {
         return Err(Error::Corrupt("the target already has an audit trail".into()));
     }
     if let Some(a) = anchor {
@@ -259,7 +225,7 @@ pub(super) fn copy(txn: &WriteTransaction, anchor: Option<AuditAnchor>, rows: &[
     for row in rows {
         let mac =
             row.mac.ok_or_else(|| Error::Corrupt(format!("audit entry {} is not sealed", row.entry.id)))?;
-        audit.insert(row.entry.seq, codec::encode(&stored(row, mac)).as_slice()).map_err(storage)?;
+        audit.insert(row.entry.seq, entry::encode(row, &mac).as_slice()).map_err(storage)?;
     }
     if rows.iter().any(|r| r.entry.id != r.entry.seq) {
         let id = rows.iter().map(|r| r.entry.id).max().unwrap_or(0);

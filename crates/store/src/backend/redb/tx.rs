@@ -1,56 +1,51 @@
 //! The embedded backend's write transaction: the `Tx` operations the writer's rules run on, one
-//! redb write transaction per batch.
+//! redb write transaction per batch, each table opened once for it ([`Tables`]).
 
 use super::*;
 
-impl Tx for RedbTx<'_> {
+impl Tx for RedbTx<'_, '_> {
     fn key(&mut self, kid: &KeyId) -> Result<Option<StoredKey>> {
-        let keys = self.txn.open_table(KEYS).map_err(storage)?;
-        let v = keys.get(kid.as_bytes()).map_err(storage)?;
+        let v = self.tables.keys()?.get(kid.as_bytes()).map_err(storage)?;
         v.map(|v| codec::decode(v.value(), "key")).transpose()
     }
 
     fn keys(&mut self) -> Result<Vec<(KeyId, StoredKey)>> {
-        all_keys(&self.txn.open_table(KEYS).map_err(storage)?)
+        all_keys(self.tables.keys()?)
     }
 
     fn put_key(&mut self, kid: &KeyId, key: &StoredKey) -> Result<()> {
-        let mut keys = self.txn.open_table(KEYS).map_err(storage)?;
-        keys.insert(kid.as_bytes(), codec::encode(key).as_slice()).map_err(storage)?;
+        self.tables.keys()?.insert(kid.as_bytes(), codec::encode(key).as_slice()).map_err(storage)?;
         Ok(())
     }
 
     fn token(&mut self, tid: &TokenId) -> Result<Option<StoredToken>> {
-        get_token(&self.txn.open_table(TOKENS).map_err(storage)?, tid)
+        get_token(self.tables.tokens()?, tid)
     }
 
     fn insert_token(&mut self, tid: &TokenId, token: &StoredToken) -> Result<()> {
-        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
-        tokens.insert(tid.as_bytes(), codec::encode(token).as_slice()).map_err(storage)?;
-        let mut by_subject = self.txn.open_table(BY_SUBJECT).map_err(storage)?;
-        by_subject.insert((token.subject.as_str(), *tid.as_bytes()), ()).map_err(storage)?;
+        self.tables.tokens()?.insert(tid.as_bytes(), codec::encode(token).as_slice()).map_err(storage)?;
+        self.tables.by_subject()?.insert((token.subject.as_str(), *tid.as_bytes()), ()).map_err(storage)?;
         if let Some(parent) = token.parent {
-            let mut ch = self.txn.open_table(CHILDREN).map_err(storage)?;
-            ch.insert((parent, *tid.as_bytes()), ()).map_err(storage)?;
+            self.tables.children()?.insert((parent, *tid.as_bytes()), ()).map_err(storage)?;
         }
         Ok(())
     }
 
     fn revoke_token(&mut self, tid: &TokenId, at: i64) -> Result<()> {
-        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
-        let mut stored = get_token(&tokens, tid)?.ok_or(Error::UnknownToken(*tid))?;
+        let tokens = self.tables.tokens()?;
+        let mut stored = get_token(tokens, tid)?.ok_or(Error::UnknownToken(*tid))?;
         stored.revoked_at = Some(at);
         tokens.insert(tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
         Ok(())
     }
 
     fn children(&mut self, tid: &TokenId) -> Result<Vec<TokenId>> {
-        children(&self.txn.open_table(CHILDREN).map_err(storage)?, tid)
+        children(self.tables.children()?, tid)
     }
 
     fn mark_used(&mut self, tid: &TokenId, at: i64) -> Result<Option<i64>> {
-        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
-        let mut stored = get_token(&tokens, tid)?.ok_or(Error::UnknownToken(*tid))?;
+        let tokens = self.tables.tokens()?;
+        let mut stored = get_token(tokens, tid)?.ok_or(Error::UnknownToken(*tid))?;
         if let Some(t) = stored.used_at {
             return Ok(Some(t));
         }
@@ -60,8 +55,8 @@ impl Tx for RedbTx<'_> {
     }
 
     fn touch(&mut self, tid: &TokenId, at: i64) -> Result<()> {
-        let mut tokens = self.txn.open_table(TOKENS).map_err(storage)?;
-        if let Some(mut stored) = get_token(&tokens, tid)? {
+        let tokens = self.tables.tokens()?;
+        if let Some(mut stored) = get_token(tokens, tid)? {
             if stored.last_used.is_none_or(|l| l < at) {
                 stored.last_used = Some(at);
                 tokens.insert(tid.as_bytes(), codec::encode(&stored).as_slice()).map_err(storage)?;
@@ -71,7 +66,7 @@ impl Tx for RedbTx<'_> {
     }
 
     fn claim_notice(&mut self, n: &Notice) -> Result<bool> {
-        let mut t = self.txn.open_table(NOTICES).map_err(storage)?;
+        let t = self.tables.notices()?;
         let key = (*n.tid.as_bytes(), n.threshold);
         if t.get(key).map_err(storage)?.is_some() {
             return Ok(false);
@@ -81,61 +76,56 @@ impl Tx for RedbTx<'_> {
     }
 
     fn notice(&mut self, tid: &TokenId, threshold: i64) -> Result<Option<Notice>> {
-        let t = self.txn.open_table(NOTICES).map_err(storage)?;
-        let v = t.get((*tid.as_bytes(), threshold)).map_err(storage)?;
+        let v = self.tables.notices()?.get((*tid.as_bytes(), threshold)).map_err(storage)?;
         v.map(|v| codec::decode(v.value(), "notice")).transpose()
     }
 
     fn put_notice(&mut self, n: &Notice) -> Result<()> {
-        let mut t = self.txn.open_table(NOTICES).map_err(storage)?;
+        let t = self.tables.notices()?;
         t.insert((*n.tid.as_bytes(), n.threshold), codec::encode(n).as_slice()).map_err(storage)?;
         Ok(())
     }
 
     fn signing_keys(&mut self) -> Result<Vec<(String, StoredSigningKey)>> {
-        by_name(&self.txn.open_table(SIGNING).map_err(storage)?, "signing key")
+        by_name(self.tables.signing()?, "signing key")
     }
 
     fn put_signing_key(&mut self, kid: &str, key: &StoredSigningKey) -> Result<()> {
-        let mut t = self.txn.open_table(SIGNING).map_err(storage)?;
-        t.insert(kid, codec::encode(key).as_slice()).map_err(storage)?;
+        self.tables.signing()?.insert(kid, codec::encode(key).as_slice()).map_err(storage)?;
         Ok(())
     }
 
     fn apps(&mut self) -> Result<Vec<(String, StoredApp)>> {
-        by_name(&self.txn.open_table(APPS).map_err(storage)?, "application")
+        by_name(self.tables.apps()?, "application")
     }
 
     fn put_app(&mut self, name: &str, app: &StoredApp) -> Result<()> {
-        let mut t = self.txn.open_table(APPS).map_err(storage)?;
-        t.insert(name, codec::encode(app).as_slice()).map_err(storage)?;
+        self.tables.apps()?.insert(name, codec::encode(app).as_slice()).map_err(storage)?;
         Ok(())
     }
 
     fn session(&mut self, sid: &SessionId) -> Result<Option<StoredSession>> {
         // One writer per file: the write transaction is the lock.
-        let t = self.txn.open_table(SESSIONS).map_err(storage)?;
-        let v = t.get(sid.as_bytes()).map_err(storage)?;
+        let v = self.tables.sessions()?.get(sid.as_bytes()).map_err(storage)?;
         v.map(|v| codec::decode(v.value(), "session")).transpose()
     }
 
     fn put_session(&mut self, sid: &SessionId, session: &StoredSession) -> Result<()> {
-        let mut t = self.txn.open_table(SESSIONS).map_err(storage)?;
-        t.insert(sid.as_bytes(), codec::encode(session).as_slice()).map_err(storage)?;
+        self.tables.sessions()?.insert(sid.as_bytes(), codec::encode(session).as_slice()).map_err(storage)?;
         Ok(())
     }
 
     fn insert_audit(&mut self, row: &AuditRow, only: Only) -> Result<()> {
-        audit::insert(self.txn, self.audit_key, row, only)
+        audit::insert(self.tables, self.audit_tail, self.audit_key, row, only)
     }
 
     fn copy_audit(&mut self, anchor: Option<AuditAnchor>, rows: &[AuditRow]) -> Result<()> {
-        audit::copy(self.txn, anchor, rows)
+        audit::copy(self.tables, anchor, rows)
     }
 
     fn append(&mut self, at: i64, event: Event) -> Result<u64> {
         // One writer thread per database: the next number is the last one plus one.
-        let mut log = self.txn.open_table(CHANGES).map_err(storage)?;
+        let log = self.tables.changes()?;
         let seq = log.last().map_err(storage)?.map_or(0, |(k, _)| k.value()) + 1;
         let entry = StoredRevocation { at, target: target_of(event) };
         log.insert(seq, codec::encode(&entry).as_slice()).map_err(storage)?;

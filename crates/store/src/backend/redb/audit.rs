@@ -303,6 +303,16 @@ fn prune_page(db: &Database, key: &AuditKey, before_ms: i64, now_ms: i64) -> Res
                 for row in &rows[..n] {
                     audit.remove(row.entry.seq).map_err(storage)?;
                 }
+                // Ids copied from another database run ahead of the seqs, and so do the ones
+                // written after them: the floor must cover every id pruned, or an empty table
+                // would hand them out again (a reader following by cursor would skip the new
+                // entries).
+                if let Some(floor) = last_id_in(&meta)? {
+                    let pruned = rows[..n].iter().map(|r| r.entry.id).max().unwrap_or(0);
+                    if pruned > floor {
+                        meta.insert(LAST_ID, codec::encode(&pruned).as_slice()).map_err(storage)?;
+                    }
+                }
                 meta.insert(ANCHOR, codec::encode(&StoredAnchor::of(&anchor)).as_slice()).map_err(storage)?;
                 n
             }

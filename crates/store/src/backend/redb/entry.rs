@@ -259,7 +259,7 @@ mod tests {
                     seq,
                     id,
                     at_ms: self.number() as i64,
-                    kind: AuditKind::ALL[(self.next() % 19) as usize],
+                    kind: AuditKind::ALL[(self.next() % AuditKind::ALL.len() as u64) as usize],
                     outcome: if self.next() % 2 == 0 { Outcome::Success } else { Outcome::Refused },
                     actor: Actor {
                         subject: self.text(),
@@ -297,6 +297,62 @@ mod tests {
             assert_eq!(back.entry, row.entry);
             assert_eq!(back.target_subject, row.target_subject);
             assert_eq!(back.mac, Some(mac));
+        }
+    }
+
+    /// Reviewer (r-redbaudit): the edges the generator does not reach: texts of 65,535, 65,536
+    /// and 70,000 bytes (two- and four-byte lengths), negative `at_ms` at every head boundary,
+    /// `Some("")` next to `None`, an id of 0 and u64::MAX beside a seq.
+    #[test]
+    fn encoding_edges_match_ciborium() {
+        let base = Gen(1).row().0;
+        let mut cases = Vec::new();
+        for len in [0usize, 23, 24, 255, 256, 65_535, 65_536, 70_000] {
+            let mut r = base.clone();
+            let s = "x".repeat(len);
+            r.entry.detail = Some(s.clone());
+            r.entry.actor.user_agent = Some(s.clone());
+            r.target_subject = Some(s);
+            cases.push(r);
+        }
+        for at in [
+            -1i64,
+            -23,
+            -24,
+            -25,
+            -255,
+            -256,
+            -257,
+            -65_536,
+            -65_537,
+            -4_294_967_296,
+            -4_294_967_297,
+            i64::MIN,
+            i64::MAX,
+            0,
+        ] {
+            let mut r = base.clone();
+            r.entry.at_ms = at;
+            cases.push(r);
+        }
+        let mut r = base.clone();
+        r.entry.reason = Some(String::new());
+        r.entry.detail = None;
+        r.entry.actor.subject = Some(String::new());
+        cases.push(r);
+        for (seq, id) in [(5u64, 0u64), (0, u64::MAX), (u64::MAX, 0), (0, 0), (24, 23)] {
+            let mut r = base.clone();
+            r.entry.seq = seq;
+            r.entry.id = id;
+            cases.push(r);
+        }
+        for row in cases {
+            let mac = [0xab; 32];
+            let bytes = encode(&row, &mac);
+            assert_eq!(bytes, by_ciborium(&row, mac));
+            let back = row_of(codec::decode(&bytes, "audit entry").unwrap()).unwrap();
+            assert_eq!(back.entry, row.entry);
+            assert_eq!(back.target_subject, row.target_subject);
         }
     }
 }

@@ -496,19 +496,28 @@ impl AuditRow {
     }
 }
 
-/// `text` with every control character (C0 including NUL, which PostgreSQL's text cannot hold,
-/// DEL and C1) replaced by U+FFFD, then cut to at most `max` bytes at a character boundary.
-/// Callers without a credential put text here (an exchange's unverified `iss` and `sub`, a user
-/// agent): a terminal escape or a line break in it must not reach whoever reads the trail.
+/// Whether `c` may not reach whoever reads the trail as it is: a control character (C0
+/// including NUL, which PostgreSQL's text cannot hold, DEL and C1), a line or paragraph separator
+/// (U+2028, U+2029: line breaks to many viewers), or a bidirectional control (U+200E, U+200F,
+/// U+202A-U+202E, U+2066-U+2069: they reorder what a terminal or browser shows after them).
+pub(crate) fn unsafe_to_show(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character [`unsafe_to_show`] replaced by U+FFFD, then cut to at most `max`
+/// bytes at a character boundary. Callers without a credential put text here (an exchange's
+/// unverified `iss` and `sub`, a user agent): a terminal escape, a line break or a reordering
+/// mark in it must not reach whoever reads the trail.
 pub(crate) fn clip(text: &str, max: usize) -> String {
-    if text.len() <= max && !text.chars().any(char::is_control) {
+    if text.len() <= max && !text.chars().any(unsafe_to_show) {
         // Nothing to replace or cut (the usual case): the same text, copied once.
         return text.to_owned();
     }
     let clean: String = text
         .chars()
         .take(max)
-        .map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c })
+        .map(|c| if unsafe_to_show(c) { char::REPLACEMENT_CHARACTER } else { c })
         .collect();
     let mut end = clean.len().min(max);
     while !clean.is_char_boundary(end) {

@@ -105,7 +105,7 @@ fn plain_clip(text: &str, max: usize) -> String {
     let clean: String = text
         .chars()
         .take(max)
-        .map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c })
+        .map(|c| if unsafe_to_show(c) { char::REPLACEMENT_CHARACTER } else { c })
         .collect();
     let mut end = clean.len().min(max);
     while !clean.is_char_boundary(end) {
@@ -128,6 +128,9 @@ fn clip_agrees_with_its_definition() {
         "日本語のテキスト",
         "\u{1b}[31mred",
         "émoji 🎉 mixed",
+        "line\u{2028}separator\u{2029}",
+        "evil\u{202E}txt.exe",
+        "isolate\u{2066}x\u{2069}",
     ];
     for text in texts {
         for max in 0..=text.len() + 2 {
@@ -136,4 +139,16 @@ fn clip_agrees_with_its_definition() {
     }
     let long = "x".repeat(300);
     assert_eq!(clip(&long, MAX_AUDIT_TEXT).len(), MAX_AUDIT_TEXT);
+}
+
+/// Review note: a line separator or a bidirectional override from a caller without a credential
+/// reached the trail's readers as it was (only control characters were replaced).
+#[test]
+fn separators_and_bidirectional_controls_are_replaced() {
+    for c in ['\u{2028}', '\u{2029}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}']
+    {
+        let text = format!("a{c}b");
+        assert_eq!(clip(&text, 64), "a\u{FFFD}b", "{:?}", c);
+    }
+    assert_eq!(clip("plain ünïcode", 64), "plain ünïcode");
 }

@@ -137,7 +137,7 @@ fn main() {
     let a = pg_store(&url);
     a.rotate().unwrap();
     let n1 = scale(2_000, 20);
-    let n8 = scale(500, 5);
+    let n8 = scale(1_500, 5);
     println!("| backend | 1 client | 8 clients | ratio |\n|---|---|---|---|");
     let section = |name: &str, store: &Store| {
         let one = load(&[store], 1, n1);
@@ -155,7 +155,7 @@ fn main() {
 
     // 1b. The cluster's measured point: 3 nodes x 8 clients on one PostgreSQL.
     let [a, b, c] = cluster(&url, a);
-    let n24 = scale(300, 5);
+    let n24 = scale(1_000, 5);
     let pg24 = load(&[&a, &b, &c], 8, n24);
     println!(
         "\n| durable records (same run) | clients | records/s | p50 per write | p99 per write |\n|---|---|---|---|---|"

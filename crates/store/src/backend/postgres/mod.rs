@@ -178,13 +178,21 @@ impl PostgresBackend {
         if left.is_zero() {
             return Err(unavailable(NO_ANSWER));
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let out = match tokio::time::timeout(left, fut).await {
+        let timed = async move {
+            match tokio::time::timeout(left, fut).await {
                 Ok(out) => out,
                 Err(_) => Err(unavailable(NO_ANSWER)),
-            };
-            let _ = tx.send(out);
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            // A thread of no runtime (the writer, the follower): the future runs right here,
+            // its I/O driven by the backend's runtime, with no task to start and no hand-off
+            // back (two thread wake-ups less per exchange with the server).
+            return self.handle.block_on(timed);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(timed.await);
         });
         rx.recv().map_err(|_| Error::Closed)?
     }

@@ -133,6 +133,8 @@ struct Setup {
     revoked_kid: KeyId,
     parent: TokenId,
     revoked_parent: TokenId,
+    /// A recorded token no case is a child of.
+    other: TokenId,
 }
 
 fn setup(store: &Store) -> Setup {
@@ -142,26 +144,33 @@ fn setup(store: &Store) -> Setup {
     let parent = store.record_token(new_token(store, "parent", None)).unwrap().tid;
     let revoked_parent = store.record_token(new_token(store, "revoked", None)).unwrap().tid;
     store.revoke_token(revoked_parent).unwrap();
-    Setup { revoked_kid, parent, revoked_parent }
+    let other = store.record_token(new_token(store, "other", None)).unwrap().tid;
+    Setup { revoked_kid, parent, revoked_parent, other }
 }
 
 /// One record of each outcome, in this order: fine, under a revoked key, under an unknown key,
-/// an id taken, under an unknown parent, under a revoked parent, a child of a live parent.
-fn cases(store: &Store, s: &Setup) -> Vec<NewToken> {
+/// the id `taken` (recorded before), under an unknown parent, under a revoked parent, a child of
+/// a live parent.
+fn cases(store: &Store, s: &Setup, taken_id: TokenId) -> Vec<NewToken> {
     let mut under_revoked_key = new_token(store, "a", None);
     under_revoked_key.kid = s.revoked_kid;
     let mut unknown_key = new_token(store, "b", None);
     unknown_key.kid = KeyId::from_bytes([9; 8]);
     let mut taken = new_token(store, "c", None);
-    taken.tid = s.parent;
+    taken.tid = taken_id;
+    // Caveats on the two that go in, none between them: each record's own come back.
+    let mut fine = new_token(store, "fine", None);
+    fine.caveats = vec!["allow read".into(), "resource issues/*".into()];
+    let mut child = new_token(store, "f", Some(s.parent));
+    child.caveats = vec!["allow write".into()];
     vec![
-        new_token(store, "fine", None),
+        fine,
         under_revoked_key,
         unknown_key,
         taken,
         new_token(store, "d", Some(TokenId::generate().unwrap())),
         new_token(store, "e", Some(s.revoked_parent)),
-        new_token(store, "f", Some(s.parent)),
+        child,
     ]
 }
 
@@ -175,7 +184,7 @@ fn each_outcome_alone_is_the_embedded_databases() {
     for db in [Db::file(), Db::postgres()] {
         let store = db.open();
         let s = setup(&store);
-        let cases = cases(&store, &s);
+        let cases = cases(&store, &s, s.parent);
         let got: Vec<&str> = cases.iter().map(|c| outcome(&store.record_token(c.clone()))).collect();
         assert_eq!(got, EXPECTED, "{}", if store.is_shared() { "postgres" } else { "redb" });
         for (c, want) in cases.iter().zip(EXPECTED) {
@@ -189,13 +198,26 @@ fn each_outcome_alone_is_the_embedded_databases() {
 /// Every case in one transaction on PostgreSQL: the writer is held on a row lock while the
 /// cases queue behind it, so they share the next batch. Refused records between accepted ones
 /// write nothing, not even their audit entries, and the others commit; the records of the batch
-/// cost one round trip together, and the commit one more.
+/// cost one round trip together, and the commit one more. The taken id is the live parent's, so
+/// one record's parent is another's id.
 #[test]
 fn failing_and_succeeding_records_in_one_batch_keep_their_own_outcomes() {
+    one_batch(|s| s.parent);
+}
+
+/// The same with records that are strangers to each other (the usual batch of concurrent
+/// mints: no id twice, no parent among them).
+#[test]
+fn failing_and_succeeding_strangers_in_one_batch_keep_their_own_outcomes() {
+    one_batch(|s| s.other);
+}
+
+fn one_batch(taken: fn(&Setup) -> TokenId) {
     let url = pg().create_database();
     let store = Db::Postgres(url.clone()).open();
     let s = setup(&store);
-    let cases = cases(&store, &s);
+    let taken_id = taken(&s);
+    let cases = cases(&store, &s, taken_id);
 
     // Hold the parent's row: a child of it blocks the writer in its statement (`FOR SHARE`).
     let lock = RowLock::take(&url, &s.parent);
@@ -225,9 +247,14 @@ fn failing_and_succeeding_records_in_one_batch_keep_their_own_outcomes() {
     // then the commit.
     assert_eq!(store.write_round_trips() - before, 2 + 1 + 1);
     for (c, want) in cases.iter().zip(EXPECTED) {
-        if c.tid != s.parent {
+        if c.tid != taken_id {
             assert_eq!(entries_of(&store, c.tid), usize::from(want == "ok"), "{want}");
-            assert_eq!(store.token(&c.tid).unwrap().is_some(), want == "ok", "{want}");
+            let record = store.token(&c.tid).unwrap();
+            assert_eq!(record.is_some(), want == "ok", "{want}");
+            if let Some(r) = record {
+                assert_eq!((r.subject.as_str(), r.parent), (c.subject.as_str(), c.parent), "{want}");
+                assert_eq!(r.caveats, c.caveats, "{want}");
+            }
         }
     }
 }

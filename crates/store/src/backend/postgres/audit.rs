@@ -125,7 +125,7 @@ impl Pending {
     }
 
     /// The parameters of [`INSERT_SQL`], in order, owned.
-    pub(super) fn into_params(self) -> super::tx::Params {
+    pub(super) fn into_params(self) -> super::pipeline::Params {
         vec![
             Box::new(self.at_ms),
             Box::new(self.kind),

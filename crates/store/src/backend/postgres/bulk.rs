@@ -4,8 +4,8 @@
 
 use tessera_core::{SessionId, TokenId};
 
+use super::pipeline::{p, Params, PgTx};
 use super::rows::{bytes, db, notice_of, session_of, token_of};
-use super::tx::{p, Params, PgTx};
 use super::PostgresBackend;
 use crate::audit::{AuditAnchor, AuditRow};
 use crate::backend::postgres::rows::kind_of;

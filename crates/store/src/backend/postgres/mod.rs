@@ -35,15 +35,16 @@ macro_rules! select_tokens {
     };
 }
 
+mod pipeline;
 mod tx;
 
 mod bulk;
 
+use self::pipeline::{p, run_batch, Params, PgTx};
 use self::rows::{
     app_of, bytes, change_of, db, key_of, notice_of, pool_err, session_of, signing_key_of, token_of,
     unavailable, SELECT_APPS, SELECT_SIGNING,
 };
-use self::tx::{p, run_batch, Params, PgTx};
 use super::{ApplyOp, Backend, Change};
 use crate::codec::{
     Notice, StoredApp, StoredKey, StoredSession, StoredSigningKey, StoredToken, SCHEMA_VERSION,

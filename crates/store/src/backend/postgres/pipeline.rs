@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 /// already done, which must not be rolled back alone.
 pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) -> Result<Vec<Result<()>>> {
     let single = n == 1;
-    tx.control("BEGIN");
+    tx.control(BEGIN_SQL);
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
         let mark = tx.mark();
@@ -75,7 +75,7 @@ pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) ->
             }
         }
     }
-    if tx.mark() == (1, "BEGIN".len()) && tx.audit.is_empty() {
+    if tx.mark() == (1, BEGIN_SQL.len()) && tx.audit.is_empty() {
         // Nothing was sent and nothing is to be written (every operation failed its checks).
         return Ok(results);
     }
@@ -86,6 +86,13 @@ pub(super) fn run_batch(tx: &mut PgTx<'_>, n: usize, apply: &mut ApplyOp<'_>) ->
     })?;
     Ok(results)
 }
+
+/// How a write transaction starts. Its statements are prepared once per connection and run by
+/// key, so their generic plan is the right one; left to choose, PostgreSQL kept planning the
+/// record statement (its CTEs) afresh for every execution, which cost about a tenth of the
+/// records a second at 24 clients (docs/BENCHMARKS.md). `SET LOCAL` ends with the transaction:
+/// the pool's readers keep the default. (PostgreSQL 12 and later; the store needs 13.)
+const BEGIN_SQL: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// A request waiting to be sent in front of the next one that needs an answer.
 pub(super) enum Queued {

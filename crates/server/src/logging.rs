@@ -2,13 +2,17 @@
 //! filtered by `--log-level` or `RUST_LOG`, written by a thread of their own.
 //!
 //! No request waits on the log, and no log line wakes a thread: events are formatted on the
-//! thread that emits them and appended to one in-memory buffer (a mutex held for a copy); a
-//! writer thread takes the whole buffer every [`FLUSH_EVERY`] and writes it to standard error in
-//! one call. The buffer holds at most [`LOG_BUFFER_BYTES`]; when the writer falls behind (a slow
-//! pipe, a stopped terminal), new lines are dropped, never waited for, and counted
-//! (`tessera_log_lines_dropped_total` in `/metrics`). tracing-appender's non-blocking writer was
-//! measured first: its channel wakes the writer for each line, which cost `/v1/verify` a quarter
-//! of its throughput with the access log on (docs/BENCHMARKS.md).
+//! thread that emits them and appended to that thread's own in-memory buffer (its own mutex,
+//! which only the writer ever contends for); a writer thread takes every thread's lines every
+//! [`FLUSH_EVERY`] and writes them to standard error in one call. A thread's lines stay in the
+//! order it logged them; lines of different threads are interleaved a flush at a time (each
+//! carries its time). One shared buffer was measured first: two workers appending to it pass its
+//! lock and its last cache line back and forth on every request. A thread's buffer holds at most
+//! [`LOG_BUFFER_BYTES`]; when the writer falls behind (a slow pipe, a stopped terminal), new lines
+//! are dropped, never waited for, and counted (`tessera_log_lines_dropped_total` in `/metrics`).
+//! tracing-appender's non-blocking writer was measured before that: its channel wakes the writer
+//! for each line, which cost `/v1/verify` a quarter of its throughput with the access log on
+//! (docs/BENCHMARKS.md).
 //!
 //! The access line (one per request) does not go through `fmt`: `logging/access.rs` writes it by
 //! hand, byte for byte the same, into the same buffer (`fmt` cost verify a quarter of its
@@ -32,9 +36,10 @@ use crate::config::LogFormat;
 mod access;
 pub(crate) use access::{enabled as access_enabled, write as access, AccessLine};
 
-/// Bytes of log lines the writer thread may be behind by; past this, lines are dropped and
-/// counted (about 16,000 access lines).
-pub const LOG_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of log lines one thread may be ahead of the writer thread by; past this, its lines are
+/// dropped and counted (about 8,000 access lines: 160 ms of a worker verifying 50,000 requests a
+/// second).
+pub const LOG_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 
 /// How often the writer thread writes what was logged.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -57,42 +62,110 @@ pub(crate) fn parse_level(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{e} (use e.g. info, debug, or info,tessera::access=off)"))
 }
 
-/// The lines logged and not yet written.
-#[derive(Debug, Default)]
+/// One thread's lines not yet written.
+type Lines = Arc<Mutex<Vec<u8>>>;
+
+/// The lines logged and not yet written: one buffer per thread that has logged.
+#[derive(Debug)]
 struct Pending {
-    lines: Mutex<Vec<u8>>,
+    /// Which `Pending` a thread's buffer belongs to (tests make their own).
+    id: u64,
+    /// Every thread's buffer; a buffer only this list still holds belongs to a thread that ended
+    /// and goes once written out.
+    threads: Mutex<Vec<Lines>>,
+    /// Lines of a thread whose own buffer is gone (logging while the thread ends).
+    orphans: Mutex<Vec<u8>>,
     stop: AtomicBool,
 }
 
-impl Pending {
-    /// Append one whole line, or drop and count it when the writer is [`LOG_BUFFER_BYTES`] behind.
-    fn push(&self, line: &[u8]) {
-        if let Ok(mut lines) = self.lines.lock() {
-            if lines.len() + line.len() <= LOG_BUFFER_BYTES {
-                lines.extend_from_slice(line);
-                return;
-            }
+impl Default for Pending {
+    fn default() -> Pending {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Pending {
+            id: NEXT.fetch_add(1, Relaxed),
+            threads: Mutex::default(),
+            orphans: Mutex::default(),
+            stop: AtomicBool::default(),
         }
-        DROPPED.fetch_add(1, Relaxed);
+    }
+}
+
+thread_local! {
+    /// This thread's buffer, and the [`Pending`] it belongs to.
+    static MINE: std::cell::RefCell<Option<(u64, Lines)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Append `line` to `lines` if it stays within [`LOG_BUFFER_BYTES`].
+fn append(lines: &Mutex<Vec<u8>>, line: &[u8]) -> bool {
+    match lines.lock() {
+        Ok(mut lines) if lines.len() + line.len() <= LOG_BUFFER_BYTES => {
+            lines.extend_from_slice(line);
+            true
+        }
+        _ => false,
+    }
+}
+
+impl Pending {
+    /// Append one whole line to this thread's buffer, or drop and count it when the writer is
+    /// [`LOG_BUFFER_BYTES`] behind this thread.
+    fn push(&self, line: &[u8]) {
+        let me = self.id;
+        let done = MINE
+            .try_with(|mine| {
+                let Ok(mut mine) = mine.try_borrow_mut() else { return append(&self.orphans, line) };
+                let lines = match &*mine {
+                    Some((owner, lines)) if *owner == me => lines,
+                    _ => {
+                        let lines = Lines::default();
+                        if let Ok(mut threads) = self.threads.lock() {
+                            threads.push(Arc::clone(&lines));
+                        }
+                        &mine.insert((me, lines)).1
+                    }
+                };
+                append(lines, line)
+            })
+            .unwrap_or_else(|_| append(&self.orphans, line));
+        if !done {
+            DROPPED.fetch_add(1, Relaxed);
+        }
     }
 
     #[cfg(test)]
     fn take(&self) -> Vec<u8> {
-        self.lines.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        out
     }
 
-    /// The lines logged so far, exchanged for `spare` (emptied first): the loggers go on in the
-    /// writer's previous buffer, its capacity kept, instead of growing a new one after every write.
-    fn swap(&self, spare: &mut Vec<u8>) {
-        spare.clear();
-        if let Ok(mut lines) = self.lines.lock() {
-            std::mem::swap(&mut *lines, spare);
+    /// Every thread's lines so far, moved into `out` (emptied first). Each thread keeps its
+    /// buffer's capacity (up to [`KEEP_BYTES`]) for the next round, so a steady load allocates
+    /// nothing; buffers of threads that ended are dropped once emptied.
+    fn drain(&self, out: &mut Vec<u8>) {
+        out.clear();
+        if let Ok(mut threads) = self.threads.lock() {
+            threads.retain(|lines| {
+                if let Ok(mut lines) = lines.lock() {
+                    out.extend_from_slice(&lines);
+                    lines.clear();
+                    if lines.capacity() > KEEP_BYTES {
+                        *lines = Vec::new();
+                    }
+                }
+                Arc::strong_count(lines) > 1
+            });
+        }
+        if let Ok(mut orphans) = self.orphans.lock() {
+            out.extend_from_slice(&orphans);
+            orphans.clear();
         }
     }
 }
 
-/// A buffer larger than this (a burst) is not kept for the next round.
-const KEEP_BYTES: usize = 256 * 1024;
+/// A buffer larger than this (a burst) is not kept for the next round: a worker at 50,000
+/// requests a second fills about 450 KiB between two flushes.
+const KEEP_BYTES: usize = 1024 * 1024;
 
 /// What the formatter writes each event into (one `write_all` per event, so a line is never
 /// split between two writes of the thread).
@@ -138,15 +211,16 @@ impl Drop for Logging {
     }
 }
 
-/// Write what was logged, through `spare` (see [`Pending::swap`]).
+/// Write what was logged, through `spare` (see [`Pending::drain`]).
 fn write_out(pending: &Pending, spare: &mut Vec<u8>) {
-    pending.swap(spare);
+    pending.drain(spare);
     if !spare.is_empty() {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(spare);
         let _ = err.flush();
     }
-    if spare.capacity() > KEEP_BYTES {
+    // What every thread logged in one round: kept at the size of a few busy threads' buffers.
+    if spare.capacity() > 4 * KEEP_BYTES {
         *spare = Vec::new();
     }
 }
@@ -215,5 +289,30 @@ mod tests {
         w.write_all(&line).unwrap();
         assert_eq!(pending.take().len(), 1024);
         assert_eq!(dropped_lines() - before, 10);
+    }
+
+    #[test]
+    fn each_thread_keeps_its_order_and_an_ended_threads_lines_are_written_once() {
+        let pending = Arc::new(Pending::default());
+        let line = |t: usize, i: usize| format!("thread {t} line {i}\n");
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let p = Arc::clone(&pending);
+                std::thread::spawn(move || (0..500).for_each(|i| p.push(line(t, i).as_bytes())))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        // This thread logs too, into a buffer of its own.
+        pending.push(b"main\n");
+        let out = String::from_utf8(pending.take()).unwrap();
+        for t in 0..3 {
+            let mine: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("thread {t} "))).collect();
+            let expected: Vec<String> = (0..500).map(|i| line(t, i).trim_end().to_owned()).collect();
+            assert_eq!(mine, expected, "thread {t}: every line, once, in its order");
+        }
+        assert_eq!(out.lines().filter(|l| *l == "main").count(), 1);
+        // The ended threads' buffers are gone; this thread's stays, empty.
+        assert_eq!(pending.threads.lock().unwrap().len(), 1);
+        assert!(pending.take().is_empty());
     }
 }

@@ -43,7 +43,7 @@ pub use http::limit::RateLimiter;
 pub use http::metrics::{Counter, Metrics};
 pub use http::problem::ApiError;
 pub use http::request_id::RequestId;
-pub use logging::{init as init_logging, Logging, FLUSH_EVERY, LOG_BUFFER_BYTES};
+pub use logging::{init as init_logging, Logging, FLUSH_EVERY, LOG_BUFFER_BYTES, LOG_BUFFER_TOTAL};
 pub use mint::{mint, MintSpec, Minted};
 pub use startup::{mint_admin_token, Error, Opened};
 pub use state::AppState;

@@ -24,7 +24,7 @@
 //! their parameters at debug) are not routed here.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,10 @@ pub(crate) use access::{enabled as access_enabled, write as access, AccessLine};
 /// dropped and counted (about 8,000 access lines: 160 ms of a worker verifying 50,000 requests a
 /// second).
 pub const LOG_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
+/// Bytes of log lines all threads together may be ahead of the writer thread by (the memory
+/// their buffers hold); past this, lines that would grow a buffer are dropped and counted.
+pub const LOG_BUFFER_TOTAL: usize = 8 * 1024 * 1024;
 
 /// How often the writer thread writes what was logged.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -75,6 +79,8 @@ struct Pending {
     threads: Mutex<Vec<Lines>>,
     /// Lines of a thread whose own buffer is gone (logging while the thread ends).
     orphans: Mutex<Vec<u8>>,
+    /// Bytes the buffers hold (their capacity), at most [`LOG_BUFFER_TOTAL`].
+    reserved: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -85,6 +91,7 @@ impl Default for Pending {
             id: NEXT.fetch_add(1, Relaxed),
             threads: Mutex::default(),
             orphans: Mutex::default(),
+            reserved: AtomicUsize::new(0),
             stop: AtomicBool::default(),
         }
     }
@@ -95,25 +102,45 @@ thread_local! {
     static MINE: std::cell::RefCell<Option<(u64, Lines)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Append `line` to `lines` if it stays within [`LOG_BUFFER_BYTES`].
-fn append(lines: &Mutex<Vec<u8>>, line: &[u8]) -> bool {
-    match lines.lock() {
-        Ok(mut lines) if lines.len() + line.len() <= LOG_BUFFER_BYTES => {
-            lines.extend_from_slice(line);
-            true
-        }
-        _ => false,
-    }
-}
-
 impl Pending {
+    /// Append `line` to `lines` if it stays within [`LOG_BUFFER_BYTES`], and, when the buffer has
+    /// to grow, within what is left of [`LOG_BUFFER_TOTAL`] (the one shared counter is touched
+    /// only when a buffer grows, not for every line).
+    fn append(&self, lines: &Mutex<Vec<u8>>, line: &[u8]) -> bool {
+        let Ok(mut lines) = lines.lock() else { return false };
+        let need = lines.len() + line.len();
+        if need > LOG_BUFFER_BYTES {
+            return false;
+        }
+        let had = lines.capacity();
+        if need > had {
+            let want = need.max(2 * had).clamp(1024, LOG_BUFFER_BYTES);
+            if self.reserved.fetch_add(want - had, Relaxed) + (want - had) > LOG_BUFFER_TOTAL {
+                self.reserved.fetch_sub(want - had, Relaxed);
+                return false;
+            }
+            let len = lines.len();
+            lines.reserve_exact(want - len);
+            // The allocator may round up: count what the buffer really holds.
+            self.reserved.fetch_add(lines.capacity() - want, Relaxed);
+        }
+        lines.extend_from_slice(line);
+        true
+    }
+
+    /// Give `lines`' memory back to the shared budget (the buffer is emptied).
+    fn release(&self, lines: &mut Vec<u8>) {
+        self.reserved.fetch_sub(lines.capacity(), Relaxed);
+        *lines = Vec::new();
+    }
+
     /// Append one whole line to this thread's buffer, or drop and count it when the writer is
     /// [`LOG_BUFFER_BYTES`] behind this thread.
     fn push(&self, line: &[u8]) {
         let me = self.id;
         let done = MINE
             .try_with(|mine| {
-                let Ok(mut mine) = mine.try_borrow_mut() else { return append(&self.orphans, line) };
+                let Ok(mut mine) = mine.try_borrow_mut() else { return self.append(&self.orphans, line) };
                 let lines = match &*mine {
                     Some((owner, lines)) if *owner == me => lines,
                     _ => {
@@ -124,9 +151,9 @@ impl Pending {
                         &mine.insert((me, lines)).1
                     }
                 };
-                append(lines, line)
+                self.append(lines, line)
             })
-            .unwrap_or_else(|_| append(&self.orphans, line));
+            .unwrap_or_else(|_| self.append(&self.orphans, line));
         if !done {
             DROPPED.fetch_add(1, Relaxed);
         }
@@ -146,19 +173,20 @@ impl Pending {
         out.clear();
         if let Ok(mut threads) = self.threads.lock() {
             threads.retain(|lines| {
+                let alive = Arc::strong_count(lines) > 1;
                 if let Ok(mut lines) = lines.lock() {
                     out.extend_from_slice(&lines);
                     lines.clear();
-                    if lines.capacity() > KEEP_BYTES {
-                        *lines = Vec::new();
+                    if !alive || lines.capacity() > KEEP_BYTES {
+                        self.release(&mut lines);
                     }
                 }
-                Arc::strong_count(lines) > 1
+                alive
             });
         }
         if let Ok(mut orphans) = self.orphans.lock() {
             out.extend_from_slice(&orphans);
-            orphans.clear();
+            self.release(&mut orphans);
         }
     }
 }
@@ -274,8 +302,12 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Logging {
 mod tests {
     use super::*;
 
+    /// The tests that count dropped lines (a process-wide counter) run one at a time.
+    static DROPS: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_full_buffer_drops_and_counts_lines_without_waiting() {
+        let _serial = DROPS.lock().unwrap_or_else(|e| e.into_inner());
         let pending = Arc::new(Pending::default());
         let mut w = Buffered(pending.clone());
         let line = vec![b'x'; 1024];
@@ -314,5 +346,32 @@ mod tests {
         // The ended threads' buffers are gone; this thread's stays, empty.
         assert_eq!(pending.threads.lock().unwrap().len(), 1);
         assert!(pending.take().is_empty());
+    }
+
+    #[test]
+    fn all_threads_together_stay_within_the_total_and_give_it_back() {
+        let _serial = DROPS.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = Arc::new(Pending::default());
+        let before = dropped_lines();
+        // Six threads each log 1.5 MiB while nothing is written: 9 MiB asked, 8 MiB allowed.
+        let per_thread = 3 * LOG_BUFFER_BYTES / 4 / 1024;
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let p = Arc::clone(&pending);
+                std::thread::spawn(move || {
+                    (0..per_thread).for_each(|_| p.push(&[b'x'; 1024]));
+                    assert!(p.reserved.load(Relaxed) <= LOG_BUFFER_TOTAL);
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert!(pending.reserved.load(Relaxed) <= LOG_BUFFER_TOTAL);
+        let dropped = dropped_lines() - before;
+        assert!(dropped > 0, "9 MiB of lines cannot all fit in 8 MiB");
+        let written = pending.take();
+        assert_eq!(written.len() as u64 + dropped * 1024, 6 * per_thread as u64 * 1024);
+        // The threads ended: their buffers and their share of the total are gone.
+        assert_eq!(pending.reserved.load(Relaxed), 0);
+        assert!(pending.threads.lock().unwrap().is_empty());
     }
 }

@@ -33,6 +33,7 @@ mod backup;
 mod codec;
 mod error;
 mod follow;
+mod keys;
 mod master;
 mod memory;
 mod migrate;

@@ -97,7 +97,7 @@ impl Store {
         self.inner.backend.prune_audit(&self.inner.audit_key, before_ms, crate::store::now_ms())
     }
 
-    /// [`verify`] this store's chain.
+    /// [`verify`](super::verify) this store's chain.
     pub fn verify_audit(&self, pinned: Option<AuditHead>) -> Result<AuditVerdict> {
         super::verify(self, pinned)
     }

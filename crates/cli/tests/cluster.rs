@@ -5,28 +5,17 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tessera_testpg::PgServer;
+use tessera_testserver::TestServer;
 
 const MASTER: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
-struct Node {
-    child: Child,
-    url: String,
-    admin: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A `tessera serve` node of the cluster.
+type Node = TestServer;
 
 fn serve(database: &str, master: &str, extra: &[&str]) -> Command {
     let dir = tempfile::tempdir().unwrap();
@@ -45,21 +34,7 @@ fn serve(database: &str, master: &str, extra: &[&str]) -> Command {
 }
 
 fn start(database: &str, extra: &[&str]) -> Node {
-    #[allow(clippy::zombie_processes)] // owned by `Node`, whose Drop waits
-    let mut child = serve(database, MASTER, extra).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("node exited before listening").unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = Some(lines.next().unwrap().unwrap());
-        }
-        if let Some(addr) = line.strip_prefix("tessera listening on ") {
-            // Keep draining stdout so the node never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Node { child, url: addr.to_owned(), admin, _dir: tempfile::tempdir().unwrap() };
-        }
-    }
+    TestServer::start(&mut serve(database, MASTER, extra))
 }
 
 fn agent() -> ureq::Agent {
@@ -102,11 +77,11 @@ fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<Value>) -> (
 }
 
 fn verify(node: &Node, token: &str) -> u16 {
-    call("POST", &format!("{}/v1/verify", node.url), None, Some(json!({"token": token}))).0
+    call("POST", &format!("{}/v1/verify", node.url()), None, Some(json!({"token": token}))).0
 }
 
 fn mint(node: &Node, admin: &str, subject: &str) -> (u16, Value) {
-    call("POST", &format!("{}/v1/tokens", node.url), Some(admin), Some(json!({"subject": subject})))
+    call("POST", &format!("{}/v1/tokens", node.url()), Some(admin), Some(json!({"subject": subject})))
 }
 
 fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
@@ -129,9 +104,9 @@ fn three_nodes_share_tokens_revocations_and_keys() {
         let hs: Vec<_> = (0..3).map(|_| s.spawn(|| start(&db, &["--refresh-grace", "1s"]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let admins: Vec<&String> = nodes.iter().filter_map(|n| n.admin.as_ref()).collect();
+    let admins: Vec<&str> = nodes.iter().filter_map(|n| n.admin()).collect();
     assert_eq!(admins.len(), 1, "exactly one node prints the admin token");
-    let admin = admins[0].clone();
+    let admin = admins[0].to_owned();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // Mint on A, verify on B and C.
@@ -143,17 +118,17 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     assert_eq!(verify(c, &token), 200);
 
     // Revoke on C: refused on A and B within a second.
-    let (status, _) = call("POST", &format!("{}/v1/tokens/{tid}/revoke", c.url), Some(&admin), None);
+    let (status, _) = call("POST", &format!("{}/v1/tokens/{tid}/revoke", c.url()), Some(&admin), None);
     assert_eq!(status, 200);
     assert_eq!(verify(c, &token), 401);
     for n in [a, b] {
         let took = until(Duration::from_secs(1), || verify(n, &token) == 401)
             .expect("revocation did not propagate in 1 s");
-        eprintln!("revocation visible on {} after {took:?}", n.url);
+        eprintln!("revocation visible on {} after {took:?}", n.url());
     }
 
     // Rotate on B: A signs new tokens with the new key, C verifies them.
-    let (status, key) = call("POST", &format!("{}/v1/keys/rotate", b.url), Some(&admin), None);
+    let (status, key) = call("POST", &format!("{}/v1/keys/rotate", b.url()), Some(&admin), None);
     assert_eq!(status, 201, "{key}");
     until(Duration::from_secs(1), || mint(a, &admin, "bob").1["kid"] == key["kid"])
         .expect("A did not see the rotation");
@@ -165,18 +140,18 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     let seqs = || -> Vec<Value> {
         nodes
             .iter()
-            .map(|n| call("GET", &format!("{}/health", n.url), None, None).1["last_applied"].clone())
+            .map(|n| call("GET", &format!("{}/health", n.url()), None, None).1["last_applied"].clone())
             .collect()
     };
     until(Duration::from_secs(1), || seqs().windows(2).all(|w| w[0] == w[1])).expect("nodes disagree");
-    let (_, health) = call("GET", &format!("{}/health", a.url), None, None);
+    let (_, health) = call("GET", &format!("{}/health", a.url()), None, None);
     assert_eq!(health["backend"], "postgres");
 
     // Register an application on A: B issues its envelopes with its own keys; disabled on C, A
     // refuses its credential.
     let (status, app) = call(
         "POST",
-        &format!("{}/v1/apps", a.url),
+        &format!("{}/v1/apps", a.url()),
         Some(&admin),
         Some(json!({"name": "billing", "audience": "https://billing.example", "own_keys": true})),
     );
@@ -184,25 +159,25 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     let credential = app["credential"].as_str().unwrap().to_owned();
     let (_, m) = mint(a, &admin, "carol");
     let envelope = |n: &Node| {
-        call("POST", &format!("{}/v1/jwt", n.url), Some(&credential), Some(json!({"token": m["token"]})))
+        call("POST", &format!("{}/v1/jwt", n.url()), Some(&credential), Some(json!({"token": m["token"]})))
     };
     until(Duration::from_secs(1), || envelope(b).0 == 200).expect("B did not see the application");
     let (_, env) = envelope(b);
-    let (_, jwks) = call("GET", &format!("{}/v1/apps/billing/jwks.json", c.url), None, None);
+    let (_, jwks) = call("GET", &format!("{}/v1/apps/billing/jwks.json", c.url()), None, None);
     assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == env["kid"]), "{jwks} {env}");
-    let (status, _) = call("DELETE", &format!("{}/v1/apps/billing", c.url), Some(&admin), None);
+    let (status, _) = call("DELETE", &format!("{}/v1/apps/billing", c.url()), Some(&admin), None);
     assert_eq!(status, 200);
     until(Duration::from_secs(1), || envelope(a).0 == 401).expect("A still serves a disabled application");
 
     // Sessions: created on A, rotated on B; the spent token replayed on C after the grace window
     // revokes the session for every node; a second session revoked on C is refused on A at once.
     let refresh = |n: &Node, token: &str| {
-        call("POST", &format!("{}/v1/sessions/refresh", n.url), None, Some(json!({"refresh_token": token})))
+        call("POST", &format!("{}/v1/sessions/refresh", n.url()), None, Some(json!({"refresh_token": token})))
     };
     let create = |n: &Node| {
         let (status, s) = call(
             "POST",
-            &format!("{}/v1/sessions", n.url),
+            &format!("{}/v1/sessions", n.url()),
             Some(&admin),
             Some(json!({"subject": "gus", "strategy": "refreshBoth"})),
         );
@@ -220,7 +195,7 @@ fn three_nodes_share_tokens_revocations_and_keys() {
     let s = create(b);
     let token = s["refresh_token"].as_str().unwrap().to_owned();
     let sid = s["session_id"].as_str().unwrap();
-    let (status, _) = call("POST", &format!("{}/v1/sessions/{sid}/revoke", c.url), Some(&admin), None);
+    let (status, _) = call("POST", &format!("{}/v1/sessions/{sid}/revoke", c.url()), Some(&admin), None);
     assert_eq!(status, 200);
     assert_eq!(refresh(a, &token).0, 401, "revoked on C: refused on A at once");
 }
@@ -230,12 +205,12 @@ fn a_node_killed_mid_write_loses_no_acknowledged_write() {
     let pg = PgServer::start();
     let db = pg.create_database();
     let a = start(&db, &[]);
-    let admin = a.admin.clone().unwrap();
+    let admin = a.admin().unwrap().to_owned();
     let mut b = start(&db, &[]);
     let acked: Vec<String> = std::thread::scope(|s| {
         let writers: Vec<_> = (0..4)
             .map(|_| {
-                let (url, admin) = (b.url.clone(), admin.clone());
+                let (url, admin) = (b.url().to_owned(), admin.clone());
                 s.spawn(move || {
                     let mut acked = Vec::new();
                     let a = agent();
@@ -258,12 +233,11 @@ fn a_node_killed_mid_write_loses_no_acknowledged_write() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(700));
-        b.child.kill().unwrap(); // SIGKILL
-        b.child.wait().unwrap();
+        b.kill(); // SIGKILL
         writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
     });
     assert!(acked.len() > 10, "only {} writes before the kill", acked.len());
-    let (status, list) = call("GET", &format!("{}/v1/tokens?subject=crash", a.url), Some(&admin), None);
+    let (status, list) = call("GET", &format!("{}/v1/tokens?subject=crash", a.url()), Some(&admin), None);
     assert_eq!(status, 200);
     let stored: std::collections::HashSet<&str> =
         list["tokens"].as_array().unwrap().iter().map(|t| t["tid"].as_str().unwrap()).collect();
@@ -277,7 +251,7 @@ fn a_database_outage_is_survived_and_recovered_without_restarts() {
     let mut pg = PgServer::start();
     let db = pg.create_database();
     let a = start(&db, &["--max-staleness", "3s"]);
-    let admin = a.admin.clone().unwrap();
+    let admin = a.admin().unwrap().to_owned();
     let (_, m) = mint(&a, &admin, "alice");
     let token = m["token"].as_str().unwrap().to_owned();
     pg.stop();
@@ -286,23 +260,23 @@ fn a_database_outage_is_survived_and_recovered_without_restarts() {
     let (status, body) = mint(&a, &admin, "alice");
     assert_eq!(status, 503, "{body}");
     until(Duration::from_secs(8), || verify(&a, &token) == 503).expect("never went stale");
-    let (status, health) = call("GET", &format!("{}/health", a.url), None, None);
+    let (status, health) = call("GET", &format!("{}/health", a.url()), None, None);
     assert_eq!(status, 503);
     assert_eq!(health["status"], "stale");
     assert!(health["detail"].as_str().unwrap().contains("database"), "{health}");
     // Issue 20: the revocation feed checks staleness before it asks the database, so it answers
     // at once with the reason instead of waiting on the database first.
-    let (status, feed) = call("GET", &format!("{}/v1/revocations", a.url), None, None);
+    let (status, feed) = call("GET", &format!("{}/v1/revocations", a.url()), None, None);
     assert_eq!(status, 503, "{feed}");
     assert!(feed["detail"].as_str().unwrap().contains("has not heard from the database"), "{feed}");
     // Public keys are served from memory while stale (documented in API.md and CLUSTER.md):
     // they are public, and a verifier refusing envelopes would not make anything safer.
-    assert_eq!(call("GET", &format!("{}/.well-known/jwks.json", a.url), None, None).0, 200);
+    assert_eq!(call("GET", &format!("{}/.well-known/jwks.json", a.url()), None, None).0, 200);
     // Back: the same process recovers.
     pg.start_again();
     until(Duration::from_secs(10), || verify(&a, &token) == 200).expect("did not recover");
     assert_eq!(mint(&a, &admin, "alice").0, 201);
-    assert_eq!(call("GET", &format!("{}/health", a.url), None, None).0, 200);
+    assert_eq!(call("GET", &format!("{}/health", a.url()), None, None).0, 200);
 }
 
 fn start_fails(database: &str, master: &str) -> String {
@@ -348,11 +322,11 @@ fn single_use_and_budgets_hold_across_three_nodes() {
         let hs: Vec<_> = (0..3).map(|_| s.spawn(|| start(&db, &[]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let admin = nodes.iter().find_map(|n| n.admin.clone()).unwrap();
+    let admin = nodes.iter().find_map(|n| n.admin()).unwrap().to_owned();
 
     let (status, link) = call(
         "POST",
-        &format!("{}/v1/links", nodes[0].url),
+        &format!("{}/v1/links", nodes[0].url()),
         Some(&admin),
         Some(json!({"subject": "kim", "issue": "token"})),
     );
@@ -363,8 +337,13 @@ fn single_use_and_budgets_hold_across_three_nodes() {
             .map(|i| {
                 let (node, link) = (&nodes[i % 3], &link);
                 s.spawn(move || {
-                    call("POST", &format!("{}/v1/links/redeem", node.url), None, Some(json!({"token": link})))
-                        .0
+                    call(
+                        "POST",
+                        &format!("{}/v1/links/redeem", node.url()),
+                        None,
+                        Some(json!({"token": link})),
+                    )
+                    .0
                 })
             })
             .collect();
@@ -375,7 +354,7 @@ fn single_use_and_budgets_hold_across_three_nodes() {
 
     let (_, m) = call(
         "POST",
-        &format!("{}/v1/tokens", nodes[1].url),
+        &format!("{}/v1/tokens", nodes[1].url()),
         Some(&admin),
         Some(json!({"subject": "kim", "operations": ["read"], "rate_limit": "300/1h"})),
     );
@@ -388,7 +367,7 @@ fn single_use_and_budgets_hold_across_three_nodes() {
                     (0..100)
                         .filter(|_| {
                             let body = json!({"token": token, "context": {"operation": "read"}});
-                            call("POST", &format!("{}/v1/verify", node.url), None, Some(body)).0 == 200
+                            call("POST", &format!("{}/v1/verify", node.url()), None, Some(body)).0 == 200
                         })
                         .count()
                 })
@@ -411,8 +390,8 @@ fn a_root_key_is_revoked_on_a_cluster_by_http_and_by_the_cli() {
     let db = pg.create_database();
     let a = start(&db, &[]);
     let b = start(&db, &[]);
-    let admin = a.admin.clone().or_else(|| b.admin.clone()).unwrap();
-    let rotate = |node: &Node| call("POST", &format!("{}/v1/keys/rotate", node.url), Some(&admin), None);
+    let admin = a.admin().or(b.admin()).unwrap().to_owned();
+    let rotate = |node: &Node| call("POST", &format!("{}/v1/keys/rotate", node.url()), Some(&admin), None);
     // Two keys beside the admin's: one revoked over HTTP, one by the CLI.
     for key_round in ["http", "cli"] {
         let (status, key) = rotate(&a);
@@ -424,7 +403,7 @@ fn a_root_key_is_revoked_on_a_cluster_by_http_and_by_the_cli() {
         let token = minted["token"].as_str().unwrap().to_owned();
         assert!(until(Duration::from_secs(5), || verify(&b, &token) == 200).is_some());
         if key_round == "http" {
-            let (status, r) = call("POST", &format!("{}/v1/keys/{kid}/revoke", a.url), Some(&admin), None);
+            let (status, r) = call("POST", &format!("{}/v1/keys/{kid}/revoke", a.url()), Some(&admin), None);
             assert_eq!(status, 200, "{r}");
             assert!(r["active"].is_string(), "the active key was replaced: {r}");
         } else {

@@ -7,54 +7,33 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tessera_testpg::PgServer;
+use tessera_testserver::TestServer;
 
 const MASTER: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
+/// A `tessera serve` node and its data directory (removed after the process is gone).
 struct Node {
-    child: Child,
-    addr: String,
-    admin: Option<String>,
+    server: TestServer,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(database: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    #[allow(clippy::zombie_processes)] // owned by `Node`, whose Drop waits
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--database", database])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("TESSERA_MASTER_KEY", MASTER)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("node exited before listening").unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = Some(lines.next().unwrap().unwrap());
-        }
-        if let Some(url) = line.strip_prefix("tessera listening on ") {
-            std::thread::spawn(move || for _ in lines {});
-            let addr = url.trim_start_matches("http://").to_owned();
-            return Node { child, addr, admin, _dir: dir };
-        }
-    }
+    let server = TestServer::start(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--database", database])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("TESSERA_MASTER_KEY", MASTER)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    Node { server, _dir: dir }
 }
 
 fn call(method: &str, url: &str, bearer: &str, body: Value) -> (u16, Value) {
@@ -85,12 +64,12 @@ struct Sse {
 
 impl Sse {
     fn open(node: &Node, last_event_id: Option<u64>) -> Sse {
-        let mut s = TcpStream::connect(&node.addr).unwrap();
+        let mut s = TcpStream::connect(node.server.addr()).unwrap();
         let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
         write!(
             s,
             "GET /v1/revocations/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
-            node.addr
+            node.server.addr()
         )
         .unwrap();
         let mut reader = BufReader::new(s);
@@ -139,16 +118,16 @@ fn a_revocation_on_one_node_reaches_a_stream_client_of_another() {
     let db = pg.create_database();
     let a = start(&db);
     let b = start(&db);
-    let admin = a.admin.clone().or(b.admin.clone()).unwrap();
+    let admin = a.server.admin().or(b.server.admin()).unwrap().to_owned();
     let mut on_b = Sse::open(&b, None);
     let mut last_seq = 0;
     let revoke_on_a = || {
         let (status, minted) =
-            call("POST", &format!("http://{}/v1/tokens", a.addr), &admin, json!({"subject": "alice"}));
+            call("POST", &format!("{}/v1/tokens", a.server.url()), &admin, json!({"subject": "alice"}));
         assert_eq!(status, 201, "{minted}");
         let tid = minted["tid"].as_str().unwrap().to_owned();
         let (status, _) =
-            call("POST", &format!("http://{}/v1/tokens/{tid}/revoke", a.addr), &admin, json!({}));
+            call("POST", &format!("{}/v1/tokens/{tid}/revoke", a.server.url()), &admin, json!({}));
         assert_eq!(status, 200);
         tid
     };
@@ -174,7 +153,7 @@ fn a_revocation_on_one_node_reaches_a_stream_client_of_another() {
     assert_eq!(ev["id"], next.as_str());
     // The feed says the same.
     let (_, feed) =
-        call("GET", &format!("http://{}/v1/revocations?after={last_seq}", b.addr), &admin, json!({}));
+        call("GET", &format!("{}/v1/revocations?after={last_seq}", b.server.url()), &admin, json!({}));
     let ids: Vec<&str> =
         feed["revocations"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [missed[0].as_str(), missed[1].as_str(), next.as_str()]);

@@ -5,12 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
+mod binary;
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -21,6 +22,7 @@ use tessera_core::TokenId;
 use tessera_core::{Context, Token, Verifier};
 use tessera_server::{app, AppState, Config};
 use tessera_store::{MasterKey, NewToken, Store};
+use tessera_testserver::TestServer;
 
 #[test]
 fn the_admin_gets_a_snapshot_that_opens_with_the_master_key() {
@@ -73,44 +75,9 @@ fn only_the_admin_may_take_a_backup() {
     });
 }
 
-/// A `tessera-server` process on a free port.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start the server on `data`; its address and, on first start, the admin token.
-#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
-fn start(data: &Path, extra: &[&str]) -> (Server, Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
-        .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("TESSERA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = Some(lines.next().unwrap().unwrap());
-        } else if let Some(url) = line.strip_prefix("tessera listening on http://") {
-            let addr = url.to_owned();
-            std::thread::spawn(move || lines.for_each(drop));
-            return (Server { child, addr }, admin);
-        }
-    }
+/// Start the server on `data` on a free port (it prints the admin token on first start).
+fn start(data: &Path, extra: &[&str]) -> TestServer {
+    TestServer::start(binary::command(data, extra).stderr(Stdio::null()))
 }
 
 /// Records of ~4 KiB each, so that the snapshot is larger than what the kernel's socket buffers
@@ -180,22 +147,19 @@ fn a_client_that_stops_reading_holds_the_backup_place_only_until_the_deadline() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let flags = ["--backup-stall-timeout", "2s", "--backup-timeout", "1h"];
-    let admin = {
-        let (_first, admin) = start(&data, &flags);
-        admin.unwrap()
-    };
+    let admin = start(&data, &flags).admin().unwrap().to_owned();
     fill_large(&data, 5_000);
-    let (server, _) = start(&data, &flags);
-    let (mut stuck, status, length) = ask_backup(&server.addr, &admin, Some(4096));
+    let server = start(&data, &flags);
+    let (mut stuck, status, length) = ask_backup(server.addr(), &admin, Some(4096));
     assert_eq!(status, 200);
     assert!(length > 12 << 20, "the snapshot ({length} bytes) would fit in the buffers: no stall");
     let opened = Instant::now();
     // While the first answer waits for its client, the place is taken.
-    let (_, second, _) = ask_backup(&server.addr, &admin, None);
+    let (_, second, _) = ask_backup(server.addr(), &admin, None);
     assert_eq!(second, 409, "the first backup had already ended: the test proves nothing");
     // After the stall bound the place is free: the next backup is served whole.
     let served = loop {
-        let (mut conn, status, length) = ask_backup(&server.addr, &admin, None);
+        let (mut conn, status, length) = ask_backup(server.addr(), &admin, None);
         if status == 200 {
             let mut got = 0u64;
             let mut buf = vec![0u8; 1 << 16];
@@ -281,19 +245,16 @@ fn a_client_that_left_gives_the_backup_place_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let flags = ["--backup-stall-timeout", "30s", "--backup-timeout", "1h"];
-    let admin = {
-        let (_first, admin) = start(&data, &flags);
-        admin.unwrap()
-    };
+    let admin = start(&data, &flags).admin().unwrap().to_owned();
     fill_large(&data, 5_000);
-    let (server, _) = start(&data, &flags);
-    let (gone, status, _) = ask_backup(&server.addr, &admin, Some(4096));
+    let server = start(&data, &flags);
+    let (gone, status, _) = ask_backup(server.addr(), &admin, Some(4096));
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_millis(500)); // the pump fills the read-ahead and parks
     drop(gone); // the client leaves
     let left = Instant::now();
     loop {
-        let (_conn, status, _) = ask_backup(&server.addr, &admin, None);
+        let (_conn, status, _) = ask_backup(server.addr(), &admin, None);
         if status == 200 {
             break;
         }

@@ -3,59 +3,24 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod binary;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tessera_core::Token;
+use tessera_testserver::TestServer;
 
-struct Server {
-    child: Child,
-    addr: String,
-    admin: Option<String>,
-}
-
-/// A failed assertion must not leave a server running.
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn start(data: &Path) -> Server {
+fn start(data: &Path) -> TestServer {
     start_with(data, &[])
 }
 
-#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
-fn start_with(data: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
-        .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("TESSERA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = Some(lines.next().unwrap().unwrap());
-        } else if let Some(addr) = line.strip_prefix("tessera listening on http://") {
-            // Keep draining stdout so the server never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return Server { child, addr: addr.to_owned(), admin };
-        }
-    }
+fn start_with(data: &Path, extra: &[&str]) -> TestServer {
+    TestServer::start(binary::command(data, extra).stderr(Stdio::inherit()))
 }
 
 /// One HTTP/1.1 request; returns (status, JSON body).
@@ -80,30 +45,17 @@ fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>, body: Option
     (status, serde_json::from_str(payload).unwrap_or(Value::Null))
 }
 
-fn sigterm(server: &mut Server) -> std::process::ExitStatus {
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    for _ in 0..100 {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server.child.kill().unwrap();
-    panic!("server did not stop within 10 s of SIGTERM");
-}
-
 #[test]
 fn mint_attenuate_verify_revoke_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = start(&data);
-    let admin = server.admin.clone().expect("first start shows the admin token");
-    let (status, health) = http(&server.addr, "GET", "/health", None, None);
+    let admin = server.admin().expect("first start shows the admin token").to_owned();
+    let (status, health) = http(server.addr(), "GET", "/health", None, None);
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
 
     let (status, minted) = http(
-        &server.addr,
+        server.addr(),
         "POST",
         "/v1/tokens",
         Some(&admin),
@@ -122,7 +74,7 @@ fn mint_attenuate_verify_revoke_restart() {
         .unwrap();
     let verify = |op: &str, res: &str| {
         http(
-            &server.addr,
+            server.addr(),
             "POST",
             "/v1/verify",
             None,
@@ -135,27 +87,27 @@ fn mint_attenuate_verify_revoke_restart() {
     assert_eq!(verify("write", "issues/42").0, 403);
     assert_eq!(verify("read", "issues/43").0, 403);
 
-    let (status, _) = http(&server.addr, "POST", &format!("/v1/tokens/{tid}/revoke"), Some(&admin), None);
+    let (status, _) = http(server.addr(), "POST", &format!("/v1/tokens/{tid}/revoke"), Some(&admin), None);
     assert_eq!(status, 200);
     assert_eq!(verify("read", "issues/42").0, 401, "revoked");
 
-    let exit = sigterm(&mut server);
+    let exit = server.terminate();
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
 
     let mut server = start(&data);
-    assert!(server.admin.is_none(), "the admin token is never shown again");
+    assert!(server.admin().is_none(), "the admin token is never shown again");
     let (status, body) = http(
-        &server.addr,
+        server.addr(),
         "POST",
         "/v1/verify",
         None,
         Some(json!({"token": narrow.encode(), "context": {"operation": "read", "resource": "issues/42"}})),
     );
     assert_eq!(status, 401, "the revocation survived the restart: {body}");
-    let (status, list) = http(&server.addr, "GET", "/v1/tokens?subject=alice", Some(&admin), None);
+    let (status, list) = http(server.addr(), "GET", "/v1/tokens?subject=alice", Some(&admin), None);
     assert_eq!(status, 200);
     assert_eq!(list["tokens"][0]["revoked"], true);
-    sigterm(&mut server);
+    server.terminate();
 }
 
 #[test]
@@ -163,7 +115,7 @@ fn wrong_master_key_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = start(&data);
-    sigterm(&mut server);
+    server.terminate();
     let out = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
         .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -186,11 +138,11 @@ fn wrong_master_key_refuses_to_start() {
 fn a_trickled_body_is_cut_off_at_the_body_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), &["--body-timeout", "1s"]);
-    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
         "POST /v1/verify HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
-        server.addr
+        server.addr()
     );
     s.write_all(head.as_bytes()).unwrap();
     // Keep trickling, one byte every 200 ms, well past the deadline: it must not matter.
@@ -219,10 +171,10 @@ fn a_trickled_body_is_cut_off_at_the_body_timeout() {
 fn connections_over_the_per_address_cap_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), &["--max-connections-per-address", "3", "--head-timeout", "30s"]);
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&server.addr).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(server.addr()).unwrap()).collect();
     // The server may need a moment to accept the three before it counts them.
     std::thread::sleep(Duration::from_millis(300));
-    let mut extra = TcpStream::connect(&server.addr).unwrap();
+    let mut extra = TcpStream::connect(server.addr()).unwrap();
     extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
@@ -234,7 +186,7 @@ fn connections_over_the_per_address_cap_are_closed() {
     );
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
-    let (status, body) = http(&server.addr, "GET", "/health", None, None);
+    let (status, body) = http(server.addr(), "GET", "/health", None, None);
     assert_eq!(status, 200, "{body}");
 }
 
@@ -246,11 +198,11 @@ fn connections_over_the_per_address_cap_are_closed() {
 fn a_trickled_chunked_body_closes_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), &["--body-timeout", "1s", "--max-connections-per-address", "1"]);
-    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
         "POST /v1/verify HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-        server.addr
+        server.addr()
     );
     s.write_all(head.as_bytes()).unwrap();
     let mut t = s.try_clone().unwrap();
@@ -271,7 +223,7 @@ fn a_trickled_chunked_body_closes_the_connection() {
     assert!(raw.to_ascii_lowercase().contains("connection: close"), "{raw}");
     // The client is still trickling; its connection must be gone all the same.
     std::thread::sleep(Duration::from_millis(2_500));
-    let (status, body) = http(&server.addr, "GET", "/health", None, None);
+    let (status, body) = http(server.addr(), "GET", "/health", None, None);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     trickle.join().unwrap();
     assert_eq!(status, 200, "the trickling connection still holds its place: {body}");

@@ -4,70 +4,33 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::io::{BufRead, BufReader};
+mod binary;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use tessera_core::Token;
+use tessera_testserver::TestServer;
 
-struct Server {
-    child: Child,
-    url: String,
-    admin: String,
-    log: std::path::PathBuf,
+/// The file in the test's directory that the server's stderr, its log, goes to.
+fn log_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("stderr.log")
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let log = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
-        .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("TESSERA_MASTER_KEY")
-        .env_remove("RUST_LOG")
-        .env_remove("TESSERA_LOG_LEVEL")
-        .env_remove("TESSERA_LOG_FORMAT")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = Some(lines.next().unwrap().unwrap());
-        } else if let Some(addr) = line.strip_prefix("tessera listening on ") {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Server { child, url: addr.to_owned(), admin: admin.unwrap(), log };
-        }
-    }
+fn start(dir: &Path, extra: &[&str]) -> TestServer {
+    TestServer::start(
+        binary::command(&dir.join("data"), extra)
+            .env_remove("RUST_LOG")
+            .env_remove("TESSERA_LOG_LEVEL")
+            .env_remove("TESSERA_LOG_FORMAT")
+            .stderr(std::fs::File::create(log_file(dir)).unwrap()),
+    )
 }
 
 /// SIGTERM, wait, and the whole log.
-fn stop(mut s: Server) -> String {
-    let pid = s.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    for _ in 0..100 {
-        if s.child.try_wait().unwrap().is_some() {
-            return std::fs::read_to_string(&s.log).unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("server did not stop within 10 s of SIGTERM");
+fn stop(mut server: TestServer, dir: &Path) -> String {
+    server.terminate();
+    std::fs::read_to_string(log_file(dir)).unwrap()
 }
 
 struct Client {
@@ -133,8 +96,8 @@ fn access_lines(log: &str) -> Vec<Value> {
 fn one_json_access_line_per_request_with_its_fields() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &["--log-format", "json"]);
-    let admin = server.admin.clone();
-    let mut c = Client::new(&server.url);
+    let admin = server.admin().unwrap().to_owned();
+    let mut c = Client::new(server.url());
     let (s, id, _) = c.call("GET", "/health", &[("X-Request-Id", "probe-1")], None);
     assert_eq!((s, id.as_str()), (200, "probe-1"));
     let (s, mint_id, minted) =
@@ -145,7 +108,7 @@ fn one_json_access_line_per_request_with_its_fields() {
     assert_eq!(s, 200);
     let (s, missing_id, _) = c.call("GET", "/nothing/here?x=1", &[], None);
     assert_eq!(s, 404);
-    let log = stop(server);
+    let log = stop(server, dir.path());
     let lines = access_lines(&log);
     assert_eq!(lines.len(), c.sent, "one line per request:\n{log}");
     for l in &lines {
@@ -187,9 +150,9 @@ fn one_json_access_line_per_request_with_its_fields() {
 fn text_is_the_default_format() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);
-    let mut c = Client::new(&server.url);
+    let mut c = Client::new(server.url());
     c.call("GET", "/health", &[("X-Request-Id", "text-probe")], None);
-    let log = stop(server);
+    let log = stop(server, dir.path());
     let line =
         log.lines().find(|l| l.contains("request_id=\"text-probe\"")).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(" INFO tessera::access: "), "{line}");
@@ -215,8 +178,8 @@ fn no_token_or_secret_reaches_the_log_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let server =
         start(dir.path(), &["--log-format", "json", "--log-level", "debug", "--refresh-grace", "0s"]);
-    let admin = server.admin.clone();
-    let mut c = Client::new(&server.url);
+    let admin = server.admin().unwrap().to_owned();
+    let mut c = Client::new(server.url());
     let mut secrets: Vec<String> = vec![admin.clone()];
 
     // Mint, attenuate offline, verify (token in the body; another in a query string).
@@ -306,7 +269,7 @@ fn no_token_or_secret_reaches_the_log_at_debug_level() {
     let (s, _, _) = c.post("/v1/verify", None, json!({"token": narrow, "context": {"operation": "read"}}));
     assert_eq!(s, 401);
 
-    let log = stop(server);
+    let log = stop(server, dir.path());
     assert_eq!(access_lines(&log).len(), c.sent, "every request logged:\n{log}");
     for secret in &secrets {
         for piece in pieces(secret) {
@@ -326,12 +289,12 @@ fn a_subject_needing_escapes_keeps_json_lines_valid() {
     let subject = "al\"ice\\ \u{1}tab\tnl\n é 日本 😀";
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &["--log-format", "json", "--admin-subject", subject]);
-    let admin = server.admin.clone();
-    let mut c = Client::new(&server.url);
+    let admin = server.admin().unwrap().to_owned();
+    let mut c = Client::new(server.url());
     let (s, id, minted) =
         c.post("/v1/tokens", Some(&admin), json!({"subject": "bob", "operations": ["read"]}));
     assert_eq!(s, 201, "{minted}");
-    let log = stop(server);
+    let log = stop(server, dir.path());
     let lines = access_lines(&log);
     let line = lines.iter().find(|l| l["request_id"] == id.as_str()).unwrap_or_else(|| panic!("{log}"));
     assert_eq!(line["subject"], subject, "{line}");
@@ -339,11 +302,11 @@ fn a_subject_needing_escapes_keeps_json_lines_valid() {
 
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &["--admin-subject", subject]);
-    let admin = server.admin.clone();
-    let mut c = Client::new(&server.url);
+    let admin = server.admin().unwrap().to_owned();
+    let mut c = Client::new(server.url());
     let (s, id, _) = c.post("/v1/tokens", Some(&admin), json!({"subject": "bob", "operations": ["read"]}));
     assert_eq!(s, 201);
-    let log = stop(server);
+    let log = stop(server, dir.path());
     let line =
         log.lines().find(|l| l.contains(&format!("request_id=\"{id}\""))).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(&format!(" subject={subject:?} ")), "{line}");
@@ -355,10 +318,10 @@ fn a_subject_needing_escapes_keeps_json_lines_valid() {
 fn the_filter_turns_the_access_line_off() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &["--log-format", "json", "--log-level", "info,tessera::access=off"]);
-    let mut c = Client::new(&server.url);
+    let mut c = Client::new(server.url());
     c.call("GET", "/health", &[], None);
     c.call("GET", "/nothing", &[], None);
-    let log = stop(server);
+    let log = stop(server, dir.path());
     assert!(access_lines(&log).is_empty(), "{log}");
     assert!(log.contains("config: listen="), "{log}");
 }

@@ -5,54 +5,22 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod binary;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tessera_testpg::TestCa;
+use tessera_testserver::TestServer;
 
-struct Server {
-    child: Child,
-    url: String,
-    admin: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(data: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-server"));
-    c.args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("TESSERA_MASTER_KEY");
-    c
-}
-
-#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
-fn start(data: &Path, extra: &[&str]) -> Server {
-    let mut child = command(data, extra).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = String::new();
-    loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = lines.next().unwrap().unwrap();
-        } else if let Some(url) = line.strip_prefix("tessera listening on ") {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Server { child, url: url.to_owned(), admin };
-        }
-    }
+fn start(data: &Path, extra: &[&str]) -> TestServer {
+    TestServer::start(binary::command(data, extra).stderr(Stdio::inherit()))
 }
 
 /// Certificate and key files for `names`, signed by `ca`.
@@ -124,16 +92,16 @@ fn a_client_that_trusts_the_ca_gets_answers_and_one_that_does_not_is_refused() {
         &dir.path().join("data"),
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
     );
-    assert!(server.url.starts_with("https://127.0.0.1:"), "{}", server.url);
+    assert!(server.url().starts_with("https://127.0.0.1:"), "{}", server.url());
     let agent = client(&ca);
-    let mut health = agent.get(format!("{}/health", server.url)).call().unwrap();
+    let mut health = agent.get(format!("{}/health", server.url())).call().unwrap();
     assert_eq!(health.status().as_u16(), 200);
     let _ = health.body_mut().read_to_string().unwrap();
 
     let (status, minted) = post(
         &agent,
-        &format!("{}/v1/tokens", server.url),
-        Some(&server.admin),
+        &format!("{}/v1/tokens", server.url()),
+        server.admin(),
         json!({"subject": "alice", "operations": ["read"], "resources": ["docs/*"]}),
     )
     .unwrap();
@@ -142,7 +110,7 @@ fn a_client_that_trusts_the_ca_gets_answers_and_one_that_does_not_is_refused() {
     let verify = |op: &str| {
         post(
             &agent,
-            &format!("{}/v1/verify", server.url),
+            &format!("{}/v1/verify", server.url()),
             None,
             json!({"token": token, "context": {"operation": op, "resource": "docs/a"}}),
         )
@@ -154,13 +122,13 @@ fn a_client_that_trusts_the_ca_gets_answers_and_one_that_does_not_is_refused() {
 
     // The public roots do not include the test CA: refused before any request is sent.
     let stranger = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-    let err = stranger.get(format!("{}/health", server.url)).call().unwrap_err();
+    let err = stranger.get(format!("{}/health", server.url())).call().unwrap_err();
     assert!(matches!(err, ureq::Error::Rustls(_) | ureq::Error::Io(_)), "{err:?}");
     // A client trusting another CA is refused too.
-    assert!(client(&TestCa::new("another CA")).get(format!("{}/health", server.url)).call().is_err());
+    assert!(client(&TestCa::new("another CA")).get(format!("{}/health", server.url())).call().is_err());
 
     // Plain HTTP on the TLS port: no HTTP answer.
-    let addr = server.url.trim_start_matches("https://");
+    let addr = server.addr();
     let mut plain = TcpStream::connect(addr).unwrap();
     plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     plain.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
@@ -180,7 +148,7 @@ fn a_replaced_certificate_is_served_without_a_restart() {
         &dir.path().join("data"),
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
     );
-    let addr = server.url.trim_start_matches("https://").to_owned();
+    let addr = server.addr().to_owned();
     let (mut kept, _) = handshake(&addr, &old_ca).unwrap();
 
     let new_ca = TestCa::new("new CA");
@@ -235,9 +203,10 @@ fn bad_certificate_files_stop_the_start_naming_the_file() {
         (&cert, &dir.path().join("missing.pem"), &dir.path().join("missing.pem"), "No such file"),
         (&cert, &other_key, &other_key, "does not belong to the certificate"),
     ] {
-        let out = command(&data, &["--tls-cert", c.to_str().unwrap(), "--tls-key", k.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out =
+            binary::command(&data, &["--tls-cert", c.to_str().unwrap(), "--tls-key", k.to_str().unwrap()])
+                .output()
+                .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(&file.display().to_string()) && err.contains(says), "{err}");
@@ -245,7 +214,7 @@ fn bad_certificate_files_stop_the_start_naming_the_file() {
     }
     assert!(!data.join("tessera.redb").exists(), "nothing is written before the certificate is read");
     // One without the other is a usage error.
-    let out = command(&data, &["--tls-cert", cert.to_str().unwrap()]).output().unwrap();
+    let out = binary::command(&data, &["--tls-cert", cert.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -267,7 +236,7 @@ fn the_connection_cap_holds_on_tls_connections() {
             "1",
         ],
     );
-    let addr = server.url.trim_start_matches("https://").to_owned();
+    let addr = server.addr().to_owned();
     let (first, _) = handshake(&addr, &ca).unwrap();
     // The second connection from the same address is closed once it is accepted; whether the
     // close lands during the handshake or after it, no answer comes back.
@@ -309,7 +278,7 @@ fn silent_connections_from_one_address_do_not_starve_another_address() {
         &dir.path().join("data"),
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--workers", "1"],
     );
-    let addr: std::net::SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    let addr: std::net::SocketAddr = server.addr().parse().unwrap();
     let silent: Vec<TcpStream> = (0..900).map(|_| TcpStream::connect(addr).unwrap()).collect();
     // A client on another loopback address.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -3,11 +3,12 @@
 #![allow(dead_code)] // each test file uses a different subset
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use tessera_testserver::TestServer;
 
 pub(crate) fn python() -> PathBuf {
     let p = std::env::var_os("TESSERA_PYTHON")
@@ -53,40 +54,20 @@ pub(crate) fn jose(req: Value) -> Value {
 }
 
 /// A `tessera serve` process, killed when dropped.
-pub(crate) struct Serve(pub(crate) Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub(crate) type Serve = TestServer;
 
 /// `tessera serve` on a free port with a fresh data directory: the process, its URL and the
 /// first-start admin token.
 pub(crate) fn serve(dir: &std::path::Path, extra: &[&str]) -> (Serve, String, String) {
-    #[allow(clippy::zombie_processes)] // owned by `Serve`, whose Drop waits
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("TESSERA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let serve = Serve(child);
-    let mut admin = String::new();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if line.starts_with("Tessera admin token") {
-            admin = lines.next().unwrap().unwrap();
-        } else if let Some(u) = line.strip_prefix("tessera listening on ") {
-            break u.to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let serve = TestServer::start(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "0"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env_remove("TESSERA_MASTER_KEY")
+            .stderr(Stdio::null()),
+    );
+    let (url, admin) = (serve.url().to_owned(), serve.admin().unwrap_or_default().to_owned());
     (serve, url, admin)
 }

@@ -4,13 +4,13 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tessera_testserver::TestServer;
 
 /// The server binary, built from this workspace.
 fn server_bin() -> PathBuf {
@@ -33,19 +33,12 @@ fn server_bin() -> PathBuf {
     .clone()
 }
 
-/// A `tessera-server` process.
+/// A `tessera-server` process and its data directory (removed after the process is gone).
 pub(crate) struct Server {
-    child: Child,
+    process: TestServer,
     pub(crate) url: String,
     pub(crate) admin: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -58,36 +51,22 @@ impl Server {
     /// Started with heartbeats every 200 ms and `flags` (which must name `--rate-limit`).
     pub(crate) fn start_with(flags: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        #[allow(clippy::zombie_processes)] // owned by `Server`, whose Drop waits
-        let mut child = Command::new(server_bin())
-            .args(["--listen", "127.0.0.1:0", "--stream-heartbeat", "200ms"])
-            .args(flags)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env_remove("TESSERA_MASTER_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut admin = None;
-        let url = loop {
-            let line = lines.next().expect("the server exited before listening").unwrap();
-            if line.starts_with("Tessera admin token") {
-                admin = Some(lines.next().unwrap().unwrap());
-            }
-            if let Some(url) = line.strip_prefix("tessera listening on ") {
-                break url.to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url, admin: admin.unwrap(), _dir: dir }
+        let process = TestServer::start(
+            Command::new(server_bin())
+                .args(["--listen", "127.0.0.1:0", "--stream-heartbeat", "200ms"])
+                .args(flags)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env_remove("TESSERA_MASTER_KEY")
+                .stderr(Stdio::null()),
+        );
+        let (url, admin) = (process.url().to_owned(), process.admin().unwrap().to_owned());
+        Server { process, url, admin, _dir: dir }
     }
 
     /// Stop the process now (SIGKILL): the service goes away.
     pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub(crate) async fn mint(&self, body: Value) -> (String, String) {

@@ -14,6 +14,7 @@ use crate::housekeeping;
 use crate::http::conn::ConnectionCap;
 use crate::http::problem::{json_error, method_not_allowed, not_found, query_error};
 use crate::http::request_id;
+use crate::listener::{self, TrustedProxy};
 use crate::routes::{
     apps, audit, authz, backup, discharge, envelopes, exchange, health, keys, links, revocations, sessions,
     tokens, ui, verify,
@@ -146,8 +147,8 @@ pub fn app(
 }
 
 /// Serve until SIGINT/SIGTERM. Prints the admin token on first start (once), and the bound
-/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used), on
-/// standard output; logs (`--log-format`, `--log-level`) go to standard error, a failure to start
+/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used), then
+/// the socket as `tessera listening on unix:PATH`, on standard output; logs (`--log-format`, `--log-level`) go to standard error, a failure to start
 /// included.
 pub fn run(config: Config) -> Result<(), Error> {
     let _logging = crate::logging::init(config.log_format, config.log_level.as_deref());
@@ -164,18 +165,26 @@ const TLS_HANDSHAKES_PER_WORKER: usize = 4096;
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn serve(mut config: Config) -> Result<(), Error> {
-    let listener = std::net::TcpListener::bind(&config.listen)?;
-    let addr: SocketAddr = listener.local_addr()?;
+    let (tcp, socket_path) = listener::split(&config.listen).map_err(Error::Config)?;
+    check_listeners(&config, tcp.is_some(), socket_path.is_some()).map_err(Error::Config)?;
+    let listener = tcp.map(std::net::TcpListener::bind).transpose()?;
+    let addr: Option<SocketAddr> = listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
+    // Bound before the store is opened, like the TCP address: a path in use stops the start.
+    let socket = socket_path
+        .map(|p| listener::bind_unix(p, config.listen_mode.unwrap_or(listener::DEFAULT_SOCKET_MODE)))
+        .transpose()
+        .map_err(Error::Config)?;
     // Read before the store is opened: a bad certificate or key stops the start, naming the file.
     let tls = crate::tls::from_config(&config).map_err(Error::Config)?;
     let scheme = config.scheme();
-    if config.public_url.is_none() {
+    if let (None, Some(addr)) = (&config.public_url, addr) {
         config.public_url = Some(format!("{scheme}://{addr}"));
     }
+    let listening = config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let workers =
         config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     tracing::info!(
-        "config: listen={addr} data_dir={} database={} max_staleness={} master_key={} public_url={} issuer={} admin_subject={} \
+        "config: listen={listening} data_dir={} database={} max_staleness={} master_key={} public_url={} issuer={} admin_subject={} \
          default_ttl={} max_ttl={} discharge_ttl={} jwt_ttl={} rate_limit={}/s body_limit={} trusted_proxies={:?} \
          forwarded_header={} workers={workers}",
         config.data_dir.display(),
@@ -207,18 +216,32 @@ fn serve(mut config: Config) -> Result<(), Error> {
             println!("(also written to {})", path.display());
         }
     }
-    println!("tessera listening on {scheme}://{addr}");
+    // The TCP line first, as it always was (scripts and tests read the first such line).
+    if let Some(addr) = addr {
+        println!("tessera listening on {scheme}://{addr}");
+    }
+    #[cfg(unix)]
+    if let Some(socket) = &socket {
+        println!("tessera listening on unix:{}", socket.file.path().display());
+    }
     let _ = std::io::stdout().flush();
     let state = opened.state;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let housekeeper = housekeeping::spawn(state.clone(), stop.clone());
-    let cap =
-        ConnectionCap::new(state.config.max_connections_per_address, state.config.trusted_proxies.clone());
+    let exempt = state.config.trusted_proxies.iter().filter_map(TrustedProxy::network).collect();
+    let cap = ConnectionCap::new(state.config.max_connections_per_address, exempt);
     let head_timeout = state.config.head_timeout;
     let streams = state.streams.clone();
+    #[cfg(unix)]
+    let (unix_listener, socket_file) = match socket {
+        Some(s) => (Some(s.listener), Some(s.file)),
+        None => (None, None),
+    };
+    #[cfg(not(unix))]
+    let unix_listener: Option<listener::UnixSocket> = socket;
     let served = actix_web::rt::System::new().block_on(async move {
         actix_web::rt::spawn(streams.close_on_stop_signal());
-        let server = HttpServer::new(move || app(state.clone()))
+        let mut server = HttpServer::new(move || app(state.clone()))
             .on_connect(move |io, ext| cap.on_connect(io, ext))
             .client_request_timeout(head_timeout)
             .client_disconnect_timeout(std::time::Duration::from_secs(1))
@@ -231,18 +254,54 @@ fn serve(mut config: Config) -> Result<(), Error> {
             .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
             .workers(workers)
             .shutdown_timeout(30);
-        match tls {
-            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
-            None => server.listen(listener)?,
+        server = match (listener, tls) {
+            (Some(listener), Some(tls)) => server.listen_rustls_0_23(listener, tls)?,
+            (Some(listener), None) => server.listen(listener)?,
+            (None, _) => server,
+        };
+        if let Some(unix) = unix_listener {
+            #[cfg(unix)]
+            {
+                server = server.listen_uds(unix)?;
+            }
+            #[cfg(not(unix))]
+            match unix {}
         }
-        .run()
-        .await
+        server.run().await
     });
     // The last uses noted in memory are written before the process ends.
     stop.store(true, std::sync::atomic::Ordering::Release);
     let _ = housekeeper.join();
+    // A clean stop removes the socket file (a failed start too: it is dropped on the way out).
+    #[cfg(unix)]
+    drop(socket_file);
     served?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The combinations of `--listen` with other flags that cannot work, refused before anything is
+/// bound: TLS and the default public URL need the TCP address; `--listen-mode` and
+/// `--trusted-proxy unix` need the socket.
+fn check_listeners(config: &Config, tcp: bool, socket: bool) -> Result<(), String> {
+    if !tcp && config.tls_cert.is_some() {
+        return Err("--tls-cert serves HTTPS on a TCP address, and the Unix socket serves plain HTTP: \
+                    give a TCP --listen too, or leave out --tls-cert"
+            .into());
+    }
+    if !tcp && config.public_url.is_none() {
+        return Err("listening on a Unix socket only: give --public-url, the URL clients reach this \
+                    service by (minted tokens name it, and revocable ones its discharge endpoint)"
+            .into());
+    }
+    if !socket && config.listen_mode.is_some() {
+        return Err("--listen-mode sets the mode of the Unix socket: give --listen unix:PATH too".into());
+    }
+    if !socket && config.trusted_proxies.contains(&TrustedProxy::UnixSocket) {
+        return Err("--trusted-proxy unix trusts what connects to the Unix socket: give --listen unix:PATH \
+                    too"
+        .into());
+    }
     Ok(())
 }
 

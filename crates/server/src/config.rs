@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::IpNet;
+use crate::listener::{Listen, TrustedProxy};
 
 /// A database URL. It may hold a password: `Debug` masks it (see [`Config::database_display`]).
 #[derive(Clone, PartialEq, Eq)]
@@ -194,9 +194,16 @@ fn fraction(s: &str) -> Result<f64, String> {
 /// Everything the service can be told. `tessera serve` and `tessera-server` share these flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
-    /// Address to listen on (loopback by default; port 0 picks a free port).
-    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
+    /// Where to listen: a TCP address (loopback by default; port 0 picks a free port) and/or a
+    /// Unix socket `unix:PATH` (plain HTTP, for a proxy on this host): repeatable or
+    /// comma-separated, at most one of each.
+    #[arg(long, env = "TESSERA_LISTEN", value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    pub listen: Vec<Listen>,
+
+    /// Permission bits of the `--listen unix:` socket file, in octal (default 0660: its owner and
+    /// group may connect). Removed on a clean stop; a stale one is replaced at start.
+    #[arg(long, env = "TESSERA_LISTEN_MODE", value_parser = crate::listener::socket_mode)]
+    pub listen_mode: Option<u32>,
 
     /// A PostgreSQL database shared by a cluster of nodes (`postgres://user:password@host/db`);
     /// absent: the embedded redb database under `--data-dir`. Every node needs the same master
@@ -238,7 +245,8 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
 
     /// Public base URL of this service: the location of minted tokens and of the discharge
-    /// endpoint in revocable tokens. Default: http://<listen address>.
+    /// endpoint in revocable tokens. Default: http://<listen address> (the TCP one; required when
+    /// the service listens on a Unix socket only).
     #[arg(long, env = "TESSERA_PUBLIC_URL")]
     pub public_url: Option<String>,
 
@@ -350,9 +358,10 @@ pub struct Config {
     #[arg(long, env = "TESSERA_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
 
-    /// Networks of reverse proxies whose X-Forwarded-For is trusted (repeatable, or comma-separated).
+    /// Networks of reverse proxies whose X-Forwarded-For is trusted, or `unix`: whatever
+    /// connects to the `--listen unix:` socket (repeatable, or comma-separated).
     #[arg(long = "trusted-proxy", env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Vec<TrustedProxy>,
 
     /// The one header trusted proxies write the client address into (the other is ignored, so a
     /// client cannot smuggle one past a proxy that only appends to the other).
@@ -432,7 +441,8 @@ impl Config {
     /// Defaults for a data directory (tests, embedding).
     pub fn for_data_dir(dir: impl Into<PathBuf>) -> Config {
         Config {
-            listen: "127.0.0.1:0".into(),
+            listen: vec![Listen::Tcp("127.0.0.1:0".into())],
+            listen_mode: None,
             database_url: None,
             max_staleness: Duration::from_secs(10),
             database_sslmode: None,
@@ -508,11 +518,16 @@ impl Config {
         self.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
-    /// Public base URL without a trailing slash.
+    /// Public base URL without a trailing slash. Without `--public-url`, the TCP address's URL
+    /// (`http://localhost` when there is none: `run` refuses to start that way).
     pub fn public_url(&self) -> String {
+        let tcp = self.listen.iter().find_map(|l| match l {
+            Listen::Tcp(addr) => Some(addr.as_str()),
+            Listen::Unix(_) => None,
+        });
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("{}://{}", self.scheme(), self.listen))
+            .unwrap_or_else(|| format!("{}://{}", self.scheme(), tcp.unwrap_or("localhost")))
             .trim_end_matches('/')
             .to_owned()
     }

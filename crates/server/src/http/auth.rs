@@ -14,12 +14,13 @@
 use std::net::IpAddr;
 
 use actix_web::{HttpMessage, HttpRequest};
-use ipnet::IpNet;
 use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
 use tessera_store::AppRecord;
 
 use crate::config::ForwardedHeader;
+use crate::http::conn::OverUnixSocket;
 use crate::http::problem::ApiError;
+use crate::listener::TrustedProxy;
 use crate::spec::APP_SUBJECT_PREFIX;
 use crate::state::AppState;
 
@@ -84,23 +85,36 @@ fn valid_port(p: &str) -> bool {
     !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether the request's peer is a trusted proxy: an address in a trusted network, or the Unix
+/// socket when `unix` is trusted.
+fn from_trusted_peer(req: &HttpRequest, trusted: &[TrustedProxy]) -> bool {
+    match req.peer_addr() {
+        Some(peer) => trusted.iter().any(|t| t.contains(&peer.ip())),
+        None => trusted.contains(&TrustedProxy::UnixSocket) && req.conn_data::<OverUnixSocket>().is_some(),
+    }
+}
+
 /// The client address: the connection's peer, or, when the peer is a trusted proxy, the nearest
 /// untrusted address of the forwarding header (read right to left; every line of the header, in
 /// order, forms one list, as RFC 9110 combines them).
+///
+/// A request on the Unix socket has no peer address: without `--trusted-proxy unix` it has no
+/// client address (`None`, its header ignored); with it, the header's nearest untrusted address
+/// (`None` when the header names none).
 ///
 /// Fails closed: a forwarding header that is not text, or an entry that is not an address
 /// (`ip:port` in `X-Forwarded-For`, `unknown`, an obfuscated `Forwarded` node), is an error
 /// naming the header, never a fallback to the proxy's own address.
 pub fn client_ip(
     req: &HttpRequest,
-    trusted: &[IpNet],
+    trusted: &[TrustedProxy],
     header: ForwardedHeader,
 ) -> Result<Option<IpAddr>, ApiError> {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else { return Ok(None) };
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return Ok(Some(peer));
+    let peer = req.peer_addr().map(|a| a.ip());
+    if !from_trusted_peer(req, trusted) {
+        return Ok(peer);
     }
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|t| t.contains(ip));
     let name = header.name();
     let bad = |what: &str| {
         ApiError::bad_request(format!(
@@ -119,9 +133,9 @@ pub fn client_ip(
         if !is_trusted(&ip) {
             return Ok(Some(ip));
         }
-        last = ip;
+        last = Some(ip);
     }
-    Ok(Some(last))
+    Ok(last)
 }
 
 /// The client address the guard (`http/guard`) read from a trusted proxy's forwarding header,
@@ -144,8 +158,7 @@ pub(crate) fn client_ip_of(state: &AppState, req: &HttpRequest) -> Result<Option
 /// direct client's address is its peer's, cheaper to read again than to keep).
 pub(crate) fn read_client_ip(state: &AppState, req: &HttpRequest) -> Result<Option<IpAddr>, ApiError> {
     let ip = client_ip_of(state, req)?;
-    let trusted = &state.config.trusted_proxies;
-    if req.peer_addr().is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip()))) {
+    if from_trusted_peer(req, &state.config.trusted_proxies) {
         req.extensions_mut().insert(ClientAddr(ip));
     }
     Ok(ip)

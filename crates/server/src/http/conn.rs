@@ -1,5 +1,6 @@
 //! Connection limits: a per-address cap on open connections, checked as each connection is
-//! accepted, and a deadline for a request's whole body.
+//! accepted (a connection on the Unix socket has no address and is not counted: the socket
+//! file's mode decides who connects), and a deadline for a request's whole body.
 //!
 //! Without them a client that trickles a body, or opens connections and says nothing, holds a
 //! file descriptor each for as long as it likes: a few thousand from one address exhaust the
@@ -81,10 +82,19 @@ impl ConnectionCap {
     }
 
     /// The `HttpServer::on_connect` hook: counts the connection, or shuts it down at once when
-    /// its address is over the cap (the client sees the connection closed).
+    /// its address is over the cap (the client sees the connection closed). A connection on the
+    /// Unix socket has no address: it is marked [`OverUnixSocket`] and not counted.
     pub fn on_connect(self: &Arc<Self>, io: &dyn std::any::Any, ext: &mut Extensions) {
         use actix_tls::accept::rustls_0_23::TlsStream;
         use actix_web::rt::net::TcpStream;
+        #[cfg(unix)]
+        if let Some(unix) = io.downcast_ref::<actix_web::rt::net::UnixStream>() {
+            ext.insert(OverUnixSocket);
+            if let Ok(socket) = socket2::SockRef::from(unix).try_clone() {
+                ext.insert(std::rc::Rc::new(Connection(socket)));
+            }
+            return;
+        }
         // Plain HTTP hands over the socket, HTTPS its TLS stream (after the handshake).
         let stream = match (io.downcast_ref::<TcpStream>(), io.downcast_ref::<TlsStream<TcpStream>>()) {
             (Some(tcp), _) => tcp,
@@ -101,6 +111,11 @@ impl ConnectionCap {
         }
     }
 }
+
+/// In a connection's data when it came through the Unix socket (`--listen unix:`), which has no
+/// peer address: the trusted-proxy rules read it (`--trusted-proxy unix`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OverUnixSocket;
 
 /// A second handle on a connection's socket (closed with the connection), so that a request
 /// whose body was refused unread can stop the connection reading: actix otherwise drains a

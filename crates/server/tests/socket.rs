@@ -1,0 +1,258 @@
+//! The Unix socket listener (`--listen unix:PATH`) of the real `tessera-server` process: served
+//! beside the TCP address, its file's mode, a stale file replaced and a live socket or another
+//! file refused, removed on SIGTERM; flag combinations that cannot work refused; and the client
+//! address over the socket: none unless `--trusted-proxy unix`, then the forwarding header's.
+
+#![cfg(unix)]
+#![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    /// The TCP URL, when there is one.
+    url: Option<String>,
+    /// The first-start admin token (empty on a later start).
+    admin: String,
+    /// The line naming the socket, when there is one.
+    socket_line: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera-server"));
+    c.args(args).arg("--data-dir").arg(data).env_remove("TESSERA_MASTER_KEY").env_remove("TESSERA_LISTEN");
+    c
+}
+
+/// Start and read standard output up to the last `listening on` line (the socket's when there
+/// is one, printed after the TCP one).
+#[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
+fn start(data: &Path, args: &[&str]) -> Server {
+    let mut child = command(data, args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let socket = args.iter().any(|a| a.starts_with("unix:"));
+    let mut server = Server { child, url: None, admin: String::new(), socket_line: None };
+    loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if line.starts_with("Tessera admin token") {
+            server.admin = lines.next().unwrap().unwrap();
+        } else if let Some(at) = line.strip_prefix("tessera listening on ") {
+            if at.starts_with("unix:") {
+                server.socket_line = Some(line.clone());
+            } else {
+                assert!(server.url.is_none() && server.socket_line.is_none(), "the TCP line comes first");
+                server.url = Some(at.to_owned());
+            }
+            if server.socket_line.is_some() || !socket {
+                std::thread::spawn(move || lines.for_each(drop));
+                return server;
+            }
+        }
+    }
+}
+
+/// A start that must fail: its standard error.
+fn refused(data: &Path, args: &[&str]) -> String {
+    let out = command(data, args).output().unwrap();
+    assert!(!out.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn terminate(mut s: Server) {
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    for _ in 0..100 {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server did not stop within 10 s of SIGTERM");
+}
+
+/// One HTTP/1.1 request over the socket: (status, head, body).
+fn over(socket: &Path, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut conn = UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut text = format!("{method} {target} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        text.push_str(&format!("{n}: {v}\r\n"));
+    }
+    text.push_str("\r\n");
+    conn.write_all(text.as_bytes()).unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn mint(url: &str, admin: &str, body: Value) -> String {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut res = agent
+        .post(&format!("{url}/v1/tokens"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", &format!("Bearer {admin}"))
+        .send(body.to_string())
+        .unwrap();
+    let v: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(res.status().as_u16(), 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_socket_is_served_replaced_when_stale_refused_when_live_and_removed_on_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("tessera.sock");
+    let at = format!("unix:{}", sock.display());
+    let data = dir.path().join("data");
+    let args = ["--listen", "127.0.0.1:0", "--listen", &at];
+
+    // Beside TCP: the TCP line unchanged, then the socket's; 0660 by default; gone after SIGTERM.
+    let s = start(&data, &args);
+    assert!(s.url.as_deref().unwrap().starts_with("http://127.0.0.1:"), "{:?}", s.url);
+    assert_eq!(s.socket_line.as_deref(), Some(format!("tessera listening on {at}").as_str()));
+    assert_eq!(mode(&sock), 0o660);
+    let (status, _, body) = over(&sock, "GET", "/health", &[]);
+    assert_eq!(status, 200, "{body}");
+    terminate(s);
+    assert!(!sock.exists(), "a clean stop removes the socket file");
+
+    // A socket file nobody listens on (a process that died) is replaced; --listen-mode applies.
+    drop(UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let mut with_mode = args.to_vec();
+    with_mode.extend(["--listen-mode", "0600"]);
+    let live = start(&data, &with_mode);
+    assert_eq!(mode(&sock), 0o600);
+    assert_eq!(over(&sock, "GET", "/health", &[]).0, 200);
+
+    // A socket another server listens on is refused, and that server keeps it.
+    let err = refused(&dir.path().join("data2"), &["--listen", &at, "--public-url", "http://t.example"]);
+    assert!(err.contains("another server is listening"), "{err}");
+    assert_eq!(over(&sock, "GET", "/health", &[]).0, 200, "the live server still answers");
+    drop(live);
+
+    // A path that is not a socket is never replaced.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let not_socket = format!("unix:{}", file.display());
+    let err =
+        refused(&dir.path().join("data3"), &["--listen", &not_socket, "--public-url", "http://t.example"]);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    // Only a socket: no TCP line, the public URL as given.
+    let only = ["--listen", &at, "--public-url", "https://tokens.example"];
+    let s = start(&dir.path().join("data4"), &only);
+    assert_eq!(s.url, None);
+    let (status, _, body) = over(&sock, "GET", "/.well-known/openid-configuration", &[]);
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["issuer"], "https://tokens.example");
+    terminate(s);
+    assert!(!sock.exists());
+}
+
+#[test]
+fn listener_combinations_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let at = format!("unix:{}", dir.path().join("t.sock").display());
+    let cases: [(&[&str], &str); 6] = [
+        (&["--listen", &at], "give --public-url"),
+        (
+            &[
+                "--listen",
+                &at,
+                "--public-url",
+                "https://t.example",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+            ],
+            "--tls-cert serves HTTPS on a TCP address",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--listen-mode", "0600"],
+            "--listen-mode sets the mode of the Unix socket",
+        ),
+        (&["--listen", "127.0.0.1:0", "--trusted-proxy", "unix"], "--trusted-proxy unix trusts"),
+        (&["--listen", "127.0.0.1:0,127.0.0.1:0"], "one TCP address at most"),
+        (&["--listen", "127.0.0.1:0", "--trusted-proxy", "unix:/x"], "neither a network"),
+    ];
+    for (args, says) in cases {
+        let err = refused(&data, args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(!dir.path().join("t.sock").exists(), "no socket left behind");
+}
+
+/// Issue 23's socket: a request on it has no client address unless `--trusted-proxy unix`, so a
+/// `client-ip` caveat fails and X-Forwarded-For is ignored; with it, the header is believed (and
+/// checked: an entry that is not an address is a 400), and the rate limiter counts per client.
+#[test]
+fn forwarding_header_over_the_socket_is_believed_only_with_trusted_proxy_unix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[[rule]]\nhost = \"*\"\nprefix = \"/files\"\n").unwrap();
+    let sock = dir.path().join("t.sock");
+    let at = format!("unix:{}", sock.display());
+    let base = ["--listen", "127.0.0.1:0", "--listen", &at, "--authz-policy", policy.to_str().unwrap()];
+    let authz = |token: &str, xff: Option<&str>| {
+        let auth = format!("Bearer {token}");
+        let mut h =
+            vec![("X-Original-Method", "GET"), ("X-Original-URI", "/files/a"), ("Authorization", &auth)];
+        if let Some(x) = xff {
+            h.push(("X-Forwarded-For", x));
+        }
+        over(&sock, "GET", "/v1/authz/nginx", &h).0
+    };
+
+    let s = start(&data, &[&base[..], &["--rate-limit", "1"]].concat());
+    let url = s.url.clone().unwrap();
+    let near = mint(&url, &s.admin, json!({"subject": "a", "client_ips": ["10.0.0.0/8"]}));
+    let anywhere = mint(&url, &s.admin, json!({"subject": "b"}));
+    // Untrusted socket: the header changes nothing, the caveat fails closed.
+    assert_eq!(authz(&near, Some("10.1.2.3")), 403);
+    assert_eq!(authz(&near, None), 403);
+    assert_eq!(authz(&anywhere, Some("unknown")), 200, "an untrusted header is not even read");
+    // No client address: not counted by the per-client limiter (rate 1, burst 2), documented.
+    for _ in 0..4 {
+        assert_eq!(authz(&anywhere, None), 200);
+    }
+    terminate(s);
+
+    let s = start(&data, &[&base[..], &["--trusted-proxy", "unix", "--rate-limit", "1"]].concat());
+    assert_eq!(authz(&near, Some("10.1.2.3")), 200, "the trusted socket's header is believed");
+    assert_eq!(authz(&near, Some("192.0.2.1")), 403);
+    assert_eq!(authz(&near, None), 403, "no header: no client address, fails closed");
+    assert_eq!(authz(&near, Some("10.1.2.3:80")), 400, "an entry that is not an address");
+    // Counted per client named by the header: 10.9.9.9's burst of 2 is spent, 10.8.8.8 has its own.
+    assert_eq!(authz(&anywhere, Some("10.9.9.9")), 200);
+    assert_eq!(authz(&anywhere, Some("10.9.9.9")), 200);
+    assert_eq!(authz(&anywhere, Some("10.9.9.9")), 429);
+    assert_eq!(authz(&anywhere, Some("10.8.8.8")), 200);
+    drop(s);
+}

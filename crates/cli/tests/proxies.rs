@@ -1,5 +1,5 @@
 //! Forward auth through real proxies: Debian's nginx (`auth_request`, with the configuration of
-//! docs/proxies/nginx.conf) and Debian's Caddy (`forward_auth`, docs/proxies/Caddyfile), each
+//! docs/proxies/nginx.conf, to Tessera over loopback TCP and over its Unix socket) and Debian's Caddy (`forward_auth`, docs/proxies/Caddyfile), each
 //! started by the test with its own configuration and temporary directories, in front of a tiny
 //! upstream that echoes the request head it receives, and `tessera serve --authz-policy`; and
 //! nginx in front of one node of a two-node cluster on PostgreSQL, refusing a token revoked on
@@ -42,14 +42,34 @@ enum Proxy {
     Caddy,
 }
 
+/// How the proxy reaches Tessera.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Link {
+    /// Loopback TCP, the proxy trusted as `--trusted-proxy 127.0.0.1/32`.
+    Tcp,
+    /// Tessera's Unix socket (`--listen unix:PATH`), trusted as `--trusted-proxy unix`; the
+    /// documented nginx configuration with `TESSERA_ADDR` = `unix:PATH`.
+    Socket,
+}
+
 /// Every case of issue 23 through one proxy.
-fn through(proxy: Proxy) {
+fn through(proxy: Proxy, link: Link) {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
+    let socket = format!("unix:{}", dir.path().join("tessera.sock").display());
+    let trust = match link {
+        Link::Tcp => vec!["--trusted-proxy", "127.0.0.1/32"],
+        Link::Socket => vec!["--listen", &socket, "--trusted-proxy", "unix"],
+    };
     let (_serve, url, admin) =
-        serve(dir.path(), &["--authz-policy", policy.to_str().unwrap(), "--trusted-proxy", "127.0.0.1/32"]);
-    let tessera = url.trim_start_matches("http://").to_owned();
+        serve(dir.path(), &[&["--authz-policy", policy.to_str().unwrap()], &trust[..]].concat());
+    // The management calls below go over TCP (the first `listening on` line); the proxy's over
+    // the link under test.
+    let tessera = match link {
+        Link::Tcp => url.trim_start_matches("http://").to_owned(),
+        Link::Socket => socket.clone(),
+    };
     let upstream = Upstream::start();
     let proxy_dir = dir.path().join("proxy");
     std::fs::create_dir(&proxy_dir).unwrap();
@@ -104,6 +124,8 @@ fn through(proxy: Proxy) {
     assert_eq!(a.upstream_header("X-Tessera-Subject").unwrap_or_default(), "", "{proxy:?}");
 
     // Client network: the proxy names the client; a client's own X-Forwarded-For changes nothing.
+    // (Over the socket, `near` passes only because `--trusted-proxy unix` believes nginx's
+    // X-Forwarded-For: the socket itself has no address.)
     let (far, _) = mint(&url, &admin, json!({"subject": "bob", "client_ips": ["10.0.0.0/8"]}));
     let a = get("/files/a", &[("Authorization", &bearer(&far))]);
     assert_eq!(a.status, 403, "{proxy:?} wrong network: {a:?}");
@@ -170,12 +192,17 @@ fn through(proxy: Proxy) {
 
 #[test]
 fn forward_auth_through_nginx() {
-    through(Proxy::Nginx);
+    through(Proxy::Nginx, Link::Tcp);
+}
+
+#[test]
+fn forward_auth_through_nginx_over_a_unix_socket() {
+    through(Proxy::Nginx, Link::Socket);
 }
 
 #[test]
 fn forward_auth_through_caddy() {
-    through(Proxy::Caddy);
+    through(Proxy::Caddy, Link::Tcp);
 }
 
 /// Revoked on another cluster node: two nodes on one PostgreSQL, nginx (the documented

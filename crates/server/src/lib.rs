@@ -7,7 +7,8 @@
 //! The layout (docs/ARCHITECTURE.md): `app` assembles; `routes/` holds one file per resource;
 //! the service rules they share (`mint`, `spec`, `session`, `envelope`, `exchange`, `uses`,
 //! `ticket`, `housekeeping`) sit below them; `http/` is the request machinery every route uses;
-//! `state` and `config` are at the bottom. No module imports from a module above it.
+//! `state`, `config` and `listener` (the types `config` holds) are at the bottom. No module
+//! imports from a module above it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -185,7 +185,10 @@ pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixSocket, String> {
     let shown = format!("unix:{}", path.display());
     clear_stale(path, &shown)?;
     // An over-long path is refused here (the kernel's limit: 107 bytes on Linux).
-    let addr = SockAddr::unix(path).map_err(|e| format!("{shown}: {e}"))?;
+    let addr = SockAddr::unix(path).map_err(|e| {
+        let n = path.as_os_str().len();
+        format!("{shown}: the path is {n} bytes, more than a socket address holds (107 on Linux): {e}")
+    })?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| format!("{shown}: {e}"))?;
     socket.bind(&addr).map_err(|e| format!("{shown}: {e}"))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{shown}: {e}"))?;

@@ -178,7 +178,9 @@ fn listener_combinations_that_cannot_work_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let at = format!("unix:{}", dir.path().join("t.sock").display());
-    let cases: [(&[&str], &str); 6] = [
+    let long = format!("unix:{}/{}.sock", dir.path().display(), "s".repeat(120));
+    let cases: [(&[&str], &str); 7] = [
+        (&["--listen", &long, "--public-url", "https://t.example"], "more than a socket address holds"),
         (&["--listen", &at], "give --public-url"),
         (
             &[

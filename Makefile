@@ -107,7 +107,8 @@ bench-http:
 
 ## bench-authz: requests through nginx with Tessera forward auth against nginx alone in front of
 ## the same upstream, same run (wrk; goal >= 0.6, issue 23), and the same configuration asking a
-## stub in Tessera's place (the bound); requests/s and CPU time per request of each process
+## stub in Tessera's place (the bound); requests/s and CPU time per request of each process;
+## nginx reaches the authorizers over Unix sockets (SOCKET=0: loopback TCP)
 bench-authz: proxies
 	scripts/bench-authz.sh
 

@@ -14,7 +14,12 @@
 # tessera-server or the separate stub), which moves much less with the load; the CPU ratio is
 # what the throughput ratio would be if the processes had the cores to themselves.
 #
+# nginx reaches every authorizer (Tessera and both stubs) over a Unix socket by default, as the
+# documented configuration recommends on one host (`--listen unix:PATH --trusted-proxy unix`);
+# SOCKET=0 runs all three over loopback TCP instead (the figures before the socket).
+#
 #   scripts/bench-authz.sh           (make bench-authz)
+#   SOCKET=0 scripts/bench-authz.sh  (authorizers over loopback TCP)
 #   DURATION=10s CONNECTIONS=64 THREADS=2 ROUNDS=3 scripts/bench-authz.sh
 #   NO_BUILD=1 BIN=/path/to/tessera-server scripts/bench-authz.sh     (another build)
 set -euo pipefail
@@ -26,6 +31,7 @@ THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}   # nginx worker_processes
 TESSERA_WORKERS=${TESSERA_WORKERS:-$WORKERS}
 ROUNDS=${ROUNDS:-3}   # interleaved rounds; the table shows the median of each column
+SOCKET=${SOCKET:-1}   # 1: authorizers over Unix sockets; 0: over loopback TCP
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
 test -x /usr/sbin/nginx || { echo "nginx missing: make proxies" >&2; exit 1; }
@@ -46,13 +52,20 @@ cat >"$work/policy.toml" <<'TOML'
 host = "*"
 prefix = "/files"
 TOML
-"$BIN" --listen 127.0.0.1:0 --data-dir "$work/data" --rate-limit 0 \
-  --workers "$TESSERA_WORKERS" --authz-policy "$work/policy.toml" --trusted-proxy 127.0.0.1/32 \
+# The API (minting the token below) on loopback TCP; forward auth on the socket when SOCKET=1.
+if [ "$SOCKET" = 1 ]; then
+  link=(--listen "unix:$work/tessera.sock" --trusted-proxy unix); over="Unix sockets"
+else
+  link=(--trusted-proxy 127.0.0.1/32); over="loopback TCP"
+fi
+"$BIN" --listen 127.0.0.1:0 "${link[@]}" --data-dir "$work/data" --rate-limit 0 \
+  --workers "$TESSERA_WORKERS" --authz-policy "$work/policy.toml" \
   >"$work/tessera.out" 2>"$work/tessera.err" &
 pids+=($!)
 for _ in $(seq 100); do
   tessera=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$work/tessera.out" | head -1)
-  [ -n "$tessera" ] && break; sleep 0.1
+  [ -n "$tessera" ] && { [ "$SOCKET" != 1 ] || grep -q 'listening on unix:' "$work/tessera.out"; } && break
+  sleep 0.1
 done
 [ -n "$tessera" ] || { cat "$work/tessera.err" >&2; exit 1; }
 admin=$(sed -n '/Tessera admin token/{n;p}' "$work/tessera.out" | head -1)
@@ -61,15 +74,21 @@ token=$(curl -sf -X POST "http://$tessera/v1/tokens" -H "Authorization: Bearer $
   python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 
 up=127.0.0.1:$(port); authz=127.0.0.1:$(port); plain=127.0.0.1:$(port)
-stub=127.0.0.1:$(port); bound=127.0.0.1:$(port); sepstub=127.0.0.1:$(port); sep=127.0.0.1:$(port)
-sed -e "s/TESSERA_ADDR/$tessera/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$authz/" \
+bound=127.0.0.1:$(port); sep=127.0.0.1:$(port)
+# Where the authorizers listen: nginx's `listen` and `server` both take unix:PATH.
+if [ "$SOCKET" = 1 ]; then
+  authorizer="unix:$work/tessera.sock"; stub="unix:$work/stub.sock"; sepstub="unix:$work/sepstub.sock"
+else
+  authorizer=$tessera; stub=127.0.0.1:$(port); sepstub=127.0.0.1:$(port)
+fi
+sed -e "s|TESSERA_ADDR|$authorizer|" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$authz/" \
   docs/proxies/nginx.conf >"$work/site.conf"
 # The same site with the stub in Tessera's place (its own upstream name).
-sed -e "s/TESSERA_ADDR/$stub/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$bound/" \
+sed -e "s|TESSERA_ADDR|$stub|" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$bound/" \
   -e 's/upstream tessera /upstream tessera_stub /' -e 's#http://tessera/#http://tessera_stub/#' \
   -e 's/upstream protected_app /upstream protected_app_stub /' -e 's#http://protected_app;#http://protected_app_stub;#' \
   docs/proxies/nginx.conf >"$work/stub-site.conf"
-sed -e "s/TESSERA_ADDR/$sepstub/" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$sep/" \
+sed -e "s|TESSERA_ADDR|$sepstub|" -e "s/UPSTREAM_ADDR/$up/" -e "s/LISTEN_ADDR/$sep/" \
   -e 's/upstream tessera /upstream tessera_sep /' -e 's#http://tessera/#http://tessera_sep/#' \
   -e 's/upstream protected_app /upstream protected_app_sep /' -e 's#http://protected_app;#http://protected_app_sep;#' \
   docs/proxies/nginx.conf >"$work/sep-site.conf"
@@ -200,6 +219,6 @@ echo "| nginx alone → upstream | $a | 1.00 |"
 echo "| nginx + Tessera forward auth → upstream | $f | $(ratio "$f" "$a") |"
 echo "| nginx + auth_request to a stub inside the same nginx → upstream | $s | $(ratio "$s" "$a") |"
 echo "| nginx + auth_request to a stub in an nginx of its own → upstream | $p | $(ratio "$p" "$a") |"
-echo "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION, tessera --workers $TESSERA_WORKERS, nginx worker_processes $WORKERS; every round: ${alone[*]} / ${auth[*]} / ${stubbed[*]} / ${separate[*]})"
+echo "(authorizers over $over; wrk -t$THREADS -c$CONNECTIONS -d$DURATION, tessera --workers $TESSERA_WORKERS, nginx worker_processes $WORKERS; every round: ${alone[*]} / ${auth[*]} / ${stubbed[*]} / ${separate[*]})"
 echo
 cat "$work/cpu.md"

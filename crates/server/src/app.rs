@@ -146,10 +146,10 @@ pub fn app(
         .default_service(web::to(not_found))
 }
 
-/// Serve until SIGINT/SIGTERM. Prints the admin token on first start (once), and the bound
-/// address as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used), then
-/// the socket as `tessera listening on unix:PATH`, on standard output; logs (`--log-format`, `--log-level`) go to standard error, a failure to start
-/// included.
+/// Serve until SIGINT/SIGTERM. Prints the admin token on first start (once), the bound address
+/// as `tessera listening on http://ADDR` (so `--listen 127.0.0.1:0` can be used), then the
+/// socket as `tessera listening on unix:PATH`, on standard output; logs (`--log-format`,
+/// `--log-level`) go to standard error, a failure to start included.
 pub fn run(config: Config) -> Result<(), Error> {
     let _logging = crate::logging::init(config.log_format, config.log_level.as_deref());
     let served = serve(config);
@@ -167,8 +167,9 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 fn serve(mut config: Config) -> Result<(), Error> {
     let (tcp, socket_path) = listener::split(&config.listen).map_err(Error::Config)?;
     check_listeners(&config, tcp.is_some(), socket_path.is_some()).map_err(Error::Config)?;
-    let listener = tcp.map(std::net::TcpListener::bind).transpose()?;
-    let addr: Option<SocketAddr> = listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
+    let tcp_listener = tcp.map(std::net::TcpListener::bind).transpose()?;
+    let addr: Option<SocketAddr> =
+        tcp_listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
     // Bound before the store is opened, like the TCP address: a path in use stops the start.
     let socket = socket_path
         .map(|p| listener::bind_unix(p, config.listen_mode.unwrap_or(listener::DEFAULT_SOCKET_MODE)))
@@ -254,7 +255,7 @@ fn serve(mut config: Config) -> Result<(), Error> {
             .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
             .workers(workers)
             .shutdown_timeout(30);
-        server = match (listener, tls) {
+        server = match (tcp_listener, tls) {
             (Some(listener), Some(tls)) => server.listen_rustls_0_23(listener, tls)?,
             (Some(listener), None) => server.listen(listener)?,
             (None, _) => server,

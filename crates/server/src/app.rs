@@ -175,13 +175,19 @@ fn serve(mut config: Config) -> Result<(), Error> {
         .map(|p| listener::bind_unix(p, config.listen_mode.unwrap_or(listener::DEFAULT_SOCKET_MODE)))
         .transpose()
         .map_err(Error::Config)?;
+    // What is bound (port 0 resolved), for the config line.
+    let listening = addr
+        .map(|a| a.to_string())
+        .into_iter()
+        .chain(socket_path.map(|p| format!("unix:{}", p.display())))
+        .collect::<Vec<_>>()
+        .join(",");
     // Read before the store is opened: a bad certificate or key stops the start, naming the file.
     let tls = crate::tls::from_config(&config).map_err(Error::Config)?;
     let scheme = config.scheme();
     if let (None, Some(addr)) = (&config.public_url, addr) {
         config.public_url = Some(format!("{scheme}://{addr}"));
     }
-    let listening = config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let workers =
         config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     tracing::info!(

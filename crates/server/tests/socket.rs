@@ -42,7 +42,8 @@ fn command(data: &Path, args: &[&str]) -> Command {
 /// is one, printed after the TCP one).
 #[allow(clippy::zombie_processes)] // the child is owned by `Server`, whose Drop waits for it
 fn start(data: &Path, args: &[&str]) -> Server {
-    let mut child = command(data, args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let mut child = command(data, args).stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let socket = args.iter().any(|a| a.starts_with("unix:"));
     let mut server = Server { child, url: None, admin: String::new(), socket_line: None };
@@ -134,8 +135,11 @@ fn the_socket_is_served_replaced_when_stale_refused_when_live_and_removed_on_sto
     assert_eq!(mode(&sock), 0o660);
     let (status, _, body) = over(&sock, "GET", "/health", &[]);
     assert_eq!(status, 200, "{body}");
+    let tcp = s.url.clone().unwrap().trim_start_matches("http://").to_owned();
     terminate(s);
     assert!(!sock.exists(), "a clean stop removes the socket file");
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains(&format!("config: listen={tcp},{at} ")), "what is bound: {log}");
 
     // A socket file nobody listens on (a process that died) is replaced; --listen-mode applies.
     drop(UnixListener::bind(&sock).unwrap());

@@ -262,3 +262,41 @@ fn forwarding_header_over_the_socket_is_believed_only_with_trusted_proxy_unix() 
     assert_eq!(authz(&anywhere, Some("10.8.8.8")), 200);
     drop(s);
 }
+
+/// A connection on the socket gets the handle that stops reading a refused body, as a TCP one
+/// does (e2e.rs): a chunked body trickled past `--body-timeout` gets its 408 and the server
+/// closes the connection while the client is still sending, instead of draining it.
+#[test]
+fn a_trickled_body_over_the_socket_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let at = format!("unix:{}", sock.display());
+    let _s = start(
+        &dir.path().join("data"),
+        &["--listen", &at, "--public-url", "http://t.example", "--body-timeout", "1s"],
+    );
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = "POST /v1/verify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    let mut t = s.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) || t.write_all(b"1\r\n \r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let began = std::time::Instant::now();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw); // ends when the server closes its side
+    let took = began.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(took < Duration::from_secs(8), "the connection stayed open {took:?} while the client trickled");
+}

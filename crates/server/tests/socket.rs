@@ -1,7 +1,8 @@
 //! The Unix socket listener (`--listen unix:PATH`) of the real `tessera-server` process: served
 //! beside the TCP address, its file's mode, a stale file replaced and a live socket or another
-//! file refused, removed on SIGTERM; flag combinations that cannot work refused; and the client
-//! address over the socket: none unless `--trusted-proxy unix`, then the forwarding header's.
+//! file refused, removed on SIGTERM; flag combinations that cannot work refused; the client
+//! address over the socket: none unless `--trusted-proxy unix`, then the forwarding header's;
+//! and a refused, trickled body closing its connection as on TCP.
 
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report

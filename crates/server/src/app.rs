@@ -236,7 +236,8 @@ fn serve(mut config: Config) -> Result<(), Error> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let housekeeper = housekeeping::spawn(state.clone(), stop.clone());
     let exempt = state.config.trusted_proxies.iter().filter_map(TrustedProxy::network).collect();
-    let cap = ConnectionCap::new(state.config.max_connections_per_address, exempt);
+    let socket_trusted = state.config.trusted_proxies.contains(&TrustedProxy::UnixSocket);
+    let cap = ConnectionCap::new(state.config.max_connections_per_address, exempt, socket_trusted);
     let head_timeout = state.config.head_timeout;
     let streams = state.streams.clone();
     #[cfg(unix)]
@@ -303,6 +304,14 @@ fn check_listeners(config: &Config, tcp: bool, socket: bool) -> Result<(), Strin
     }
     if !socket && config.listen_mode.is_some() {
         return Err("--listen-mode sets the mode of the Unix socket: give --listen unix:PATH too".into());
+    }
+    let mode = config.listen_mode.unwrap_or(listener::DEFAULT_SOCKET_MODE);
+    if socket && config.trusted_proxies.contains(&TrustedProxy::UnixSocket) && mode & 0o007 != 0 {
+        return Err(format!(
+            "--trusted-proxy unix believes whatever connects to the socket about the client address, \
+             and --listen-mode {mode:04o} lets every local user connect: give the socket to the proxy's \
+             group only (e.g. --listen-mode 0660)"
+        ));
     }
     if !socket && config.trusted_proxies.contains(&TrustedProxy::UnixSocket) {
         return Err("--trusted-proxy unix trusts what connects to the Unix socket: give --listen unix:PATH \

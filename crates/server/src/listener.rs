@@ -27,6 +27,14 @@ impl std::str::FromStr for Listen {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.strip_prefix("unix:") {
             Some("") => Err("give the socket's path after unix:, e.g. unix:/run/tessera/tessera.sock".into()),
+            Some(path) if path.starts_with('@') => Err(format!(
+                "unix:{path}: abstract sockets are not supported (no file mode guards them): give a file path"
+            )),
+            Some(path)
+                if Path::new(path).file_name().is_none_or(|n| n.to_string_lossy().trim().is_empty()) =>
+            {
+                Err(format!("unix:{path}: give the socket's path, ending in a file name"))
+            }
             Some(path) => Ok(Listen::Unix(PathBuf::from(path))),
             None if s.is_empty() => Err("give an address (127.0.0.1:8080) or unix:PATH".into()),
             None => Ok(Listen::Tcp(s.to_owned())),
@@ -181,22 +189,80 @@ impl Drop for SocketFile {
 #[cfg(unix)]
 pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixSocket, String> {
     use socket2::{Domain, SockAddr, Socket, Type};
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let shown = format!("unix:{}", path.display());
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    check_directory(parent, &shown)?;
     clear_stale(path, &shown)?;
-    // An over-long path is refused here (the kernel's limit: 107 bytes on Linux).
-    let addr = SockAddr::unix(path).map_err(|e| {
-        let n = path.as_os_str().len();
-        format!("{shown}: the path is {n} bytes, more than a socket address holds (107 on Linux): {e}")
-    })?;
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| format!("{shown}: {e}"))?;
-    socket.bind(&addr).map_err(|e| format!("{shown}: {e}"))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    // The socket is made, and given its mode, in a directory of our own (0700), then renamed into
+    // place: setting the mode by the final path would follow a symbolic link that another user
+    // of a shared directory put there between the bind and the chmod.
+    let private = parent.join(format!(".tessera-{:08x}", random_u32()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("{shown}: making a private directory beside the socket: {e}"))?;
+    let made = private.join("s");
+    let bound = (|| -> Result<_, String> {
+        // An over-long path is refused here (the kernel's limit: 107 bytes on Linux).
+        let long = |p: &Path, e: std::io::Error| {
+            let n = p.as_os_str().len();
+            format!("{shown}: the path is {n} bytes, more than a socket address holds (107 on Linux): {e}")
+        };
+        SockAddr::unix(path).map_err(|e| long(path, e))?;
+        let addr = SockAddr::unix(&made).map_err(|e| long(&made, e))?;
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| format!("{shown}: {e}"))?;
+        socket.bind(&addr).map_err(|e| format!("{shown}: {e}"))?;
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{shown}: setting mode {mode:04o}: {e}"))?;
+        let meta = std::fs::symlink_metadata(&made).map_err(|e| format!("{shown}: {e}"))?;
+        std::fs::rename(&made, path).map_err(|e| format!("{shown}: moving the socket into place: {e}"))?;
+        Ok((socket, meta))
+    })();
+    let _ = std::fs::remove_file(&made);
+    let _ = std::fs::remove_dir(&private);
+    let (socket, meta) = bound?;
     let file = SocketFile { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{shown}: setting mode {mode:04o}: {e}"))?;
     socket.listen(BACKLOG).map_err(|e| format!("{shown}: {e}"))?;
     Ok(UnixSocket { listener: socket.into(), file })
+}
+
+/// A random number for the private directory's name (not a secret: the directory is made with
+/// `create`, which fails rather than reuse what is there).
+#[cfg(unix)]
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b) ^ std::process::id()
+}
+
+/// Refuse a socket directory where another user could replace the socket (writable by every
+/// user without the sticky bit); warn when its group may (members of that group could put a
+/// socket of their own in its place while the service is down).
+#[cfg(unix)]
+fn check_directory(dir: &Path, shown: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{shown}: the socket's directory: {e}"))?;
+    let mode = meta.permissions().mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Err(format!(
+            "{shown}: the directory {} is writable by every user (mode {:04o}, no sticky bit): anyone could \
+             replace the socket; choose a directory only the service can write (DEPLOY.md)",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    if mode & 0o020 != 0 && !sticky {
+        tracing::warn!(
+            directory = %dir.display(),
+            "the socket's directory is writable by its group: its members could replace the socket"
+        );
+    }
+    Ok(())
 }
 
 /// Make room at `path`: nothing there, or a socket file nobody listens on (removed).

@@ -2,7 +2,8 @@
 //! beside the TCP address, its file's mode, a stale file replaced and a live socket or another
 //! file refused, removed on SIGTERM; flag combinations that cannot work refused; the client
 //! address over the socket: none unless `--trusted-proxy unix`, then the forwarding header's;
-//! and a refused, trickled body closing its connection as on TCP.
+//! the per-address limits counting the socket's requests without an address as one client; and a
+//! refused, trickled body closing its connection as on TCP.
 
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)] // test fixtures: a panic is the failure report
@@ -67,11 +68,22 @@ fn start(data: &Path, args: &[&str]) -> Server {
     }
 }
 
-/// A start that must fail: its standard error.
+/// A start that must fail: its standard error. A server that starts instead is killed after
+/// 10 s and the test fails (rather than waiting for it for ever).
 fn refused(data: &Path, args: &[&str]) -> String {
-    let out = command(data, args).output().unwrap();
-    assert!(!out.status.success(), "started with {args:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut child = command(data, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "started with {args:?}");
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("started with {args:?} (still running after 10 s)");
 }
 
 fn terminate(mut s: Server) {
@@ -243,12 +255,11 @@ fn forwarding_header_over_the_socket_is_believed_only_with_trusted_proxy_unix() 
     let anywhere = mint(&url, &s.admin, json!({"subject": "b"}));
     // Untrusted socket: the header changes nothing, the caveat fails closed.
     assert_eq!(authz(&near, Some("10.1.2.3")), 403);
-    assert_eq!(authz(&near, None), 403);
     assert_eq!(authz(&anywhere, Some("unknown")), 200, "an untrusted header is not even read");
-    // No client address: not counted by the per-client limiter (rate 1, burst 2), documented.
-    for _ in 0..4 {
-        assert_eq!(authz(&anywhere, None), 200);
-    }
+    // No client address: the socket's requests are one client to the limiter (rate 1, burst 2),
+    // whatever address their header names (review: they were not counted at all).
+    assert_eq!(authz(&anywhere, Some("10.7.7.7")), 429);
+    assert_eq!(authz(&anywhere, None), 429);
     terminate(s);
 
     let s = start(&data, &[&base[..], &["--trusted-proxy", "unix", "--rate-limit", "1"]].concat());
@@ -300,4 +311,127 @@ fn a_trickled_body_over_the_socket_closes_the_connection() {
     let raw = String::from_utf8_lossy(&raw);
     assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
     assert!(took < Duration::from_secs(8), "the connection stayed open {took:?} while the client trickled");
+}
+
+/// Open a revocation stream on `conn`: its status (the connection stays open, holding the slot).
+fn open_stream(conn: &mut impl ReadWrite) -> u16 {
+    conn.write_all(b"GET /v1/revocations/stream HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = conn.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Review of the socket listener: a local process on the socket (no forwarding header, or an
+/// untrusted one) was counted by no per-address limit, so one of them could hold every
+/// revocation stream (and every descriptor). Its requests are now one client: at most
+/// `--max-streams-per-address` streams and `--max-connections-per-address` connections, and a
+/// TCP client keeps its own.
+#[test]
+fn the_sockets_clients_without_an_address_are_one_client_to_the_per_address_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let at = format!("unix:{}", sock.display());
+    let data = dir.path().join("data");
+    let s = start(
+        &data,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &at,
+            "--max-streams",
+            "16",
+            "--max-streams-per-address",
+            "4",
+        ],
+    );
+    let mut held = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        statuses.push(open_stream(&mut c));
+        held.push(c);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "four streams per address");
+    let tcp_addr = s.url.as_deref().unwrap().trim_start_matches("http://").to_owned();
+    let mut tcp = std::net::TcpStream::connect(&tcp_addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(open_stream(&mut tcp), 200, "a TCP client has its own");
+    drop((held, tcp, s));
+
+    // Connections: three at most from the socket; the fourth is shut as it is accepted, and a
+    // place comes back when one closes.
+    let s = start(
+        &data,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &at,
+            "--max-connections-per-address",
+            "3",
+            "--head-timeout",
+            "30s",
+        ],
+    );
+    let shut_at_once = |mut c: UnixStream| {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        let mut buf = [0u8; 64];
+        matches!(c.read(&mut buf), Ok(0) | Err(_))
+    };
+    let mut idle: Vec<UnixStream> = (0..3).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    // The server may need a moment to accept the three before it counts them.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(shut_at_once(UnixStream::connect(&sock).unwrap()), "the fourth connection is shut");
+    drop(idle.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!shut_at_once(UnixStream::connect(&sock).unwrap()), "a closed connection gave its place back");
+    drop((idle, s));
+}
+
+/// Review of the socket listener: the socket's directory and mode. A directory every user may
+/// write without the sticky bit is refused (anyone could replace the socket); a trusted socket
+/// that every local user may reach is refused (anyone could name any client address); abstract
+/// and nameless paths are refused; the mode is set on the socket, never on what a symbolic link
+/// at the path points to.
+#[test]
+fn unsafe_socket_places_and_modes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let at = format!("unix:{}", open.join("t.sock").display());
+    let e = refused(&data, &["--listen", "127.0.0.1:0", "--listen", &at]);
+    assert!(e.contains("writable by every user"), "{e}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let s = start(&data, &["--listen", "127.0.0.1:0", "--listen", &at]);
+    assert_eq!(mode(&open.join("t.sock")), 0o660, "a sticky directory is fine");
+    drop(s);
+
+    let at = format!("unix:{}", dir.path().join("t.sock").display());
+    let e = refused(
+        &data,
+        &["--listen", "127.0.0.1:0", "--listen", &at, "--trusted-proxy", "unix", "--listen-mode", "0666"],
+    );
+    assert!(e.contains("every local user"), "{e}");
+    for bad in ["unix:@tessera", "unix:/tmp/", "unix: "] {
+        let e = refused(&data, &["--listen", "127.0.0.1:0", "--listen", bad]);
+        assert!(e.contains(bad.trim_end()), "{bad}: {e}");
+    }
+    // No file beside the socket is left behind by the private directory it is made in.
+    let s = start(&data, &["--listen", "127.0.0.1:0", "--listen", &at]);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with(".tessera-")), "{names:?}");
+    assert_eq!(mode(&dir.path().join("t.sock")), 0o660);
+    drop(s);
 }

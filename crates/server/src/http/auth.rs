@@ -18,7 +18,7 @@ use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
 use tessera_store::AppRecord;
 
 use crate::config::ForwardedHeader;
-use crate::http::conn::OverUnixSocket;
+use crate::http::conn::{OverUnixSocket, SOCKET_PEER};
 use crate::http::problem::ApiError;
 use crate::listener::TrustedProxy;
 use crate::spec::APP_SUBJECT_PREFIX;
@@ -112,6 +112,12 @@ pub fn client_ip(
 ) -> Result<Option<IpAddr>, ApiError> {
     let peer = req.peer_addr().map(|a| a.ip());
     if !from_trusted_peer(req, trusted) {
+        if peer.is_none()
+            && req.headers().contains_key(header.name())
+            && req.conn_data::<OverUnixSocket>().is_some()
+        {
+            untrusted_socket_forwards(header.name());
+        }
         return Ok(peer);
     }
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|t| t.contains(ip));
@@ -144,6 +150,29 @@ pub fn client_ip(
 /// does not parse is answered 400 by the guard before any handler runs.
 #[derive(Clone, Copy)]
 pub(crate) struct ClientAddr(Option<IpAddr>);
+
+/// Said once per process: a proxy on the Unix socket sends a forwarding header that is not
+/// believed (no `--trusted-proxy unix`), so its clients have no address: `client-ip` caveats
+/// refuse them and the per-client limits count them all as one.
+fn untrusted_socket_forwards(name: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            header = name,
+            "a request on the Unix socket carries a forwarding header, which is ignored: without \
+             --trusted-proxy unix its clients have no address (client-ip caveats refuse them, and \
+             the per-client limits count every such request as one client)"
+        );
+    }
+}
+
+/// Who the per-client limits (the rate limiter, revocation streams per address) count a request
+/// against: its client address (`client`, by the trusted-proxy rules), or, for a request over the
+/// Unix socket that has none, every such request together under [`SOCKET_PEER`]. `None` only for
+/// a TCP connection whose peer is unknown.
+pub(crate) fn limit_key(req: &HttpRequest, client: Option<IpAddr>) -> Option<IpAddr> {
+    client.or_else(|| req.conn_data::<OverUnixSocket>().map(|_| SOCKET_PEER))
+}
 
 /// The client address as the service's configuration reads it (what the guard kept, if it kept
 /// it).

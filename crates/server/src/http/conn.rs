@@ -1,6 +1,7 @@
 //! Connection limits: a per-address cap on open connections, checked as each connection is
-//! accepted (a connection on the Unix socket has no address and is not counted: the socket
-//! file's mode decides who connects), and a deadline for a request's whole body.
+//! accepted (the Unix socket's connections, which have no address, are counted together under
+//! [`SOCKET_PEER`] unless the socket is a trusted proxy), and a deadline for a request's whole
+//! body.
 //!
 //! Without them a client that trickles a body, or opens connections and says nothing, holds a
 //! file descriptor each for as long as it likes: a few thousand from one address exhaust the
@@ -9,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -30,6 +31,9 @@ use crate::http::limit::bucket_of;
 pub struct ConnectionCap {
     cap: usize,
     exempt: Vec<IpNet>,
+    /// The Unix socket is a trusted proxy (`--trusted-proxy unix`): its connections carry many
+    /// clients, like a trusted network's, and are not counted.
+    socket_exempt: bool,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -53,9 +57,11 @@ impl Drop for Held {
 
 impl ConnectionCap {
     /// At most `cap` open connections per address (0: no cap); `exempt` networks (the trusted
-    /// proxies, whose connections carry many clients) are not counted.
-    pub fn new(cap: usize, exempt: Vec<IpNet>) -> Arc<Self> {
-        Arc::new(ConnectionCap { cap, exempt, open: Mutex::new(HashMap::new()) })
+    /// proxies, whose connections carry many clients) are not counted, nor the Unix socket's when
+    /// `socket_exempt` (it is a trusted proxy); otherwise the socket's connections are counted
+    /// together under [`SOCKET_PEER`].
+    pub fn new(cap: usize, exempt: Vec<IpNet>, socket_exempt: bool) -> Arc<Self> {
+        Arc::new(ConnectionCap { cap, exempt, socket_exempt, open: Mutex::new(HashMap::new()) })
     }
 
     /// Count a connection from `peer`: true when it may stay open. Every call that returns a
@@ -83,13 +89,18 @@ impl ConnectionCap {
 
     /// The `HttpServer::on_connect` hook: counts the connection, or shuts it down at once when
     /// its address is over the cap (the client sees the connection closed). A connection on the
-    /// Unix socket has no address: it is marked [`OverUnixSocket`] and not counted.
+    /// Unix socket has no address: it is marked [`OverUnixSocket`] and counted under
+    /// [`SOCKET_PEER`] (not at all when the socket is a trusted proxy).
     pub fn on_connect(self: &Arc<Self>, io: &dyn std::any::Any, ext: &mut Extensions) {
         use actix_tls::accept::rustls_0_23::TlsStream;
         use actix_web::rt::net::TcpStream;
         #[cfg(unix)]
         if let Some(unix) = io.downcast_ref::<actix_web::rt::net::UnixStream>() {
             ext.insert(OverUnixSocket);
+            if !self.socket_exempt && !self.admit(SOCKET_PEER, ext) {
+                let _ = socket2::SockRef::from(unix).shutdown(std::net::Shutdown::Both);
+                return;
+            }
             if let Ok(socket) = socket2::SockRef::from(unix).try_clone() {
                 ext.insert(std::rc::Rc::new(Connection(socket)));
             }
@@ -111,6 +122,12 @@ impl ConnectionCap {
         }
     }
 }
+
+/// The address under which the per-address limits (connections, the rate limiter, revocation
+/// streams) count the Unix socket's requests that have no client address of their own (an
+/// untrusted socket, or a trusted one without a forwarding header): all of them together, as one
+/// client. `100::` is in the discard-only block (RFC 6666), which no TCP peer has.
+pub(crate) const SOCKET_PEER: IpAddr = IpAddr::V6(Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0));
 
 /// In a connection's data when it came through the Unix socket (`--listen unix:`), which has no
 /// peer address: the trusted-proxy rules read it (`--trusted-proxy unix`).
@@ -194,7 +211,7 @@ mod tests {
 
     #[test]
     fn the_cap_counts_per_address_and_gives_places_back() {
-        let cap = ConnectionCap::new(2, vec!["10.9.0.0/16".parse().unwrap()]);
+        let cap = ConnectionCap::new(2, vec!["10.9.0.0/16".parse().unwrap()], false);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let (mut e1, mut e2, mut e3) = (Extensions::new(), Extensions::new(), Extensions::new());
         assert!(cap.admit(a, &mut e1));

@@ -50,9 +50,9 @@ pub(crate) async fn guard(
         let refused = if UNLIMITED.contains(&req.path()) {
             None
         } else {
-            match auth::read_client_ip(state, req.request()) {
+            match auth::read_client_ip(state, req.request()).map(|ip| auth::limit_key(req.request(), ip)) {
                 Err(e) => Some(e),
-                Ok(Some(ip)) if !state.limiter.allow(ip) => Some(ApiError::rate_limited()),
+                Ok(Some(key)) if !state.limiter.allow(key) => Some(ApiError::rate_limited()),
                 Ok(_) => None,
             }
         };

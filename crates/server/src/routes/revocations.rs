@@ -84,8 +84,9 @@ pub(crate) async fn stream(
             .insert_header(("X-Accel-Buffering", "no"))
             .finish());
     }
-    // Counted per client address by the trusted-proxy rules (`--max-streams-per-address`).
-    let client = client_ip_of(&state, &req)?;
+    // Counted per client address by the trusted-proxy rules (`--max-streams-per-address`); the
+    // Unix socket's requests without one together, as one client.
+    let client = crate::http::auth::limit_key(&req, client_ip_of(&state, &req)?);
     let body = state.streams.subscribe(&state.store, start, client)?;
     Ok(HttpResponse::build(StatusCode::OK)
         .content_type("text/event-stream")

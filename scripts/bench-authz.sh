@@ -29,7 +29,12 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}   # nginx worker_processes
-TESSERA_WORKERS=${TESSERA_WORKERS:-$WORKERS}
+# The authorizer (Tessera, and the stub in an nginx of its own) runs one worker by default: on a
+# 2-core machine nginx's two workers and wrk already fill the cores, and a second Tessera worker
+# only adds threads contending for them (one worker: 12.8 us of Tessera CPU per request, two:
+# 19.1; docs/BENCHMARKS.md). Deployments sharing a small host with their proxy do the same
+# (docs/PROXIES.md).
+TESSERA_WORKERS=${TESSERA_WORKERS:-1}
 ROUNDS=${ROUNDS:-3}   # interleaved rounds; the table shows the median of each column
 SOCKET=${SOCKET:-1}   # 1: authorizers over Unix sockets; 0: over loopback TCP
 

@@ -205,17 +205,7 @@ fn a_trickled_chunked_body_closes_the_connection() {
         server.addr()
     );
     s.write_all(head.as_bytes()).unwrap();
-    let mut t = s.try_clone().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..100 {
-            if stopped.load(std::sync::atomic::Ordering::Relaxed) || t.write_all(b"1\r\n \r\n").is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let trickle = binary::Trickle::start(s.try_clone().unwrap());
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw); // ends when the server closes its side
     let raw = String::from_utf8_lossy(&raw);
@@ -224,7 +214,6 @@ fn a_trickled_chunked_body_closes_the_connection() {
     // The client is still trickling; its connection must be gone all the same.
     std::thread::sleep(Duration::from_millis(2_500));
     let (status, body) = http(server.addr(), "GET", "/health", None, None);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    trickle.join().unwrap();
+    trickle.stop();
     assert_eq!(status, 200, "the trickling connection still holds its place: {body}");
 }

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+#[allow(dead_code)] // its `command` is for the TCP-only tests; this file starts its own
+mod binary;
+
 struct Server {
     child: Child,
     /// The TCP URL, when there is one.
@@ -291,23 +294,12 @@ fn a_trickled_body_over_the_socket_closes_the_connection() {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = "POST /v1/verify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     s.write_all(head.as_bytes()).unwrap();
-    let mut t = s.try_clone().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..100 {
-            if stopped.load(std::sync::atomic::Ordering::Relaxed) || t.write_all(b"1\r\n \r\n").is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let trickle = binary::Trickle::start(s.try_clone().unwrap());
     let began = std::time::Instant::now();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw); // ends when the server closes its side
     let took = began.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    trickle.join().unwrap();
+    trickle.stop();
     let raw = String::from_utf8_lossy(&raw);
     assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
     assert!(took < Duration::from_secs(8), "the connection stayed open {took:?} while the client trickled");
@@ -336,19 +328,8 @@ fn the_sockets_clients_without_an_address_are_one_client_to_the_per_address_limi
     let sock = dir.path().join("t.sock");
     let at = format!("unix:{}", sock.display());
     let data = dir.path().join("data");
-    let s = start(
-        &data,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            &at,
-            "--max-streams",
-            "16",
-            "--max-streams-per-address",
-            "4",
-        ],
-    );
+    let both = ["--listen", "127.0.0.1:0", "--listen", &at];
+    let s = start(&data, &[&both[..], &["--max-streams", "16", "--max-streams-per-address", "4"]].concat());
     let mut held = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..6 {
@@ -366,19 +347,8 @@ fn the_sockets_clients_without_an_address_are_one_client_to_the_per_address_limi
 
     // Connections: three at most from the socket; the fourth is shut as it is accepted, and a
     // place comes back when one closes.
-    let s = start(
-        &data,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            &at,
-            "--max-connections-per-address",
-            "3",
-            "--head-timeout",
-            "30s",
-        ],
-    );
+    let caps = ["--max-connections-per-address", "3", "--head-timeout", "30s"];
+    let s = start(&data, &[&both[..], &caps].concat());
     let shut_at_once = |mut c: UnixStream| {
         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");

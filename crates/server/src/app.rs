@@ -306,7 +306,8 @@ fn check_listeners(config: &Config, tcp: bool, socket: bool) -> Result<(), Strin
         return Err("--listen-mode sets the mode of the Unix socket: give --listen unix:PATH too".into());
     }
     let mode = config.listen_mode.unwrap_or(listener::DEFAULT_SOCKET_MODE);
-    if socket && config.trusted_proxies.contains(&TrustedProxy::UnixSocket) && mode & 0o007 != 0 {
+    // Connecting takes write permission on the socket file.
+    if socket && config.trusted_proxies.contains(&TrustedProxy::UnixSocket) && mode & 0o002 != 0 {
         return Err(format!(
             "--trusted-proxy unix believes whatever connects to the socket about the client address, \
              and --listen-mode {mode:04o} lets every local user connect: give the socket to the proxy's \

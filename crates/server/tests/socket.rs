@@ -270,6 +270,9 @@ fn forwarding_header_over_the_socket_is_believed_only_with_trusted_proxy_unix() 
     assert_eq!(authz(&near, Some("192.0.2.1")), 403);
     assert_eq!(authz(&near, None), 403, "no header: no client address, fails closed");
     assert_eq!(authz(&near, Some("10.1.2.3:80")), 400, "an entry that is not an address");
+    // The socket's own key for the per-address limits (100::/48) cannot be named.
+    assert_eq!(authz(&near, Some("100::5")), 400);
+    assert_eq!(authz(&near, Some("100:0:0:1::9")), 400);
     // Counted per client named by the header: 10.9.9.9's burst of 2 is spent, 10.8.8.8 has its own.
     assert_eq!(authz(&anywhere, Some("10.9.9.9")), 200);
     assert_eq!(authz(&anywhere, Some("10.9.9.9")), 200);
@@ -376,14 +379,24 @@ fn unsafe_socket_places_and_modes_are_refused() {
     let data = dir.path().join("data");
     let open = dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let both = |at: &str| vec!["--listen".to_owned(), "127.0.0.1:0".into(), "--listen".into(), at.into()];
+    let refused_at = |at: &str| refused(&data, &both(at).iter().map(String::as_str).collect::<Vec<_>>());
     let at = format!("unix:{}", open.join("t.sock").display());
-    let e = refused(&data, &["--listen", "127.0.0.1:0", "--listen", &at]);
-    assert!(e.contains("writable by every user"), "{e}");
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let s = start(&data, &["--listen", "127.0.0.1:0", "--listen", &at]);
-    assert_eq!(mode(&open.join("t.sock")), 0o660, "a sticky directory is fine");
-    drop(s);
+    // Every user may write the directory: with or without the sticky bit (it keeps others from
+    // removing a file, not from making one at a free path).
+    for m in [0o777, 0o1777] {
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(m)).unwrap();
+        let e = refused_at(&at);
+        assert!(e.contains("writable by every user"), "{m:o}: {e}");
+    }
+    // A directory above it that every user may write without the sticky bit (anyone could move
+    // the socket's directory away and put theirs in its place).
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let inner = open.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = refused_at(&format!("unix:{}", inner.join("t.sock").display()));
+    assert!(e.contains("without the sticky bit") && e.contains("open"), "{e}");
 
     let at = format!("unix:{}", dir.path().join("t.sock").display());
     let e = refused(
@@ -392,16 +405,40 @@ fn unsafe_socket_places_and_modes_are_refused() {
     );
     assert!(e.contains("every local user"), "{e}");
     for bad in ["unix:@tessera", "unix:/tmp/", "unix: "] {
-        let e = refused(&data, &["--listen", "127.0.0.1:0", "--listen", bad]);
+        let e = refused_at(bad);
         assert!(e.contains(bad.trim_end()), "{bad}: {e}");
     }
-    // No file beside the socket is left behind by the private directory it is made in.
-    let s = start(&data, &["--listen", "127.0.0.1:0", "--listen", &at]);
+    // A private directory left by a process killed while making its socket (0700, a dead socket
+    // in it) is removed at the next start; none of this start's is left behind.
+    let leftover = dir.path().join(".t0a1b");
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o700)).unwrap();
+    drop(UnixListener::bind(leftover.join("s")).unwrap());
+    let s = start(&data, &both(&at).iter().map(String::as_str).collect::<Vec<_>>());
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(!names.iter().any(|n| n.starts_with(".tessera-")), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with(".t")), "{names:?}");
     assert_eq!(mode(&dir.path().join("t.sock")), 0o660);
     drop(s);
+}
+
+/// Review of the socket fix: the private directory the socket is made in made paths that fit the
+/// kernel's limit too long. A 95-byte directory (a 102-byte socket path) is accepted; a path the
+/// kernel cannot hold is refused naming the limit.
+#[test]
+fn a_socket_path_that_fits_the_kernel_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().as_os_str().len();
+    let deep = dir.path().join("d".repeat(95 - base - 1));
+    std::fs::create_dir(&deep).unwrap();
+    assert_eq!(deep.as_os_str().len(), 95);
+    let at = format!("unix:{}", deep.join("t.sock").display());
+    let s = start(&dir.path().join("data"), &["--listen", "127.0.0.1:0", "--listen", &at]);
+    assert_eq!(over(&deep.join("t.sock"), "GET", "/health", &[]).0, 200);
+    drop(s);
+    let at = format!("unix:{}", deep.join("x".repeat(20)).display());
+    let e = refused(&dir.path().join("data"), &["--listen", "127.0.0.1:0", "--listen", &at]);
+    assert!(e.contains("107 bytes"), "{e}");
 }

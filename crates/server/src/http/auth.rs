@@ -57,6 +57,12 @@ fn note_principal(req: &HttpRequest, claimed: &Identifier) {
 /// One hop of a forwarding header: a bare address for `X-Forwarded-For`; for RFC 7239
 /// `Forwarded`, the `for=` node, quoted or not, an IPv6 address in brackets, an optional port.
 fn parse_hop(hop: &str, header: ForwardedHeader) -> Option<IpAddr> {
+    // The socket's key for the per-address limits lives in 100::/48 (discard-only, RFC 6666, and
+    // reserved around it): no client has such an address, and none may name one to share it.
+    parse_any_hop(hop, header).filter(|ip| !crate::http::conn::is_socket_key(*ip))
+}
+
+fn parse_any_hop(hop: &str, header: ForwardedHeader) -> Option<IpAddr> {
     match header {
         ForwardedHeader::XForwardedFor => hop.parse().ok(),
         ForwardedHeader::Forwarded => {
@@ -112,11 +118,12 @@ pub fn client_ip(
 ) -> Result<Option<IpAddr>, ApiError> {
     let peer = req.peer_addr().map(|a| a.ip());
     if !from_trusted_peer(req, trusted) {
-        if peer.is_none()
-            && req.headers().contains_key(header.name())
-            && req.conn_data::<OverUnixSocket>().is_some()
-        {
-            untrusted_socket_forwards(header.name());
+        if peer.is_none() && req.conn_data::<OverUnixSocket>().is_some() {
+            if let Some(name) =
+                ["X-Forwarded-For", "Forwarded"].into_iter().find(|n| req.headers().contains_key(*n))
+            {
+                untrusted_socket_forwards(name);
+            }
         }
         return Ok(peer);
     }

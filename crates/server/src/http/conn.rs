@@ -67,10 +67,18 @@ impl ConnectionCap {
     /// Count a connection from `peer`: true when it may stay open. Every call that returns a
     /// place is released when `ext` (the connection's data) is dropped.
     fn admit(self: &Arc<Self>, peer: IpAddr, ext: &mut Extensions) -> bool {
-        if self.cap == 0 || self.exempt.iter().any(|n| n.contains(&peer)) {
+        if self.exempt.iter().any(|n| n.contains(&peer)) {
             return true;
         }
-        let key = bucket_of(peer);
+        self.admit_key(bucket_of(peer), ext)
+    }
+
+    /// Count a connection under `key` (an address's bucket, or [`SOCKET_PEER`], which no
+    /// trusted network exempts).
+    fn admit_key(self: &Arc<Self>, key: IpAddr, ext: &mut Extensions) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(key).or_insert(0);
         if *n >= self.cap {
@@ -97,7 +105,7 @@ impl ConnectionCap {
         #[cfg(unix)]
         if let Some(unix) = io.downcast_ref::<actix_web::rt::net::UnixStream>() {
             ext.insert(OverUnixSocket);
-            if !self.socket_exempt && !self.admit(SOCKET_PEER, ext) {
+            if !self.socket_exempt && !self.admit_key(SOCKET_PEER, ext) {
                 let _ = socket2::SockRef::from(unix).shutdown(std::net::Shutdown::Both);
                 return;
             }
@@ -128,6 +136,12 @@ impl ConnectionCap {
 /// untrusted socket, or a trusted one without a forwarding header): all of them together, as one
 /// client. `100::` is in the discard-only block (RFC 6666), which no TCP peer has.
 pub(crate) const SOCKET_PEER: IpAddr = IpAddr::V6(Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0));
+
+/// Whether `ip` would be counted with [`SOCKET_PEER`] (the limits group IPv6 by /64 and /48): a
+/// forwarding header naming such an address is refused (`http/auth`).
+pub(crate) fn is_socket_key(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[..3] == [0x100, 0, 0])
+}
 
 /// In a connection's data when it came through the Unix socket (`--listen unix:`), which has no
 /// peer address: the trusted-proxy rules read it (`--trusted-proxy unix`).

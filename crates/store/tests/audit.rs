@@ -18,7 +18,7 @@ use tessera_core::{Identifier, RateLimit, SessionId, Token, TokenId};
 use tessera_store::audit::MAX_PENDING_NOTES;
 use tessera_store::{
     Actor, AppRecord, AuditEntry, AuditFilter, AuditHead, AuditKind, AuditNote, AuditVerdict, Error, Outcome,
-    RateTake, Refreshed, SessionRecord, Store, Target,
+    RateTake, Refreshed, Store, Target,
 };
 
 fn alice() -> Actor {
@@ -42,25 +42,6 @@ fn all(store: &Store) -> Vec<AuditEntry> {
             None => return out,
         }
         out.extend(page);
-    }
-}
-
-fn session_of(subject: &str) -> SessionRecord {
-    SessionRecord {
-        subject: subject.into(),
-        app: None,
-        created: 0,
-        alg: "ES256".into(),
-        access_ttl: 900,
-        refresh_ttl: 3600,
-        strategy: "refreshBoth".into(),
-        caveats: vec![],
-        refresh_caveats: vec![],
-        claims: None,
-        current: TokenId::from_bytes([0; 16]),
-        first: TokenId::from_bytes([0; 16]),
-        last_spent: None,
-        revoked_at: None,
     }
 }
 

@@ -58,22 +58,8 @@ fn a_revocation_on_another_node_is_not_held_behind_a_session_end() {
         parent,
     };
     let first = refresh(None);
-    let session = tessera_store::SessionRecord {
-        subject: "alice".into(),
-        app: None,
-        created: 0,
-        alg: "ES256".into(),
-        access_ttl: 900,
-        refresh_ttl: 3600,
-        strategy: "refreshBoth".into(),
-        caveats: vec![],
-        refresh_caveats: vec![],
-        claims: None,
-        current: first.tid,
-        first: first.tid,
-        last_spent: None,
-        revoked_at: None,
-    };
+    let session =
+        tessera_store::SessionRecord { current: first.tid, first: first.tid, ..session_of("alice") };
     a.create_session(sid, session, first.clone()).unwrap();
     let mut chain = vec![first.tid];
     for _ in 0..200 {

@@ -514,6 +514,12 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
         // Nothing to replace or cut (the usual case): the same text, copied once.
         return text.to_owned();
     }
+    replace_and_cut(text, max)
+}
+
+/// What [`clip`] is, without its shortcut: every character unsafe to show replaced, then cut to
+/// `max` bytes at a character boundary.
+fn replace_and_cut(text: &str, max: usize) -> String {
     let clean: String = text
         .chars()
         .take(max)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tessera_core::{Context, Identifier, Token, TokenId, Verifier};
-use tessera_store::{Error, Freshness, Location, NewToken, PostgresOptions, Store};
+use tessera_store::{Error, Freshness, Location, PostgresOptions, Store};
 use tessera_testpg::PgServer;
 
 fn open(url: &str, freshness: Freshness) -> Result<Store, Error> {
@@ -20,19 +20,10 @@ fn open(url: &str, freshness: Freshness) -> Result<Store, Error> {
 
 fn mint(store: &Store) -> (Token, TokenId) {
     let (kid, secret) = store.active_key().unwrap();
-    let tid = TokenId::generate().unwrap();
+    let new = new_token(store, "alice", None);
+    let tid = new.tid;
     let token = Token::mint_tessera(None, &secret, &Identifier::new(kid, tid, "alice").unwrap()).unwrap();
-    store
-        .record_token(NewToken {
-            tid,
-            kid,
-            subject: "alice".into(),
-            description: String::new(),
-            expires: None,
-            caveats: vec![],
-            parent: None,
-        })
-        .unwrap();
+    store.record_token(new).unwrap();
     (token, tid)
 }
 

@@ -48,15 +48,8 @@ fn a_revocation_on_another_node_is_not_held_behind_a_session_end() {
     let kid = a.rotate().unwrap().kid;
     within(Duration::from_secs(2), || b.active_key().is_some()).expect("key did not reach B");
     let sid = SessionId::generate().unwrap();
-    let refresh = |parent: Option<TokenId>| NewToken {
-        tid: TokenId::generate().unwrap(),
-        kid,
-        subject: "alice".into(),
-        description: String::new(),
-        expires: None,
-        caveats: vec![],
-        parent,
-    };
+    // Under the key just made active on A.
+    let refresh = |parent: Option<TokenId>| NewToken { kid, ..new_token(&a, "alice", parent) };
     let first = refresh(None);
     let session =
         tessera_store::SessionRecord { current: first.tid, first: first.tid, ..session_of("alice") };

@@ -28,52 +28,59 @@ use crate::caveat::Restrictions;
 use crate::token::Token;
 
 /// A token that verified, with its folded restrictions, as [`Verifier::verify_text`] returns it
-/// (shared with the memo: cloning is two reference counts).
+/// (shared with the memo: cloning is one reference count).
 ///
 /// [`Verifier::verify_text`]: crate::Verifier::verify_text
 #[derive(Debug, Clone)]
-pub struct VerifiedText {
-    pub(crate) token: Arc<Token>,
-    pub(crate) restrictions: Arc<Restrictions>,
+pub struct VerifiedText(Arc<Shared>);
+
+/// What a [`VerifiedText`] and its clones share: one allocation, so that taking a remembered
+/// verification from the memo touches one reference count (the memo's hits are shared by every
+/// thread verifying the same token, and each count they touch is a cache line passed between
+/// cores).
+#[derive(Debug)]
+struct Shared {
+    token: Token,
+    restrictions: Arc<Restrictions>,
     /// The caller's rendering of the restrictions, kept as long as the token is remembered.
-    pub(crate) rendered: Arc<OnceLock<Box<[u8]>>>,
+    rendered: OnceLock<Box<[u8]>>,
 }
 
 impl VerifiedText {
     /// The verified token.
     pub fn token(&self) -> &Token {
-        &self.token
+        &self.0.token
     }
 
     /// Everything the token allows, folded together (as [`Verified::restrictions`]).
     ///
     /// [`Verified::restrictions`]: crate::Verified::restrictions
     pub fn restrictions(&self) -> &Restrictions {
-        &self.restrictions
+        &self.0.restrictions
     }
 
     /// The restrictions, shared (for work that outlives the request, such as a database write).
     pub fn shared_restrictions(&self) -> Arc<Restrictions> {
-        Arc::clone(&self.restrictions)
+        Arc::clone(&self.0.restrictions)
     }
 
     /// The caller's rendering of the restrictions (the service's JSON answer, say): `render`
     /// runs the first time, and the bytes are kept with the token while the memo remembers it.
     /// They must depend on the restrictions alone, never on the request.
     pub fn rendered<E>(&self, render: impl FnOnce(&Restrictions) -> Result<Vec<u8>, E>) -> Result<&[u8], E> {
-        if let Some(bytes) = self.rendered.get() {
+        if let Some(bytes) = self.0.rendered.get() {
             return Ok(bytes);
         }
-        let bytes = render(&self.restrictions)?.into_boxed_slice();
-        Ok(self.rendered.get_or_init(|| bytes))
+        let bytes = render(&self.0.restrictions)?.into_boxed_slice();
+        Ok(self.0.rendered.get_or_init(|| bytes))
     }
 
     pub(crate) fn new(token: Token, restrictions: Restrictions) -> Self {
-        VerifiedText {
-            token: Arc::new(token),
+        VerifiedText(Arc::new(Shared {
+            token,
             restrictions: Arc::new(restrictions),
-            rendered: Arc::new(OnceLock::new()),
-        }
+            rendered: OnceLock::new(),
+        }))
     }
 }
 

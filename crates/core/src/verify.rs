@@ -262,7 +262,7 @@ impl<'k> Verifier<'k> {
         let memo = self.memo.zip(keys.generation());
         if let Some(hit) = memo.and_then(|(m, g)| m.get(text, g)) {
             self.recheck(&hit, ctx)?;
-            let (_, tid) = Identifier::peek(hit.token.identifier()).ok_or(Error::ForeignIdentifier)?;
+            let (_, tid) = Identifier::peek(hit.token().identifier()).ok_or(Error::ForeignIdentifier)?;
             if keys.is_revoked(&tid) {
                 return Err(Error::Revoked);
             }
@@ -272,7 +272,7 @@ impl<'k> Verifier<'k> {
         let restrictions = self.verify(&token, &[], ctx)?.restrictions();
         let out = VerifiedText::new(token, restrictions);
         if let Some((m, g)) = memo {
-            if out.token.caveats().all(|c| matches!(c, Caveat::FirstParty(_))) {
+            if out.token().caveats().all(|c| matches!(c, Caveat::FirstParty(_))) {
                 m.insert(text, g, &out);
             }
         }
@@ -282,7 +282,7 @@ impl<'k> Verifier<'k> {
     /// The request-dependent half of verification, for a text whose signature is known good:
     /// every caveat in order (the first failure is the answer), then the subject.
     fn recheck(&self, v: &VerifiedText, ctx: &Context) -> Result<()> {
-        for c in v.token.caveats() {
+        for c in v.token().caveats() {
             match c {
                 Caveat::FirstParty(cid) => self.check(cid, ctx)?,
                 // Never remembered; refuse rather than skip if one ever were.
@@ -290,7 +290,7 @@ impl<'k> Verifier<'k> {
             }
         }
         if ctx.subject.is_some() {
-            ctx.check_subject(v.restrictions.subject.as_deref())?;
+            ctx.check_subject(v.restrictions().subject.as_deref())?;
         }
         Ok(())
     }

@@ -24,7 +24,17 @@ pub(crate) enum Checked {
 
 impl Checked {
     /// The folded restrictions.
-    pub(crate) fn restrictions(&self) -> Arc<Restrictions> {
+    pub(crate) fn restrictions(&self) -> &Restrictions {
+        match self {
+            Checked::Text(v) => v.restrictions(),
+            Checked::Fresh(r) => r,
+        }
+    }
+
+    /// The folded restrictions, shared (for work on another thread). Taken only when needed: a
+    /// remembered token's are shared by every thread verifying it, and each clone passes the
+    /// count's cache line between cores.
+    fn shared_restrictions(&self) -> Arc<Restrictions> {
         match self {
             Checked::Text(v) => v.shared_restrictions(),
             Checked::Fresh(r) => Arc::clone(r),
@@ -81,12 +91,11 @@ pub(crate) async fn verify(
     let outcome = async {
         state.store.check_fresh()?;
         let checked = check(&state.store, Some(&state.memo), token, discharges, ctx)?;
-        let r = checked.restrictions();
-        let headers = if crate::uses::needs_database(state, &r) {
-            let st = web::Data::clone(data);
+        let headers = if crate::uses::needs_database(state, checked.restrictions()) {
+            let (st, r) = (web::Data::clone(data), checked.shared_restrictions());
             blocking(move || crate::uses::record(&st, &r)).await?
         } else {
-            crate::uses::record(state, &r)?
+            crate::uses::record(state, checked.restrictions())?
         };
         Ok((checked, headers))
     }

@@ -29,12 +29,12 @@ pub(crate) struct Head;
 
 /// Rate limiting (every path but [`UNLIMITED`], whatever it routes to), response counting and the
 /// budget headers of management calls, or their give-back when the answer is not a success
-/// (`uses::settle`), around every request: run by `http/request_id`'s middleware, inside it.
-/// `state` is the application's (looked up once, by the caller).
+/// (`uses::settle`), around every request: run by `http/request_id`'s middleware, inside it. The
+/// application's state is borrowed from the request, then from the answer (never cloned: its
+/// count is shared by every worker, and each clone passes its cache line between cores).
 pub(crate) async fn guard(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
-    state: Option<&web::Data<AppState>>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     // HEAD is served wherever GET is (RFC 9110): routed as GET; the connection still knows the
     // request was HEAD and sends the headers without the body.
@@ -44,25 +44,32 @@ pub(crate) async fn guard(
     }
     // Read once: `body_deadline` replaces the payload, not the headers.
     let has_body = has_body(&req);
-    if let Some(state) = state {
-        // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is
-        // served as `/v1/verify`): so it counts every path except the exact unlimited ones.
-        let refused = if UNLIMITED.contains(&req.path()) {
-            None
-        } else {
-            match auth::read_client_ip(state, req.request()).map(|ip| auth::limit_key(req.request(), ip)) {
-                Err(e) => Some(e),
-                Ok(Some(key)) if !state.limiter.allow(key) => Some(ApiError::rate_limited()),
-                Ok(_) => None,
+    let (refused, body_timeout) = match req.app_data::<web::Data<AppState>>() {
+        None => (None, None),
+        Some(state) => {
+            // The limiter runs before routing, which decodes percent-escapes (`/%761/verify` is
+            // served as `/v1/verify`): so it counts every path except the exact unlimited ones.
+            let refused = if UNLIMITED.contains(&req.path()) {
+                None
+            } else {
+                match auth::read_client_ip(state, req.request()).map(|ip| auth::limit_key(req.request(), ip))
+                {
+                    Err(e) => Some(e),
+                    Ok(Some(key)) if !state.limiter.allow(key) => Some(ApiError::rate_limited()),
+                    Ok(_) => None,
+                }
+            };
+            if let Some(e) = &refused {
+                state.metrics.observe(e.status().as_u16());
             }
-        };
-        if let Some(e) = refused {
-            state.metrics.observe(e.status().as_u16());
-            return Ok(req.into_response(e.error_response()));
+            (refused, Some(state.config.body_timeout))
         }
-        if has_body {
-            conn::body_deadline(&mut req, state.config.body_timeout);
-        }
+    };
+    if let Some(e) = refused {
+        return Ok(req.into_response(e.error_response()));
+    }
+    if let (true, Some(timeout)) = (has_body, body_timeout) {
+        conn::body_deadline(&mut req, timeout);
     }
     // A refused request whose body was not read to its end (an early error, one that missed
     // `--body-timeout`) ends its connection: actix would otherwise drain a chunked body for as
@@ -76,7 +83,7 @@ pub(crate) async fn guard(
         }
     }
     uses::settle(&mut res).await;
-    if let Some(state) = state {
+    if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
         state.metrics.observe(res.status().as_u16());
     }
     Ok(res)

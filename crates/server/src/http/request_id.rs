@@ -118,8 +118,7 @@ pub(crate) async fn observe(
     req.extensions_mut().insert(RequestId(id.clone()));
     // Before the guard routes HEAD as GET: the log says what the client sent.
     let method = req.method().clone();
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut res = guard(req, next, state.as_ref()).await?;
+    let mut res = guard(req, next).await?;
     // Sane ids and hex are visible ASCII: `to_str` cannot fail.
     let id_text = id.to_str().unwrap_or_default();
     if is_problem(&res) {
@@ -139,7 +138,9 @@ pub(crate) async fn observe(
         }
     };
     let status = res.status().as_u16();
-    if let Some(state) = &state {
+    // Borrowed from the answer's request, never cloned (see `http/guard`).
+    let state = http.app_data::<web::Data<AppState>>();
+    if let Some(state) = state {
         state.metrics.latency.observe(route, status, elapsed);
     }
     // Decided once when logging starts (the filter for ACCESS_TARGET at info).
@@ -149,7 +150,6 @@ pub(crate) async fn observe(
         // By the trusted-proxy rules; a forwarding header that does not parse (answered 400)
         // leaves the connection's peer, never the header's text.
         let client = state
-            .as_ref()
             .and_then(|s| auth::client_ip_of(s, http).ok().flatten())
             .or_else(|| http.peer_addr().map(|a| a.ip()));
         crate::logging::access(&crate::logging::AccessLine {

@@ -291,7 +291,7 @@ async fn decide(req: HttpRequest, family: Family) -> Result<HttpResponse> {
     }
     let (checked, headers) =
         crate::verifying::verify(&req, token, &discharges, &ctx).await.map_err(as_credential_error)?;
-    allowed(Some(&checked.restrictions()), headers)
+    allowed(Some(checked.restrictions()), headers)
 }
 
 /// `/v1/authz/nginx`: the original request in `X-Original-Method`, `X-Original-URI` and `Host`.

@@ -48,7 +48,7 @@ pub use claims::{CustomClaims, MAX_CLAIMS, REGISTERED_CLAIMS};
 pub use crypto::{RootKey, TokenKey, MIN_KEY_LEN, VID_LEN};
 pub use error::{Error, Result};
 pub use id::{Identifier, KeyId, SessionId, TokenId, MAX_SUBJECT};
-pub use memo::{new_key_generation, SignatureMemo, VerifiedText, MEMO_MAX_TEXT};
+pub use memo::{new_key_generation, SignatureMemo, VerifiedText, MEMO_FRONT, MEMO_MAX_TEXT};
 pub use token::{Caveat, Token};
 pub use verify::{ChainKeyCache, KeyProvider, StaticKeys, Verified, Verifier};
 

@@ -14,7 +14,14 @@
 //!   generations come from one process-wide counter ([`new_key_generation`]), so two providers
 //!   sharing a memo never share one;
 //! - tokens with third-party caveats (and requests with discharges) are never remembered.
+//!
+//! Each thread keeps its last few hits in front of the shared map ([`MEMO_FRONT`] entries, under the
+//! same rules: the whole text, the key generation, and the memo's own identity and clearings),
+//! each with its own copy of the verification: a token verified again and again on several
+//! threads then takes no lock and touches no count that another thread writes (each would pass
+//! its cache line between the cores on every request).
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -82,7 +89,43 @@ impl VerifiedText {
             rendered: OnceLock::new(),
         }))
     }
+
+    /// A copy of its own (the token and any kept answer copied, the restrictions shared): what
+    /// a thread's front keeps, so that its clones count on a line no other thread writes.
+    fn own_copy(&self) -> Self {
+        let rendered = OnceLock::new();
+        if let Some(bytes) = self.0.rendered.get() {
+            let _ = rendered.set(bytes.clone());
+        }
+        VerifiedText(Arc::new(Shared {
+            token: self.0.token.clone(),
+            restrictions: Arc::clone(&self.0.restrictions),
+            rendered,
+        }))
+    }
 }
+
+/// Hits a thread keeps in front of the shared map (the oldest goes first): at most this many
+/// texts of at most [`MEMO_MAX_TEXT`] bytes each, per thread that verifies.
+pub const MEMO_FRONT: usize = 4;
+
+/// One hit in a thread's front: where it came from (the memo, its clearing count, the slot and
+/// the key generation) and the whole text, zeroized when it goes.
+struct FrontEntry {
+    memo: u64,
+    cleared: u64,
+    slot: u64,
+    generation: u64,
+    text: Zeroizing<Box<str>>,
+    verified: VerifiedText,
+}
+
+thread_local! {
+    static FRONTS: RefCell<Vec<FrontEntry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Identities of memos, never reused in a process (a front entry names its memo by it).
+static NEXT_MEMO: AtomicU64 = AtomicU64::new(1);
 
 struct Entry {
     /// The exact token text (a bearer credential: zeroized when the entry goes).
@@ -125,6 +168,11 @@ pub struct SignatureMemo {
     inner: RwLock<Inner>,
     max_entries: usize,
     max_bytes: usize,
+    /// This memo's identity, for the threads' fronts.
+    id: u64,
+    /// How many times it was cleared: a front entry taken before a clearing is a miss. Changed
+    /// only under the map's write lock, with the map.
+    cleared: AtomicU64,
 }
 
 /// Constant-time equality of two texts (their lengths are not secret), eight bytes at a time:
@@ -167,6 +215,8 @@ impl SignatureMemo {
             inner: RwLock::new(Inner { map: HashMap::new(), bytes: 0 }),
             max_entries,
             max_bytes,
+            id: NEXT_MEMO.fetch_add(1, Ordering::Relaxed),
+            cleared: AtomicU64::new(0),
         }
     }
 
@@ -180,10 +230,49 @@ impl SignatureMemo {
     /// The remembered verification of exactly `text` under key generation `generation`.
     pub(crate) fn get(&self, text: &str, generation: u64) -> Option<VerifiedText> {
         let h = self.slot(text);
-        let inner = self.inner.read().ok()?;
-        let e = inner.map.get(&h)?;
-        (e.generation == generation && same_text(e.text.as_bytes(), text.as_bytes()))
-            .then(|| e.verified.clone())
+        let cleared = self.cleared.load(Ordering::Acquire);
+        let front = FRONTS.try_with(|f| {
+            let f = f.try_borrow().ok()?;
+            f.iter()
+                .find(|e| {
+                    e.memo == self.id
+                        && e.cleared == cleared
+                        && e.slot == h
+                        && e.generation == generation
+                        && same_text(e.text.as_bytes(), text.as_bytes())
+                })
+                .map(|e| e.verified.clone())
+        });
+        if let Ok(Some(hit)) = front {
+            return Some(hit);
+        }
+        let (hit, cleared) = {
+            let inner = self.inner.read().ok()?;
+            let e = inner.map.get(&h)?;
+            let hit = (e.generation == generation && same_text(e.text.as_bytes(), text.as_bytes()))
+                .then(|| e.verified.clone())?;
+            // Read under the lock that clearing takes to write it: the pair is consistent.
+            (hit, self.cleared.load(Ordering::Acquire))
+        };
+        let entry = FrontEntry {
+            memo: self.id,
+            cleared,
+            slot: h,
+            generation,
+            text: Zeroizing::new(text.into()),
+            verified: hit.own_copy(),
+        };
+        let _ = FRONTS.try_with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut() {
+                // One entry per memo and slot, as in the map; then the oldest goes first.
+                f.retain(|e| !(e.memo == self.id && e.slot == h));
+                if f.len() >= MEMO_FRONT {
+                    f.remove(0);
+                }
+                f.push(entry);
+            }
+        });
+        Some(hit)
     }
 
     /// Remember that `text` verified under key generation `generation`.
@@ -214,11 +303,12 @@ impl SignatureMemo {
         self.len() == 0
     }
 
-    /// Forget everything.
+    /// Forget everything (the threads' fronts included: what they took before is a miss).
     pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.write() {
             inner.map.clear();
             inner.bytes = 0;
+            self.cleared.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -226,7 +316,8 @@ impl SignatureMemo {
 impl Default for SignatureMemo {
     /// 16,384 texts and 8 MiB of text: about 30 MiB of memory when full of 5-caveat tokens
     /// (about 1.9 KiB an entry with the token, its restrictions and a kept answer, measured by
-    /// the `memo_memory` example of `tessera-peers`).
+    /// the `memo_memory` example of `tessera-peers`); and each thread that verifies keeps its
+    /// last [`MEMO_FRONT`] hits (each text at most [`MEMO_MAX_TEXT`] bytes).
     fn default() -> Self {
         Self::new(16_384, 8 << 20)
     }
@@ -240,7 +331,76 @@ impl std::fmt::Debug for SignatureMemo {
 
 #[cfg(test)]
 mod tests {
-    use super::same_text;
+    use super::*;
+    use crate::{Identifier, KeyId, RootKey, TokenId};
+
+    /// A token text and its verification as the verifier would remember it.
+    fn verified(subject: &str) -> (String, VerifiedText) {
+        let secret = RootKey::generate().unwrap();
+        let id = Identifier::new(KeyId::generate().unwrap(), TokenId::generate().unwrap(), subject).unwrap();
+        let token = Token::mint_tessera(None, &secret, &id).unwrap();
+        let r = Restrictions { subject: Some(subject.into()), ..Restrictions::default() };
+        (token.encode(), VerifiedText::new(token, r))
+    }
+
+    fn front_len() -> usize {
+        FRONTS.with(|f| f.borrow().len())
+    }
+
+    #[test]
+    fn a_hit_goes_to_the_threads_front_which_keeps_the_memos_rules() {
+        // Each test runs on a thread of its own: its front starts empty.
+        let memo = SignatureMemo::default();
+        let (text, v) = verified("alice");
+        memo.insert(&text, 7, &v);
+        let first = memo.get(&text, 7).unwrap();
+        assert!(Arc::ptr_eq(&first.0, &v.0), "the first hit is the shared entry");
+        assert_eq!(front_len(), 1);
+        let second = memo.get(&text, 7).unwrap();
+        let third = memo.get(&text, 7).unwrap();
+        assert!(!Arc::ptr_eq(&second.0, &v.0), "later hits are the thread's own copy");
+        assert!(Arc::ptr_eq(&second.0, &third.0));
+        assert_eq!(second.restrictions(), v.restrictions());
+        assert_eq!(second.token().encode(), text);
+        // The whole text, the generation and the memo decide, as in the map.
+        assert!(memo.get(&text[..text.len() - 1], 7).is_none());
+        assert!(memo.get(&text, 8).is_none(), "another key generation is a miss");
+        let other = SignatureMemo::default();
+        assert!(other.get(&text, 7).is_none(), "another memo never answers from this one's front");
+        // A clearing empties the fronts too.
+        memo.clear();
+        assert!(memo.get(&text, 7).is_none());
+        // Another thread's front is its own.
+        memo.insert(&text, 7, &v);
+        assert!(memo.get(&text, 7).is_some());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(front_len(), 0);
+                memo.get(&text, 7).unwrap();
+                assert_eq!(front_len(), 1);
+            });
+        });
+    }
+
+    #[test]
+    fn the_front_keeps_the_last_hits_only() {
+        let memo = SignatureMemo::default();
+        let tokens: Vec<_> = (0..MEMO_FRONT + 3).map(|i| verified(&format!("user{i}"))).collect();
+        for (text, v) in &tokens {
+            memo.insert(text, 1, v);
+            memo.get(text, 1).unwrap();
+            memo.get(text, 1).unwrap();
+            assert!(front_len() <= MEMO_FRONT);
+        }
+        assert_eq!(front_len(), MEMO_FRONT);
+        let kept: Vec<String> = FRONTS.with(|f| f.borrow().iter().map(|e| e.text.to_string()).collect());
+        let last: Vec<String> = tokens[3..].iter().map(|(t, _)| t.clone()).collect();
+        assert_eq!(kept, last, "the oldest went first");
+        // Every one still answers, from the map when not from the front.
+        for (text, v) in &tokens {
+            assert_eq!(memo.get(text, 1).unwrap().restrictions(), v.restrictions());
+        }
+    }
 
     #[test]
     fn texts_are_equal_exactly_when_every_byte_is() {

@@ -82,7 +82,7 @@ pub(crate) struct Inner {
     /// Rate counters (leases of the shared ones on a cluster).
     pub(crate) rates: crate::usage::Rates,
     /// Last uses not yet written (flushed in batches).
-    pub(crate) touched: Mutex<std::collections::HashMap<TokenId, i64>>,
+    pub(crate) touched: crate::usage::Touched,
     freshness: Freshness,
     /// Shared with the writer: token records its revocation walks visited.
     visits: Arc<std::sync::atomic::AtomicU64>,
@@ -196,7 +196,7 @@ impl Store {
                 backend,
                 mem,
                 rates: crate::usage::Rates::default(),
-                touched: Mutex::new(std::collections::HashMap::new()),
+                touched: crate::usage::Touched::default(),
                 freshness,
                 visits,
                 tx: Mutex::new(Some(tx)),

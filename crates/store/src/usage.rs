@@ -7,12 +7,45 @@ mod rates;
 pub use rates::{RateDecision, RateTake, DEFAULT_RATE_CAPACITY, MAX_FAMILY_BUDGETS, PRUNE_PER_TAKE};
 pub(crate) use rates::{RateLease, RateReturn, RateWant, Rates};
 
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use tessera_core::TokenId;
 
 use crate::codec::{NewToken, Notice, TokenRecord};
 use crate::error::{Error, Result};
 use crate::writer::{Done, Op};
 use crate::Store;
+
+/// Last uses not yet written (flushed in batches), and the store's identity in this process
+/// (never reused), which names it in each thread's last noted use.
+pub(crate) struct Touched {
+    id: u64,
+    map: Mutex<HashMap<TokenId, i64>>,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Touched { id: NEXT.fetch_add(1, Ordering::Relaxed), map: Mutex::default() }
+    }
+}
+
+thread_local! {
+    /// The use this thread noted last: store, token, second.
+    static LAST_NOTED: Cell<Option<(u64, [u8; 16], i64)>> = const { Cell::new(None) };
+}
+
+impl Touched {
+    fn note(&self, tid: TokenId, at: i64) {
+        if let Ok(mut t) = self.map.lock() {
+            let e = t.entry(tid).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+}
 
 impl Store {
     /// Record the single use of a `once` token, durably and exactly once across the cluster:
@@ -26,16 +59,24 @@ impl Store {
 
     /// Note a successful use of `tid` at `at` in memory (no disk write); [`Store::flush_uses`]
     /// writes them.
+    ///
+    /// A thread that noted the same use last (this store, this token, this second) does not
+    /// note it again: it is in memory, or in a batch taken from it (written, or put back when
+    /// the write failed). A token verified again and again then takes no lock shared by the
+    /// threads: each would pass the lock's cache line between the cores on every request.
     pub fn note_use(&self, tid: TokenId, at: i64) {
-        if let Ok(mut t) = self.inner.touched.lock() {
-            let e = t.entry(tid).or_insert(at);
-            *e = (*e).max(at);
+        let touched = &self.inner.touched;
+        let key = (touched.id, *tid.as_bytes(), at);
+        if LAST_NOTED.try_with(|l| l.get() == Some(key)).unwrap_or(false) {
+            return;
         }
+        touched.note(tid, at);
+        let _ = LAST_NOTED.try_with(|l| l.set(Some(key)));
     }
 
     /// Write the last uses noted since the previous flush, in one batch. Returns how many.
     pub fn flush_uses(&self) -> Result<usize> {
-        let mut batch: Vec<(TokenId, i64)> = match self.inner.touched.lock() {
+        let mut batch: Vec<(TokenId, i64)> = match self.inner.touched.map.lock() {
             Ok(mut t) => t.drain().collect(),
             Err(_) => return Err(Error::Closed),
         };
@@ -47,7 +88,7 @@ impl Store {
             if let Err(e) = self.submit(Op::Touch(batch.clone())) {
                 // Keep them for the next flush.
                 for (tid, at) in batch {
-                    self.note_use(tid, at);
+                    self.inner.touched.note(tid, at);
                 }
                 return Err(e);
             }

@@ -38,3 +38,30 @@ fn three_nodes_flushing_the_same_tokens_never_deadlock() {
     let latest = nodes[0].token(&tids[0]).unwrap().unwrap().last_used.unwrap();
     assert!(latest >= 1_000 + 59 * 10, "{latest}");
 }
+
+#[test]
+fn a_use_noted_again_by_one_thread_is_noted_once_per_store_and_second() {
+    let (da, db) = (Db::file(), Db::file());
+    let (a, b) = (da.open(), db.open());
+    a.rotate().unwrap();
+    let tid = record(&a, 1)[0];
+    a.note_use(tid, 1_900_000_000);
+    assert_eq!(a.flush_uses().unwrap(), 1);
+    // Noted last by this thread and written: not noted again.
+    a.note_use(tid, 1_900_000_000);
+    assert_eq!(a.flush_uses().unwrap(), 0);
+    // Another second is.
+    a.note_use(tid, 1_900_000_001);
+    assert_eq!(a.flush_uses().unwrap(), 1);
+    assert_eq!(a.token(&tid).unwrap().unwrap().last_used, Some(1_900_000_001));
+    // So is the same use on another store (the thread's last use names its store).
+    b.note_use(tid, 1_900_000_001);
+    assert_eq!(b.flush_uses().unwrap(), 1);
+    // And another thread notes its own.
+    a.note_use(tid, 1_900_000_002);
+    std::thread::scope(|s| {
+        s.spawn(|| a.note_use(tid, 1_900_000_002));
+    });
+    assert_eq!(a.flush_uses().unwrap(), 1);
+    assert_eq!(a.token(&tid).unwrap().unwrap().last_used, Some(1_900_000_002));
+}

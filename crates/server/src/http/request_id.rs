@@ -125,7 +125,8 @@ pub(crate) async fn observe(
         res = with_request_id(res, id_text);
     }
     res.headers_mut().insert(HEADER, id.clone());
-    let elapsed = started.elapsed();
+    let ended = Instant::now();
+    let elapsed = ended.saturating_duration_since(started);
     let http = res.request();
     // The resources are named by their template (`app`), which actix finds without matching the
     // path again; a resource without a name is matched again to read its template.
@@ -157,6 +158,7 @@ pub(crate) async fn observe(
             route,
             status,
             elapsed,
+            ended,
             request_id: Some(id_text),
             subject: principal.map(|p| p.subject.as_str()),
             tid: principal.map(|p| &p.tid as &dyn std::fmt::Display),

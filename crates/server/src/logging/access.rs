@@ -17,7 +17,7 @@ use std::fmt::Display;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Pending;
 use crate::config::LogFormat;
@@ -44,6 +44,8 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) route: &'a str,
     pub(crate) status: u16,
     pub(crate) elapsed: Duration,
+    /// When the answer was ready (the end of `elapsed`): the line's time.
+    pub(crate) ended: Instant,
     pub(crate) request_id: Option<&'a str>,
     pub(crate) subject: Option<&'a str>,
     pub(crate) tid: Option<&'a dyn Display>,
@@ -58,7 +60,8 @@ pub(crate) fn write(line: &AccessLine<'_>) {
         let Ok(mut b) = b.try_borrow_mut() else { return };
         let (buf, clock) = &mut *b;
         buf.clear();
-        format(buf, clock, SystemTime::now(), log.format, line);
+        let now = clock.wall(line.ended);
+        format(buf, clock, now, log.format, line);
         log.pending.push(buf);
         // A rare huge line (a long subject) does not keep its memory for the thread's life.
         if buf.capacity() > 16 * 1024 {
@@ -68,14 +71,30 @@ pub(crate) fn write(line: &AccessLine<'_>) {
 }
 
 /// The date and time to the second, as `fmt` writes it (`2026-12-05T07:20:18.`), for the second
-/// it was last computed for.
+/// it was last computed for; and the wall clock's reading at an instant of the last second.
 #[derive(Default)]
 struct Clock {
     second: Option<u64>,
     prefix: [u8; 20],
+    base: Option<(Instant, SystemTime)>,
 }
 
 impl Clock {
+    /// The wall-clock time at `at`: the monotonic clock's distance from a reading of both
+    /// clocks taken at most a second before, so that a line costs no clock read of its own (the
+    /// middleware read `at` for the duration). The wall clock is read again once a second, or
+    /// when `at` is before the last reading; a step of the wall clock shows within a second.
+    fn wall(&mut self, at: Instant) -> SystemTime {
+        match self.base {
+            Some((i, s)) if at >= i && at - i < Duration::from_secs(1) => s + (at - i),
+            _ => {
+                let s = SystemTime::now();
+                self.base = Some((at, s));
+                s
+            }
+        }
+    }
+
     /// `now` as RFC 3339 in UTC with microseconds and `Z`, the form of `fmt`'s `SystemTime`.
     fn stamp(&mut self, out: &mut Vec<u8>, now: SystemTime) {
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -383,6 +402,7 @@ mod tests {
             route: "/v1/tokens/{id}/links",
             status: 201,
             elapsed: Duration::from_nanos(1_234_567),
+            ended: Instant::now(),
             request_id: Some("r-1!~{}"),
             subject: Some(subject),
             tid: Some(&TID),
@@ -393,6 +413,7 @@ mod tests {
             route: "unmatched",
             status: 404,
             elapsed: Duration::from_secs(2),
+            ended: Instant::now(),
             request_id: None,
             subject: None,
             tid: None,
@@ -489,6 +510,28 @@ mod tests {
             assert_eq!(v["duration_ms"], 1.235);
             assert_eq!(v["target"], ACCESS_TARGET);
         }
+    }
+
+    #[test]
+    fn the_wall_clock_follows_the_instant_and_is_read_again_each_second() {
+        let mut clock = Clock::default();
+        let t0 = Instant::now();
+        let before = SystemTime::now();
+        let w0 = clock.wall(t0);
+        assert!(w0 >= before && w0 <= SystemTime::now());
+        // Within the second: the reading plus the monotonic distance, exactly.
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(clock.wall(t1), w0 + Duration::from_millis(250));
+        let t2 = t0 + Duration::from_micros(999_999);
+        assert_eq!(clock.wall(t2), w0 + Duration::from_micros(999_999));
+        // A second on, or an instant before the reading: the wall clock is read again.
+        let later = t0 + Duration::from_secs(5);
+        let w = clock.wall(later);
+        assert!(w >= before && w <= SystemTime::now(), "read again, not {w0:?} + 5 s");
+        assert_eq!(clock.base.map(|b| b.0), Some(later));
+        let w = clock.wall(t0);
+        assert!(w >= before && w <= SystemTime::now());
+        assert_eq!(clock.base.map(|b| b.0), Some(t0));
     }
 
     #[test]

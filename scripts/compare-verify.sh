@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# /v1/verify over HTTP, two builds side by side (issue 22's cost goal): /tmp/ts-old (e.g. a
-# release tessera-server built at 63bd450, before the logging work) against /tmp/ts-new (this
+# /v1/verify over HTTP, two builds side by side (issue 22's cost goal): ${OLD:-/tmp/ts-old} (e.g. a
+# release tessera-server built at 63bd450, before the logging work) against ${NEW:-/tmp/ts-new} (this
 # tree), the latter also with the access line off; rounds interleaved, the order reversed every
 # other round; wrk -t2 -c64 -d6s. Prints one line per run: round, build (o, n, f = new with the
 # access line off), requests/s, non-2xx.
@@ -15,9 +15,9 @@ start() { # bin dir -> addr,admin
   done
   echo "$a $(sed -n '2p' "$work/$2.out")"
 }
-read oa oadmin <<<"$(start /tmp/ts-old old)"
-read na nadmin <<<"$(start /tmp/ts-new new)"
-read fa fadmin <<<"$(start /tmp/ts-new newoff '--log-level info,tessera::access=off')"
+read oa oadmin <<<"$(start ${OLD:-/tmp/ts-old} old)"
+read na nadmin <<<"$(start ${NEW:-/tmp/ts-new} new)"
+read fa fadmin <<<"$(start ${NEW:-/tmp/ts-new} newoff '--log-level info,tessera::access=off')"
 body='{"subject":"alice","operations":["read"],"resources":["issues/*"],"client_ips":["10.0.0.0/8"],"ttl":"1h"}'
 lua() { cat <<LUA
 wrk.method = "POST"

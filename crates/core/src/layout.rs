@@ -44,6 +44,14 @@ pub struct Token {
     pub(crate) caveats: Vec<CaveatSpan>,
 }
 
+impl Drop for Token {
+    /// The buffer holds the signature, so the whole token is a bearer credential: wiped when it
+    /// goes (every copy: the memo's entries and the threads' fronts keep their own).
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf);
+    }
+}
+
 /// Bytes after the last caveat: end of caveats, signature field head, signature.
 pub(crate) const TRAILER_LEN: usize = 3 + 32;
 

@@ -37,11 +37,13 @@ bench-core:
 ## bench-store: store throughput and 1M revocations through the API; then the revocation set
 ## (issue 25 goal 2): peak RSS per revoked id and open time with 1M and 10M revocations on redb
 ## and PostgreSQL (the redb stores are built once into target/bench-stores/), and verify with
-## the previous HashSet against RevokedSet in the same run; then the bytes per live session
-## (bench-sessions-size)
+## the previous HashSet against RevokedSet in the same run; then a refresh at a session's 1st and
+## 10,000th rotation on both backends (goal 3, the ratio printed first); then the bytes per live
+## session (bench-sessions-size)
 bench-store: postgres
 	$(CARGO) bench -p tessera-store --bench store
 	$(CARGO) bench -p tessera-store --bench revoked
+	$(CARGO) bench -p tessera-store --bench sessions
 	$(CARGO) run --release -q -p tessera-store --example sessions_size -- $(SESSIONS)
 
 ## bench-sessions-size: SESSIONS (default 1,000,000) live sessions created through the store's
